@@ -1,0 +1,6 @@
+//! Inference: requests, the embedded llama.cpp engine, chat templates and tool-call parsing.
+
+pub mod chat_template;
+pub mod embedded;
+pub mod request;
+pub mod tool_calls;

@@ -1,0 +1,143 @@
+//! sr25519 identities: SS58 addresses and the key-exchange signature check.
+//!
+//! Verification runs before any RSA work because it is the cheap check: a flood of forged
+//! key exchanges costs us a few microseconds each, not a private-key operation.
+
+use blake2::{Blake2b512, Digest};
+use subxt_signer::sr25519;
+use thiserror::Error;
+
+/// Bittensor's SS58 network prefix ("substrate generic"), used when we print our own hotkey.
+pub const BITTENSOR_SS58_PREFIX: u16 = 42;
+
+/// Why an address or signature was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SignatureError {
+    #[error("not a valid SS58 address")]
+    BadAddress,
+    #[error("signature must be 0x followed by 128 hex characters")]
+    BadSignatureFormat,
+    #[error("signature does not verify for this hotkey")]
+    Invalid,
+}
+
+/// Decodes an SS58 address of any network prefix into the 32-byte public key, checking its checksum.
+pub fn ss58_decode(address: &str) -> Result<[u8; 32], SignatureError> {
+    let raw = bs58::decode(address.trim()).into_vec().map_err(|_| SignatureError::BadAddress)?;
+    let prefix_len = match raw.first() {
+        Some(b) if *b < 64 => 1,
+        Some(b) if *b < 128 => 2,
+        _ => return Err(SignatureError::BadAddress),
+    };
+    if raw.len() != prefix_len + 32 + 2 {
+        return Err(SignatureError::BadAddress);
+    }
+    let (body, checksum) = raw.split_at(prefix_len + 32);
+    if ss58_checksum(body)[..2] != *checksum {
+        return Err(SignatureError::BadAddress);
+    }
+    let mut key = [0u8; 32];
+    key.copy_from_slice(&body[prefix_len..]);
+    Ok(key)
+}
+
+/// Encodes a public key as SS58 with a one-byte prefix (< 64).
+pub fn ss58_encode(public: &[u8; 32], prefix: u16) -> String {
+    let mut body = Vec::with_capacity(35);
+    body.push(prefix as u8);
+    body.extend_from_slice(public);
+    let sum = ss58_checksum(&body);
+    body.extend_from_slice(&sum[..2]);
+    bs58::encode(body).into_string()
+}
+
+fn ss58_checksum(body: &[u8]) -> [u8; 64] {
+    let mut h = Blake2b512::new();
+    h.update(b"SS58PRE");
+    h.update(body);
+    h.finalize().into()
+}
+
+/// Parses `0x` + 128 hex characters; the `0x` is required, as the Python miner requires it.
+pub fn parse_signature(text: &str) -> Result<sr25519::Signature, SignatureError> {
+    let hex_part = text.strip_prefix("0x").ok_or(SignatureError::BadSignatureFormat)?;
+    let bytes = hex::decode(hex_part).map_err(|_| SignatureError::BadSignatureFormat)?;
+    let arr: [u8; 64] = bytes.try_into().map_err(|_| SignatureError::BadSignatureFormat)?;
+    Ok(sr25519::Signature(arr))
+}
+
+/// Verifies `signature` by `ss58` over `message`, also accepting the `<Bytes>…</Bytes>` wrapping that
+/// polkadot.js wallets sign.
+pub fn verify_sr25519(ss58: &str, message: &str, signature: &str) -> Result<(), SignatureError> {
+    let public = sr25519::PublicKey(ss58_decode(ss58)?);
+    let sig = parse_signature(signature)?;
+    if sr25519::verify(&sig, message.as_bytes(), &public) {
+        return Ok(());
+    }
+    let wrapped = format!("<Bytes>{message}</Bytes>");
+    if sr25519::verify(&sig, wrapped.as_bytes(), &public) {
+        return Ok(());
+    }
+    Err(SignatureError::Invalid)
+}
+
+/// An sr25519 hotkey that can sign (the miner's own, or a validator's in the probe and tests).
+#[derive(Clone)]
+pub struct Hotkey {
+    pair: sr25519::Keypair,
+    ss58: String,
+}
+
+impl std::fmt::Debug for Hotkey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Hotkey({})", self.ss58)
+    }
+}
+
+impl Hotkey {
+    /// From the 32-byte mini-secret seed (a wallet file's `secretSeed`).
+    pub fn from_seed(seed: [u8; 32]) -> Result<Self, SignatureError> {
+        let pair = sr25519::Keypair::from_secret_key(seed).map_err(|_| SignatureError::BadAddress)?;
+        let ss58 = ss58_encode(&pair.public_key().0, BITTENSOR_SS58_PREFIX);
+        Ok(Self { pair, ss58 })
+    }
+
+    /// A random key, for `--dev` runs and tests.
+    pub fn ephemeral() -> Self {
+        let seed: [u8; 32] = rand::random();
+        Self::from_seed(seed).expect("any 32 bytes are a valid mini secret")
+    }
+
+    pub fn ss58(&self) -> &str {
+        &self.ss58
+    }
+
+    /// `0x`-hex signature over `message`.
+    pub fn sign_hex(&self, message: &[u8]) -> String {
+        format!("0x{}", hex::encode(self.pair.sign(message).0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signs_verifies_and_wraps() {
+        let key = Hotkey::ephemeral();
+        let sig = key.sign_hex(b"1.0.n.h");
+        assert!(verify_sr25519(key.ss58(), "1.0.n.h", &sig).is_ok());
+        assert_eq!(verify_sr25519(key.ss58(), "1.0.n.x", &sig), Err(SignatureError::Invalid));
+        assert_eq!(
+            verify_sr25519(key.ss58(), "1.0.n.h", sig.trim_start_matches("0x")),
+            Err(SignatureError::BadSignatureFormat)
+        );
+        let wrapped = key.sign_hex(b"<Bytes>m</Bytes>");
+        assert!(verify_sr25519(key.ss58(), "m", &wrapped).is_ok());
+        assert_eq!(ss58_decode("5Nope"), Err(SignatureError::BadAddress));
+        let mut broken = key.ss58().to_string();
+        broken.pop();
+        broken.push(if key.ss58().ends_with('a') { 'b' } else { 'a' });
+        assert_eq!(ss58_decode(&broken), Err(SignatureError::BadAddress));
+    }
+}

@@ -1,0 +1,209 @@
+//! The scheduler: admits challenges and routes each to a ready backend worker.
+//!
+//! Admission is bounded (`MAX_CONCURRENT_REQUESTS` in flight across the node, and a per-worker
+//! queue bound): when full, a challenge is refused at once with a retry hint, never parked until
+//! the validator gives up. Among ready workers it picks the one with the least work queued. The
+//! supervisor tells it which workers are up; the HTTP layer asks it for availability.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::backend_worker::WorkerMsg;
+use crate::inference::request::{BackendError, Generation, GenerationRequest};
+use crate::metrics::Metrics;
+
+/// Why a challenge was not answered by a worker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("no backend worker is ready")]
+    NoWorker,
+    #[error("the miner is at capacity ({in_flight} challenges in flight)")]
+    Busy { in_flight: usize, retry_after_secs: u64 },
+    #[error("admission is closed (the miner is shutting down)")]
+    Closed,
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("the worker did not answer before the deadline")]
+    Timeout,
+}
+
+pub enum SchedulerMsg {
+    Submit { request: GenerationRequest, reply: RpcReplyPort<Result<Generation, ScheduleError>> },
+    WorkerUp { name: String, actor: ActorRef<WorkerMsg> },
+    WorkerDown { name: String },
+    /// A dispatched generation ended (either way); frees its slot.
+    Done { name: String, worker: ActorId, elapsed: Duration },
+    SetAdmission(bool),
+    Status(RpcReplyPort<SchedulerStatus>),
+}
+
+/// What `/availability` and `/metrics` need to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchedulerStatus {
+    pub ready_workers: usize,
+    pub in_flight: usize,
+    pub capacity: usize,
+    pub admission_open: bool,
+}
+
+impl SchedulerStatus {
+    /// Would a challenge be admitted right now? `Err` carries the reason for `/availability`.
+    pub fn availability(&self) -> Result<(), &'static str> {
+        if !self.admission_open {
+            Err("admission closed")
+        } else if self.ready_workers == 0 {
+            Err("no backend worker is ready")
+        } else if self.in_flight >= self.capacity {
+            Err("at capacity")
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SchedulerSettings {
+    /// `MAX_CONCURRENT_REQUESTS`: challenges in flight across all workers.
+    pub max_in_flight: usize,
+    /// Challenges queued on one worker (running included) before it counts as full.
+    pub max_queue_per_worker: usize,
+    /// Extra time past a request's deadline to wait for its worker before giving up on it.
+    pub deadline_slack: Duration,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        Self { max_in_flight: 10, max_queue_per_worker: 10, deadline_slack: Duration::from_secs(5) }
+    }
+}
+
+struct Slot {
+    actor: ActorRef<WorkerMsg>,
+    queued: usize,
+    /// Smoothed seconds per generation on this worker, for the retry hint.
+    avg_secs: f64,
+}
+
+pub struct Scheduler;
+
+pub struct SchedulerState {
+    settings: SchedulerSettings,
+    metrics: Arc<Metrics>,
+    workers: BTreeMap<String, Slot>,
+    in_flight: usize,
+    admission_open: bool,
+}
+
+impl SchedulerState {
+    fn status(&self) -> SchedulerStatus {
+        SchedulerStatus {
+            ready_workers: self.workers.len(),
+            in_flight: self.in_flight,
+            capacity: self.settings.max_in_flight,
+            admission_open: self.admission_open,
+        }
+    }
+
+    fn retry_after_secs(&self) -> u64 {
+        let per_worker = self.in_flight as f64 / self.workers.len().max(1) as f64;
+        let avg = self.workers.values().map(|s| s.avg_secs).fold(0.0, f64::max).max(1.0);
+        (per_worker * avg).ceil().clamp(1.0, 30.0) as u64
+    }
+}
+
+impl Actor for Scheduler {
+    type Msg = SchedulerMsg;
+    type State = SchedulerState;
+    type Arguments = (SchedulerSettings, Arc<Metrics>);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        (settings, metrics): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(SchedulerState { settings, metrics, workers: BTreeMap::new(), in_flight: 0, admission_open: true })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SchedulerMsg::Submit { request, reply } => {
+                if !state.admission_open {
+                    let _ = reply.send(Err(ScheduleError::Closed));
+                    return Ok(());
+                }
+                if state.workers.is_empty() {
+                    let _ = reply.send(Err(ScheduleError::NoWorker));
+                    return Ok(());
+                }
+                let max_queue = state.settings.max_queue_per_worker;
+                let pick = state
+                    .workers
+                    .iter()
+                    .filter(|(_, s)| s.queued < max_queue)
+                    .min_by_key(|(_, s)| s.queued)
+                    .map(|(name, _)| name.clone());
+                let Some(name) = pick.filter(|_| state.in_flight < state.settings.max_in_flight) else {
+                    let err = ScheduleError::Busy { in_flight: state.in_flight, retry_after_secs: state.retry_after_secs() };
+                    let _ = reply.send(Err(err));
+                    return Ok(());
+                };
+                let slot = state.workers.get_mut(&name).expect("picked from the map");
+                slot.queued += 1;
+                state.in_flight += 1;
+                state.metrics.in_flight.set(state.in_flight as i64);
+                let worker = slot.actor.clone();
+                let worker_id = worker.get_id();
+                let wait = request.deadline.saturating_duration_since(Instant::now()) + state.settings.deadline_slack;
+                let started = Instant::now();
+                tokio::spawn(async move {
+                    let result = match worker.call(|r| WorkerMsg::Generate { request, reply: r }, Some(wait)).await {
+                        Ok(ractor::rpc::CallResult::Success(Ok(g))) => Ok(g),
+                        Ok(ractor::rpc::CallResult::Success(Err(e))) => Err(ScheduleError::Backend(e)),
+                        Ok(ractor::rpc::CallResult::Timeout) => Err(ScheduleError::Timeout),
+                        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err(ScheduleError::Backend(BackendError::WorkerGone)),
+                    };
+                    let _ = myself.cast(SchedulerMsg::Done { name, worker: worker_id, elapsed: started.elapsed() });
+                    let _ = reply.send(result);
+                });
+            }
+            SchedulerMsg::WorkerUp { name, actor } => {
+                tracing::info!(worker = %name, "worker joined the schedule");
+                state.workers.insert(name, Slot { actor, queued: 0, avg_secs: 0.0 });
+                state.metrics.workers_ready.set(state.workers.len() as i64);
+            }
+            SchedulerMsg::WorkerDown { name } => {
+                if let Some(slot) = state.workers.remove(&name) {
+                    // Its in-flight work fails on its own (the reply ports drop); release the slots now.
+                    state.in_flight = state.in_flight.saturating_sub(slot.queued);
+                    tracing::warn!(worker = %name, lost = slot.queued, "worker left the schedule");
+                }
+                state.metrics.workers_ready.set(state.workers.len() as i64);
+                state.metrics.in_flight.set(state.in_flight as i64);
+            }
+            SchedulerMsg::Done { name, worker, elapsed } => {
+                // A worker that went down already released its slots, and a restarted one under the
+                // same name starts from zero: only the instance that took the job frees it.
+                if let Some(slot) = state.workers.get_mut(&name).filter(|s| s.actor.get_id() == worker) {
+                    slot.queued = slot.queued.saturating_sub(1);
+                    let secs = elapsed.as_secs_f64();
+                    slot.avg_secs = if slot.avg_secs == 0.0 { secs } else { 0.8 * slot.avg_secs + 0.2 * secs };
+                    state.in_flight = state.in_flight.saturating_sub(1);
+                    state.metrics.in_flight.set(state.in_flight as i64);
+                }
+            }
+            SchedulerMsg::SetAdmission(open) => state.admission_open = open,
+            SchedulerMsg::Status(reply) => {
+                let _ = reply.send(state.status());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,366 @@
+//! The node's configuration: the Python miner's `.env` variables (same names, same meaning) plus
+//! ours, loaded once from the environment, `./.env` and `/workspace/.env` (in that order of
+//! precedence), validated at start with messages that name the variable.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// A variable that is set but wrong; the message names it and what it accepts.
+#[derive(Debug, Error)]
+#[error("{var}={value:?}: {expected}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub expected: String,
+}
+
+/// Which inference backend serves challenges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LlmBackend {
+    /// llama.cpp in process (`LLM_BACKEND=llamacpp`, also accepted as `embedded`).
+    Embedded,
+    Vllm,
+    Ollama,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    // Network and wallet (the chain is not contacted yet; see `unused_settings`).
+    pub netuid: u16,
+    pub subtensor_network: String,
+    pub subtensor_address: Option<String>,
+    pub wallet_name: String,
+    pub hotkey_name: String,
+    pub wallet_path: PathBuf,
+    // HTTP
+    pub api_host: String,
+    pub api_port: u16,
+    pub http_workers: usize,
+    pub max_body_bytes: usize,
+    pub enable_inference_endpoint: bool,
+    // Inference
+    pub llm_backend: LlmBackend,
+    pub default_model: String,
+    pub default_max_tokens: u32,
+    pub default_temperature: f32,
+    pub default_top_p: f32,
+    pub model_path: Option<PathBuf>,
+    pub max_model_len: u32,
+    pub llama_threads: i32,
+    pub llama_gpu_layers: u32,
+    pub llama_batch: u32,
+    pub challenge_deadline: Duration,
+    pub max_concurrent_requests: usize,
+    // Protocol
+    pub fiber_key_ttl: Duration,
+    pub fiber_key_grace: Duration,
+    pub fiber_handshake_timeout: Duration,
+    pub fiber_timestamp_skew: Duration,
+    pub enable_validator_whitelist: bool,
+    pub validator_hotkeys: Vec<String>,
+    pub challenge_api_url: Option<String>,
+    // Logs
+    pub log_level: String,
+    pub log_file: Option<PathBuf>,
+    /// Variables that were set but that this build does not act on yet: reported at start.
+    pub unused_settings: Vec<(String, String)>,
+}
+
+/// Where variables come from: the environment first, then the `.env` files' values.
+pub struct Source {
+    vars: BTreeMap<String, String>,
+}
+
+impl Source {
+    /// The process environment over `./.env` over `/workspace/.env`.
+    pub fn load() -> Self {
+        let mut vars = BTreeMap::new();
+        for file in ["/workspace/.env", ".env"] {
+            if let Ok(iter) = dotenvy::from_path_iter(file) {
+                for (k, v) in iter.flatten() {
+                    vars.insert(k, v);
+                }
+            }
+        }
+        for (k, v) in std::env::vars() {
+            vars.insert(k, v);
+        }
+        Self { vars }
+    }
+
+    /// A source from explicit pairs (tests).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Self { vars: pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
+    }
+
+    fn get(&self, var: &str) -> Option<&str> {
+        self.vars.get(var).map(|s| s.trim()).filter(|s| !s.is_empty())
+    }
+
+    fn string(&self, var: &str, default: &str) -> String {
+        self.get(var).unwrap_or(default).to_string()
+    }
+
+    fn parse<T: std::str::FromStr>(&self, var: &'static str, default: T, expected: &str) -> Result<T, ConfigError> {
+        match self.get(var) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| ConfigError { var, value: v.into(), expected: expected.into() }),
+        }
+    }
+
+    fn boolean(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(var).map(str::to_ascii_lowercase).as_deref() {
+            None => Ok(default),
+            Some("1" | "true" | "yes" | "on") => Ok(true),
+            Some("0" | "false" | "no" | "off") => Ok(false),
+            Some(v) => Err(ConfigError { var, value: v.into(), expected: "true or false".into() }),
+        }
+    }
+
+    fn secs(&self, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        self.parse(var, default, "a whole number of seconds").map(Duration::from_secs)
+    }
+}
+
+/// Variables of the Python miner that this build accepts but does not act on, and why.
+const NOT_ACTED_ON: &[(&str, &str)] = &[
+    ("AXON_PORT", "the axon is served on API_PORT"),
+    ("OLLAMA_TIMEOUT", "the OpenAI-compatible backends are not in this build yet"),
+    ("TENSOR_PARALLEL_SIZE", "passed to vLLM by the Python miner's launcher, not used by the embedded engine"),
+    ("GPU_MEMORY_UTILIZATION", "a vLLM launch setting, not used by the embedded engine"),
+    ("FIBER_ENABLE_KEY_ROTATION", "validators rotate keys by re-handshaking; keys always expire after FIBER_KEY_TTL_SECONDS"),
+    ("CHALLENGE_API_URL", "the Challenge API validator list is not polled yet; authorization uses VALIDATOR_HOTKEYS"),
+    ("CHALLENGE_API_KEY", "deprecated in the Python miner too"),
+    ("VLLM_ENABLE_AUTO_TOOL_CHOICE", "a vLLM launch setting"),
+    ("VLLM_TOOL_CALL_PARSER", "a vLLM launch setting"),
+    ("VLLM_ENABLE_PREFIX_CACHING", "a vLLM launch setting"),
+    ("VLLM_MAX_NUM_SEQS", "a vLLM launch setting"),
+    ("VLLM_MAX_NUM_BATCHED_TOKENS", "a vLLM launch setting"),
+    ("SUBTENSOR_ADDRESS", "the chain is not contacted by this build yet"),
+];
+
+fn physical_cores() -> i32 {
+    // Hyper-threads hurt llama.cpp (its threads spin-wait); count cores, not logical CPUs.
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let mut cores = std::collections::HashSet::new();
+    let (mut phys, mut core) = (None, None);
+    for line in cpuinfo.lines() {
+        if let Some(v) = line.strip_prefix("physical id") {
+            phys = v.trim_start_matches([' ', '\t', ':']).parse::<u32>().ok();
+        } else if let Some(v) = line.strip_prefix("core id") {
+            core = v.trim_start_matches([' ', '\t', ':']).parse::<u32>().ok();
+        } else if line.trim().is_empty() {
+            if let (Some(p), Some(c)) = (phys.take(), core.take()) {
+                cores.insert((p, c));
+            }
+        }
+    }
+    if cores.is_empty() {
+        std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(1)
+    } else {
+        cores.len() as i32
+    }
+}
+
+impl Config {
+    pub fn from_source(src: &Source) -> Result<Self, ConfigError> {
+        let llm_backend = match src.string("LLM_BACKEND", "llamacpp").to_ascii_lowercase().as_str() {
+            "llamacpp" | "llama.cpp" | "embedded" => LlmBackend::Embedded,
+            "vllm" => LlmBackend::Vllm,
+            "ollama" => LlmBackend::Ollama,
+            other => {
+                return Err(ConfigError { var: "LLM_BACKEND", value: other.into(), expected: "llamacpp, vllm or ollama".into() })
+            }
+        };
+        let temperature: f32 = src.parse("DEFAULT_TEMPERATURE", 0.7, "a number from 0 to 2")?;
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(ConfigError { var: "DEFAULT_TEMPERATURE", value: temperature.to_string(), expected: "a number from 0 to 2".into() });
+        }
+        let top_p: f32 = src.parse("DEFAULT_TOP_P", 0.95, "a number in (0, 1]")?;
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(ConfigError { var: "DEFAULT_TOP_P", value: top_p.to_string(), expected: "a number in (0, 1]".into() });
+        }
+        let max_concurrent: usize = src.parse("MAX_CONCURRENT_REQUESTS", 10, "a whole number of at least 1")?;
+        if max_concurrent == 0 {
+            return Err(ConfigError { var: "MAX_CONCURRENT_REQUESTS", value: "0".into(), expected: "a whole number of at least 1".into() });
+        }
+        let deadline_ms: u64 = src.parse("CHALLENGE_DEADLINE_MS", 50_000, "milliseconds, from 1000 to 59000")?;
+        if !(1000..=59_000).contains(&deadline_ms) {
+            return Err(ConfigError {
+                var: "CHALLENGE_DEADLINE_MS",
+                value: deadline_ms.to_string(),
+                expected: "milliseconds, from 1000 to 59000 (the validator cancels at 60 s)".into(),
+            });
+        }
+        let ttl = src.secs("FIBER_KEY_TTL_SECONDS", 3600)?;
+        if ttl.is_zero() {
+            return Err(ConfigError { var: "FIBER_KEY_TTL_SECONDS", value: "0".into(), expected: "at least 1 second".into() });
+        }
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        let wallet_name = src.string("WALLET_NAME", "miner");
+        let hotkey_name = src.string("HOTKEY_NAME", "miner");
+        let wallets = src.get("BITTENSOR_WALLET_PATH").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(home).join(".bittensor/wallets"));
+        let unused_settings = NOT_ACTED_ON
+            .iter()
+            .filter_map(|(var, why)| src.get(var).map(|_| (var.to_string(), why.to_string())))
+            .collect();
+        Ok(Self {
+            netuid: src.parse("NETUID", 78, "a subnet number (0-65535)")?,
+            subtensor_network: src.string("SUBTENSOR_NETWORK", "finney"),
+            subtensor_address: src.get("SUBTENSOR_ADDRESS").map(String::from),
+            wallet_path: wallets.join(&wallet_name).join("hotkeys").join(&hotkey_name),
+            wallet_name,
+            hotkey_name,
+            api_host: src.string("API_HOST", "0.0.0.0"),
+            api_port: src.parse("API_PORT", 8000, "a TCP port (1-65535)")?,
+            http_workers: src.parse("HTTP_WORKERS", 2, "a whole number of at least 1")?.max(1),
+            max_body_bytes: src.parse("MAX_BODY_BYTES", 2 * 1024 * 1024, "a number of bytes")?,
+            enable_inference_endpoint: src.boolean("ENABLE_INFERENCE_ENDPOINT", false)?,
+            llm_backend,
+            default_model: src.string("DEFAULT_MODEL", "Qwen/Qwen2.5-32B-Instruct"),
+            default_max_tokens: src.parse("DEFAULT_MAX_TOKENS", 512, "a whole number of tokens")?,
+            default_temperature: temperature,
+            default_top_p: top_p,
+            model_path: src.get("MODEL_PATH").map(PathBuf::from),
+            max_model_len: src.parse("MAX_MODEL_LEN", 8192, "a number of tokens (0 = the model's own)")?,
+            llama_threads: src.parse("LLAMA_THREADS", physical_cores(), "a whole number of threads")?.max(1),
+            llama_gpu_layers: src.parse("LLAMA_GPU_LAYERS", if cfg!(feature = "cuda") { 999 } else { 0 }, "a number of layers")?,
+            llama_batch: src.parse("LLAMA_BATCH", 512, "a number of tokens")?,
+            challenge_deadline: Duration::from_millis(deadline_ms),
+            max_concurrent_requests: max_concurrent,
+            fiber_key_ttl: ttl,
+            fiber_key_grace: src.secs("FIBER_KEY_GRACE_SECONDS", 60)?,
+            fiber_handshake_timeout: src.secs("FIBER_HANDSHAKE_TIMEOUT_SECONDS", 30)?,
+            fiber_timestamp_skew: src.secs("FIBER_TIMESTAMP_SKEW_SECONDS", 300)?,
+            enable_validator_whitelist: src.boolean("ENABLE_VALIDATOR_WHITELIST", true)?,
+            validator_hotkeys: src
+                .get("VALIDATOR_HOTKEYS")
+                .map(|s| s.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect())
+                .unwrap_or_default(),
+            challenge_api_url: src.get("CHALLENGE_API_URL").map(|s| s.trim_end_matches('/').to_string()),
+            log_level: src.string("LOG_LEVEL", "INFO"),
+            log_file: src.get("LOG_FILE").map(PathBuf::from),
+            unused_settings,
+        })
+    }
+
+    /// Checks that need the whole picture (a backend that can run, hotkeys that parse).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.llm_backend {
+            LlmBackend::Embedded => {}
+            LlmBackend::Vllm | LlmBackend::Ollama => {
+                return Err(ConfigError {
+                    var: "LLM_BACKEND",
+                    value: if self.llm_backend == LlmBackend::Vllm { "vllm" } else { "ollama" }.into(),
+                    expected: "llamacpp: the OpenAI-compatible (vLLM/Ollama) worker is not in this build yet".into(),
+                });
+            }
+        }
+        match &self.model_path {
+            None => {
+                return Err(ConfigError {
+                    var: "MODEL_PATH",
+                    value: String::new(),
+                    expected: "the path of a GGUF model file (LLM_BACKEND=llamacpp needs one)".into(),
+                })
+            }
+            Some(p) if !p.is_file() => {
+                return Err(ConfigError { var: "MODEL_PATH", value: p.display().to_string(), expected: "an existing GGUF file".into() })
+            }
+            _ => {}
+        }
+        for h in &self.validator_hotkeys {
+            if loosh_actors::protocol::signature::ss58_decode(h).is_err() {
+                return Err(ConfigError { var: "VALIDATOR_HOTKEYS", value: h.clone(), expected: "comma-separated SS58 hotkeys".into() });
+            }
+        }
+        if let Some(url) = &self.challenge_api_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError { var: "CHALLENGE_API_URL", value: url.clone(), expected: "an http(s) URL".into() });
+            }
+        }
+        Ok(())
+    }
+
+    /// One line per setting for the start-up log; nothing secret lives in this struct.
+    pub fn summary(&self) -> Vec<String> {
+        vec![
+            format!("network: netuid {} on {} (wallet {}/{})", self.netuid, self.subtensor_network, self.wallet_name, self.hotkey_name),
+            format!("http: {}:{} ({} workers, bodies up to {} bytes, /inference {})", self.api_host, self.api_port, self.http_workers, self.max_body_bytes, if self.enable_inference_endpoint { "on" } else { "off" }),
+            format!(
+                "inference: {:?} model {} (ctx {}, {} threads, {} GPU layers), deadline {} ms, max {} in flight",
+                self.llm_backend,
+                self.model_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                self.max_model_len,
+                self.llama_threads,
+                self.llama_gpu_layers,
+                self.challenge_deadline.as_millis(),
+                self.max_concurrent_requests
+            ),
+            format!(
+                "fiber: key ttl {} s (+{} s grace), replay window {} s + {} s timestamp skew",
+                self.fiber_key_ttl.as_secs(),
+                self.fiber_key_grace.as_secs(),
+                self.fiber_handshake_timeout.as_secs(),
+                self.fiber_timestamp_skew.as_secs()
+            ),
+            format!(
+                "validators: whitelist {} with {} static hotkeys",
+                if self.enable_validator_whitelist { "enabled" } else { "DISABLED" },
+                self.validator_hotkeys.len()
+            ),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_python_miner() {
+        let c = Config::from_source(&Source::from_pairs([])).unwrap();
+        assert_eq!(c.api_port, 8000);
+        assert_eq!(c.fiber_key_ttl, Duration::from_secs(3600));
+        assert_eq!(c.fiber_handshake_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_concurrent_requests, 10);
+        assert!(c.enable_validator_whitelist);
+        assert_eq!(c.llm_backend, LlmBackend::Embedded);
+        assert!(c.wallet_path.ends_with("miner/hotkeys/miner"));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = Config::from_source(&Source::from_pairs([("API_PORT", "eighty")])).unwrap_err();
+        assert_eq!(err.var, "API_PORT");
+        assert!(err.to_string().starts_with("API_PORT=\"eighty\""));
+        let err = Config::from_source(&Source::from_pairs([("ENABLE_VALIDATOR_WHITELIST", "maybe")])).unwrap_err();
+        assert_eq!(err.var, "ENABLE_VALIDATOR_WHITELIST");
+        let err = Config::from_source(&Source::from_pairs([("CHALLENGE_DEADLINE_MS", "70000")])).unwrap_err();
+        assert_eq!(err.var, "CHALLENGE_DEADLINE_MS");
+        let err = Config::from_source(&Source::from_pairs([("LLM_BACKEND", "gpt")])).unwrap_err();
+        assert_eq!(err.var, "LLM_BACKEND");
+    }
+
+    #[test]
+    fn unsupported_but_accepted_variables_are_reported() {
+        let c = Config::from_source(&Source::from_pairs([("AXON_PORT", "8089"), ("VLLM_MAX_NUM_SEQS", "64")])).unwrap();
+        let names: Vec<_> = c.unused_settings.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["AXON_PORT", "VLLM_MAX_NUM_SEQS"]);
+    }
+
+    #[test]
+    fn validation_needs_a_model_and_good_hotkeys() {
+        let c = Config::from_source(&Source::from_pairs([])).unwrap();
+        assert_eq!(c.validate().unwrap_err().var, "MODEL_PATH");
+        let c = Config::from_source(&Source::from_pairs([("LLM_BACKEND", "vllm")])).unwrap();
+        assert_eq!(c.validate().unwrap_err().var, "LLM_BACKEND");
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let path = file.path().to_str().unwrap().to_string();
+        let c = Config::from_source(&Source::from_pairs([("MODEL_PATH", path.as_str()), ("VALIDATOR_HOTKEYS", "nope")])).unwrap();
+        assert_eq!(c.validate().unwrap_err().var, "VALIDATOR_HOTKEYS");
+    }
+}

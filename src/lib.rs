@@ -1,0 +1,16 @@
+//! loosh-miner, the node: configuration, the operator's hotkey, the HTTP surface and the wiring
+//! that connects them to the actor graph in the `loosh-actors` crate.
+//!
+//! A request's path: `http::challenge` (route, authorization, body limit) → the graph's key store
+//! (`loosh_actors::session`) → challenge crypto → scheduler → backend worker → back out through
+//! `http::answer` and `http::error`. `node` spawns it all; `validator_client` speaks the protocol
+//! from the validator's side for `probe`, `bench` and the tests.
+
+pub mod bench;
+pub mod config;
+pub mod http;
+pub mod logging;
+pub mod node;
+pub mod probe;
+pub mod validator_client;
+pub mod wallet;

@@ -1,0 +1,128 @@
+//! The `loosh-miner` command: run the node, probe a miner, or benchmark.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use loosh_actors::authorization::ValidatorAuth;
+use loosh_actors::protocol::rsa_keys::MinerRsaKey;
+use loosh_actors::protocol::signature::Hotkey;
+use loosh_miner::config::{Config, Source};
+use loosh_miner::node::{http_settings, spawn_graph, HttpNode};
+use loosh_miner::{bench, logging, probe, wallet};
+
+#[derive(Parser)]
+#[command(name = "loosh-miner", version, about = "Bittensor subnet 78 (Loosh) miner")]
+struct Cli {
+    /// Local development: an ephemeral hotkey, no wallet, no chain.
+    #[arg(long, global = true)]
+    dev: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the miner (the default).
+    Run,
+    /// Act as a validator against a miner and report each step.
+    Probe {
+        /// The miner's base URL, e.g. http://1.2.3.4:8000
+        url: String,
+        #[arg(long, default_value = "What is the capital of France? Answer in one sentence.")]
+        prompt: String,
+        #[arg(long, default_value_t = 64)]
+        max_tokens: u32,
+        /// Hex mini-secret seed of the validator hotkey to use (default: a random one).
+        #[arg(long)]
+        validator_seed: Option<String>,
+    },
+    /// Measure the miner against references in the same run.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(cli.dev),
+        Command::Probe { url, prompt, max_tokens, validator_seed } => {
+            let validator_seed = validator_seed
+                .map(|s| {
+                    hex::decode(s.trim_start_matches("0x"))
+                        .ok()
+                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                        .context("--validator-seed must be 32 bytes of hex")
+                })
+                .transpose()?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let ok = rt.block_on(probe::run(probe::ProbeOptions { url, prompt, max_tokens, validator_seed }));
+            if !ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Bench(args) => bench::run(args),
+    }
+}
+
+fn run(dev: bool) -> anyhow::Result<()> {
+    let cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
+    let _log_guard = logging::init(&cfg.log_level, cfg.log_file.as_deref());
+    cfg.validate().context("invalid configuration")?;
+    for line in cfg.summary() {
+        tracing::info!("{line}");
+    }
+    for (var, why) in &cfg.unused_settings {
+        tracing::warn!("{var} is set but not acted on by this build: {why}");
+    }
+
+    let hotkey = if dev {
+        tracing::warn!("--dev: using an ephemeral hotkey; no wallet is read and the chain is not contacted");
+        Hotkey::ephemeral()
+    } else {
+        let hk = wallet::load_hotkey(&cfg.wallet_path)?;
+        tracing::warn!("chain registration, serve_axon and the metagraph are not in this build: post the axon with fiber-post-ip or btcli");
+        hk
+    };
+    tracing::info!(hotkey = %hotkey.ss58(), "miner hotkey");
+
+    let auth = if dev && cfg.validator_hotkeys.is_empty() {
+        tracing::warn!("--dev without VALIDATOR_HOTKEYS: every validator hotkey is admitted");
+        ValidatorAuth::allow_all()
+    } else {
+        ValidatorAuth::new(cfg.enable_validator_whitelist, cfg.validator_hotkeys.clone())
+    };
+
+    let rsa = Arc::new(MinerRsaKey::generate()?);
+    let actors = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("actors")
+        .enable_all()
+        .build()?;
+    let graph = actors.block_on(spawn_graph(&cfg, rsa))?;
+    let node = HttpNode::start(
+        graph.clone(),
+        Arc::new(auth),
+        hotkey.ss58().to_string(),
+        http_settings(&cfg),
+        &cfg.api_host,
+        cfg.api_port,
+        cfg.http_workers,
+    )
+    .with_context(|| format!("cannot listen on {}:{}", cfg.api_host, cfg.api_port))?;
+    tracing::info!(addr = %node.addr, "serving validators");
+
+    actors.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down: closing admission, finishing in-flight challenges");
+        graph.close_admission();
+        node.stop().await;
+        graph.stop();
+        Ok::<_, std::io::Error>(())
+    })?;
+    Ok(())
+}
