@@ -93,21 +93,38 @@ impl Source {
 
     /// A source from explicit pairs (tests).
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        Self { vars: pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
+        Self {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
     }
 
     fn get(&self, var: &str) -> Option<&str> {
-        self.vars.get(var).map(|s| s.trim()).filter(|s| !s.is_empty())
+        self.vars
+            .get(var)
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
     }
 
     fn string(&self, var: &str, default: &str) -> String {
         self.get(var).unwrap_or(default).to_string()
     }
 
-    fn parse<T: std::str::FromStr>(&self, var: &'static str, default: T, expected: &str) -> Result<T, ConfigError> {
+    fn parse<T: std::str::FromStr>(
+        &self,
+        var: &'static str,
+        default: T,
+        expected: &str,
+    ) -> Result<T, ConfigError> {
         match self.get(var) {
             None => Ok(default),
-            Some(v) => v.parse().map_err(|_| ConfigError { var, value: v.into(), expected: expected.into() }),
+            Some(v) => v.parse().map_err(|_| ConfigError {
+                var,
+                value: v.into(),
+                expected: expected.into(),
+            }),
         }
     }
 
@@ -116,30 +133,53 @@ impl Source {
             None => Ok(default),
             Some("1" | "true" | "yes" | "on") => Ok(true),
             Some("0" | "false" | "no" | "off") => Ok(false),
-            Some(v) => Err(ConfigError { var, value: v.into(), expected: "true or false".into() }),
+            Some(v) => Err(ConfigError {
+                var,
+                value: v.into(),
+                expected: "true or false".into(),
+            }),
         }
     }
 
     fn secs(&self, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
-        self.parse(var, default, "a whole number of seconds").map(Duration::from_secs)
+        self.parse(var, default, "a whole number of seconds")
+            .map(Duration::from_secs)
     }
 }
 
 /// Variables of the Python miner that this build accepts but does not act on, and why.
 const NOT_ACTED_ON: &[(&str, &str)] = &[
     ("AXON_PORT", "the axon is served on API_PORT"),
-    ("OLLAMA_TIMEOUT", "the OpenAI-compatible backends are not in this build yet"),
-    ("TENSOR_PARALLEL_SIZE", "passed to vLLM by the Python miner's launcher, not used by the embedded engine"),
-    ("GPU_MEMORY_UTILIZATION", "a vLLM launch setting, not used by the embedded engine"),
-    ("FIBER_ENABLE_KEY_ROTATION", "validators rotate keys by re-handshaking; keys always expire after FIBER_KEY_TTL_SECONDS"),
-    ("CHALLENGE_API_URL", "the Challenge API validator list is not polled yet; authorization uses VALIDATOR_HOTKEYS"),
+    (
+        "OLLAMA_TIMEOUT",
+        "the OpenAI-compatible backends are not in this build yet",
+    ),
+    (
+        "TENSOR_PARALLEL_SIZE",
+        "passed to vLLM by the Python miner's launcher, not used by the embedded engine",
+    ),
+    (
+        "GPU_MEMORY_UTILIZATION",
+        "a vLLM launch setting, not used by the embedded engine",
+    ),
+    (
+        "FIBER_ENABLE_KEY_ROTATION",
+        "validators rotate keys by re-handshaking; keys always expire after FIBER_KEY_TTL_SECONDS",
+    ),
+    (
+        "CHALLENGE_API_URL",
+        "the Challenge API validator list is not polled yet; authorization uses VALIDATOR_HOTKEYS",
+    ),
     ("CHALLENGE_API_KEY", "deprecated in the Python miner too"),
     ("VLLM_ENABLE_AUTO_TOOL_CHOICE", "a vLLM launch setting"),
     ("VLLM_TOOL_CALL_PARSER", "a vLLM launch setting"),
     ("VLLM_ENABLE_PREFIX_CACHING", "a vLLM launch setting"),
     ("VLLM_MAX_NUM_SEQS", "a vLLM launch setting"),
     ("VLLM_MAX_NUM_BATCHED_TOKENS", "a vLLM launch setting"),
-    ("SUBTENSOR_ADDRESS", "the chain is not contacted by this build yet"),
+    (
+        "SUBTENSOR_ADDRESS",
+        "the chain is not contacted by this build yet",
+    ),
 ];
 
 fn physical_cores() -> i32 {
@@ -159,7 +199,9 @@ fn physical_cores() -> i32 {
         }
     }
     if cores.is_empty() {
-        std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get() as i32)
+            .unwrap_or(1)
     } else {
         cores.len() as i32
     }
@@ -167,27 +209,55 @@ fn physical_cores() -> i32 {
 
 impl Config {
     pub fn from_source(src: &Source) -> Result<Self, ConfigError> {
-        let llm_backend = match src.string("LLM_BACKEND", "llamacpp").to_ascii_lowercase().as_str() {
+        let llm_backend = match src
+            .string("LLM_BACKEND", "llamacpp")
+            .to_ascii_lowercase()
+            .as_str()
+        {
             "llamacpp" | "llama.cpp" | "embedded" => LlmBackend::Embedded,
             "vllm" => LlmBackend::Vllm,
             "ollama" => LlmBackend::Ollama,
             other => {
-                return Err(ConfigError { var: "LLM_BACKEND", value: other.into(), expected: "llamacpp, vllm or ollama".into() })
+                return Err(ConfigError {
+                    var: "LLM_BACKEND",
+                    value: other.into(),
+                    expected: "llamacpp, vllm or ollama".into(),
+                })
             }
         };
         let temperature: f32 = src.parse("DEFAULT_TEMPERATURE", 0.7, "a number from 0 to 2")?;
         if !(0.0..=2.0).contains(&temperature) {
-            return Err(ConfigError { var: "DEFAULT_TEMPERATURE", value: temperature.to_string(), expected: "a number from 0 to 2".into() });
+            return Err(ConfigError {
+                var: "DEFAULT_TEMPERATURE",
+                value: temperature.to_string(),
+                expected: "a number from 0 to 2".into(),
+            });
         }
         let top_p: f32 = src.parse("DEFAULT_TOP_P", 0.95, "a number in (0, 1]")?;
         if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(ConfigError { var: "DEFAULT_TOP_P", value: top_p.to_string(), expected: "a number in (0, 1]".into() });
+            return Err(ConfigError {
+                var: "DEFAULT_TOP_P",
+                value: top_p.to_string(),
+                expected: "a number in (0, 1]".into(),
+            });
         }
-        let max_concurrent: usize = src.parse("MAX_CONCURRENT_REQUESTS", 10, "a whole number of at least 1")?;
+        let max_concurrent: usize = src.parse(
+            "MAX_CONCURRENT_REQUESTS",
+            10,
+            "a whole number of at least 1",
+        )?;
         if max_concurrent == 0 {
-            return Err(ConfigError { var: "MAX_CONCURRENT_REQUESTS", value: "0".into(), expected: "a whole number of at least 1".into() });
+            return Err(ConfigError {
+                var: "MAX_CONCURRENT_REQUESTS",
+                value: "0".into(),
+                expected: "a whole number of at least 1".into(),
+            });
         }
-        let deadline_ms: u64 = src.parse("CHALLENGE_DEADLINE_MS", 50_000, "milliseconds, from 1000 to 59000")?;
+        let deadline_ms: u64 = src.parse(
+            "CHALLENGE_DEADLINE_MS",
+            50_000,
+            "milliseconds, from 1000 to 59000",
+        )?;
         if !(1000..=59_000).contains(&deadline_ms) {
             return Err(ConfigError {
                 var: "CHALLENGE_DEADLINE_MS",
@@ -197,12 +267,19 @@ impl Config {
         }
         let ttl = src.secs("FIBER_KEY_TTL_SECONDS", 3600)?;
         if ttl.is_zero() {
-            return Err(ConfigError { var: "FIBER_KEY_TTL_SECONDS", value: "0".into(), expected: "at least 1 second".into() });
+            return Err(ConfigError {
+                var: "FIBER_KEY_TTL_SECONDS",
+                value: "0".into(),
+                expected: "at least 1 second".into(),
+            });
         }
         let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
         let wallet_name = src.string("WALLET_NAME", "miner");
         let hotkey_name = src.string("HOTKEY_NAME", "miner");
-        let wallets = src.get("BITTENSOR_WALLET_PATH").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(home).join(".bittensor/wallets"));
+        let wallets = src
+            .get("BITTENSOR_WALLET_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(home).join(".bittensor/wallets"));
         let unused_settings = NOT_ACTED_ON
             .iter()
             .filter_map(|(var, why)| src.get(var).map(|_| (var.to_string(), why.to_string())))
@@ -211,12 +288,17 @@ impl Config {
             netuid: src.parse("NETUID", 78, "a subnet number (0-65535)")?,
             subtensor_network: src.string("SUBTENSOR_NETWORK", "finney"),
             subtensor_address: src.get("SUBTENSOR_ADDRESS").map(String::from),
-            wallet_path: wallets.join(&wallet_name).join("hotkeys").join(&hotkey_name),
+            wallet_path: wallets
+                .join(&wallet_name)
+                .join("hotkeys")
+                .join(&hotkey_name),
             wallet_name,
             hotkey_name,
             api_host: src.string("API_HOST", "0.0.0.0"),
             api_port: src.parse("API_PORT", 8000, "a TCP port (1-65535)")?,
-            http_workers: src.parse("HTTP_WORKERS", 2, "a whole number of at least 1")?.max(1),
+            http_workers: src
+                .parse("HTTP_WORKERS", 2, "a whole number of at least 1")?
+                .max(1),
             max_body_bytes: src.parse("MAX_BODY_BYTES", 2 * 1024 * 1024, "a number of bytes")?,
             enable_inference_endpoint: src.boolean("ENABLE_INFERENCE_ENDPOINT", false)?,
             llm_backend,
@@ -225,9 +307,23 @@ impl Config {
             default_temperature: temperature,
             default_top_p: top_p,
             model_path: src.get("MODEL_PATH").map(PathBuf::from),
-            max_model_len: src.parse("MAX_MODEL_LEN", 8192, "a number of tokens (0 = the model's own)")?,
-            llama_threads: src.parse("LLAMA_THREADS", physical_cores(), "a whole number of threads")?.max(1),
-            llama_gpu_layers: src.parse("LLAMA_GPU_LAYERS", if cfg!(feature = "cuda") { 999 } else { 0 }, "a number of layers")?,
+            max_model_len: src.parse(
+                "MAX_MODEL_LEN",
+                8192,
+                "a number of tokens (0 = the model's own)",
+            )?,
+            llama_threads: src
+                .parse(
+                    "LLAMA_THREADS",
+                    physical_cores(),
+                    "a whole number of threads",
+                )?
+                .max(1),
+            llama_gpu_layers: src.parse(
+                "LLAMA_GPU_LAYERS",
+                if cfg!(feature = "cuda") { 999 } else { 0 },
+                "a number of layers",
+            )?,
             llama_batch: src.parse("LLAMA_BATCH", 512, "a number of tokens")?,
             challenge_deadline: Duration::from_millis(deadline_ms),
             max_concurrent_requests: max_concurrent,
@@ -238,9 +334,16 @@ impl Config {
             enable_validator_whitelist: src.boolean("ENABLE_VALIDATOR_WHITELIST", true)?,
             validator_hotkeys: src
                 .get("VALIDATOR_HOTKEYS")
-                .map(|s| s.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect())
+                .map(|s| {
+                    s.split(',')
+                        .map(|h| h.trim().to_string())
+                        .filter(|h| !h.is_empty())
+                        .collect()
+                })
                 .unwrap_or_default(),
-            challenge_api_url: src.get("CHALLENGE_API_URL").map(|s| s.trim_end_matches('/').to_string()),
+            challenge_api_url: src
+                .get("CHALLENGE_API_URL")
+                .map(|s| s.trim_end_matches('/').to_string()),
             log_level: src.string("LOG_LEVEL", "INFO"),
             log_file: src.get("LOG_FILE").map(PathBuf::from),
             unused_settings,
@@ -264,22 +367,35 @@ impl Config {
                 return Err(ConfigError {
                     var: "MODEL_PATH",
                     value: String::new(),
-                    expected: "the path of a GGUF model file (LLM_BACKEND=llamacpp needs one)".into(),
+                    expected: "the path of a GGUF model file (LLM_BACKEND=llamacpp needs one)"
+                        .into(),
                 })
             }
             Some(p) if !p.is_file() => {
-                return Err(ConfigError { var: "MODEL_PATH", value: p.display().to_string(), expected: "an existing GGUF file".into() })
+                return Err(ConfigError {
+                    var: "MODEL_PATH",
+                    value: p.display().to_string(),
+                    expected: "an existing GGUF file".into(),
+                })
             }
             _ => {}
         }
         for h in &self.validator_hotkeys {
             if loosh_actors::protocol::signature::ss58_decode(h).is_err() {
-                return Err(ConfigError { var: "VALIDATOR_HOTKEYS", value: h.clone(), expected: "comma-separated SS58 hotkeys".into() });
+                return Err(ConfigError {
+                    var: "VALIDATOR_HOTKEYS",
+                    value: h.clone(),
+                    expected: "comma-separated SS58 hotkeys".into(),
+                });
             }
         }
         if let Some(url) = &self.challenge_api_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(ConfigError { var: "CHALLENGE_API_URL", value: url.clone(), expected: "an http(s) URL".into() });
+                return Err(ConfigError {
+                    var: "CHALLENGE_API_URL",
+                    value: url.clone(),
+                    expected: "an http(s) URL".into(),
+                });
             }
         }
         Ok(())
@@ -337,9 +453,14 @@ mod tests {
         let err = Config::from_source(&Source::from_pairs([("API_PORT", "eighty")])).unwrap_err();
         assert_eq!(err.var, "API_PORT");
         assert!(err.to_string().starts_with("API_PORT=\"eighty\""));
-        let err = Config::from_source(&Source::from_pairs([("ENABLE_VALIDATOR_WHITELIST", "maybe")])).unwrap_err();
+        let err = Config::from_source(&Source::from_pairs([(
+            "ENABLE_VALIDATOR_WHITELIST",
+            "maybe",
+        )]))
+        .unwrap_err();
         assert_eq!(err.var, "ENABLE_VALIDATOR_WHITELIST");
-        let err = Config::from_source(&Source::from_pairs([("CHALLENGE_DEADLINE_MS", "70000")])).unwrap_err();
+        let err = Config::from_source(&Source::from_pairs([("CHALLENGE_DEADLINE_MS", "70000")]))
+            .unwrap_err();
         assert_eq!(err.var, "CHALLENGE_DEADLINE_MS");
         let err = Config::from_source(&Source::from_pairs([("LLM_BACKEND", "gpt")])).unwrap_err();
         assert_eq!(err.var, "LLM_BACKEND");
@@ -347,7 +468,11 @@ mod tests {
 
     #[test]
     fn unsupported_but_accepted_variables_are_reported() {
-        let c = Config::from_source(&Source::from_pairs([("AXON_PORT", "8089"), ("VLLM_MAX_NUM_SEQS", "64")])).unwrap();
+        let c = Config::from_source(&Source::from_pairs([
+            ("AXON_PORT", "8089"),
+            ("VLLM_MAX_NUM_SEQS", "64"),
+        ]))
+        .unwrap();
         let names: Vec<_> = c.unused_settings.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, ["AXON_PORT", "VLLM_MAX_NUM_SEQS"]);
     }
@@ -360,7 +485,11 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().var, "LLM_BACKEND");
         let file = tempfile::NamedTempFile::new().unwrap();
         let path = file.path().to_str().unwrap().to_string();
-        let c = Config::from_source(&Source::from_pairs([("MODEL_PATH", path.as_str()), ("VALIDATOR_HOTKEYS", "nope")])).unwrap();
+        let c = Config::from_source(&Source::from_pairs([
+            ("MODEL_PATH", path.as_str()),
+            ("VALIDATOR_HOTKEYS", "nope"),
+        ]))
+        .unwrap();
         assert_eq!(c.validate().unwrap_err().var, "VALIDATOR_HOTKEYS");
     }
 }

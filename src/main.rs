@@ -12,7 +12,11 @@ use loosh_miner::node::{http_settings, spawn_graph, HttpNode};
 use loosh_miner::{bench, logging, probe, wallet};
 
 #[derive(Parser)]
-#[command(name = "loosh-miner", version, about = "Bittensor subnet 78 (Loosh) miner")]
+#[command(
+    name = "loosh-miner",
+    version,
+    about = "Bittensor subnet 78 (Loosh) miner"
+)]
 struct Cli {
     /// Local development: an ephemeral hotkey, no wallet, no chain.
     #[arg(long, global = true)]
@@ -29,7 +33,10 @@ enum Command {
     Probe {
         /// The miner's base URL, e.g. http://1.2.3.4:8000
         url: String,
-        #[arg(long, default_value = "What is the capital of France? Answer in one sentence.")]
+        #[arg(
+            long,
+            default_value = "What is the capital of France? Answer in one sentence."
+        )]
         prompt: String,
         #[arg(long, default_value_t = 64)]
         max_tokens: u32,
@@ -45,7 +52,12 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.dev),
-        Command::Probe { url, prompt, max_tokens, validator_seed } => {
+        Command::Probe {
+            url,
+            prompt,
+            max_tokens,
+            validator_seed,
+        } => {
             let validator_seed = validator_seed
                 .map(|s| {
                     hex::decode(s.trim_start_matches("0x"))
@@ -55,7 +67,12 @@ fn main() -> anyhow::Result<()> {
                 })
                 .transpose()?;
             let rt = tokio::runtime::Runtime::new()?;
-            let ok = rt.block_on(probe::run(probe::ProbeOptions { url, prompt, max_tokens, validator_seed }));
+            let ok = rt.block_on(probe::run(probe::ProbeOptions {
+                url,
+                prompt,
+                max_tokens,
+                validator_seed,
+            }));
             if !ok {
                 std::process::exit(1);
             }
@@ -77,7 +94,9 @@ fn run(dev: bool) -> anyhow::Result<()> {
     }
 
     let hotkey = if dev {
-        tracing::warn!("--dev: using an ephemeral hotkey; no wallet is read and the chain is not contacted");
+        tracing::warn!(
+            "--dev: using an ephemeral hotkey; no wallet is read and the chain is not contacted"
+        );
         Hotkey::ephemeral()
     } else {
         let hk = wallet::load_hotkey(&cfg.wallet_path)?;
@@ -90,7 +109,10 @@ fn run(dev: bool) -> anyhow::Result<()> {
         tracing::warn!("--dev without VALIDATOR_HOTKEYS: every validator hotkey is admitted");
         ValidatorAuth::allow_all()
     } else {
-        ValidatorAuth::new(cfg.enable_validator_whitelist, cfg.validator_hotkeys.clone())
+        ValidatorAuth::new(
+            cfg.enable_validator_whitelist,
+            cfg.validator_hotkeys.clone(),
+        )
     };
 
     let rsa = Arc::new(MinerRsaKey::generate()?);

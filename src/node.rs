@@ -60,7 +60,10 @@ pub fn http_settings(cfg: &Config) -> HttpSettings {
 }
 
 /// Spawns the actor graph for `cfg` on the current tokio runtime.
-pub async fn spawn_graph(cfg: &Config, rsa: Arc<MinerRsaKey>) -> Result<MinerGraph, loosh_actors::graph::GraphError> {
+pub async fn spawn_graph(
+    cfg: &Config,
+    rsa: Arc<MinerRsaKey>,
+) -> Result<MinerGraph, loosh_actors::graph::GraphError> {
     MinerGraph::spawn(GraphConfig {
         sessions: session_settings(cfg),
         scheduler: SchedulerSettings {
@@ -94,25 +97,39 @@ impl HttpNode {
         port: u16,
         workers: usize,
     ) -> std::io::Result<Self> {
-        let state = web::Data::new(AppState { graph, auth, miner_hotkey, settings, started: Instant::now() });
+        let state = web::Data::new(AppState {
+            graph,
+            auth,
+            miner_hotkey,
+            settings,
+            started: Instant::now(),
+        });
         let (tx, rx) = std::sync::mpsc::channel();
         let host = host.to_string();
-        let thread = std::thread::Builder::new().name("http".into()).spawn(move || {
-            actix_web::rt::System::new().block_on(async move {
-                match crate::http::bind(state, &host, port, workers) {
-                    Ok((server, addr)) => {
-                        let _ = tx.send(Ok((addr, server.handle())));
-                        server.await
+        let thread = std::thread::Builder::new()
+            .name("http".into())
+            .spawn(move || {
+                actix_web::rt::System::new().block_on(async move {
+                    match crate::http::bind(state, &host, port, workers) {
+                        Ok((server, addr)) => {
+                            let _ = tx.send(Ok((addr, server.handle())));
+                            server.await
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            Ok(())
+                        }
                     }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        Ok(())
-                    }
-                }
-            })
-        })?;
-        let (addr, handle) = rx.recv().map_err(|_| std::io::Error::other("HTTP thread died while binding"))??;
-        Ok(Self { addr, handle, thread: Some(thread) })
+                })
+            })?;
+        let (addr, handle) = rx
+            .recv()
+            .map_err(|_| std::io::Error::other("HTTP thread died while binding"))??;
+        Ok(Self {
+            addr,
+            handle,
+            thread: Some(thread),
+        })
     }
 
     /// Stops accepting, lets in-flight requests finish, and waits for the server thread.

@@ -40,11 +40,14 @@ pub struct WorkerSpec {
 }
 
 pub enum WorkerMsg {
-    Generate { request: GenerationRequest, reply: RpcReplyPort<Result<Generation, BackendError>> },
+    Generate {
+        request: GenerationRequest,
+        reply: RpcReplyPort<Result<Generation, BackendError>>,
+    },
     /// Sent by the engine thread's guard when the thread ends.
     EngineExited { reason: String },
-    /// Test hook: makes the actor panic, as an unexpected engine state would.
-    #[doc(hidden)]
+    /// Test hook: makes the actor panic, as an unexpected engine state would. Public because the
+    /// integration tests and operators' chaos drills use it; nothing in the node sends it.
     CrashForTest,
 }
 
@@ -86,7 +89,10 @@ fn engine_thread(
     jobs: mpsc::Receiver<Job>,
     ready: oneshot::Sender<Result<ModelInfo, BackendError>>,
 ) {
-    let mut guard = ExitGuard { worker, clean: false };
+    let mut guard = ExitGuard {
+        worker,
+        clean: false,
+    };
     let model = match load_model(&spec.engine) {
         Ok(m) => m,
         Err(e) => {
@@ -128,9 +134,15 @@ impl Actor for BackendWorker {
         thread::Builder::new()
             .name(format!("engine-{name}"))
             .spawn(move || engine_thread(spec, myself, jobs_rx, ready_tx))?;
-        let info = ready_rx.await.map_err(|_| BackendError::ModelLoad("engine thread died while loading".into()))??;
+        let info = ready_rx
+            .await
+            .map_err(|_| BackendError::ModelLoad("engine thread died while loading".into()))??;
         tracing::info!(worker = %name, model = %info.description, n_ctx = info.n_ctx, native_tools = info.native_tools, "backend worker ready");
-        Ok(WorkerState { name, jobs: jobs_tx, info })
+        Ok(WorkerState {
+            name,
+            jobs: jobs_tx,
+            info,
+        })
     }
 
     async fn handle(

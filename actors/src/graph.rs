@@ -18,13 +18,17 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::backend_worker::{WorkerMsg, WorkerSpec};
 use crate::challenge_crypto::{ChallengeCrypto, CryptoPool};
+use crate::inference::request::{Generation, GenerationRequest};
 use crate::metrics::Metrics;
 use crate::protocol::rsa_keys::MinerRsaKey;
-use crate::scheduler::{ScheduleError, Scheduler, SchedulerMsg, SchedulerSettings, SchedulerStatus};
+use crate::scheduler::{
+    ScheduleError, Scheduler, SchedulerMsg, SchedulerSettings, SchedulerStatus,
+};
 use crate::session::registry::{KeyRegistry, KeyStore, SessionIndex};
 use crate::session::SessionSettings;
-use crate::worker_supervisor::{RestartPolicy, SupervisorArgs, SupervisorMsg, WorkerStatus, WorkerSupervisor};
-use crate::inference::request::{Generation, GenerationRequest};
+use crate::worker_supervisor::{
+    RestartPolicy, SupervisorArgs, SupervisorMsg, WorkerStatus, WorkerSupervisor,
+};
 
 /// Everything the graph needs to start.
 pub struct GraphConfig {
@@ -50,7 +54,10 @@ pub struct MinerGraph {
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
     #[error("failed to spawn {what}: {source}")]
-    Spawn { what: &'static str, source: ractor::SpawnErr },
+    Spawn {
+        what: &'static str,
+        source: ractor::SpawnErr,
+    },
 }
 
 /// The graph's root: owns the long-lived actors as linked children.
@@ -84,30 +91,64 @@ impl MinerGraph {
     /// true once one is ready.
     pub async fn spawn(config: GraphConfig) -> Result<Self, GraphError> {
         let metrics = Arc::new(Metrics::new());
-        let (root, _) = Actor::spawn(None, GraphRoot, ()).await.map_err(|source| GraphError::Spawn { what: "root", source })?;
+        let (root, _) =
+            Actor::spawn(None, GraphRoot, ())
+                .await
+                .map_err(|source| GraphError::Spawn {
+                    what: "root",
+                    source,
+                })?;
         let cell = root.get_cell();
 
         let index: SessionIndex = Default::default();
-        let (registry, _) = Actor::spawn_linked(None, KeyRegistry, (config.sessions, index.clone()), cell.clone())
-            .await
-            .map_err(|source| GraphError::Spawn { what: "key registry", source })?;
+        let (registry, _) = Actor::spawn_linked(
+            None,
+            KeyRegistry,
+            (config.sessions, index.clone()),
+            cell.clone(),
+        )
+        .await
+        .map_err(|source| GraphError::Spawn {
+            what: "key registry",
+            source,
+        })?;
 
         let mut crypto = Vec::new();
         for _ in 0..config.crypto_actors.max(1) {
-            let (a, _) = Actor::spawn_linked(None, ChallengeCrypto, config.rsa.clone(), cell.clone())
-                .await
-                .map_err(|source| GraphError::Spawn { what: "challenge crypto", source })?;
+            let (a, _) =
+                Actor::spawn_linked(None, ChallengeCrypto, config.rsa.clone(), cell.clone())
+                    .await
+                    .map_err(|source| GraphError::Spawn {
+                        what: "challenge crypto",
+                        source,
+                    })?;
             crypto.push(a);
         }
 
-        let (scheduler, _) = Actor::spawn_linked(None, Scheduler, (config.scheduler, metrics.clone()), cell.clone())
-            .await
-            .map_err(|source| GraphError::Spawn { what: "scheduler", source })?;
+        let (scheduler, _) = Actor::spawn_linked(
+            None,
+            Scheduler,
+            (config.scheduler, metrics.clone()),
+            cell.clone(),
+        )
+        .await
+        .map_err(|source| GraphError::Spawn {
+            what: "scheduler",
+            source,
+        })?;
 
-        let args = SupervisorArgs { specs: config.workers, policy: config.restart, scheduler: scheduler.clone(), metrics: metrics.clone() };
+        let args = SupervisorArgs {
+            specs: config.workers,
+            policy: config.restart,
+            scheduler: scheduler.clone(),
+            metrics: metrics.clone(),
+        };
         let (supervisor, _) = Actor::spawn_linked(None, WorkerSupervisor, args, cell)
             .await
-            .map_err(|source| GraphError::Spawn { what: "worker supervisor", source })?;
+            .map_err(|source| GraphError::Spawn {
+                what: "worker supervisor",
+                source,
+            })?;
 
         Ok(Self {
             keys: KeyStore::new(registry, index),
@@ -126,7 +167,11 @@ impl MinerGraph {
 
     /// Sends one generation through the scheduler.
     pub async fn generate(&self, request: GenerationRequest) -> Result<Generation, ScheduleError> {
-        match self.scheduler.call(|reply| SchedulerMsg::Submit { request, reply }, None).await {
+        match self
+            .scheduler
+            .call(|reply| SchedulerMsg::Submit { request, reply }, None)
+            .await
+        {
             Ok(ractor::rpc::CallResult::Success(result)) => result,
             _ => Err(ScheduleError::NoWorker),
         }
@@ -138,7 +183,13 @@ impl MinerGraph {
 
     pub async fn worker_ref(&self, name: &str) -> Option<ActorRef<WorkerMsg>> {
         let name = name.to_string();
-        ractor::call_t!(self.supervisor, |reply| SupervisorMsg::WorkerRef { name, reply }, 2000).ok().flatten()
+        ractor::call_t!(
+            self.supervisor,
+            |reply| SupervisorMsg::WorkerRef { name, reply },
+            2000
+        )
+        .ok()
+        .flatten()
     }
 
     /// Closes admission (in-flight work finishes) — the first step of a graceful shutdown.

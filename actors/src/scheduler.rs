@@ -21,7 +21,10 @@ pub enum ScheduleError {
     #[error("no backend worker is ready")]
     NoWorker,
     #[error("the miner is at capacity ({in_flight} challenges in flight)")]
-    Busy { in_flight: usize, retry_after_secs: u64 },
+    Busy {
+        in_flight: usize,
+        retry_after_secs: u64,
+    },
     #[error("admission is closed (the miner is shutting down)")]
     Closed,
     #[error(transparent)]
@@ -31,11 +34,23 @@ pub enum ScheduleError {
 }
 
 pub enum SchedulerMsg {
-    Submit { request: GenerationRequest, reply: RpcReplyPort<Result<Generation, ScheduleError>> },
-    WorkerUp { name: String, actor: ActorRef<WorkerMsg> },
-    WorkerDown { name: String },
+    Submit {
+        request: GenerationRequest,
+        reply: RpcReplyPort<Result<Generation, ScheduleError>>,
+    },
+    WorkerUp {
+        name: String,
+        actor: ActorRef<WorkerMsg>,
+    },
+    WorkerDown {
+        name: String,
+    },
     /// A dispatched generation ended (either way); frees its slot.
-    Done { name: String, worker: ActorId, elapsed: Duration },
+    Done {
+        name: String,
+        worker: ActorId,
+        elapsed: Duration,
+    },
     SetAdmission(bool),
     Status(RpcReplyPort<SchedulerStatus>),
 }
@@ -76,7 +91,11 @@ pub struct SchedulerSettings {
 
 impl Default for SchedulerSettings {
     fn default() -> Self {
-        Self { max_in_flight: 10, max_queue_per_worker: 10, deadline_slack: Duration::from_secs(5) }
+        Self {
+            max_in_flight: 10,
+            max_queue_per_worker: 10,
+            deadline_slack: Duration::from_secs(5),
+        }
     }
 }
 
@@ -109,7 +128,12 @@ impl SchedulerState {
 
     fn retry_after_secs(&self) -> u64 {
         let per_worker = self.in_flight as f64 / self.workers.len().max(1) as f64;
-        let avg = self.workers.values().map(|s| s.avg_secs).fold(0.0, f64::max).max(1.0);
+        let avg = self
+            .workers
+            .values()
+            .map(|s| s.avg_secs)
+            .fold(0.0, f64::max)
+            .max(1.0);
         (per_worker * avg).ceil().clamp(1.0, 30.0) as u64
     }
 }
@@ -124,7 +148,13 @@ impl Actor for Scheduler {
         _myself: ActorRef<Self::Msg>,
         (settings, metrics): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(SchedulerState { settings, metrics, workers: BTreeMap::new(), in_flight: 0, admission_open: true })
+        Ok(SchedulerState {
+            settings,
+            metrics,
+            workers: BTreeMap::new(),
+            in_flight: 0,
+            admission_open: true,
+        })
     }
 
     async fn handle(
@@ -150,8 +180,12 @@ impl Actor for Scheduler {
                     .filter(|(_, s)| s.queued < max_queue)
                     .min_by_key(|(_, s)| s.queued)
                     .map(|(name, _)| name.clone());
-                let Some(name) = pick.filter(|_| state.in_flight < state.settings.max_in_flight) else {
-                    let err = ScheduleError::Busy { in_flight: state.in_flight, retry_after_secs: state.retry_after_secs() };
+                let Some(name) = pick.filter(|_| state.in_flight < state.settings.max_in_flight)
+                else {
+                    let err = ScheduleError::Busy {
+                        in_flight: state.in_flight,
+                        retry_after_secs: state.retry_after_secs(),
+                    };
                     let _ = reply.send(Err(err));
                     return Ok(());
                 };
@@ -161,22 +195,41 @@ impl Actor for Scheduler {
                 state.metrics.in_flight.set(state.in_flight as i64);
                 let worker = slot.actor.clone();
                 let worker_id = worker.get_id();
-                let wait = request.deadline.saturating_duration_since(Instant::now()) + state.settings.deadline_slack;
+                let wait = request.deadline.saturating_duration_since(Instant::now())
+                    + state.settings.deadline_slack;
                 let started = Instant::now();
                 tokio::spawn(async move {
-                    let result = match worker.call(|r| WorkerMsg::Generate { request, reply: r }, Some(wait)).await {
+                    let result = match worker
+                        .call(|r| WorkerMsg::Generate { request, reply: r }, Some(wait))
+                        .await
+                    {
                         Ok(ractor::rpc::CallResult::Success(Ok(g))) => Ok(g),
-                        Ok(ractor::rpc::CallResult::Success(Err(e))) => Err(ScheduleError::Backend(e)),
+                        Ok(ractor::rpc::CallResult::Success(Err(e))) => {
+                            Err(ScheduleError::Backend(e))
+                        }
                         Ok(ractor::rpc::CallResult::Timeout) => Err(ScheduleError::Timeout),
-                        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err(ScheduleError::Backend(BackendError::WorkerGone)),
+                        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
+                            Err(ScheduleError::Backend(BackendError::WorkerGone))
+                        }
                     };
-                    let _ = myself.cast(SchedulerMsg::Done { name, worker: worker_id, elapsed: started.elapsed() });
+                    let _ = myself.cast(SchedulerMsg::Done {
+                        name,
+                        worker: worker_id,
+                        elapsed: started.elapsed(),
+                    });
                     let _ = reply.send(result);
                 });
             }
             SchedulerMsg::WorkerUp { name, actor } => {
                 tracing::info!(worker = %name, "worker joined the schedule");
-                state.workers.insert(name, Slot { actor, queued: 0, avg_secs: 0.0 });
+                state.workers.insert(
+                    name,
+                    Slot {
+                        actor,
+                        queued: 0,
+                        avg_secs: 0.0,
+                    },
+                );
                 state.metrics.workers_ready.set(state.workers.len() as i64);
             }
             SchedulerMsg::WorkerDown { name } => {
@@ -188,13 +241,25 @@ impl Actor for Scheduler {
                 state.metrics.workers_ready.set(state.workers.len() as i64);
                 state.metrics.in_flight.set(state.in_flight as i64);
             }
-            SchedulerMsg::Done { name, worker, elapsed } => {
+            SchedulerMsg::Done {
+                name,
+                worker,
+                elapsed,
+            } => {
                 // A worker that went down already released its slots, and a restarted one under the
                 // same name starts from zero: only the instance that took the job frees it.
-                if let Some(slot) = state.workers.get_mut(&name).filter(|s| s.actor.get_id() == worker) {
+                if let Some(slot) = state
+                    .workers
+                    .get_mut(&name)
+                    .filter(|s| s.actor.get_id() == worker)
+                {
                     slot.queued = slot.queued.saturating_sub(1);
                     let secs = elapsed.as_secs_f64();
-                    slot.avg_secs = if slot.avg_secs == 0.0 { secs } else { 0.8 * slot.avg_secs + 0.2 * secs };
+                    slot.avg_secs = if slot.avg_secs == 0.0 {
+                        secs
+                    } else {
+                        0.8 * slot.avg_secs + 0.2 * secs
+                    };
                     state.in_flight = state.in_flight.saturating_sub(1);
                     state.metrics.in_flight.set(state.in_flight as i64);
                 }

@@ -45,7 +45,11 @@ impl RestartPolicy {
             return None;
         }
         let factor = 1u32.checked_shl(recent_restarts as u32).unwrap_or(u32::MAX);
-        Some(self.backoff_initial.saturating_mul(factor).min(self.backoff_max))
+        Some(
+            self.backoff_initial
+                .saturating_mul(factor)
+                .min(self.backoff_max),
+        )
     }
 }
 
@@ -69,10 +73,16 @@ pub enum SupervisorMsg {
     /// Start (or restart) the worker at this index.
     Start(usize),
     /// A start attempt finished.
-    Started { index: usize, result: Result<ActorRef<WorkerMsg>, String> },
+    Started {
+        index: usize,
+        result: Result<ActorRef<WorkerMsg>, String>,
+    },
     Status(RpcReplyPort<Vec<WorkerStatus>>),
     /// The worker's actor, for tests that need to poke one.
-    WorkerRef { name: String, reply: RpcReplyPort<Option<ActorRef<WorkerMsg>>> },
+    WorkerRef {
+        name: String,
+        reply: RpcReplyPort<Option<ActorRef<WorkerMsg>>>,
+    },
 }
 
 pub struct WorkerSupervisor;
@@ -106,17 +116,30 @@ impl SupervisorState {
         let policy = self.policy.clone();
         let child = &mut self.children[index];
         child.actor = None;
-        self.scheduler.cast(SchedulerMsg::WorkerDown { name: child.spec.name.clone() }).ok();
-        while child.recent.front().is_some_and(|t| now.duration_since(*t) > policy.within) {
+        self.scheduler
+            .cast(SchedulerMsg::WorkerDown {
+                name: child.spec.name.clone(),
+            })
+            .ok();
+        while child
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > policy.within)
+        {
             child.recent.pop_front();
         }
         match policy.next_backoff(child.recent.len()) {
             Some(backoff) => {
                 child.recent.push_back(now);
                 child.restarts += 1;
-                self.metrics.worker_restarts.with_label_values(&[&child.spec.name]).inc();
+                self.metrics
+                    .worker_restarts
+                    .with_label_values(&[&child.spec.name])
+                    .inc();
                 tracing::warn!(worker = %child.spec.name, %reason, backoff_ms = backoff.as_millis() as u64, "worker failed; restarting");
-                child.phase = WorkerPhase::Restarting { after_failure: reason };
+                child.phase = WorkerPhase::Restarting {
+                    after_failure: reason,
+                };
                 myself.send_after(backoff, move || SupervisorMsg::Start(index));
             }
             None => {
@@ -124,7 +147,10 @@ impl SupervisorState {
                     worker = %child.spec.name, %reason, max_restarts = policy.max_restarts, within_s = policy.within.as_secs(),
                     "worker exceeded its restart intensity; leaving it down"
                 );
-                self.metrics.worker_down.with_label_values(&[&child.spec.name]).set(1);
+                self.metrics
+                    .worker_down
+                    .with_label_values(&[&child.spec.name])
+                    .set(1);
                 child.phase = WorkerPhase::Down { reason };
             }
         }
@@ -147,7 +173,13 @@ impl Actor for WorkerSupervisor {
         let children = args
             .specs
             .into_iter()
-            .map(|spec| Child { spec, actor: None, phase: WorkerPhase::Starting, recent: VecDeque::new(), restarts: 0 })
+            .map(|spec| Child {
+                spec,
+                actor: None,
+                phase: WorkerPhase::Starting,
+                recent: VecDeque::new(),
+                restarts: 0,
+            })
             .collect();
         Ok(SupervisorState {
             children,
@@ -166,7 +198,9 @@ impl Actor for WorkerSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SupervisorMsg::Start(index) => {
-                let Some(child) = state.children.get_mut(index) else { return Ok(()) };
+                let Some(child) = state.children.get_mut(index) else {
+                    return Ok(());
+                };
                 if child.actor.is_some() || matches!(child.phase, WorkerPhase::Down { .. }) {
                     return Ok(());
                 }
@@ -189,8 +223,15 @@ impl Actor for WorkerSupervisor {
                     state.by_actor.insert(actor.get_id(), index);
                     child.actor = Some(actor.clone());
                     child.phase = WorkerPhase::Ready;
-                    state.metrics.worker_down.with_label_values(&[&child.spec.name]).set(0);
-                    state.scheduler.cast(SchedulerMsg::WorkerUp { name: child.spec.name.clone(), actor })?;
+                    state
+                        .metrics
+                        .worker_down
+                        .with_label_values(&[&child.spec.name])
+                        .set(0);
+                    state.scheduler.cast(SchedulerMsg::WorkerUp {
+                        name: child.spec.name.clone(),
+                        actor,
+                    })?;
                 }
                 Err(reason) => state.failed(&myself, index, reason),
             },
@@ -198,12 +239,20 @@ impl Actor for WorkerSupervisor {
                 let status = state
                     .children
                     .iter()
-                    .map(|c| WorkerStatus { name: c.spec.name.clone(), phase: c.phase.clone(), restarts: c.restarts })
+                    .map(|c| WorkerStatus {
+                        name: c.spec.name.clone(),
+                        phase: c.phase.clone(),
+                        restarts: c.restarts,
+                    })
                     .collect();
                 let _ = reply.send(status);
             }
             SupervisorMsg::WorkerRef { name, reply } => {
-                let actor = state.children.iter().find(|c| c.spec.name == name).and_then(|c| c.actor.clone());
+                let actor = state
+                    .children
+                    .iter()
+                    .find(|c| c.spec.name == name)
+                    .and_then(|c| c.actor.clone());
                 let _ = reply.send(actor);
             }
         }
@@ -218,7 +267,9 @@ impl Actor for WorkerSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         let (cell, reason) = match event {
             SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into())),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
             _ => return Ok(()),
         };
         if let Some(index) = state.by_actor.remove(&cell.get_id()) {
@@ -227,7 +278,11 @@ impl Actor for WorkerSupervisor {
         Ok(())
     }
 
-    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         for child in &state.children {
             if let Some(actor) = &child.actor {
                 actor.stop(Some("supervisor stopping".into()));

@@ -11,12 +11,22 @@ use super::error::ApiError;
 use super::state::AppState;
 
 #[post("/inference")]
-pub async fn inference(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+pub async fn inference(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let arrival = Instant::now();
     if !state.settings.inference_enabled {
-        return Err(ApiError::NotFound("/inference is disabled (ENABLE_INFERENCE_ENDPOINT=false)".into()));
+        return Err(ApiError::NotFound(
+            "/inference is disabled (ENABLE_INFERENCE_ENDPOINT=false)".into(),
+        ));
     }
-    let hotkey = req.headers().get("validator-hotkey").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let hotkey = req
+        .headers()
+        .get("validator-hotkey")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     if hotkey.is_empty() || !state.auth.is_allowed(hotkey) {
         return Err(ApiError::Forbidden);
     }

@@ -25,17 +25,27 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(key_exchange::key_exchange)
         .service(challenge::challenge)
         .service(inference::inference)
-        .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such endpoint".into())) }));
+        .default_service(web::to(|| async {
+            Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such endpoint".into()))
+        }));
 }
 
 /// Binds the server (port 0 picks a free one) and returns it with the address it listens on.
 /// Shutdown is graceful: in-flight challenges get up to 55 s to finish.
-pub fn bind(state: web::Data<AppState>, host: &str, port: u16, workers: usize) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
+pub fn bind(
+    state: web::Data<AppState>,
+    host: &str,
+    port: u16,
+    workers: usize,
+) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
         .workers(workers)
         .shutdown_timeout(55)
         .disable_signals()
         .bind((host, port))?;
-    let addr = *server.addrs().first().ok_or_else(|| std::io::Error::other("no listening address"))?;
+    let addr = *server
+        .addrs()
+        .first()
+        .ok_or_else(|| std::io::Error::other("no listening address"))?;
     Ok((server.run(), addr))
 }

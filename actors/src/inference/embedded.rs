@@ -52,7 +52,9 @@ pub fn backend() -> Result<&'static LlamaBackend, BackendError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
-            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default().with_logs_enabled(true));
+            llama_cpp_2::send_logs_to_tracing(
+                llama_cpp_2::LogOptions::default().with_logs_enabled(true),
+            );
             LlamaBackend::init().map_err(|e| e.to_string())
         })
         .as_ref()
@@ -72,7 +74,10 @@ pub struct EmbeddedEngine<'m> {
 /// Loads the model file (the expensive part; call once per worker thread).
 pub fn load_model(spec: &EmbeddedSpec) -> Result<LlamaModel, BackendError> {
     if !spec.model_path.is_file() {
-        return Err(BackendError::ModelLoad(format!("{} does not exist or is not a file", spec.model_path.display())));
+        return Err(BackendError::ModelLoad(format!(
+            "{} does not exist or is not a file",
+            spec.model_path.display()
+        )));
     }
     let mut params = LlamaModelParams::default().with_n_gpu_layers(spec.gpu_layers);
     if let Some(gpu) = spec.main_gpu {
@@ -85,7 +90,11 @@ pub fn load_model(spec: &EmbeddedSpec) -> Result<LlamaModel, BackendError> {
 impl<'m> EmbeddedEngine<'m> {
     /// Makes the context and compiles the chat template for a loaded model.
     pub fn new(model: &'m LlamaModel, spec: &EmbeddedSpec) -> Result<Self, BackendError> {
-        let n_ctx = if spec.n_ctx == 0 { model.n_ctx_train() } else { spec.n_ctx.min(model.n_ctx_train().max(1)) };
+        let n_ctx = if spec.n_ctx == 0 {
+            model.n_ctx_train()
+        } else {
+            spec.n_ctx.min(model.n_ctx_train().max(1))
+        };
         let n_batch = spec.n_batch.clamp(32, n_ctx.max(32));
         let threads = spec.threads.max(1);
         let params = LlamaContextParams::default()
@@ -110,12 +119,22 @@ impl<'m> EmbeddedEngine<'m> {
                 ChatTemplate::new(CHATML_TEMPLATE, "", "")
             })
             .map_err(|e| BackendError::Template(e.to_string()))?;
-        Ok(Self { model, ctx, template, n_batch, secs_per_token: 0.0 })
+        Ok(Self {
+            model,
+            ctx,
+            template,
+            n_batch,
+            secs_per_token: 0.0,
+        })
     }
 
     pub fn info(&self) -> ModelInfo {
         ModelInfo {
-            description: format!("{} params, {} layers", self.model.n_params(), self.model.n_layer()),
+            description: format!(
+                "{} params, {} layers",
+                self.model.n_params(),
+                self.model.n_layer()
+            ),
             n_ctx: self.ctx.n_ctx(),
             native_tools: self.template.has_native_tools(),
         }
@@ -124,14 +143,18 @@ impl<'m> EmbeddedEngine<'m> {
     /// Tokenises a rendered prompt (also used by the benchmark's direct llama.cpp path).
     pub fn tokenize(&self, prompt: &str) -> Vec<llama_cpp_2::token::LlamaToken> {
         let vocab = self.model.vocab();
-        let bos_text = String::from_utf8_lossy(&vocab.token_to_piece(vocab.bos(), true, None)).into_owned();
-        let add_bos = vocab.should_add_bos() && !(!bos_text.is_empty() && prompt.starts_with(&bos_text));
+        let bos_text =
+            String::from_utf8_lossy(&vocab.token_to_piece(vocab.bos(), true, None)).into_owned();
+        let add_bos =
+            vocab.should_add_bos() && (bos_text.is_empty() || !prompt.starts_with(&bos_text));
         vocab.tokenize(prompt.as_bytes(), add_bos, true)
     }
 
     /// Renders the conversation with the model's chat template.
     pub fn render(&self, req: &GenerationRequest) -> Result<String, BackendError> {
-        self.template.render(&req.messages, req.tools.as_deref()).map_err(|e| BackendError::Template(e.to_string()))
+        self.template
+            .render(&req.messages, req.tools.as_deref())
+            .map_err(|e| BackendError::Template(e.to_string()))
     }
 
     /// Runs one request to completion, to `max_tokens`, to a stop string, or to the deadline.
@@ -142,7 +165,10 @@ impl<'m> EmbeddedEngine<'m> {
         let n_ctx = self.ctx.n_ctx();
         let prompt_tokens = tokens.len() as u32;
         if prompt_tokens == 0 || prompt_tokens >= n_ctx {
-            return Err(BackendError::PromptTooLong { prompt_tokens, n_ctx });
+            return Err(BackendError::PromptTooLong {
+                prompt_tokens,
+                n_ctx,
+            });
         }
         // max_tokens is clamped to the context left after the prompt.
         let max_new = req.max_tokens.min(n_ctx - prompt_tokens);
@@ -150,16 +176,32 @@ impl<'m> EmbeddedEngine<'m> {
         self.ctx.clear_kv_cache();
         let mut batch = LlamaBatch::new(self.n_batch as usize, 1);
         let last = tokens.len() - 1;
-        for (chunk_start, chunk) in tokens.chunks(self.n_batch as usize).enumerate().map(|(i, c)| (i * self.n_batch as usize, c)) {
+        for (chunk_start, chunk) in tokens
+            .chunks(self.n_batch as usize)
+            .enumerate()
+            .map(|(i, c)| (i * self.n_batch as usize, c))
+        {
             if Instant::now() >= req.deadline {
-                return Ok(self.finish(String::new(), FinishReason::Length, prompt_tokens, 0, None, started_at, true));
+                return Ok(self.finish(
+                    String::new(),
+                    FinishReason::Length,
+                    prompt_tokens,
+                    0,
+                    None,
+                    started_at,
+                    true,
+                ));
             }
             batch.clear();
             for (j, t) in chunk.iter().enumerate() {
                 let pos = chunk_start + j;
-                batch.add(*t, pos as i32, &[0], pos == last).map_err(|e| BackendError::Inference(e.to_string()))?;
+                batch
+                    .add(*t, pos as i32, &[0], pos == last)
+                    .map_err(|e| BackendError::Inference(e.to_string()))?;
             }
-            self.ctx.decode(&mut batch).map_err(|e| BackendError::Inference(format!("prompt decode: {e}")))?;
+            self.ctx
+                .decode(&mut batch)
+                .map_err(|e| BackendError::Inference(format!("prompt decode: {e}")))?;
         }
 
         let mut sampler = sampler_for(req.temperature, req.top_p);
@@ -197,17 +239,33 @@ impl<'m> EmbeddedEngine<'m> {
                 break;
             }
             batch.clear();
-            batch.add(token, pos, &[0], true).map_err(|e| BackendError::Inference(e.to_string()))?;
+            batch
+                .add(token, pos, &[0], true)
+                .map_err(|e| BackendError::Inference(e.to_string()))?;
             pos += 1;
-            self.ctx.decode(&mut batch).map_err(|e| BackendError::Inference(format!("decode: {e}")))?;
+            self.ctx
+                .decode(&mut batch)
+                .map_err(|e| BackendError::Inference(format!("decode: {e}")))?;
             logits_idx = 0;
             let tick = Instant::now();
             let dt = tick.duration_since(last_tick).as_secs_f64();
             last_tick = tick;
-            self.secs_per_token = if self.secs_per_token == 0.0 { dt } else { 0.8 * self.secs_per_token + 0.2 * dt };
+            self.secs_per_token = if self.secs_per_token == 0.0 {
+                dt
+            } else {
+                0.8 * self.secs_per_token + 0.2 * dt
+            };
         }
         let text = String::from_utf8_lossy(&out).into_owned();
-        Ok(self.finish(text, finish, prompt_tokens, completion, first_token_at, started_at, cut))
+        Ok(self.finish(
+            text,
+            finish,
+            prompt_tokens,
+            completion,
+            first_token_at,
+            started_at,
+            cut,
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -222,7 +280,11 @@ impl<'m> EmbeddedEngine<'m> {
         cut_by_deadline: bool,
     ) -> Generation {
         let (text, tool_calls) = extract_tool_calls(&text);
-        let finish_reason = if !tool_calls.is_empty() && finish == FinishReason::Stop { FinishReason::ToolCalls } else { finish };
+        let finish_reason = if !tool_calls.is_empty() && finish == FinishReason::Stop {
+            FinishReason::ToolCalls
+        } else {
+            finish
+        };
         Generation {
             text,
             tool_calls,
@@ -243,8 +305,16 @@ pub fn sampler_for(temperature: f32, top_p: f32) -> LlamaSampler {
     if temperature <= 0.0 {
         return LlamaSampler::greedy();
     }
-    let top_p = if top_p > 0.0 && top_p < 1.0 { top_p } else { 1.0 };
-    LlamaSampler::chain_simple([LlamaSampler::top_p(top_p, 1), LlamaSampler::temp(temperature), LlamaSampler::dist(rand::random())])
+    let top_p = if top_p > 0.0 && top_p < 1.0 {
+        top_p
+    } else {
+        1.0
+    };
+    LlamaSampler::chain_simple([
+        LlamaSampler::top_p(top_p, 1),
+        LlamaSampler::temp(temperature),
+        LlamaSampler::dist(rand::random()),
+    ])
 }
 
 /// Where the text should be cut if it now ends with a stop string. Checked after every token, so
@@ -252,7 +322,10 @@ pub fn sampler_for(temperature: f32, top_p: f32) -> LlamaSampler {
 fn stop_string_end(out: &[u8], stops: &[String]) -> Option<usize> {
     stops.iter().filter(|s| !s.is_empty()).find_map(|s| {
         let from = out.len().saturating_sub(s.len() + 32);
-        out[from..].windows(s.len()).position(|w| w == s.as_bytes()).map(|p| from + p)
+        out[from..]
+            .windows(s.len())
+            .position(|w| w == s.as_bytes())
+            .map(|p| from + p)
     })
 }
 

@@ -25,7 +25,16 @@ pub fn extract_tool_calls(text: &str) -> (String, Vec<ToolCall>) {
                 prose.push_str(&rest[..start]);
                 calls.push(call);
             }
-            None => prose.push_str(&rest[..start + OPEN.len() + body.len() + if next.is_empty() && !after.contains(CLOSE) { 0 } else { CLOSE.len() }]),
+            None => prose.push_str(
+                &rest[..start
+                    + OPEN.len()
+                    + body.len()
+                    + if next.is_empty() && !after.contains(CLOSE) {
+                        0
+                    } else {
+                        CLOSE.len()
+                    }],
+            ),
         }
         rest = next;
     }
@@ -71,7 +80,13 @@ mod tests {
             "<tool_call>{\"name\":\"a\",\"arguments\":\"{}\"}</tool_call><tool_call>{\"name\":\"b\"}",
         );
         assert_eq!(text, "");
-        assert_eq!(calls.iter().map(|c| c.function.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            calls
+                .iter()
+                .map(|c| c.function.name.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         assert_eq!(calls[1].function.arguments, "{}");
     }
 

@@ -24,7 +24,10 @@ impl KeyExchangeRequest {
     /// The timestamp as seconds, if it is a JSON number (or a numeric string, as pydantic coerces).
     pub fn timestamp_secs(&self) -> Option<f64> {
         let raw = self.timestamp.get().trim();
-        let text = raw.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(raw);
+        let text = raw
+            .strip_prefix('"')
+            .and_then(|s| s.strip_suffix('"'))
+            .unwrap_or(raw);
         text.parse::<f64>().ok().filter(|v| v.is_finite())
     }
 
@@ -33,9 +36,19 @@ impl KeyExchangeRequest {
     pub fn candidate_signed_messages(&self) -> Vec<String> {
         let mut out = Vec::with_capacity(2);
         if let Some(ts) = self.timestamp_secs() {
-            out.push(format!("{}.{}.{}", python_float_repr(ts), self.nonce, self.validator_hotkey_ss58));
+            out.push(format!(
+                "{}.{}.{}",
+                python_float_repr(ts),
+                self.nonce,
+                self.validator_hotkey_ss58
+            ));
         }
-        let raw = format!("{}.{}.{}", self.timestamp.get().trim(), self.nonce, self.validator_hotkey_ss58);
+        let raw = format!(
+            "{}.{}.{}",
+            self.timestamp.get().trim(),
+            self.nonce,
+            self.validator_hotkey_ss58
+        );
         if !out.contains(&raw) {
             out.push(raw);
         }
@@ -127,7 +140,12 @@ impl ChallengeRequest {
     pub fn stop_strings(&self) -> Vec<String> {
         match &self.stop {
             Some(Value::String(s)) if !s.is_empty() => vec![s.clone()],
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).filter(|s| !s.is_empty()).map(String::from).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -179,7 +197,9 @@ pub fn echo_timing(
 ) -> Option<Map<String, Value>> {
     let mut metadata = metadata?.clone();
     let timing = metadata.get_mut("timing_data")?.as_object_mut()?;
-    let stages = timing.entry("stages").or_insert_with(|| Value::Array(Vec::new()));
+    let stages = timing
+        .entry("stages")
+        .or_insert_with(|| Value::Array(Vec::new()));
     if !stages.is_array() {
         *stages = Value::Array(Vec::new());
     }
@@ -250,9 +270,14 @@ mod tests {
 
     #[test]
     fn prompt_becomes_a_user_turn_and_neither_is_none() {
-        let r: ChallengeRequest = serde_json::from_str(r#"{"prompt":"hi","messages":null}"#).unwrap();
-        assert_eq!(r.conversation().unwrap(), vec![ChatMessage::new("user", "hi")]);
-        let r: ChallengeRequest = serde_json::from_str(r#"{"prompt":null,"messages":null}"#).unwrap();
+        let r: ChallengeRequest =
+            serde_json::from_str(r#"{"prompt":"hi","messages":null}"#).unwrap();
+        assert_eq!(
+            r.conversation().unwrap(),
+            vec![ChatMessage::new("user", "hi")]
+        );
+        let r: ChallengeRequest =
+            serde_json::from_str(r#"{"prompt":null,"messages":null}"#).unwrap();
         assert!(r.conversation().is_none());
     }
 
@@ -264,11 +289,29 @@ mod tests {
         .unwrap();
         let out = echo_timing(Some(&meta), 1.0, 2.0, 2.0).unwrap();
         let stages = out["timing_data"]["stages"].as_array().unwrap();
-        let names: Vec<_> = stages.iter().map(|s| s["stage_name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["validator_send", "miner_inference", "miner_response"]);
+        let names: Vec<_> = stages
+            .iter()
+            .map(|s| s["stage_name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["validator_send", "miner_inference", "miner_response"]
+        );
         assert_eq!(out["timing_data"]["x"], 1);
         assert_eq!(out["other"], true);
         assert_eq!(stages[1]["elapsed_ms"], 1000.0);
         assert!(echo_timing(None, 1.0, 2.0, 2.0).is_none());
+    }
+
+    #[test]
+    fn validator_floats_survive_the_echo_bit_for_bit() {
+        // serde_json's default float parser is off by one ulp on numbers like these; the validator
+        // compares what we echo, so parsing must round-trip exactly.
+        let text = r#"{"timing_data":{"request_start_timestamp":1795569790.503868,"stages":[]}}"#;
+        let meta: Map<String, Value> = serde_json::from_str(text).unwrap();
+        let out = echo_timing(Some(&meta), 1.0, 2.0, 2.0).unwrap();
+        assert!(serde_json::to_string(&out)
+            .unwrap()
+            .contains("1795569790.503868"));
     }
 }

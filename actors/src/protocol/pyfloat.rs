@@ -11,10 +11,18 @@ pub fn python_float_repr(value: f64) -> String {
         return "nan".into();
     }
     if value.is_infinite() {
-        return if value > 0.0 { "inf".into() } else { "-inf".into() };
+        return if value > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        };
     }
     if value == 0.0 {
-        return if value.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+        return if value.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
     }
     // Rust's `{:e}` gives the shortest round-trip digits as `d.ddde±x`.
     let sci = format!("{:e}", value.abs());
@@ -26,7 +34,11 @@ pub fn python_float_repr(value: f64) -> String {
     let sign = if value < 0.0 { "-" } else { "" };
     let body = if decpt <= -4 || decpt > 16 {
         let (first, rest) = digits.split_at(1);
-        let mant = if rest.is_empty() { first.to_string() } else { format!("{first}.{rest}") };
+        let mant = if rest.is_empty() {
+            first.to_string()
+        } else {
+            format!("{first}.{rest}")
+        };
         let e = decpt - 1;
         let esign = if e < 0 { '-' } else { '+' };
         format!("{mant}e{esign}{:02}", e.abs())

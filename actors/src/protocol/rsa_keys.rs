@@ -44,7 +44,8 @@ impl MinerRsaKey {
 
     /// Loads a PKCS#8 PEM private key (tests use the key the protocol vectors were recorded against).
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self, RsaKeyError> {
-        let private = RsaPrivateKey::from_pkcs8_pem(pem).map_err(|e| RsaKeyError::Pem(e.to_string()))?;
+        let private =
+            RsaPrivateKey::from_pkcs8_pem(pem).map_err(|e| RsaKeyError::Pem(e.to_string()))?;
         Self::from_private(private)
     }
 
@@ -53,7 +54,10 @@ impl MinerRsaKey {
             .to_public_key()
             .to_public_key_pem(LineEnding::LF)
             .map_err(|e| RsaKeyError::Pem(e.to_string()))?;
-        Ok(Self { private, public_pem })
+        Ok(Self {
+            private,
+            public_pem,
+        })
     }
 
     /// SubjectPublicKeyInfo PEM, 64-column lines, trailing newline.
@@ -78,9 +82,14 @@ impl MinerRsaKey {
 
 /// Wraps a Fernet key text for a miner, as the validator does (used by the probe and tests).
 pub fn wrap_fernet_key(public_pem: &str, key_text: &str) -> Result<String, RsaKeyError> {
-    let public = RsaPublicKey::from_public_key_pem(public_pem).map_err(|e| RsaKeyError::Pem(e.to_string()))?;
+    let public = RsaPublicKey::from_public_key_pem(public_pem)
+        .map_err(|e| RsaKeyError::Pem(e.to_string()))?;
     let ct = public
-        .encrypt(&mut rand::thread_rng(), Oaep::new::<Sha256>(), key_text.as_bytes())
+        .encrypt(
+            &mut rand::thread_rng(),
+            Oaep::new::<Sha256>(),
+            key_text.as_bytes(),
+        )
         .map_err(|e| RsaKeyError::Generate(e.to_string()))?;
     Ok(hex::encode(ct))
 }
@@ -98,10 +107,19 @@ mod tests {
         let wrapped = wrap_fernet_key(key.public_pem(), &text).unwrap();
         assert_eq!(wrapped.len(), 512);
         assert_eq!(key.unwrap_fernet_key(&wrapped).unwrap(), text);
-        assert_eq!(key.unwrap_fernet_key(&wrapped.to_uppercase()).unwrap(), text);
+        assert_eq!(
+            key.unwrap_fernet_key(&wrapped.to_uppercase()).unwrap(),
+            text
+        );
         assert_eq!(key.unwrap_fernet_key("zz"), Err(UnwrapError::NotHex));
-        assert_eq!(key.unwrap_fernet_key(&"ab".repeat(256)), Err(UnwrapError::Decrypt));
+        assert_eq!(
+            key.unwrap_fernet_key(&"ab".repeat(256)),
+            Err(UnwrapError::Decrypt)
+        );
         let not_fernet = wrap_fernet_key(key.public_pem(), "hello").unwrap();
-        assert_eq!(key.unwrap_fernet_key(&not_fernet), Err(UnwrapError::NotFernetKey));
+        assert_eq!(
+            key.unwrap_fernet_key(&not_fernet),
+            Err(UnwrapError::NotFernetKey)
+        );
     }
 }

