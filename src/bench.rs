@@ -400,7 +400,7 @@ async fn inference(
         med(&mut d_ttft),
         med(&mut g_ttft),
     );
-    println!("median: direct {dt:.1} tok/s, miner {mt:.1} tok/s (ratio {:.3}); ttft direct {df:.1} ms, via actor graph {gf:.1} ms (+{:.1} ms)", mt / dt, gf - df);
+    println!("median: direct {dt:.1} tok/s, miner {mt:.1} tok/s (ratio {:.3}); ttft direct {df:.1} ms, via actor graph {gf:.1} ms ({:+.1} ms)", mt / dt, gf - df);
     node.stop().await;
     graph.stop();
     Ok(())
