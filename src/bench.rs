@@ -61,42 +61,26 @@ enum BenchKind {
         max_tokens: u32,
         #[arg(long, default_value_t = 1)]
         threads: i32,
-        #[arg(
-            long,
-            default_value = "Write a short story about a lighthouse keeper who finds a message in a bottle."
-        )]
+        #[arg(long, default_value = "Write a short story about a lighthouse keeper who finds a message in a bottle.")]
         prompt: String,
     },
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     crate::logging::init("warning", None);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match args.which {
-        BenchKind::Protocol {
-            model,
-            concurrency,
-            requests,
-            threads,
-        } => rt.block_on(protocol(model, concurrency, requests, threads)),
-        BenchKind::Inference {
-            model,
-            runs,
-            max_tokens,
-            threads,
-            prompt,
-        } => rt.block_on(inference(model, runs, max_tokens, threads, prompt)),
+        BenchKind::Protocol { model, concurrency, requests, threads } => {
+            rt.block_on(protocol(model, concurrency, requests, threads))
+        }
+        BenchKind::Inference { model, runs, max_tokens, threads, prompt } => {
+            rt.block_on(inference(model, runs, max_tokens, threads, prompt))
+        }
     }
 }
 
 fn bench_config(model: &std::path::Path, threads: i32, in_flight: usize) -> anyhow::Result<Config> {
-    let model = model
-        .to_str()
-        .context("model path is not UTF-8")?
-        .to_string();
+    let model = model.to_str().context("model path is not UTF-8")?.to_string();
     let threads = threads.to_string();
     let in_flight = in_flight.to_string();
     let cfg = Config::from_source(&Source::from_pairs([
@@ -110,14 +94,11 @@ fn bench_config(model: &std::path::Path, threads: i32, in_flight: usize) -> anyh
 }
 
 async fn start(cfg: &Config) -> anyhow::Result<(MinerGraph, HttpNode)> {
-    let graph = spawn_graph(cfg, Arc::new(MinerRsaKey::generate()?)).await?;
+    let specs = crate::workers::worker_specs(cfg, &[])?;
+    let graph = spawn_graph(cfg, specs, Arc::new(MinerRsaKey::generate()?)).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while graph.status().await.is_none_or(|s| s.ready_workers == 0) {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the worker did not become ready: {:?}",
-            graph.workers().await
-        );
+        anyhow::ensure!(Instant::now() < deadline, "the worker did not become ready: {:?}", graph.workers().await);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let node = HttpNode::start(
@@ -141,11 +122,7 @@ struct Stats {
 fn stats(mut lat: Vec<Duration>, wall: Duration) -> Stats {
     lat.sort();
     let pick = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3;
-    Stats {
-        rps: lat.len() as f64 / wall.as_secs_f64(),
-        p50_ms: pick(0.5),
-        p99_ms: pick(0.99),
-    }
+    Stats { rps: lat.len() as f64 / wall.as_secs_f64(), p50_ms: pick(0.5), p99_ms: pick(0.99) }
 }
 
 /// Runs `n` calls of `f` with `conc` in flight; returns per-call latencies and the wall time.
@@ -180,25 +157,13 @@ where
     Ok((all, start.elapsed()))
 }
 
-async fn protocol(
-    model: PathBuf,
-    levels: Vec<usize>,
-    requests: usize,
-    threads: i32,
-) -> anyhow::Result<()> {
+async fn protocol(model: PathBuf, levels: Vec<usize>, requests: usize, threads: i32) -> anyhow::Result<()> {
     let max_conc = levels.iter().copied().max().unwrap_or(1);
     let cfg = bench_config(&model, threads, max_conc * 2)?;
     let (graph, node) = start(&cfg).await?;
     let url = format!("http://{}", node.addr);
-    println!(
-        "protocol bench: {} challenges per level, 1 generated token each, model {}",
-        requests,
-        model.display()
-    );
-    println!(
-        "{:>5}  {:>28}  {:>28}  {:>10}",
-        "conc", "direct to actor graph", "full miner (HTTP+Fernet)", "overhead"
-    );
+    println!("protocol bench: {} challenges per level, 1 generated token each, model {}", requests, model.display());
+    println!("{:>5}  {:>28}  {:>28}  {:>10}", "conc", "direct to actor graph", "full miner (HTTP+Fernet)", "overhead");
     for &conc in &levels {
         // Reference: the same generation submitted to the scheduler directly.
         let g = graph.clone();
@@ -215,10 +180,7 @@ async fn protocol(
                     stop: vec![],
                     deadline: Instant::now() + Duration::from_secs(50),
                 };
-                g.generate(req)
-                    .await
-                    .map(|_| ())
-                    .map_err(anyhow::Error::from)
+                g.generate(req).await.map(|_| ()).map_err(anyhow::Error::from)
             }
         })
         .await?;
@@ -238,17 +200,20 @@ async fn protocol(
             async move {
                 let c = clients[i % clients.len()].clone();
                 let c = c.lock().await;
-                c.challenge_once(&body)
-                    .await
-                    .map(|_| ())
-                    .map_err(anyhow::Error::from)
+                c.challenge_once(&body).await.map(|_| ()).map_err(anyhow::Error::from)
             }
         })
         .await?;
         let full = stats(lat, wall);
         println!(
             "{conc:>5}  {:>8.0} rps p50 {:>5.2} p99 {:>6.2}  {:>8.0} rps p50 {:>5.2} p99 {:>6.2}  {:>+7.2} ms",
-            direct.rps, direct.p50_ms, direct.p99_ms, full.rps, full.p50_ms, full.p99_ms, full.p50_ms - direct.p50_ms
+            direct.rps,
+            direct.p50_ms,
+            direct.p99_ms,
+            full.rps,
+            full.p50_ms,
+            full.p99_ms,
+            full.p50_ms - direct.p50_ms
         );
     }
     println!("(latencies in ms; overhead = full p50 - direct p50)");
@@ -339,8 +304,7 @@ async fn inference(
     let mut client = ValidatorClient::new(&url, Hotkey::ephemeral());
     client.handshake().await?;
     let body = challenge_body(&prompt, max_tokens, 0.7);
-    let (mut d_tps, mut m_tps, mut d_ttft, mut g_ttft) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut d_tps, mut m_tps, mut d_ttft, mut g_ttft) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     println!(
         "inference bench: {runs} runs x {max_tokens} tokens, {threads} thread(s), model {}",
         cfg.model_path.as_ref().unwrap().display()
@@ -366,10 +330,7 @@ async fn inference(
                 deadline: Instant::now() + Duration::from_secs(50),
             })
             .await?;
-        let g_first = g
-            .first_token_at
-            .map(|f| f.duration_since(submitted))
-            .unwrap_or_default();
+        let g_first = g.first_token_at.map(|f| f.duration_since(submitted)).unwrap_or_default();
         if run == 0 {
             continue; // warm-up
         }
@@ -394,12 +355,7 @@ async fn inference(
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (dt, mt, df, gf) = (
-        med(&mut d_tps),
-        med(&mut m_tps),
-        med(&mut d_ttft),
-        med(&mut g_ttft),
-    );
+    let (dt, mt, df, gf) = (med(&mut d_tps), med(&mut m_tps), med(&mut d_ttft), med(&mut g_ttft));
     println!("median: direct {dt:.1} tok/s, miner {mt:.1} tok/s (ratio {:.3}); ttft direct {df:.1} ms, via actor graph {gf:.1} ms ({:+.1} ms)", mt / dt, gf - df);
     node.stop().await;
     graph.stop();

@@ -52,6 +52,14 @@ pub struct Config {
     pub llama_threads: i32,
     pub llama_gpu_layers: u32,
     pub llama_batch: u32,
+    /// Challenges one embedded worker generates at once (continuous batching).
+    pub llama_parallel: u32,
+    /// `WORKERS` / `WORKERS_FILE`: the explicit worker list, when given.
+    pub workers: Option<Vec<crate::workers::WorkerConfig>>,
+    pub vllm_api_base: String,
+    pub ollama_base_url: String,
+    pub ollama_timeout: Duration,
+    pub openai_api_key: Option<String>,
     pub challenge_deadline: Duration,
     pub max_concurrent_requests: usize,
     // Protocol
@@ -93,38 +101,21 @@ impl Source {
 
     /// A source from explicit pairs (tests).
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        Self {
-            vars: pairs
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
+        Self { vars: pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
     }
 
     fn get(&self, var: &str) -> Option<&str> {
-        self.vars
-            .get(var)
-            .map(|s| s.trim())
-            .filter(|s| !s.is_empty())
+        self.vars.get(var).map(|s| s.trim()).filter(|s| !s.is_empty())
     }
 
     fn string(&self, var: &str, default: &str) -> String {
         self.get(var).unwrap_or(default).to_string()
     }
 
-    fn parse<T: std::str::FromStr>(
-        &self,
-        var: &'static str,
-        default: T,
-        expected: &str,
-    ) -> Result<T, ConfigError> {
+    fn parse<T: std::str::FromStr>(&self, var: &'static str, default: T, expected: &str) -> Result<T, ConfigError> {
         match self.get(var) {
             None => Ok(default),
-            Some(v) => v.parse().map_err(|_| ConfigError {
-                var,
-                value: v.into(),
-                expected: expected.into(),
-            }),
+            Some(v) => v.parse().map_err(|_| ConfigError { var, value: v.into(), expected: expected.into() }),
         }
     }
 
@@ -133,53 +124,32 @@ impl Source {
             None => Ok(default),
             Some("1" | "true" | "yes" | "on") => Ok(true),
             Some("0" | "false" | "no" | "off") => Ok(false),
-            Some(v) => Err(ConfigError {
-                var,
-                value: v.into(),
-                expected: "true or false".into(),
-            }),
+            Some(v) => Err(ConfigError { var, value: v.into(), expected: "true or false".into() }),
         }
     }
 
     fn secs(&self, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
-        self.parse(var, default, "a whole number of seconds")
-            .map(Duration::from_secs)
+        self.parse(var, default, "a whole number of seconds").map(Duration::from_secs)
     }
 }
 
 /// Variables of the Python miner that this build accepts but does not act on, and why.
 const NOT_ACTED_ON: &[(&str, &str)] = &[
     ("AXON_PORT", "the axon is served on API_PORT"),
-    (
-        "OLLAMA_TIMEOUT",
-        "the OpenAI-compatible backends are not in this build yet",
-    ),
-    (
-        "TENSOR_PARALLEL_SIZE",
-        "passed to vLLM by the Python miner's launcher, not used by the embedded engine",
-    ),
-    (
-        "GPU_MEMORY_UTILIZATION",
-        "a vLLM launch setting, not used by the embedded engine",
-    ),
+    ("TENSOR_PARALLEL_SIZE", "passed to vLLM by the Python miner's launcher, not used by the embedded engine"),
+    ("GPU_MEMORY_UTILIZATION", "a vLLM launch setting, not used by the embedded engine"),
     (
         "FIBER_ENABLE_KEY_ROTATION",
         "validators rotate keys by re-handshaking; keys always expire after FIBER_KEY_TTL_SECONDS",
     ),
-    (
-        "CHALLENGE_API_URL",
-        "the Challenge API validator list is not polled yet; authorization uses VALIDATOR_HOTKEYS",
-    ),
+    ("CHALLENGE_API_URL", "the Challenge API validator list is not polled yet; authorization uses VALIDATOR_HOTKEYS"),
     ("CHALLENGE_API_KEY", "deprecated in the Python miner too"),
     ("VLLM_ENABLE_AUTO_TOOL_CHOICE", "a vLLM launch setting"),
     ("VLLM_TOOL_CALL_PARSER", "a vLLM launch setting"),
     ("VLLM_ENABLE_PREFIX_CACHING", "a vLLM launch setting"),
     ("VLLM_MAX_NUM_SEQS", "a vLLM launch setting"),
     ("VLLM_MAX_NUM_BATCHED_TOKENS", "a vLLM launch setting"),
-    (
-        "SUBTENSOR_ADDRESS",
-        "the chain is not contacted by this build yet",
-    ),
+    ("SUBTENSOR_ADDRESS", "the chain is not contacted by this build yet"),
 ];
 
 fn physical_cores() -> i32 {
@@ -199,9 +169,7 @@ fn physical_cores() -> i32 {
         }
     }
     if cores.is_empty() {
-        std::thread::available_parallelism()
-            .map(|n| n.get() as i32)
-            .unwrap_or(1)
+        std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(1)
     } else {
         cores.len() as i32
     }
@@ -209,11 +177,7 @@ fn physical_cores() -> i32 {
 
 impl Config {
     pub fn from_source(src: &Source) -> Result<Self, ConfigError> {
-        let llm_backend = match src
-            .string("LLM_BACKEND", "llamacpp")
-            .to_ascii_lowercase()
-            .as_str()
-        {
+        let llm_backend = match src.string("LLM_BACKEND", "llamacpp").to_ascii_lowercase().as_str() {
             "llamacpp" | "llama.cpp" | "embedded" => LlmBackend::Embedded,
             "vllm" => LlmBackend::Vllm,
             "ollama" => LlmBackend::Ollama,
@@ -241,11 +205,7 @@ impl Config {
                 expected: "a number in (0, 1]".into(),
             });
         }
-        let max_concurrent: usize = src.parse(
-            "MAX_CONCURRENT_REQUESTS",
-            10,
-            "a whole number of at least 1",
-        )?;
+        let max_concurrent: usize = src.parse("MAX_CONCURRENT_REQUESTS", 10, "a whole number of at least 1")?;
         if max_concurrent == 0 {
             return Err(ConfigError {
                 var: "MAX_CONCURRENT_REQUESTS",
@@ -253,11 +213,7 @@ impl Config {
                 expected: "a whole number of at least 1".into(),
             });
         }
-        let deadline_ms: u64 = src.parse(
-            "CHALLENGE_DEADLINE_MS",
-            50_000,
-            "milliseconds, from 1000 to 59000",
-        )?;
+        let deadline_ms: u64 = src.parse("CHALLENGE_DEADLINE_MS", 50_000, "milliseconds, from 1000 to 59000")?;
         if !(1000..=59_000).contains(&deadline_ms) {
             return Err(ConfigError {
                 var: "CHALLENGE_DEADLINE_MS",
@@ -288,17 +244,12 @@ impl Config {
             netuid: src.parse("NETUID", 78, "a subnet number (0-65535)")?,
             subtensor_network: src.string("SUBTENSOR_NETWORK", "finney"),
             subtensor_address: src.get("SUBTENSOR_ADDRESS").map(String::from),
-            wallet_path: wallets
-                .join(&wallet_name)
-                .join("hotkeys")
-                .join(&hotkey_name),
+            wallet_path: wallets.join(&wallet_name).join("hotkeys").join(&hotkey_name),
             wallet_name,
             hotkey_name,
             api_host: src.string("API_HOST", "0.0.0.0"),
             api_port: src.parse("API_PORT", 8000, "a TCP port (1-65535)")?,
-            http_workers: src
-                .parse("HTTP_WORKERS", 2, "a whole number of at least 1")?
-                .max(1),
+            http_workers: src.parse("HTTP_WORKERS", 2, "a whole number of at least 1")?.max(1),
             max_body_bytes: src.parse("MAX_BODY_BYTES", 2 * 1024 * 1024, "a number of bytes")?,
             enable_inference_endpoint: src.boolean("ENABLE_INFERENCE_ENDPOINT", false)?,
             llm_backend,
@@ -307,24 +258,31 @@ impl Config {
             default_temperature: temperature,
             default_top_p: top_p,
             model_path: src.get("MODEL_PATH").map(PathBuf::from),
-            max_model_len: src.parse(
-                "MAX_MODEL_LEN",
-                8192,
-                "a number of tokens (0 = the model's own)",
-            )?,
-            llama_threads: src
-                .parse(
-                    "LLAMA_THREADS",
-                    physical_cores(),
-                    "a whole number of threads",
-                )?
-                .max(1),
+            max_model_len: src.parse("MAX_MODEL_LEN", 8192, "a number of tokens (0 = the model's own)")?,
+            llama_threads: src.parse("LLAMA_THREADS", physical_cores(), "a whole number of threads")?.max(1),
             llama_gpu_layers: src.parse(
                 "LLAMA_GPU_LAYERS",
                 if cfg!(feature = "cuda") { 999 } else { 0 },
                 "a number of layers",
             )?,
             llama_batch: src.parse("LLAMA_BATCH", 512, "a number of tokens")?,
+            llama_parallel: src.parse("LLAMA_PARALLEL", 4, "a number of sequences (at least 1)")?.max(1),
+            workers: match (src.get("WORKERS"), src.get("WORKERS_FILE")) {
+                (Some(text), _) => Some(crate::workers::parse_workers(text)?),
+                (None, Some(path)) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                        var: "WORKERS_FILE",
+                        value: path.into(),
+                        expected: format!("a readable JSON file ({e})"),
+                    })?;
+                    Some(crate::workers::parse_workers(&text)?)
+                }
+                (None, None) => None,
+            },
+            vllm_api_base: src.string("VLLM_API_BASE", "http://localhost:8000/v1"),
+            ollama_base_url: src.string("OLLAMA_BASE_URL", "http://localhost:11434"),
+            ollama_timeout: Duration::from_secs_f64(src.parse::<f64>("OLLAMA_TIMEOUT", 300.0, "seconds")?.max(1.0)),
+            openai_api_key: src.get("OPENAI_API_KEY").map(String::from),
             challenge_deadline: Duration::from_millis(deadline_ms),
             max_concurrent_requests: max_concurrent,
             fiber_key_ttl: ttl,
@@ -334,52 +292,18 @@ impl Config {
             enable_validator_whitelist: src.boolean("ENABLE_VALIDATOR_WHITELIST", true)?,
             validator_hotkeys: src
                 .get("VALIDATOR_HOTKEYS")
-                .map(|s| {
-                    s.split(',')
-                        .map(|h| h.trim().to_string())
-                        .filter(|h| !h.is_empty())
-                        .collect()
-                })
+                .map(|s| s.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect())
                 .unwrap_or_default(),
-            challenge_api_url: src
-                .get("CHALLENGE_API_URL")
-                .map(|s| s.trim_end_matches('/').to_string()),
+            challenge_api_url: src.get("CHALLENGE_API_URL").map(|s| s.trim_end_matches('/').to_string()),
             log_level: src.string("LOG_LEVEL", "INFO"),
             log_file: src.get("LOG_FILE").map(PathBuf::from),
             unused_settings,
         })
     }
 
-    /// Checks that need the whole picture (a backend that can run, hotkeys that parse).
+    /// Checks that need the whole picture (hotkeys that parse, URLs); the workers are checked when
+    /// their specs are built ([`crate::workers::worker_specs`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        match self.llm_backend {
-            LlmBackend::Embedded => {}
-            LlmBackend::Vllm | LlmBackend::Ollama => {
-                return Err(ConfigError {
-                    var: "LLM_BACKEND",
-                    value: if self.llm_backend == LlmBackend::Vllm { "vllm" } else { "ollama" }.into(),
-                    expected: "llamacpp: the OpenAI-compatible (vLLM/Ollama) worker is not in this build yet".into(),
-                });
-            }
-        }
-        match &self.model_path {
-            None => {
-                return Err(ConfigError {
-                    var: "MODEL_PATH",
-                    value: String::new(),
-                    expected: "the path of a GGUF model file (LLM_BACKEND=llamacpp needs one)"
-                        .into(),
-                })
-            }
-            Some(p) if !p.is_file() => {
-                return Err(ConfigError {
-                    var: "MODEL_PATH",
-                    value: p.display().to_string(),
-                    expected: "an existing GGUF file".into(),
-                })
-            }
-            _ => {}
-        }
         for h in &self.validator_hotkeys {
             if loosh_actors::protocol::signature::ss58_decode(h).is_err() {
                 return Err(ConfigError {
@@ -404,15 +328,27 @@ impl Config {
     /// One line per setting for the start-up log; nothing secret lives in this struct.
     pub fn summary(&self) -> Vec<String> {
         vec![
-            format!("network: netuid {} on {} (wallet {}/{})", self.netuid, self.subtensor_network, self.wallet_name, self.hotkey_name),
-            format!("http: {}:{} ({} workers, bodies up to {} bytes, /inference {})", self.api_host, self.api_port, self.http_workers, self.max_body_bytes, if self.enable_inference_endpoint { "on" } else { "off" }),
             format!(
-                "inference: {:?} model {} (ctx {}, {} threads, {} GPU layers), deadline {} ms, max {} in flight",
+                "network: netuid {} on {} (wallet {}/{})",
+                self.netuid, self.subtensor_network, self.wallet_name, self.hotkey_name
+            ),
+            format!(
+                "http: {}:{} ({} workers, bodies up to {} bytes, /inference {})",
+                self.api_host,
+                self.api_port,
+                self.http_workers,
+                self.max_body_bytes,
+                if self.enable_inference_endpoint { "on" } else { "off" }
+            ),
+            format!(
+                "inference: {:?} model {} (ctx {}, {} parallel, {} threads, {} GPU layers), {} explicit workers, deadline {} ms, max {} in flight",
                 self.llm_backend,
                 self.model_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
                 self.max_model_len,
+                self.llama_parallel,
                 self.llama_threads,
                 self.llama_gpu_layers,
+                self.workers.as_ref().map_or(0, Vec::len),
                 self.challenge_deadline.as_millis(),
                 self.max_concurrent_requests
             ),
@@ -453,14 +389,9 @@ mod tests {
         let err = Config::from_source(&Source::from_pairs([("API_PORT", "eighty")])).unwrap_err();
         assert_eq!(err.var, "API_PORT");
         assert!(err.to_string().starts_with("API_PORT=\"eighty\""));
-        let err = Config::from_source(&Source::from_pairs([(
-            "ENABLE_VALIDATOR_WHITELIST",
-            "maybe",
-        )]))
-        .unwrap_err();
+        let err = Config::from_source(&Source::from_pairs([("ENABLE_VALIDATOR_WHITELIST", "maybe")])).unwrap_err();
         assert_eq!(err.var, "ENABLE_VALIDATOR_WHITELIST");
-        let err = Config::from_source(&Source::from_pairs([("CHALLENGE_DEADLINE_MS", "70000")]))
-            .unwrap_err();
+        let err = Config::from_source(&Source::from_pairs([("CHALLENGE_DEADLINE_MS", "70000")])).unwrap_err();
         assert_eq!(err.var, "CHALLENGE_DEADLINE_MS");
         let err = Config::from_source(&Source::from_pairs([("LLM_BACKEND", "gpt")])).unwrap_err();
         assert_eq!(err.var, "LLM_BACKEND");
@@ -468,28 +399,21 @@ mod tests {
 
     #[test]
     fn unsupported_but_accepted_variables_are_reported() {
-        let c = Config::from_source(&Source::from_pairs([
-            ("AXON_PORT", "8089"),
-            ("VLLM_MAX_NUM_SEQS", "64"),
-        ]))
-        .unwrap();
+        let c = Config::from_source(&Source::from_pairs([("AXON_PORT", "8089"), ("VLLM_MAX_NUM_SEQS", "64")])).unwrap();
         let names: Vec<_> = c.unused_settings.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, ["AXON_PORT", "VLLM_MAX_NUM_SEQS"]);
     }
 
     #[test]
-    fn validation_needs_a_model_and_good_hotkeys() {
-        let c = Config::from_source(&Source::from_pairs([])).unwrap();
-        assert_eq!(c.validate().unwrap_err().var, "MODEL_PATH");
-        let c = Config::from_source(&Source::from_pairs([("LLM_BACKEND", "vllm")])).unwrap();
-        assert_eq!(c.validate().unwrap_err().var, "LLM_BACKEND");
-        let file = tempfile::NamedTempFile::new().unwrap();
-        let path = file.path().to_str().unwrap().to_string();
-        let c = Config::from_source(&Source::from_pairs([
-            ("MODEL_PATH", path.as_str()),
-            ("VALIDATOR_HOTKEYS", "nope"),
-        ]))
-        .unwrap();
+    fn validation_checks_hotkeys_and_urls_and_workers_need_a_model() {
+        let c = Config::from_source(&Source::from_pairs([("VALIDATOR_HOTKEYS", "nope")])).unwrap();
         assert_eq!(c.validate().unwrap_err().var, "VALIDATOR_HOTKEYS");
+        let c = Config::from_source(&Source::from_pairs([("CHALLENGE_API_URL", "ftp://x")])).unwrap();
+        assert_eq!(c.validate().unwrap_err().var, "CHALLENGE_API_URL");
+        let c = Config::from_source(&Source::from_pairs([])).unwrap();
+        assert!(c.validate().is_ok());
+        assert_eq!(crate::workers::worker_specs(&c, &[]).unwrap_err().var, "MODEL_PATH");
+        let c = Config::from_source(&Source::from_pairs([("MODEL_PATH", "/nonexistent.gguf")])).unwrap();
+        assert_eq!(crate::workers::worker_specs(&c, &[]).unwrap_err().var, "MODEL_PATH");
     }
 }

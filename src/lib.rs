@@ -14,3 +14,4 @@ pub mod node;
 pub mod probe;
 pub mod validator_client;
 pub mod wallet;
+pub mod workers;

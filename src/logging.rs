@@ -20,38 +20,18 @@ fn level(name: &str) -> &'static str {
 
 pub fn init(log_level: &str, log_file: Option<&std::path::Path>) -> LogGuard {
     // RUST_LOG, when set, wins (for per-module debugging); llama.cpp's chatter stays at warn.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(format!(
-            "{},llama_cpp_2=warn,llama-cpp-2=warn",
-            level(log_level)
-        ))
-    });
-    let stdout = fmt::layer()
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},llama_cpp_2=warn,llama-cpp-2=warn", level(log_level))));
+    let stdout = fmt::layer().with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     let (file_layer, guard) = match log_file {
         Some(path) => {
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."));
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "miner.log".into());
-            let (writer, guard) =
-                tracing_appender::non_blocking(tracing_appender::rolling::daily(dir, name));
-            (
-                Some(fmt::layer().with_ansi(false).with_writer(writer)),
-                Some(guard),
-            )
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "miner.log".into());
+            let (writer, guard) = tracing_appender::non_blocking(tracing_appender::rolling::daily(dir, name));
+            (Some(fmt::layer().with_ansi(false).with_writer(writer)), Some(guard))
         }
         None => (None, None),
     };
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(stdout)
-        .with(file_layer)
-        .try_init();
+    let _ = tracing_subscriber::registry().with(filter).with(stdout).with(file_layer).try_init();
     LogGuard(guard)
 }

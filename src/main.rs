@@ -9,14 +9,10 @@ use loosh_actors::protocol::rsa_keys::MinerRsaKey;
 use loosh_actors::protocol::signature::Hotkey;
 use loosh_miner::config::{Config, Source};
 use loosh_miner::node::{http_settings, spawn_graph, HttpNode};
-use loosh_miner::{bench, logging, probe, wallet};
+use loosh_miner::{bench, logging, probe, wallet, workers};
 
 #[derive(Parser)]
-#[command(
-    name = "loosh-miner",
-    version,
-    about = "Bittensor subnet 78 (Loosh) miner"
-)]
+#[command(name = "loosh-miner", version, about = "Bittensor subnet 78 (Loosh) miner")]
 struct Cli {
     /// Local development: an ephemeral hotkey, no wallet, no chain.
     #[arg(long, global = true)]
@@ -33,10 +29,7 @@ enum Command {
     Probe {
         /// The miner's base URL, e.g. http://1.2.3.4:8000
         url: String,
-        #[arg(
-            long,
-            default_value = "What is the capital of France? Answer in one sentence."
-        )]
+        #[arg(long, default_value = "What is the capital of France? Answer in one sentence.")]
         prompt: String,
         #[arg(long, default_value_t = 64)]
         max_tokens: u32,
@@ -52,12 +45,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.dev),
-        Command::Probe {
-            url,
-            prompt,
-            max_tokens,
-            validator_seed,
-        } => {
+        Command::Probe { url, prompt, max_tokens, validator_seed } => {
             let validator_seed = validator_seed
                 .map(|s| {
                     hex::decode(s.trim_start_matches("0x"))
@@ -67,12 +55,7 @@ fn main() -> anyhow::Result<()> {
                 })
                 .transpose()?;
             let rt = tokio::runtime::Runtime::new()?;
-            let ok = rt.block_on(probe::run(probe::ProbeOptions {
-                url,
-                prompt,
-                max_tokens,
-                validator_seed,
-            }));
+            let ok = rt.block_on(probe::run(probe::ProbeOptions { url, prompt, max_tokens, validator_seed }));
             if !ok {
                 std::process::exit(1);
             }
@@ -94,9 +77,7 @@ fn run(dev: bool) -> anyhow::Result<()> {
     }
 
     let hotkey = if dev {
-        tracing::warn!(
-            "--dev: using an ephemeral hotkey; no wallet is read and the chain is not contacted"
-        );
+        tracing::warn!("--dev: using an ephemeral hotkey; no wallet is read and the chain is not contacted");
         Hotkey::ephemeral()
     } else {
         let hk = wallet::load_hotkey(&cfg.wallet_path)?;
@@ -109,19 +90,21 @@ fn run(dev: bool) -> anyhow::Result<()> {
         tracing::warn!("--dev without VALIDATOR_HOTKEYS: every validator hotkey is admitted");
         ValidatorAuth::allow_all()
     } else {
-        ValidatorAuth::new(
-            cfg.enable_validator_whitelist,
-            cfg.validator_hotkeys.clone(),
-        )
+        ValidatorAuth::new(cfg.enable_validator_whitelist, cfg.validator_hotkeys.clone())
     };
 
+    let gpus = loosh_actors::inference::embedded::gpu_devices();
+    for (index, description) in &gpus {
+        tracing::info!(device = index, %description, "GPU visible to llama.cpp");
+    }
+    let specs = workers::worker_specs(&cfg, &gpus).context("invalid configuration")?;
+    for spec in &specs {
+        tracing::info!(worker = %spec.name, device = %spec.device, engine = ?spec.engine, "worker configured");
+    }
     let rsa = Arc::new(MinerRsaKey::generate()?);
-    let actors = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("actors")
-        .enable_all()
-        .build()?;
-    let graph = actors.block_on(spawn_graph(&cfg, rsa))?;
+    let actors =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("actors").enable_all().build()?;
+    let graph = actors.block_on(spawn_graph(&cfg, specs, rsa))?;
     let node = HttpNode::start(
         graph.clone(),
         Arc::new(auth),

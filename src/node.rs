@@ -7,9 +7,8 @@ use std::time::Instant;
 use actix_web::dev::ServerHandle;
 use actix_web::web;
 use loosh_actors::authorization::ValidatorAuth;
-use loosh_actors::backend_worker::{Device, WorkerSpec};
+use loosh_actors::backend_worker::WorkerSpec;
 use loosh_actors::graph::{GraphConfig, MinerGraph};
-use loosh_actors::inference::embedded::EmbeddedSpec;
 use loosh_actors::protocol::rsa_keys::MinerRsaKey;
 use loosh_actors::scheduler::SchedulerSettings;
 use loosh_actors::session::SessionSettings;
@@ -17,24 +16,6 @@ use loosh_actors::worker_supervisor::RestartPolicy;
 
 use crate::config::Config;
 use crate::http::state::{AppState, HttpSettings};
-
-/// The workers this configuration asks for. One embedded CPU worker for now; the per-GPU fan-out
-/// fills this list from the devices.
-pub fn worker_specs(cfg: &Config) -> Vec<WorkerSpec> {
-    let model_path = cfg.model_path.clone().unwrap_or_default();
-    vec![WorkerSpec {
-        name: "cpu0".into(),
-        device: Device::Cpu,
-        engine: EmbeddedSpec {
-            model_path,
-            n_ctx: cfg.max_model_len,
-            threads: cfg.llama_threads,
-            gpu_layers: cfg.llama_gpu_layers,
-            main_gpu: None,
-            n_batch: cfg.llama_batch,
-        },
-    }]
-}
 
 pub fn session_settings(cfg: &Config) -> SessionSettings {
     SessionSettings {
@@ -62,6 +43,7 @@ pub fn http_settings(cfg: &Config) -> HttpSettings {
 /// Spawns the actor graph for `cfg` on the current tokio runtime.
 pub async fn spawn_graph(
     cfg: &Config,
+    workers: Vec<WorkerSpec>,
     rsa: Arc<MinerRsaKey>,
 ) -> Result<MinerGraph, loosh_actors::graph::GraphError> {
     MinerGraph::spawn(GraphConfig {
@@ -72,7 +54,7 @@ pub async fn spawn_graph(
             ..SchedulerSettings::default()
         },
         restart: RestartPolicy::default(),
-        workers: worker_specs(cfg),
+        workers,
         crypto_actors: loosh_actors::challenge_crypto::DEFAULT_POOL_SIZE,
         rsa,
     })
@@ -97,39 +79,25 @@ impl HttpNode {
         port: u16,
         workers: usize,
     ) -> std::io::Result<Self> {
-        let state = web::Data::new(AppState {
-            graph,
-            auth,
-            miner_hotkey,
-            settings,
-            started: Instant::now(),
-        });
+        let state = web::Data::new(AppState { graph, auth, miner_hotkey, settings, started: Instant::now() });
         let (tx, rx) = std::sync::mpsc::channel();
         let host = host.to_string();
-        let thread = std::thread::Builder::new()
-            .name("http".into())
-            .spawn(move || {
-                actix_web::rt::System::new().block_on(async move {
-                    match crate::http::bind(state, &host, port, workers) {
-                        Ok((server, addr)) => {
-                            let _ = tx.send(Ok((addr, server.handle())));
-                            server.await
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            Ok(())
-                        }
+        let thread = std::thread::Builder::new().name("http".into()).spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                match crate::http::bind(state, &host, port, workers) {
+                    Ok((server, addr)) => {
+                        let _ = tx.send(Ok((addr, server.handle())));
+                        server.await
                     }
-                })
-            })?;
-        let (addr, handle) = rx
-            .recv()
-            .map_err(|_| std::io::Error::other("HTTP thread died while binding"))??;
-        Ok(Self {
-            addr,
-            handle,
-            thread: Some(thread),
-        })
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        Ok(())
+                    }
+                }
+            })
+        })?;
+        let (addr, handle) = rx.recv().map_err(|_| std::io::Error::other("HTTP thread died while binding"))??;
+        Ok(Self { addr, handle, thread: Some(thread) })
     }
 
     /// Stops accepting, lets in-flight requests finish, and waits for the server thread.

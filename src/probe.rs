@@ -29,11 +29,7 @@ pub async fn run(opts: ProbeOptions) -> bool {
         Ok(v) => {
             let available = v["available"] == serde_json::json!(true);
             ok &= available;
-            println!(
-                "{} availability     {:>8.1} ms  {v}",
-                mark(available),
-                ms(t)
-            );
+            println!("{} availability     {:>8.1} ms  {v}", mark(available), ms(t));
         }
         Err(e) => {
             println!("FAIL availability     {:>8.1} ms  {e}", ms(t));
@@ -42,11 +38,7 @@ pub async fn run(opts: ProbeOptions) -> bool {
     }
     let t = Instant::now();
     match client.fetch_public_key().await {
-        Ok(pem) => println!(
-            "ok   public key       {:>8.1} ms  {} bytes of PEM",
-            ms(t),
-            pem.len()
-        ),
+        Ok(pem) => println!("ok   public key       {:>8.1} ms  {} bytes of PEM", ms(t), pem.len()),
         Err(e) => {
             println!("FAIL public key       {:>8.1} ms  {e}", ms(t));
             return false;
@@ -61,10 +53,7 @@ pub async fn run(opts: ProbeOptions) -> bool {
         }
     }
     let t = Instant::now();
-    match client
-        .challenge_once(&challenge_body(&opts.prompt, opts.max_tokens, 0.7))
-        .await
-    {
+    match client.challenge_once(&challenge_body(&opts.prompt, opts.max_tokens, 0.7)).await {
         Ok((reply, timing)) => {
             println!(
                 "ok   challenge        {:>8.1} ms  (encrypt {:.2} ms, round trip {:.1} ms, decrypt {:.2} ms, miner says {} ms)",

@@ -16,11 +16,7 @@ pub enum ClientError {
     #[error("HTTP request to {url} failed: {message}")]
     Http { url: String, message: String },
     #[error("{url} answered {status}: {body}")]
-    Status {
-        url: String,
-        status: u16,
-        body: String,
-    },
+    Status { url: String, status: u16, body: String },
     #[error("unexpected reply from {url}: {message}")]
     Protocol { url: String, message: String },
 }
@@ -51,13 +47,7 @@ impl ValidatorClient {
             .no_proxy()
             .build()
             .expect("a plain HTTP client builds");
-        Self {
-            http,
-            base: base_url.trim_end_matches('/').to_string(),
-            hotkey,
-            public_pem: None,
-            session: None,
-        }
+        Self { http, base: base_url.trim_end_matches('/').to_string(), hotkey, public_pem: None, session: None }
     }
 
     pub fn hotkey(&self) -> &Hotkey {
@@ -72,24 +62,14 @@ impl ValidatorClient {
         url: &str,
         res: Result<reqwest::Response, reqwest::Error>,
     ) -> Result<(reqwest::StatusCode, reqwest::header::HeaderMap, Vec<u8>), ClientError> {
-        let res = res.map_err(|e| ClientError::Http {
-            url: url.into(),
-            message: e.to_string(),
-        })?;
+        let res = res.map_err(|e| ClientError::Http { url: url.into(), message: e.to_string() })?;
         let status = res.status();
         let headers = res.headers().clone();
-        let body = res.bytes().await.map_err(|e| ClientError::Http {
-            url: url.into(),
-            message: e.to_string(),
-        })?;
+        let body = res.bytes().await.map_err(|e| ClientError::Http { url: url.into(), message: e.to_string() })?;
         Ok((status, headers, body.to_vec()))
     }
 
-    fn expect_json(
-        url: &str,
-        status: reqwest::StatusCode,
-        body: &[u8],
-    ) -> Result<Value, ClientError> {
+    fn expect_json(url: &str, status: reqwest::StatusCode, body: &[u8]) -> Result<Value, ClientError> {
         if status != reqwest::StatusCode::OK {
             return Err(ClientError::Status {
                 url: url.into(),
@@ -97,24 +77,15 @@ impl ValidatorClient {
                 body: String::from_utf8_lossy(body).into(),
             });
         }
-        serde_json::from_slice(body).map_err(|e| ClientError::Protocol {
-            url: url.into(),
-            message: format!("not JSON: {e}"),
-        })
+        serde_json::from_slice(body)
+            .map_err(|e| ClientError::Protocol { url: url.into(), message: format!("not JSON: {e}") })
     }
 
     /// `GET /availability`: the JSON the miner returned.
     pub async fn availability(&self) -> Result<Value, ClientError> {
         let url = self.url("/availability");
-        let (status, _, body) = Self::read(
-            &url,
-            self.http
-                .get(&url)
-                .header("validator-hotkey", self.hotkey.ss58())
-                .send()
-                .await,
-        )
-        .await?;
+        let (status, _, body) =
+            Self::read(&url, self.http.get(&url).header("validator-hotkey", self.hotkey.ss58()).send().await).await?;
         Self::expect_json(&url, status, &body)
     }
 
@@ -125,10 +96,7 @@ impl ValidatorClient {
         let v = Self::expect_json(&url, status, &body)?;
         let pem = v["public_key"]
             .as_str()
-            .ok_or_else(|| ClientError::Protocol {
-                url: url.clone(),
-                message: "no public_key".into(),
-            })?;
+            .ok_or_else(|| ClientError::Protocol { url: url.clone(), message: "no public_key".into() })?;
         self.public_pem = Some(pem.to_string());
         Ok(pem.to_string())
     }
@@ -142,37 +110,23 @@ impl ValidatorClient {
         };
         let url = self.url("/fiber/key-exchange");
         let (key_text, key) = FernetKey::generate();
-        let wrapped = wrap_fernet_key(&pem, &key_text).map_err(|e| ClientError::Protocol {
-            url: url.clone(),
-            message: e.to_string(),
-        })?;
+        let wrapped = wrap_fernet_key(&pem, &key_text)
+            .map_err(|e| ClientError::Protocol { url: url.clone(), message: e.to_string() })?;
         let uuid = uuid::Uuid::new_v4().to_string();
         let nonce = uuid::Uuid::new_v4().to_string();
         let ts = python_float_repr(unix_time_f64());
-        let signature = self
-            .hotkey
-            .sign_hex(format!("{ts}.{nonce}.{}", self.hotkey.ss58()).as_bytes());
+        let signature = self.hotkey.sign_hex(format!("{ts}.{nonce}.{}", self.hotkey.ss58()).as_bytes());
         // Written by hand so that the timestamp's JSON text is exactly the text that was signed.
         let body = format!(
             r#"{{"encrypted_symmetric_key": "{wrapped}", "symmetric_key_uuid": "{uuid}", "timestamp": {ts}, "nonce": "{nonce}", "signature": "{signature}", "validator_hotkey_ss58": "{}"}}"#,
             self.hotkey.ss58()
         );
-        let (status, _, resp) = Self::read(
-            &url,
-            self.http
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await,
-        )
-        .await?;
+        let (status, _, resp) =
+            Self::read(&url, self.http.post(&url).header("content-type", "application/json").body(body).send().await)
+                .await?;
         let v = Self::expect_json(&url, status, &resp)?;
         if v["success"] != json!(true) {
-            return Err(ClientError::Protocol {
-                url,
-                message: format!("success is not true: {v}"),
-            });
+            return Err(ClientError::Protocol { url, message: format!("success is not true: {v}") });
         }
         self.session = Some((uuid, key));
         Ok(())
@@ -180,17 +134,12 @@ impl ValidatorClient {
 
     /// Sends one encrypted challenge and decrypts the reply. On a 401 that carries our public key
     /// it re-handshakes once and retries, as the validator does.
-    pub async fn challenge(
-        &mut self,
-        challenge: &Value,
-    ) -> Result<(ChallengeReply, ChallengeTiming), ClientError> {
+    pub async fn challenge(&mut self, challenge: &Value) -> Result<(ChallengeReply, ChallengeTiming), ClientError> {
         if self.session.is_none() {
             self.handshake().await?;
         }
         match self.challenge_once(challenge).await {
-            Err(ClientError::Status {
-                status: 401, body, ..
-            }) => {
+            Err(ClientError::Status { status: 401, body, .. }) => {
                 if let Ok(v) = serde_json::from_str::<Value>(&body) {
                     if let Some(pem) = v["public_key"].as_str() {
                         self.public_pem = Some(pem.to_string());
@@ -204,15 +153,10 @@ impl ValidatorClient {
     }
 
     /// One challenge with the current key, no retry.
-    pub async fn challenge_once(
-        &self,
-        challenge: &Value,
-    ) -> Result<(ChallengeReply, ChallengeTiming), ClientError> {
+    pub async fn challenge_once(&self, challenge: &Value) -> Result<(ChallengeReply, ChallengeTiming), ClientError> {
         let url = self.url("/fiber/challenge");
-        let (uuid, key) = self.session.clone().ok_or_else(|| ClientError::Protocol {
-            url: url.clone(),
-            message: "no key".into(),
-        })?;
+        let (uuid, key) =
+            self.session.clone().ok_or_else(|| ClientError::Protocol { url: url.clone(), message: "no key".into() })?;
         let t0 = Instant::now();
         let token = key.encrypt(challenge.to_string().as_bytes());
         let encrypt = t0.elapsed();
@@ -235,38 +179,18 @@ impl ValidatorClient {
                 body: String::from_utf8_lossy(&body).into(),
             });
         }
-        let ctype = headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
+        let ctype = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
         if ctype != "application/octet-stream" {
-            return Err(ClientError::Protocol {
-                url,
-                message: format!("content-type is {ctype:?}"),
-            });
+            return Err(ClientError::Protocol { url, message: format!("content-type is {ctype:?}") });
         }
         let t2 = Instant::now();
         let plain = key
             .decrypt(&body, 3600)
-            .map_err(|e| ClientError::Protocol {
-                url: url.clone(),
-                message: format!("reply does not decrypt: {e}"),
-            })?;
-        let reply: ChallengeReply =
-            serde_json::from_slice(&plain).map_err(|e| ClientError::Protocol {
-                url: url.clone(),
-                message: format!("reply JSON: {e}"),
-            })?;
+            .map_err(|e| ClientError::Protocol { url: url.clone(), message: format!("reply does not decrypt: {e}") })?;
+        let reply: ChallengeReply = serde_json::from_slice(&plain)
+            .map_err(|e| ClientError::Protocol { url: url.clone(), message: format!("reply JSON: {e}") })?;
         let decrypt = t2.elapsed();
-        Ok((
-            reply,
-            ChallengeTiming {
-                encrypt,
-                round_trip,
-                decrypt,
-                response_bytes: body.len(),
-            },
-        ))
+        Ok((reply, ChallengeTiming { encrypt, round_trip, decrypt, response_bytes: body.len() }))
     }
 }
 

@@ -16,37 +16,30 @@ pub enum WalletError {
     Unreadable(PathBuf, String),
     #[error("hotkey file {0} is encrypted; the miner needs an unencrypted hotkey (regenerate it with `btcli wallet regen_hotkey` without a password)")]
     Encrypted(PathBuf),
-    #[error(
-        "hotkey file {0} is not valid JSON ({1}); restore it with `btcli wallet regen_hotkey`"
-    )]
+    #[error("hotkey file {0} is not valid JSON ({1}); restore it with `btcli wallet regen_hotkey`")]
     Malformed(PathBuf, String),
     #[error("hotkey file {0} has no usable secretSeed (0x + 64 hex characters); restore it with `btcli wallet regen_hotkey`")]
     NoSeed(PathBuf),
-    #[error("hotkey file {path}: secretSeed gives {derived} but the file says ss58Address {stated}; the file is damaged")]
-    Mismatch {
-        path: PathBuf,
-        derived: String,
-        stated: String,
-    },
+    #[error(
+        "hotkey file {path}: secretSeed gives {derived} but the file says ss58Address {stated}; the file is damaged"
+    )]
+    Mismatch { path: PathBuf, derived: String, stated: String },
 }
 
 /// Reads `secretSeed` from a wallet hotkey file and checks it against `ss58Address` when present.
 pub fn load_hotkey(path: &Path) -> Result<Hotkey, WalletError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(WalletError::Missing(path.into()))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(WalletError::Missing(path.into())),
         Err(e) => return Err(WalletError::Unreadable(path.into(), e.to_string())),
     };
     let text = String::from_utf8_lossy(&bytes);
     let head = text.trim_start();
-    if head.starts_with("$NACL") || head.starts_with("gAAAAA") || head.starts_with("$ANSIBLE_VAULT")
-    {
+    if head.starts_with("$NACL") || head.starts_with("gAAAAA") || head.starts_with("$ANSIBLE_VAULT") {
         return Err(WalletError::Encrypted(path.into()));
     }
-    let json: serde_json::Value = serde_json::from_str(head)
-        .map_err(|e| WalletError::Malformed(path.into(), e.to_string()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(head).map_err(|e| WalletError::Malformed(path.into(), e.to_string()))?;
     let seed = json
         .get("secretSeed")
         .and_then(|s| s.as_str())
@@ -86,38 +79,17 @@ mod tests {
         let seed = "0x1111111111111111111111111111111111111111111111111111111111111111";
         let p = write(
             &dir,
-            &format!(
-                r#"{{"secretSeed":"{seed}","ss58Address":"5DtDLm5rQHShDqojQpsvcN8tRXHVFaecfDoRet1SU6BFD9Fi"}}"#
-            ),
+            &format!(r#"{{"secretSeed":"{seed}","ss58Address":"5DtDLm5rQHShDqojQpsvcN8tRXHVFaecfDoRet1SU6BFD9Fi"}}"#),
         );
-        assert_eq!(
-            load_hotkey(&p).unwrap().ss58(),
-            "5DtDLm5rQHShDqojQpsvcN8tRXHVFaecfDoRet1SU6BFD9Fi"
-        );
+        assert_eq!(load_hotkey(&p).unwrap().ss58(), "5DtDLm5rQHShDqojQpsvcN8tRXHVFaecfDoRet1SU6BFD9Fi");
 
-        assert!(matches!(
-            load_hotkey(&dir.path().join("none")),
-            Err(WalletError::Missing(_))
-        ));
-        assert!(matches!(
-            load_hotkey(&write(&dir, "$NACL....")),
-            Err(WalletError::Encrypted(_))
-        ));
-        assert!(matches!(
-            load_hotkey(&write(&dir, "{not json")),
-            Err(WalletError::Malformed(..))
-        ));
-        assert!(matches!(
-            load_hotkey(&write(&dir, r#"{"secretSeed":"0x12"}"#)),
-            Err(WalletError::NoSeed(_))
-        ));
-        let wrong = format!(
-            r#"{{"secretSeed":"{seed}","ss58Address":"5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"}}"#
-        );
-        assert!(matches!(
-            load_hotkey(&write(&dir, &wrong)),
-            Err(WalletError::Mismatch { .. })
-        ));
+        assert!(matches!(load_hotkey(&dir.path().join("none")), Err(WalletError::Missing(_))));
+        assert!(matches!(load_hotkey(&write(&dir, "$NACL....")), Err(WalletError::Encrypted(_))));
+        assert!(matches!(load_hotkey(&write(&dir, "{not json")), Err(WalletError::Malformed(..))));
+        assert!(matches!(load_hotkey(&write(&dir, r#"{"secretSeed":"0x12"}"#)), Err(WalletError::NoSeed(_))));
+        let wrong =
+            format!(r#"{{"secretSeed":"{seed}","ss58Address":"5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"}}"#);
+        assert!(matches!(load_hotkey(&write(&dir, &wrong)), Err(WalletError::Mismatch { .. })));
         let msg = load_hotkey(&write(&dir, "$NACL")).unwrap_err().to_string();
         assert!(msg.contains("hot") && msg.contains("encrypted"));
     }

@@ -14,23 +14,16 @@ use loosh_actors::worker_supervisor::WorkerPhase;
 const LOAD: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_challenge_asking_far_more_tokens_than_the_deadline_allows_returns_in_time_cut_at_length()
-{
+async fn a_challenge_asking_far_more_tokens_than_the_deadline_allows_returns_in_time_cut_at_length() {
     let Some(model) = tiny_model() else { return };
     let g = graph(vec![cpu_worker("cpu0", model, 8192)], 4, fast_restarts(3)).await;
-    wait_for("the worker to load", LOAD, || async {
-        ready_workers(&g).await == 1
-    })
-    .await;
+    wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
 
     let req = request("Tell me everything.", 12_288, Duration::from_millis(1500));
     let deadline = req.deadline;
     let gen = g.generate(req).await.expect("an answer, not an error");
     assert_eq!(gen.finish_reason, FinishReason::Length);
-    assert!(
-        gen.cut_by_deadline,
-        "the deadline, not max_tokens, ended it"
-    );
+    assert!(gen.cut_by_deadline, "the deadline, not max_tokens, ended it");
     assert!(gen.completion_tokens > 0);
     // The contract under test: the answer is in hand by the deadline (one token of slack).
     assert!(
@@ -46,20 +39,9 @@ async fn max_tokens_is_clamped_to_the_context_left_after_the_prompt() {
     let Some(model) = tiny_model() else { return };
     // llama.cpp pads the context to a multiple of 256, so ask for exactly 256.
     let g = graph(vec![cpu_worker("cpu0", model, 256)], 4, fast_restarts(3)).await;
-    wait_for("the worker to load", LOAD, || async {
-        ready_workers(&g).await == 1
-    })
-    .await;
-    let gen = g
-        .generate(request("Hello there", 100_000, Duration::from_secs(50)))
-        .await
-        .unwrap();
-    assert!(
-        gen.prompt_tokens + gen.completion_tokens <= 256,
-        "{} + {}",
-        gen.prompt_tokens,
-        gen.completion_tokens
-    );
+    wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
+    let gen = g.generate(request("Hello there", 100_000, Duration::from_secs(50))).await.unwrap();
+    assert!(gen.prompt_tokens + gen.completion_tokens <= 256, "{} + {}", gen.prompt_tokens, gen.completion_tokens);
     assert!(!gen.cut_by_deadline);
     if gen.finish_reason == FinishReason::Length {
         assert_eq!(gen.prompt_tokens + gen.completion_tokens, 256);
@@ -71,55 +53,31 @@ async fn max_tokens_is_clamped_to_the_context_left_after_the_prompt() {
 async fn a_prompt_longer_than_the_context_is_refused_with_a_clear_error() {
     let Some(model) = tiny_model() else { return };
     let g = graph(vec![cpu_worker("cpu0", model, 256)], 4, fast_restarts(3)).await;
-    wait_for("the worker to load", LOAD, || async {
-        ready_workers(&g).await == 1
-    })
-    .await;
+    wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
     let long = "word ".repeat(600);
     match g.generate(request(&long, 8, Duration::from_secs(50))).await {
-        Err(ScheduleError::Backend(BackendError::PromptTooLong {
-            prompt_tokens,
-            n_ctx,
-        })) => {
+        Err(ScheduleError::Backend(BackendError::PromptTooLong { prompt_tokens, n_ctx })) => {
             assert!(prompt_tokens > 256);
             assert_eq!(n_ctx, 256);
         }
         other => panic!("expected PromptTooLong, got {other:?}"),
     }
     // The worker is still fine.
-    assert!(g
-        .generate(request("hi", 4, Duration::from_secs(50)))
-        .await
-        .is_ok());
+    assert!(g.generate(request("hi", 4, Duration::from_secs(50))).await.is_ok());
     g.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_challenges_spread_over_two_workers_and_all_complete() {
     let Some(model) = tiny_model() else { return };
-    let g = graph(
-        vec![
-            cpu_worker("cpu0", model.clone(), 1024),
-            cpu_worker("cpu1", model, 1024),
-        ],
-        16,
-        fast_restarts(3),
-    )
-    .await;
-    wait_for("both workers to load", LOAD, || async {
-        ready_workers(&g).await == 2
-    })
-    .await;
+    let g = graph(vec![cpu_worker("cpu0", model.clone(), 1024), cpu_worker("cpu1", model, 1024)], 16, fast_restarts(3))
+        .await;
+    wait_for("both workers to load", LOAD, || async { ready_workers(&g).await == 2 }).await;
     let mut tasks = Vec::new();
     for i in 0..12 {
         let g = g.clone();
         tasks.push(tokio::spawn(async move {
-            g.generate(request(
-                &format!("question {i}"),
-                16,
-                Duration::from_secs(50),
-            ))
-            .await
+            g.generate(request(&format!("question {i}"), 16, Duration::from_secs(50))).await
         }));
     }
     for t in tasks {
@@ -135,29 +93,14 @@ async fn concurrent_challenges_spread_over_two_workers_and_all_complete() {
 async fn a_full_miner_refuses_at_once_with_a_retry_hint() {
     let Some(model) = tiny_model() else { return };
     let g = graph(vec![cpu_worker("cpu0", model, 8192)], 1, fast_restarts(3)).await;
-    wait_for("the worker to load", LOAD, || async {
-        ready_workers(&g).await == 1
-    })
-    .await;
+    wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
 
     let busy = g.clone();
-    let long = tokio::spawn(async move {
-        busy.generate(request("long", 12_288, Duration::from_secs(3)))
-            .await
-    });
-    wait_for("the first challenge to be admitted", LOAD, || async {
-        g.status().await.unwrap().in_flight == 1
-    })
-    .await;
+    let long = tokio::spawn(async move { busy.generate(request("long", 12_288, Duration::from_secs(3))).await });
+    wait_for("the first challenge to be admitted", LOAD, || async { g.status().await.unwrap().in_flight == 1 }).await;
     assert_eq!(g.status().await.unwrap().availability(), Err("at capacity"));
-    match g
-        .generate(request("second", 4, Duration::from_secs(50)))
-        .await
-    {
-        Err(ScheduleError::Busy {
-            in_flight: 1,
-            retry_after_secs,
-        }) => assert!((1..=30).contains(&retry_after_secs)),
+    match g.generate(request("second", 4, Duration::from_secs(50))).await {
+        Err(ScheduleError::Busy { in_flight: 1, retry_after_secs }) => assert!((1..=30).contains(&retry_after_secs)),
         other => panic!("expected Busy, got {other:?}"),
     }
     assert!(long.await.unwrap().is_ok());
@@ -168,53 +111,26 @@ async fn a_full_miner_refuses_at_once_with_a_retry_hint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_worker_is_restarted_while_its_sibling_keeps_answering() {
     let Some(model) = tiny_model() else { return };
-    let g = graph(
-        vec![
-            cpu_worker("cpu0", model.clone(), 512),
-            cpu_worker("cpu1", model, 512),
-        ],
-        8,
-        fast_restarts(3),
-    )
-    .await;
-    wait_for("both workers to load", LOAD, || async {
-        ready_workers(&g).await == 2
-    })
-    .await;
+    let g =
+        graph(vec![cpu_worker("cpu0", model.clone(), 512), cpu_worker("cpu1", model, 512)], 8, fast_restarts(3)).await;
+    wait_for("both workers to load", LOAD, || async { ready_workers(&g).await == 2 }).await;
 
     let victim = g.worker_ref("cpu0").await.expect("cpu0 is running");
     victim.cast(WorkerMsg::CrashForTest).unwrap();
     wait_for("cpu0 to be restarting", LOAD, || async {
-        g.workers()
-            .await
-            .iter()
-            .any(|w| w.name == "cpu0" && w.restarts == 1)
+        g.workers().await.iter().any(|w| w.name == "cpu0" && w.restarts == 1)
     })
     .await;
     // Meanwhile the sibling answers.
-    assert!(g
-        .generate(request("still there?", 4, Duration::from_secs(50)))
-        .await
-        .is_ok());
+    assert!(g.generate(request("still there?", 4, Duration::from_secs(50))).await.is_ok());
     wait_for("cpu0 to be back", LOAD, || async {
-        g.workers()
-            .await
-            .iter()
-            .all(|w| w.phase == WorkerPhase::Ready)
-            && ready_workers(&g).await == 2
+        g.workers().await.iter().all(|w| w.phase == WorkerPhase::Ready) && ready_workers(&g).await == 2
     })
     .await;
     let fresh = g.worker_ref("cpu0").await.unwrap();
-    assert_ne!(
-        fresh.get_id(),
-        victim.get_id(),
-        "a new actor took its place"
-    );
+    assert_ne!(fresh.get_id(), victim.get_id(), "a new actor took its place");
     let metrics = g.metrics.render();
-    assert!(
-        metrics.contains("loosh_worker_restarts_total{worker=\"cpu0\"} 1"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("loosh_worker_restarts_total{worker=\"cpu0\"} 1"), "{metrics}");
     g.stop();
 }
 
@@ -224,88 +140,37 @@ async fn the_restart_intensity_limit_stops_a_crash_loop_and_availability_turns_f
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("model.gguf");
     std::fs::copy(&model, &copy).unwrap();
-    let g = graph(
-        vec![cpu_worker("cpu0", copy.clone(), 256)],
-        4,
-        fast_restarts(2),
-    )
-    .await;
-    wait_for("the worker to load", LOAD, || async {
-        ready_workers(&g).await == 1
-    })
-    .await;
+    let g = graph(vec![cpu_worker("cpu0", copy.clone(), 256)], 4, fast_restarts(2)).await;
+    wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
     assert_eq!(g.status().await.unwrap().availability(), Ok(()));
 
     // The model file vanishes, then the worker crashes: every restart fails to load it.
     std::fs::remove_file(&copy).unwrap();
-    g.worker_ref("cpu0")
-        .await
-        .unwrap()
-        .cast(WorkerMsg::CrashForTest)
-        .unwrap();
+    g.worker_ref("cpu0").await.unwrap().cast(WorkerMsg::CrashForTest).unwrap();
     wait_for("cpu0 to give up", LOAD, || async {
-        g.workers()
-            .await
-            .iter()
-            .any(|w| matches!(&w.phase, WorkerPhase::Down { .. }))
+        g.workers().await.iter().any(|w| matches!(&w.phase, WorkerPhase::Down { .. }))
     })
     .await;
     let workers = g.workers().await;
-    let WorkerPhase::Down { reason } = &workers[0].phase else {
-        unreachable!()
-    };
-    assert!(
-        reason.contains("does not exist"),
-        "the reason names the problem: {reason}"
-    );
+    let WorkerPhase::Down { reason } = &workers[0].phase else { unreachable!() };
+    assert!(reason.contains("does not exist"), "the reason names the problem: {reason}");
     assert_eq!(workers[0].restarts, 2, "stopped at the intensity limit");
-    assert_eq!(
-        g.status().await.unwrap().availability(),
-        Err("no backend worker is ready")
-    );
-    assert!(matches!(
-        g.generate(request("anyone?", 4, Duration::from_secs(5)))
-            .await,
-        Err(ScheduleError::NoWorker)
-    ));
-    assert!(g
-        .metrics
-        .render()
-        .contains("loosh_worker_down{worker=\"cpu0\"} 1"));
+    assert_eq!(g.status().await.unwrap().availability(), Err("no backend worker is ready"));
+    assert!(matches!(g.generate(request("anyone?", 4, Duration::from_secs(5))).await, Err(ScheduleError::NoWorker)));
+    assert!(g.metrics.render().contains("loosh_worker_down{worker=\"cpu0\"} 1"));
     g.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smollm2_answers_a_factual_question_sensibly() {
-    let g = graph(
-        vec![cpu_worker("cpu0", smollm2_model(), 2048)],
-        4,
-        fast_restarts(3),
-    )
-    .await;
-    wait_for("SmolLM2 to load", LOAD, || async {
-        ready_workers(&g).await == 1
-    })
-    .await;
-    let mut req = request(
-        "What is the capital of France? Answer in one short sentence.",
-        48,
-        Duration::from_secs(50),
-    );
+    let g = graph(vec![cpu_worker("cpu0", smollm2_model(), 2048)], 4, fast_restarts(3)).await;
+    wait_for("SmolLM2 to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
+    let mut req = request("What is the capital of France? Answer in one short sentence.", 48, Duration::from_secs(50));
     req.temperature = 0.0; // greedy, so the check is about the pipeline, not luck
     let started = Instant::now();
     let gen = g.generate(req).await.unwrap();
-    assert!(
-        gen.text.to_lowercase().contains("paris"),
-        "answer: {:?}",
-        gen.text
-    );
-    assert_eq!(
-        gen.finish_reason,
-        FinishReason::Stop,
-        "the model ended its turn: {:?}",
-        gen.text
-    );
+    assert!(gen.text.to_lowercase().contains("paris"), "answer: {:?}", gen.text);
+    assert_eq!(gen.finish_reason, FinishReason::Stop, "the model ended its turn: {:?}", gen.text);
     assert!(gen.first_token_at.unwrap() >= started);
     g.stop();
 }

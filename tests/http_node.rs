@@ -18,16 +18,8 @@ use serde_json::{json, Value};
 const LOAD: Duration = Duration::from_secs(60);
 
 fn node(graph: &MinerGraph, auth: ValidatorAuth, settings: HttpSettings) -> HttpNode {
-    HttpNode::start(
-        graph.clone(),
-        Arc::new(auth),
-        Hotkey::ephemeral().ss58().into(),
-        settings,
-        "127.0.0.1",
-        0,
-        1,
-    )
-    .unwrap()
+    HttpNode::start(graph.clone(), Arc::new(auth), Hotkey::ephemeral().ss58().into(), settings, "127.0.0.1", 0, 1)
+        .unwrap()
 }
 
 fn http() -> reqwest::Client {
@@ -39,29 +31,14 @@ async fn availability_is_honest_while_no_worker_can_answer() {
     let missing = std::env::temp_dir().join("loosh-no-such-model.gguf");
     let g = graph(vec![cpu_worker("cpu0", missing, 256)], 4, fast_restarts(0)).await;
     wait_for("the worker to be given up on", LOAD, || async {
-        g.workers().await.iter().any(|w| {
-            matches!(
-                w.phase,
-                loosh_actors::worker_supervisor::WorkerPhase::Down { .. }
-            )
-        })
+        g.workers().await.iter().any(|w| matches!(w.phase, loosh_actors::worker_supervisor::WorkerPhase::Down { .. }))
     })
     .await;
     let n = node(&g, ValidatorAuth::allow_all(), HttpSettings::default());
     let url = format!("http://{}", n.addr);
 
-    let v: Value = http()
-        .get(format!("{url}/availability"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        v,
-        json!({"available": false, "reason": "no backend worker is ready"})
-    );
+    let v: Value = http().get(format!("{url}/availability")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v, json!({"available": false, "reason": "no backend worker is ready"}));
 
     // A challenge is refused with 503 and a retry hint before any key lookup.
     let res = http()
@@ -77,18 +54,8 @@ async fn availability_is_honest_while_no_worker_can_answer() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["detail"], "no backend worker is ready");
 
-    let metrics = http()
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("loosh_challenges_total{outcome=\"unavailable\"} 1"),
-        "{metrics}"
-    );
+    let metrics = http().get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("loosh_challenges_total{outcome=\"unavailable\"} 1"), "{metrics}");
     assert!(metrics.contains("loosh_workers_ready 0"));
     n.stop().await;
     g.stop();
@@ -98,18 +65,11 @@ async fn availability_is_honest_while_no_worker_can_answer() {
 async fn the_legacy_inference_endpoint_is_off_by_default_and_whitelisted_when_on() {
     let Some(model) = tiny_model() else { return };
     let g = graph(vec![cpu_worker("cpu0", model, 512)], 4, fast_restarts(1)).await;
-    wait_for("the worker to load", LOAD, || async {
-        ready_workers(&g).await == 1
-    })
-    .await;
+    wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
     let validator = Hotkey::ephemeral();
     let body = challenge_body("hello", 4, 0.7);
 
-    let off = node(
-        &g,
-        ValidatorAuth::new(true, [validator.ss58().to_string()]),
-        HttpSettings::default(),
-    );
+    let off = node(&g, ValidatorAuth::new(true, [validator.ss58().to_string()]), HttpSettings::default());
     let res = http()
         .post(format!("http://{}/inference", off.addr))
         .header("validator-hotkey", validator.ss58())
@@ -118,56 +78,22 @@ async fn the_legacy_inference_endpoint_is_off_by_default_and_whitelisted_when_on
         .await
         .unwrap();
     assert_eq!(res.status(), 404);
-    assert!(res.json::<Value>().await.unwrap()["detail"]
-        .as_str()
-        .unwrap()
-        .contains("ENABLE_INFERENCE_ENDPOINT"));
-    let res = http()
-        .get(format!("http://{}/no/such/route", off.addr))
-        .send()
-        .await
-        .unwrap();
+    assert!(res.json::<Value>().await.unwrap()["detail"].as_str().unwrap().contains("ENABLE_INFERENCE_ENDPOINT"));
+    let res = http().get(format!("http://{}/no/such/route", off.addr)).send().await.unwrap();
     assert_eq!(res.status(), 404);
-    assert_eq!(
-        res.json::<Value>().await.unwrap()["detail"],
-        "no such endpoint"
-    );
+    assert_eq!(res.json::<Value>().await.unwrap()["detail"], "no such endpoint");
     off.stop().await;
 
-    let settings = HttpSettings {
-        inference_enabled: true,
-        ..HttpSettings::default()
-    };
-    let on = node(
-        &g,
-        ValidatorAuth::new(true, [validator.ss58().to_string()]),
-        settings,
-    );
+    let settings = HttpSettings { inference_enabled: true, ..HttpSettings::default() };
+    let on = node(&g, ValidatorAuth::new(true, [validator.ss58().to_string()]), settings);
     let url = format!("http://{}/inference", on.addr);
-    assert_eq!(
-        http().post(&url).json(&body).send().await.unwrap().status(),
-        403,
-        "no hotkey header"
-    );
+    assert_eq!(http().post(&url).json(&body).send().await.unwrap().status(), 403, "no hotkey header");
     let stranger = Hotkey::ephemeral();
     assert_eq!(
-        http()
-            .post(&url)
-            .header("validator-hotkey", stranger.ss58())
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        http().post(&url).header("validator-hotkey", stranger.ss58()).json(&body).send().await.unwrap().status(),
         403
     );
-    let res = http()
-        .post(&url)
-        .header("validator-hotkey", validator.ss58())
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let res = http().post(&url).header("validator-hotkey", validator.ss58()).json(&body).send().await.unwrap();
     assert_eq!(res.status(), 200);
     let reply: Value = res.json().await.unwrap();
     assert!(reply["response_text"].is_string());
@@ -180,10 +106,7 @@ async fn the_legacy_inference_endpoint_is_off_by_default_and_whitelisted_when_on
 async fn the_rust_validator_client_re_handshakes_after_the_miner_forgets_its_key() {
     let Some(model) = tiny_model() else { return };
     let g = graph(vec![cpu_worker("cpu0", model, 512)], 4, fast_restarts(1)).await;
-    wait_for("the worker to load", LOAD, || async {
-        ready_workers(&g).await == 1
-    })
-    .await;
+    wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
     let n = node(&g, ValidatorAuth::allow_all(), HttpSettings::default());
     let mut client = ValidatorClient::new(&format!("http://{}", n.addr), Hotkey::ephemeral());
     client.handshake().await.unwrap();
@@ -194,9 +117,7 @@ async fn the_rust_validator_client_re_handshakes_after_the_miner_forgets_its_key
     // 401 carrying the public key, and the client's one retry after a re-handshake succeeds.
     g.keys.revoke(client.hotkey().ss58());
     match client.challenge_once(&body).await {
-        Err(ClientError::Status {
-            status: 401, body, ..
-        }) => {
+        Err(ClientError::Status { status: 401, body, .. }) => {
             let v: Value = serde_json::from_str(&body).unwrap();
             assert_eq!(v["requires_handshake"], true);
             assert_eq!(v["public_key"], g.crypto.public_pem());

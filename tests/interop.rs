@@ -27,11 +27,7 @@ impl Drop for Miner {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn python() -> String {
@@ -73,17 +69,11 @@ fn start_miner(model: &std::path::Path, extra: &[(&str, &str)]) -> Miner {
             sink.lock().unwrap().push(line);
         }
     });
-    let miner = Miner {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        log,
-    };
+    let miner = Miner { child, url: format!("http://127.0.0.1:{port}"), log };
     let client = reqwest::blocking_free_get;
     let end = Instant::now() + Duration::from_secs(60);
     loop {
-        if client(&format!("{}/availability", miner.url))
-            .is_some_and(|b| b.contains("\"available\":true"))
-        {
+        if client(&format!("{}/availability", miner.url)).is_some_and(|b| b.contains("\"available\":true")) {
             return miner;
         }
         assert!(
@@ -102,13 +92,8 @@ mod reqwest {
         let rest = url.strip_prefix("http://")?;
         let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}")))?;
         let mut s = std::net::TcpStream::connect(host).ok()?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).ok()?;
         Some(out)
@@ -129,10 +114,7 @@ fn a_python_validator_client_following_protocol_md_gets_correct_answers_and_erro
             ("FIBER_KEY_GRACE_SECONDS", "1"),
         ],
     );
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/interop/validator_client.py"
-    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/validator_client.py");
     let out = Command::new(python())
         .args([
             script,
@@ -151,14 +133,8 @@ fn a_python_validator_client_following_protocol_md_gets_correct_answers_and_erro
         .expect("python3 runs (scripts/install.sh installs cryptography and substrate-interface)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success(),
-        "the validator client reported failures:\n{stdout}"
-    );
-    assert!(
-        stdout.lines().any(|l| l.starts_with("24 passed, 0 failed")),
-        "every case ran: {stdout}"
-    );
+    assert!(out.status.success(), "the validator client reported failures:\n{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("24 passed, 0 failed")), "every case ran: {stdout}");
 
     // The miner logged the refusals it served, without leaking key material.
     let log = miner.log.lock().unwrap().join("\n");
@@ -179,18 +155,10 @@ fn the_probe_command_checks_a_running_miner_end_to_end() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     for step in ["availability", "public key", "key exchange", "challenge"] {
-        assert!(
-            stdout
-                .lines()
-                .any(|l| l.starts_with("ok") && l.contains(step)),
-            "{step} missing from:\n{stdout}"
-        );
+        assert!(stdout.lines().any(|l| l.starts_with("ok") && l.contains(step)), "{step} missing from:\n{stdout}");
     }
     // Against a miner that is not there, the probe fails and says where.
-    let out = Command::new(env!("CARGO_BIN_EXE_loosh-miner"))
-        .args(["probe", "http://127.0.0.1:1"])
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_loosh-miner")).args(["probe", "http://127.0.0.1:1"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL availability"));
 }
@@ -234,8 +202,5 @@ fn configuration_errors_name_the_variable_and_stop_the_miner() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(".bittensor/wallets/miner/hotkeys/miner") && err.contains("btcli"),
-        "{err}"
-    );
+    assert!(err.contains(".bittensor/wallets/miner/hotkeys/miner") && err.contains("btcli"), "{err}");
 }

@@ -11,9 +11,7 @@ use ractor::Actor;
 
 async fn store(settings: SessionSettings) -> KeyStore {
     let index: SessionIndex = Default::default();
-    let (registry, _) = Actor::spawn(None, KeyRegistry, (settings, index.clone()))
-        .await
-        .unwrap();
+    let (registry, _) = Actor::spawn(None, KeyRegistry, (settings, index.clone())).await.unwrap();
     KeyStore::new(registry, index)
 }
 
@@ -48,10 +46,7 @@ async fn each_validator_has_its_own_session_with_several_live_keys() {
     assert!(keys.lookup("v3", "a").await.is_none(), "no session, no key");
     keys.revoke("v1");
     assert!(keys.lookup("v1", "a").await.is_none());
-    assert!(
-        keys.lookup("v2", "a").await.is_some(),
-        "revoking one validator leaves the others"
-    );
+    assert!(keys.lookup("v2", "a").await.is_some(), "revoking one validator leaves the others");
 }
 
 #[tokio::test]
@@ -72,10 +67,7 @@ async fn keys_live_for_the_ttl_plus_grace_then_the_idle_session_goes_away() {
         assert!(Instant::now() < end, "the key never expired");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(
-        stored.elapsed() >= Duration::from_millis(500),
-        "the key outlived its TTL by the grace period"
-    );
+    assert!(stored.elapsed() >= Duration::from_millis(500), "the key outlived its TTL by the grace period");
     while keys.sessions() > 0 {
         assert!(Instant::now() < end, "the idle session never stopped");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -87,22 +79,12 @@ async fn keys_live_for_the_ttl_plus_grace_then_the_idle_session_goes_away() {
 
 #[tokio::test]
 async fn nonce_and_key_memory_is_bounded_per_validator() {
-    let settings = SessionSettings {
-        max_nonces: 3,
-        max_keys: 2,
-        ..SessionSettings::default()
-    };
+    let settings = SessionSettings { max_nonces: 3, max_keys: 2, ..SessionSettings::default() };
     let keys = store(settings).await;
     for i in 0..3 {
-        keys.store("v1", &format!("u{i}"), &format!("n{i}"), key())
-            .await
-            .unwrap();
+        keys.store("v1", &format!("u{i}"), &format!("n{i}"), key()).await.unwrap();
     }
-    assert_eq!(
-        keys.snapshot("v1").await.live_keys,
-        2,
-        "the oldest key made room"
-    );
+    assert_eq!(keys.snapshot("v1").await.live_keys, 2, "the oldest key made room");
     assert!(keys.lookup("v1", "u0").await.is_none());
     assert_eq!(
         keys.store("v1", "u9", "n9", key()).await,

@@ -13,29 +13,19 @@ pub struct ValidatorAuth {
 
 impl ValidatorAuth {
     pub fn new(enabled: bool, hotkeys: impl IntoIterator<Item = String>) -> Self {
-        let allowed: DashSet<String> = hotkeys
-            .into_iter()
-            .map(|h| h.trim().to_string())
-            .filter(|h| !h.is_empty())
-            .collect();
+        let allowed: DashSet<String> =
+            hotkeys.into_iter().map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect();
         if enabled && allowed.is_empty() {
-            tracing::warn!(
-                "validator whitelist is enabled and empty: every validator will get 403"
-            );
+            tracing::warn!("validator whitelist is enabled and empty: every validator will get 403");
         } else if !enabled {
-            tracing::warn!(
-                "validator whitelist is disabled: any hotkey may key-exchange and send challenges"
-            );
+            tracing::warn!("validator whitelist is disabled: any hotkey may key-exchange and send challenges");
         }
         Self { enabled, allowed }
     }
 
     /// Admits every hotkey (dev mode and tests).
     pub fn allow_all() -> Self {
-        Self {
-            enabled: false,
-            allowed: DashSet::new(),
-        }
+        Self { enabled: false, allowed: DashSet::new() }
     }
 
     pub fn is_allowed(&self, hotkey: &str) -> bool {

@@ -17,21 +17,9 @@ use crate::protocol::rsa_keys::{MinerRsaKey, UnwrapError};
 const CALL_TIMEOUT_MS: u64 = 10_000;
 
 pub enum CryptoMsg {
-    Decrypt {
-        key: FernetKey,
-        token: Vec<u8>,
-        ttl_secs: u64,
-        reply: RpcReplyPort<Result<Vec<u8>, FernetError>>,
-    },
-    Encrypt {
-        key: FernetKey,
-        plaintext: Vec<u8>,
-        reply: RpcReplyPort<String>,
-    },
-    Unwrap {
-        ciphertext_hex: String,
-        reply: RpcReplyPort<Result<String, UnwrapError>>,
-    },
+    Decrypt { key: FernetKey, token: Vec<u8>, ttl_secs: u64, reply: RpcReplyPort<Result<Vec<u8>, FernetError>> },
+    Encrypt { key: FernetKey, plaintext: Vec<u8>, reply: RpcReplyPort<String> },
+    Unwrap { ciphertext_hex: String, reply: RpcReplyPort<Result<String, UnwrapError>> },
 }
 
 pub struct ChallengeCrypto;
@@ -56,30 +44,17 @@ impl Actor for ChallengeCrypto {
         rsa: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            CryptoMsg::Decrypt {
-                key,
-                token,
-                ttl_secs,
-                reply,
-            } => {
+            CryptoMsg::Decrypt { key, token, ttl_secs, reply } => {
                 let _ = reply.send(key.decrypt(&token, ttl_secs));
             }
-            CryptoMsg::Encrypt {
-                key,
-                plaintext,
-                reply,
-            } => {
+            CryptoMsg::Encrypt { key, plaintext, reply } => {
                 let _ = reply.send(key.encrypt(&plaintext));
             }
-            CryptoMsg::Unwrap {
-                ciphertext_hex,
-                reply,
-            } => {
+            CryptoMsg::Unwrap { ciphertext_hex, reply } => {
                 let rsa = rsa.clone();
-                let result =
-                    tokio::task::spawn_blocking(move || rsa.unwrap_fernet_key(&ciphertext_hex))
-                        .await
-                        .unwrap_or(Err(UnwrapError::Decrypt));
+                let result = tokio::task::spawn_blocking(move || rsa.unwrap_fernet_key(&ciphertext_hex))
+                    .await
+                    .unwrap_or(Err(UnwrapError::Decrypt));
                 let _ = reply.send(result);
             }
         }
@@ -109,11 +84,7 @@ pub struct CryptoPool {
 impl CryptoPool {
     pub fn new(actors: Vec<ActorRef<CryptoMsg>>, public_pem: &str) -> Self {
         assert!(!actors.is_empty(), "a crypto pool needs at least one actor");
-        Self {
-            actors: Arc::new(actors),
-            next: Arc::new(AtomicUsize::new(0)),
-            public_pem: public_pem.into(),
-        }
+        Self { actors: Arc::new(actors), next: Arc::new(AtomicUsize::new(0)), public_pem: public_pem.into() }
     }
 
     fn pick(&self) -> &ActorRef<CryptoMsg> {
@@ -126,54 +97,21 @@ impl CryptoPool {
         &self.public_pem
     }
 
-    pub async fn decrypt(
-        &self,
-        key: FernetKey,
-        token: Vec<u8>,
-        ttl_secs: u64,
-    ) -> Result<Vec<u8>, CryptoPoolError> {
-        ractor::call_t!(
-            self.pick(),
-            |reply| CryptoMsg::Decrypt {
-                key,
-                token,
-                ttl_secs,
-                reply
-            },
-            CALL_TIMEOUT_MS
-        )
-        .map_err(|e| CryptoPoolError::Unavailable(e.to_string()))?
-        .map_err(CryptoPoolError::from)
+    pub async fn decrypt(&self, key: FernetKey, token: Vec<u8>, ttl_secs: u64) -> Result<Vec<u8>, CryptoPoolError> {
+        ractor::call_t!(self.pick(), |reply| CryptoMsg::Decrypt { key, token, ttl_secs, reply }, CALL_TIMEOUT_MS)
+            .map_err(|e| CryptoPoolError::Unavailable(e.to_string()))?
+            .map_err(CryptoPoolError::from)
     }
 
-    pub async fn encrypt(
-        &self,
-        key: FernetKey,
-        plaintext: Vec<u8>,
-    ) -> Result<String, CryptoPoolError> {
-        ractor::call_t!(
-            self.pick(),
-            |reply| CryptoMsg::Encrypt {
-                key,
-                plaintext,
-                reply
-            },
-            CALL_TIMEOUT_MS
-        )
-        .map_err(|e| CryptoPoolError::Unavailable(e.to_string()))
+    pub async fn encrypt(&self, key: FernetKey, plaintext: Vec<u8>) -> Result<String, CryptoPoolError> {
+        ractor::call_t!(self.pick(), |reply| CryptoMsg::Encrypt { key, plaintext, reply }, CALL_TIMEOUT_MS)
+            .map_err(|e| CryptoPoolError::Unavailable(e.to_string()))
     }
 
     pub async fn unwrap_key(&self, ciphertext_hex: String) -> Result<String, CryptoPoolError> {
-        ractor::call_t!(
-            self.pick(),
-            |reply| CryptoMsg::Unwrap {
-                ciphertext_hex,
-                reply
-            },
-            CALL_TIMEOUT_MS
-        )
-        .map_err(|e| CryptoPoolError::Unavailable(e.to_string()))?
-        .map_err(CryptoPoolError::from)
+        ractor::call_t!(self.pick(), |reply| CryptoMsg::Unwrap { ciphertext_hex, reply }, CALL_TIMEOUT_MS)
+            .map_err(|e| CryptoPoolError::Unavailable(e.to_string()))?
+            .map_err(CryptoPoolError::from)
     }
 }
 

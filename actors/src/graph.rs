@@ -8,27 +8,24 @@
 //!    └── WorkerSupervisor ── BackendWorker (one per device)
 //! ```
 //!
-//! The root restarts a crashed registry, crypto actor or scheduler with fresh state (validators
-//! re-handshake; the supervisor re-announces its workers), so one component's crash never takes the
-//! workers down.
+//! The root restarts the worker supervisor if it crashes (with fresh workers); the HTTP layer runs
+//! on its own threads, so a crash there never takes the workers down.
 
 use std::sync::Arc;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use std::sync::RwLock;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::backend_worker::{WorkerMsg, WorkerSpec};
 use crate::challenge_crypto::{ChallengeCrypto, CryptoPool};
 use crate::inference::request::{Generation, GenerationRequest};
 use crate::metrics::Metrics;
 use crate::protocol::rsa_keys::MinerRsaKey;
-use crate::scheduler::{
-    ScheduleError, Scheduler, SchedulerMsg, SchedulerSettings, SchedulerStatus,
-};
+use crate::scheduler::{ScheduleError, Scheduler, SchedulerMsg, SchedulerSettings, SchedulerStatus};
 use crate::session::registry::{KeyRegistry, KeyStore, SessionIndex};
 use crate::session::SessionSettings;
-use crate::worker_supervisor::{
-    RestartPolicy, SupervisorArgs, SupervisorMsg, WorkerStatus, WorkerSupervisor,
-};
+use crate::worker_supervisor::{RestartPolicy, SupervisorArgs, SupervisorMsg, WorkerStatus, WorkerSupervisor};
 
 /// Everything the graph needs to start.
 pub struct GraphConfig {
@@ -46,42 +43,130 @@ pub struct MinerGraph {
     pub keys: KeyStore,
     pub crypto: CryptoPool,
     pub scheduler: ActorRef<SchedulerMsg>,
-    pub supervisor: ActorRef<SupervisorMsg>,
+    pub supervisor: SupervisorHandle,
     pub metrics: Arc<Metrics>,
-    root: ActorRef<()>,
+    root: ActorRef<RootMsg>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
     #[error("failed to spawn {what}: {source}")]
-    Spawn {
-        what: &'static str,
-        source: ractor::SpawnErr,
-    },
+    Spawn { what: &'static str, source: ractor::SpawnErr },
+    #[error("failed to start the worker supervisor: {0}")]
+    Start(String),
 }
 
-/// The graph's root: owns the long-lived actors as linked children.
+/// Where the current worker supervisor is: the root replaces it when it crashes.
+#[derive(Clone)]
+pub struct SupervisorHandle(Arc<RwLock<ActorRef<SupervisorMsg>>>);
+
+impl SupervisorHandle {
+    pub fn get(&self) -> ActorRef<SupervisorMsg> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// What the root needs to start the worker supervisor again.
+struct SupervisorRecipe {
+    specs: Vec<WorkerSpec>,
+    policy: RestartPolicy,
+    scheduler: ActorRef<SchedulerMsg>,
+    metrics: Arc<Metrics>,
+}
+
+impl SupervisorRecipe {
+    fn args(&self) -> SupervisorArgs {
+        SupervisorArgs {
+            specs: self.specs.clone(),
+            policy: self.policy.clone(),
+            scheduler: self.scheduler.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The graph's root: owns the long-lived actors as linked children and restarts the worker
+/// supervisor if it ever crashes (its workers are stopped and started afresh).
 struct GraphRoot;
 
+struct RootState {
+    recipe: Option<SupervisorRecipe>,
+    supervisor: Option<SupervisorHandle>,
+}
+
+enum RootMsg {
+    /// Start the worker supervisor (at graph start, and after it crashed).
+    StartSupervisor(RpcReplyPort<Result<SupervisorHandle, String>>),
+    Adopt(SupervisorRecipe),
+}
+
 impl Actor for GraphRoot {
-    type Msg = ();
-    type State = ();
+    type Msg = RootMsg;
+    type State = RootState;
     type Arguments = ();
 
-    async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+    async fn pre_start(&self, _: ActorRef<RootMsg>, _: ()) -> Result<RootState, ActorProcessingErr> {
+        Ok(RootState { recipe: None, supervisor: None })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RootMsg>,
+        msg: RootMsg,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RootMsg::Adopt(recipe) => state.recipe = Some(recipe),
+            RootMsg::StartSupervisor(reply) => {
+                let Some(recipe) = &state.recipe else {
+                    let _ = reply.send(Err("no supervisor recipe".into()));
+                    return Ok(());
+                };
+                match Actor::spawn_linked(None, WorkerSupervisor, recipe.args(), myself.get_cell()).await {
+                    Ok((sup, _)) => {
+                        let handle = match &state.supervisor {
+                            Some(h) => {
+                                *h.0.write().unwrap_or_else(|e| e.into_inner()) = sup;
+                                h.clone()
+                            }
+                            None => SupervisorHandle(Arc::new(RwLock::new(sup))),
+                        };
+                        state.supervisor = Some(handle.clone());
+                        let _ = reply.send(Ok(handle));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
     async fn handle_supervisor_evt(
         &self,
-        _myself: ActorRef<()>,
+        myself: ActorRef<RootMsg>,
         event: SupervisionEvent,
-        _state: &mut (),
+        state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
-        if let SupervisionEvent::ActorFailed(cell, err) = event {
+        let SupervisionEvent::ActorFailed(cell, err) = event else { return Ok(()) };
+        let is_supervisor = state.supervisor.as_ref().is_some_and(|h| h.get().get_id() == cell.get_id());
+        if !is_supervisor {
             // The node watches this log line; each child is designed to fail only on a bug.
             tracing::error!(actor = ?cell.get_id(), error = %err, "a core actor crashed");
+            return Ok(());
         }
+        tracing::error!(error = %err, "the worker supervisor crashed; restarting it and its workers");
+        cell.stop_children(Some("supervisor crashed".into()));
+        if let Some(recipe) = &state.recipe {
+            for spec in &recipe.specs {
+                let _ = recipe.scheduler.cast(SchedulerMsg::WorkerDown { name: spec.name.clone() });
+            }
+        }
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let _ = ractor::call_t!(me, RootMsg::StartSupervisor, 10_000);
+        });
         Ok(())
     }
 }
@@ -92,63 +177,36 @@ impl MinerGraph {
     pub async fn spawn(config: GraphConfig) -> Result<Self, GraphError> {
         let metrics = Arc::new(Metrics::new());
         let (root, _) =
-            Actor::spawn(None, GraphRoot, ())
-                .await
-                .map_err(|source| GraphError::Spawn {
-                    what: "root",
-                    source,
-                })?;
+            Actor::spawn(None, GraphRoot, ()).await.map_err(|source| GraphError::Spawn { what: "root", source })?;
         let cell = root.get_cell();
 
         let index: SessionIndex = Default::default();
-        let (registry, _) = Actor::spawn_linked(
-            None,
-            KeyRegistry,
-            (config.sessions, index.clone()),
-            cell.clone(),
-        )
-        .await
-        .map_err(|source| GraphError::Spawn {
-            what: "key registry",
-            source,
-        })?;
+        let (registry, _) = Actor::spawn_linked(None, KeyRegistry, (config.sessions, index.clone()), cell.clone())
+            .await
+            .map_err(|source| GraphError::Spawn { what: "key registry", source })?;
 
         let mut crypto = Vec::new();
         for _ in 0..config.crypto_actors.max(1) {
-            let (a, _) =
-                Actor::spawn_linked(None, ChallengeCrypto, config.rsa.clone(), cell.clone())
-                    .await
-                    .map_err(|source| GraphError::Spawn {
-                        what: "challenge crypto",
-                        source,
-                    })?;
+            let (a, _) = Actor::spawn_linked(None, ChallengeCrypto, config.rsa.clone(), cell.clone())
+                .await
+                .map_err(|source| GraphError::Spawn { what: "challenge crypto", source })?;
             crypto.push(a);
         }
 
-        let (scheduler, _) = Actor::spawn_linked(
-            None,
-            Scheduler,
-            (config.scheduler, metrics.clone()),
-            cell.clone(),
-        )
-        .await
-        .map_err(|source| GraphError::Spawn {
-            what: "scheduler",
-            source,
-        })?;
+        let (scheduler, _) = Actor::spawn_linked(None, Scheduler, (config.scheduler, metrics.clone()), cell.clone())
+            .await
+            .map_err(|source| GraphError::Spawn { what: "scheduler", source })?;
 
-        let args = SupervisorArgs {
+        root.cast(RootMsg::Adopt(SupervisorRecipe {
             specs: config.workers,
             policy: config.restart,
             scheduler: scheduler.clone(),
             metrics: metrics.clone(),
-        };
-        let (supervisor, _) = Actor::spawn_linked(None, WorkerSupervisor, args, cell)
-            .await
-            .map_err(|source| GraphError::Spawn {
-                what: "worker supervisor",
-                source,
-            })?;
+        }))
+        .map_err(|e| GraphError::Start(e.to_string()))?;
+        let supervisor = ractor::call_t!(root, RootMsg::StartSupervisor, 10_000)
+            .map_err(|e| GraphError::Start(e.to_string()))?
+            .map_err(GraphError::Start)?;
 
         Ok(Self {
             keys: KeyStore::new(registry, index),
@@ -167,29 +225,19 @@ impl MinerGraph {
 
     /// Sends one generation through the scheduler.
     pub async fn generate(&self, request: GenerationRequest) -> Result<Generation, ScheduleError> {
-        match self
-            .scheduler
-            .call(|reply| SchedulerMsg::Submit { request, reply }, None)
-            .await
-        {
+        match self.scheduler.call(|reply| SchedulerMsg::Submit { request, reply, avoid: None }, None).await {
             Ok(ractor::rpc::CallResult::Success(result)) => result,
             _ => Err(ScheduleError::NoWorker),
         }
     }
 
     pub async fn workers(&self) -> Vec<WorkerStatus> {
-        ractor::call_t!(self.supervisor, SupervisorMsg::Status, 2000).unwrap_or_default()
+        ractor::call_t!(self.supervisor.get(), SupervisorMsg::Status, 2000).unwrap_or_default()
     }
 
     pub async fn worker_ref(&self, name: &str) -> Option<ActorRef<WorkerMsg>> {
         let name = name.to_string();
-        ractor::call_t!(
-            self.supervisor,
-            |reply| SupervisorMsg::WorkerRef { name, reply },
-            2000
-        )
-        .ok()
-        .flatten()
+        ractor::call_t!(self.supervisor.get(), |reply| SupervisorMsg::WorkerRef { name, reply }, 2000).ok().flatten()
     }
 
     /// Closes admission (in-flight work finishes) — the first step of a graceful shutdown.

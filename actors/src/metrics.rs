@@ -3,9 +3,7 @@
 //! Every rejection path increments a labelled counter so that an operator can tell from `/metrics`
 //! alone whether validators are failing handshakes, hitting expired keys or finding the miner full.
 
-use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -32,127 +30,71 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let latency_buckets = vec![
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0,
-        ];
+        let latency_buckets =
+            vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0];
         let m = Self {
-            challenges: IntCounterVec::new(
-                Opts::new("loosh_challenges_total", "Challenges by outcome"),
-                &["outcome"],
-            )
-            .unwrap(),
+            challenges: IntCounterVec::new(Opts::new("loosh_challenges_total", "Challenges by outcome"), &["outcome"])
+                .unwrap(),
             handshakes: IntCounterVec::new(
                 Opts::new("loosh_handshakes_total", "Key exchanges by outcome"),
                 &["outcome"],
             )
             .unwrap(),
             rejected_requests: IntCounterVec::new(
-                Opts::new(
-                    "loosh_rejected_requests_total",
-                    "Requests refused for their body, by route and reason",
-                ),
+                Opts::new("loosh_rejected_requests_total", "Requests refused for their body, by route and reason"),
                 &["route", "reason"],
             )
             .unwrap(),
             challenge_latency: Histogram::with_opts(
-                HistogramOpts::new(
-                    "loosh_challenge_seconds",
-                    "Challenge handling time, arrival to encrypted reply",
-                )
-                .buckets(latency_buckets.clone()),
+                HistogramOpts::new("loosh_challenge_seconds", "Challenge handling time, arrival to encrypted reply")
+                    .buckets(latency_buckets.clone()),
             )
             .unwrap(),
             time_to_first_token: Histogram::with_opts(
-                HistogramOpts::new(
-                    "loosh_time_to_first_token_seconds",
-                    "Arrival to first generated token",
-                )
-                .buckets(latency_buckets),
+                HistogramOpts::new("loosh_time_to_first_token_seconds", "Arrival to first generated token")
+                    .buckets(latency_buckets),
             )
             .unwrap(),
-            tokens_generated: IntCounter::new(
-                "loosh_tokens_generated_total",
-                "Completion tokens generated",
-            )
-            .unwrap(),
-            prompt_tokens: IntCounter::new("loosh_prompt_tokens_total", "Prompt tokens processed")
-                .unwrap(),
+            tokens_generated: IntCounter::new("loosh_tokens_generated_total", "Completion tokens generated").unwrap(),
+            prompt_tokens: IntCounter::new("loosh_prompt_tokens_total", "Prompt tokens processed").unwrap(),
             deadline_cuts: IntCounter::new(
                 "loosh_deadline_cuts_total",
                 "Generations cut short by the challenge deadline",
             )
             .unwrap(),
-            in_flight: IntGauge::new(
-                "loosh_challenges_in_flight",
-                "Challenges admitted and not yet answered",
-            )
-            .unwrap(),
-            workers_ready: IntGauge::new(
-                "loosh_workers_ready",
-                "Backend workers ready to take work",
-            )
-            .unwrap(),
+            in_flight: IntGauge::new("loosh_challenges_in_flight", "Challenges admitted and not yet answered").unwrap(),
+            workers_ready: IntGauge::new("loosh_workers_ready", "Backend workers ready to take work").unwrap(),
             worker_restarts: IntCounterVec::new(
                 Opts::new("loosh_worker_restarts_total", "Backend worker restarts"),
                 &["worker"],
             )
             .unwrap(),
             worker_down: IntGaugeVec::new(
-                Opts::new(
-                    "loosh_worker_down",
-                    "1 while a worker stays down after exceeding its restart intensity",
-                ),
+                Opts::new("loosh_worker_down", "1 while a worker stays down after exceeding its restart intensity"),
                 &["worker"],
             )
             .unwrap(),
-            key_sessions: IntGauge::new("loosh_key_sessions", "Validators with a live key session")
-                .unwrap(),
+            key_sessions: IntGauge::new("loosh_key_sessions", "Validators with a live key session").unwrap(),
             registry,
         };
         for c in [&m.challenges, &m.handshakes, &m.worker_restarts] {
             m.registry.register(Box::new(c.clone())).unwrap();
         }
-        m.registry
-            .register(Box::new(m.rejected_requests.clone()))
-            .unwrap();
-        m.registry
-            .register(Box::new(m.challenge_latency.clone()))
-            .unwrap();
-        m.registry
-            .register(Box::new(m.time_to_first_token.clone()))
-            .unwrap();
+        m.registry.register(Box::new(m.rejected_requests.clone())).unwrap();
+        m.registry.register(Box::new(m.challenge_latency.clone())).unwrap();
+        m.registry.register(Box::new(m.time_to_first_token.clone())).unwrap();
         for c in [&m.tokens_generated, &m.prompt_tokens, &m.deadline_cuts] {
             m.registry.register(Box::new(c.clone())).unwrap();
         }
         for g in [&m.in_flight, &m.workers_ready, &m.key_sessions] {
             m.registry.register(Box::new(g.clone())).unwrap();
         }
-        m.registry
-            .register(Box::new(m.worker_down.clone()))
-            .unwrap();
+        m.registry.register(Box::new(m.worker_down.clone())).unwrap();
         // Make the common outcomes visible at zero, so dashboards and alerts see the series from the start.
-        for o in [
-            "ok",
-            "unauthorized",
-            "unknown_key",
-            "bad_token",
-            "bad_request",
-            "busy",
-            "unavailable",
-            "error",
-        ] {
+        for o in ["ok", "unauthorized", "unknown_key", "bad_token", "bad_request", "busy", "unavailable", "error"] {
             m.challenges.with_label_values(&[o]);
         }
-        for o in [
-            "ok",
-            "unauthorized",
-            "replay",
-            "bad_signature",
-            "stale_timestamp",
-            "bad_key",
-            "malformed",
-            "busy",
-        ] {
+        for o in ["ok", "unauthorized", "replay", "bad_signature", "stale_timestamp", "bad_key", "malformed", "busy"] {
             m.handshakes.with_label_values(&[o]);
         }
         m

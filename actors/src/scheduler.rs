@@ -2,8 +2,10 @@
 //!
 //! Admission is bounded (`MAX_CONCURRENT_REQUESTS` in flight across the node, and a per-worker
 //! queue bound): when full, a challenge is refused at once with a retry hint, never parked until
-//! the validator gives up. Among ready workers it picks the one with the least work queued. The
-//! supervisor tells it which workers are up; the HTTP layer asks it for availability.
+//! the validator gives up. Among ready workers it picks the one expected to finish first (queue
+//! depth over its parallel sequences, times its measured time per challenge). A challenge whose
+//! worker dies is re-dispatched once to a sibling when its deadline leaves room. The supervisor
+//! tells it which workers are up; the HTTP layer asks it for availability.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,10 +23,7 @@ pub enum ScheduleError {
     #[error("no backend worker is ready")]
     NoWorker,
     #[error("the miner is at capacity ({in_flight} challenges in flight)")]
-    Busy {
-        in_flight: usize,
-        retry_after_secs: u64,
-    },
+    Busy { in_flight: usize, retry_after_secs: u64 },
     #[error("admission is closed (the miner is shutting down)")]
     Closed,
     #[error(transparent)]
@@ -37,10 +36,13 @@ pub enum SchedulerMsg {
     Submit {
         request: GenerationRequest,
         reply: RpcReplyPort<Result<Generation, ScheduleError>>,
+        /// Set when re-dispatching after a worker died: the worker not to pick again.
+        avoid: Option<String>,
     },
     WorkerUp {
         name: String,
         actor: ActorRef<WorkerMsg>,
+        parallel: usize,
     },
     WorkerDown {
         name: String,
@@ -83,10 +85,12 @@ impl SchedulerStatus {
 pub struct SchedulerSettings {
     /// `MAX_CONCURRENT_REQUESTS`: challenges in flight across all workers.
     pub max_in_flight: usize,
-    /// Challenges queued on one worker (running included) before it counts as full.
+    /// Challenges waiting on one worker beyond those it generates at once, before it counts as full.
     pub max_queue_per_worker: usize,
     /// Extra time past a request's deadline to wait for its worker before giving up on it.
     pub deadline_slack: Duration,
+    /// A challenge whose worker died is re-dispatched to a sibling only with this much time left.
+    pub redispatch_min_left: Duration,
 }
 
 impl Default for SchedulerSettings {
@@ -95,12 +99,15 @@ impl Default for SchedulerSettings {
             max_in_flight: 10,
             max_queue_per_worker: 10,
             deadline_slack: Duration::from_secs(5),
+            redispatch_min_left: Duration::from_secs(5),
         }
     }
 }
 
 struct Slot {
     actor: ActorRef<WorkerMsg>,
+    /// Sequences the worker generates at once.
+    parallel: usize,
     queued: usize,
     /// Smoothed seconds per generation on this worker, for the retry hint.
     avg_secs: f64,
@@ -126,14 +133,24 @@ impl SchedulerState {
         }
     }
 
+    /// The ready worker expected to finish a new challenge first: its queue in rounds of
+    /// `parallel`, times its measured time per challenge. Full workers and `avoid` are skipped.
+    fn pick(&self, avoid: Option<&str>) -> Option<String> {
+        let max_queue = self.settings.max_queue_per_worker;
+        self.workers
+            .iter()
+            .filter(|(name, s)| s.queued < s.parallel + max_queue && Some(name.as_str()) != avoid)
+            .map(|(name, s)| {
+                let rounds = (s.queued + 1) as f64 / s.parallel as f64;
+                (name, rounds * s.avg_secs.max(1e-3), rounds)
+            })
+            .min_by(|a, b| a.1.total_cmp(&b.1).then(a.2.total_cmp(&b.2)))
+            .map(|(name, _, _)| name.clone())
+    }
+
     fn retry_after_secs(&self) -> u64 {
         let per_worker = self.in_flight as f64 / self.workers.len().max(1) as f64;
-        let avg = self
-            .workers
-            .values()
-            .map(|s| s.avg_secs)
-            .fold(0.0, f64::max)
-            .max(1.0);
+        let avg = self.workers.values().map(|s| s.avg_secs).fold(0.0, f64::max).max(1.0);
         (per_worker * avg).ceil().clamp(1.0, 30.0) as u64
     }
 }
@@ -148,13 +165,7 @@ impl Actor for Scheduler {
         _myself: ActorRef<Self::Msg>,
         (settings, metrics): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(SchedulerState {
-            settings,
-            metrics,
-            workers: BTreeMap::new(),
-            in_flight: 0,
-            admission_open: true,
-        })
+        Ok(SchedulerState { settings, metrics, workers: BTreeMap::new(), in_flight: 0, admission_open: true })
     }
 
     async fn handle(
@@ -164,7 +175,7 @@ impl Actor for Scheduler {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SchedulerMsg::Submit { request, reply } => {
+            SchedulerMsg::Submit { request, reply, avoid } => {
                 if !state.admission_open {
                     let _ = reply.send(Err(ScheduleError::Closed));
                     return Ok(());
@@ -173,19 +184,10 @@ impl Actor for Scheduler {
                     let _ = reply.send(Err(ScheduleError::NoWorker));
                     return Ok(());
                 }
-                let max_queue = state.settings.max_queue_per_worker;
-                let pick = state
-                    .workers
-                    .iter()
-                    .filter(|(_, s)| s.queued < max_queue)
-                    .min_by_key(|(_, s)| s.queued)
-                    .map(|(name, _)| name.clone());
-                let Some(name) = pick.filter(|_| state.in_flight < state.settings.max_in_flight)
-                else {
-                    let err = ScheduleError::Busy {
-                        in_flight: state.in_flight,
-                        retry_after_secs: state.retry_after_secs(),
-                    };
+                let pick = state.pick(avoid.as_deref()).filter(|_| state.in_flight < state.settings.max_in_flight);
+                let Some(name) = pick else {
+                    let err =
+                        ScheduleError::Busy { in_flight: state.in_flight, retry_after_secs: state.retry_after_secs() };
                     let _ = reply.send(Err(err));
                     return Ok(());
                 };
@@ -195,41 +197,56 @@ impl Actor for Scheduler {
                 state.metrics.in_flight.set(state.in_flight as i64);
                 let worker = slot.actor.clone();
                 let worker_id = worker.get_id();
-                let wait = request.deadline.saturating_duration_since(Instant::now())
-                    + state.settings.deadline_slack;
+                let wait = request.deadline.saturating_duration_since(Instant::now()) + state.settings.deadline_slack;
+                let redispatch_min_left = state.settings.redispatch_min_left;
+                let first_attempt = avoid.is_none();
                 let started = Instant::now();
                 tokio::spawn(async move {
-                    let result = match worker
-                        .call(|r| WorkerMsg::Generate { request, reply: r }, Some(wait))
-                        .await
-                    {
+                    let retry_copy = first_attempt.then(|| request.clone());
+                    let deadline = request.deadline;
+                    let result = match worker.call(|r| WorkerMsg::Generate { request, reply: r }, Some(wait)).await {
                         Ok(ractor::rpc::CallResult::Success(Ok(g))) => Ok(g),
-                        Ok(ractor::rpc::CallResult::Success(Err(e))) => {
-                            Err(ScheduleError::Backend(e))
-                        }
+                        Ok(ractor::rpc::CallResult::Success(Err(e))) => Err(ScheduleError::Backend(e)),
                         Ok(ractor::rpc::CallResult::Timeout) => Err(ScheduleError::Timeout),
                         Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
                             Err(ScheduleError::Backend(BackendError::WorkerGone))
                         }
                     };
                     let _ = myself.cast(SchedulerMsg::Done {
-                        name,
+                        name: name.clone(),
                         worker: worker_id,
                         elapsed: started.elapsed(),
                     });
-                    let _ = reply.send(result);
+                    let worker_died = matches!(
+                        result,
+                        Err(ScheduleError::Backend(BackendError::WorkerGone | BackendError::Unreachable(_)))
+                    );
+                    match retry_copy {
+                        // Once, and only while the deadline leaves room for a sibling to answer.
+                        Some(request)
+                            if worker_died
+                                && deadline.saturating_duration_since(Instant::now()) >= redispatch_min_left =>
+                        {
+                            tracing::warn!(worker = %name, "worker failed mid-challenge; re-dispatching to a sibling");
+                            let avoid = Some(name);
+                            match myself.call(|r| SchedulerMsg::Submit { request, reply: r, avoid }, None).await {
+                                Ok(ractor::rpc::CallResult::Success(second)) => {
+                                    let _ = reply.send(second);
+                                }
+                                _ => {
+                                    let _ = reply.send(result);
+                                }
+                            }
+                        }
+                        _ => {
+                            let _ = reply.send(result);
+                        }
+                    }
                 });
             }
-            SchedulerMsg::WorkerUp { name, actor } => {
-                tracing::info!(worker = %name, "worker joined the schedule");
-                state.workers.insert(
-                    name,
-                    Slot {
-                        actor,
-                        queued: 0,
-                        avg_secs: 0.0,
-                    },
-                );
+            SchedulerMsg::WorkerUp { name, actor, parallel } => {
+                tracing::info!(worker = %name, parallel, "worker joined the schedule");
+                state.workers.insert(name, Slot { actor, parallel: parallel.max(1), queued: 0, avg_secs: 0.0 });
                 state.metrics.workers_ready.set(state.workers.len() as i64);
             }
             SchedulerMsg::WorkerDown { name } => {
@@ -241,25 +258,13 @@ impl Actor for Scheduler {
                 state.metrics.workers_ready.set(state.workers.len() as i64);
                 state.metrics.in_flight.set(state.in_flight as i64);
             }
-            SchedulerMsg::Done {
-                name,
-                worker,
-                elapsed,
-            } => {
+            SchedulerMsg::Done { name, worker, elapsed } => {
                 // A worker that went down already released its slots, and a restarted one under the
                 // same name starts from zero: only the instance that took the job frees it.
-                if let Some(slot) = state
-                    .workers
-                    .get_mut(&name)
-                    .filter(|s| s.actor.get_id() == worker)
-                {
+                if let Some(slot) = state.workers.get_mut(&name).filter(|s| s.actor.get_id() == worker) {
                     slot.queued = slot.queued.saturating_sub(1);
                     let secs = elapsed.as_secs_f64();
-                    slot.avg_secs = if slot.avg_secs == 0.0 {
-                        secs
-                    } else {
-                        0.8 * slot.avg_secs + 0.2 * secs
-                    };
+                    slot.avg_secs = if slot.avg_secs == 0.0 { secs } else { 0.8 * slot.avg_secs + 0.2 * secs };
                     state.in_flight = state.in_flight.saturating_sub(1);
                     state.metrics.in_flight.set(state.in_flight as i64);
                 }

@@ -45,11 +45,7 @@ impl RestartPolicy {
             return None;
         }
         let factor = 1u32.checked_shl(recent_restarts as u32).unwrap_or(u32::MAX);
-        Some(
-            self.backoff_initial
-                .saturating_mul(factor)
-                .min(self.backoff_max),
-        )
+        Some(self.backoff_initial.saturating_mul(factor).min(self.backoff_max))
     }
 }
 
@@ -83,6 +79,8 @@ pub enum SupervisorMsg {
         name: String,
         reply: RpcReplyPort<Option<ActorRef<WorkerMsg>>>,
     },
+    /// Test hook: makes the supervisor itself panic, so the root's restart of it can be exercised.
+    CrashForTest,
 }
 
 pub struct WorkerSupervisor;
@@ -116,30 +114,17 @@ impl SupervisorState {
         let policy = self.policy.clone();
         let child = &mut self.children[index];
         child.actor = None;
-        self.scheduler
-            .cast(SchedulerMsg::WorkerDown {
-                name: child.spec.name.clone(),
-            })
-            .ok();
-        while child
-            .recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > policy.within)
-        {
+        self.scheduler.cast(SchedulerMsg::WorkerDown { name: child.spec.name.clone() }).ok();
+        while child.recent.front().is_some_and(|t| now.duration_since(*t) > policy.within) {
             child.recent.pop_front();
         }
         match policy.next_backoff(child.recent.len()) {
             Some(backoff) => {
                 child.recent.push_back(now);
                 child.restarts += 1;
-                self.metrics
-                    .worker_restarts
-                    .with_label_values(&[&child.spec.name])
-                    .inc();
+                self.metrics.worker_restarts.with_label_values(&[&child.spec.name]).inc();
                 tracing::warn!(worker = %child.spec.name, %reason, backoff_ms = backoff.as_millis() as u64, "worker failed; restarting");
-                child.phase = WorkerPhase::Restarting {
-                    after_failure: reason,
-                };
+                child.phase = WorkerPhase::Restarting { after_failure: reason };
                 myself.send_after(backoff, move || SupervisorMsg::Start(index));
             }
             None => {
@@ -147,10 +132,7 @@ impl SupervisorState {
                     worker = %child.spec.name, %reason, max_restarts = policy.max_restarts, within_s = policy.within.as_secs(),
                     "worker exceeded its restart intensity; leaving it down"
                 );
-                self.metrics
-                    .worker_down
-                    .with_label_values(&[&child.spec.name])
-                    .set(1);
+                self.metrics.worker_down.with_label_values(&[&child.spec.name]).set(1);
                 child.phase = WorkerPhase::Down { reason };
             }
         }
@@ -173,13 +155,7 @@ impl Actor for WorkerSupervisor {
         let children = args
             .specs
             .into_iter()
-            .map(|spec| Child {
-                spec,
-                actor: None,
-                phase: WorkerPhase::Starting,
-                recent: VecDeque::new(),
-                restarts: 0,
-            })
+            .map(|spec| Child { spec, actor: None, phase: WorkerPhase::Starting, recent: VecDeque::new(), restarts: 0 })
             .collect();
         Ok(SupervisorState {
             children,
@@ -223,14 +199,11 @@ impl Actor for WorkerSupervisor {
                     state.by_actor.insert(actor.get_id(), index);
                     child.actor = Some(actor.clone());
                     child.phase = WorkerPhase::Ready;
-                    state
-                        .metrics
-                        .worker_down
-                        .with_label_values(&[&child.spec.name])
-                        .set(0);
+                    state.metrics.worker_down.with_label_values(&[&child.spec.name]).set(0);
                     state.scheduler.cast(SchedulerMsg::WorkerUp {
                         name: child.spec.name.clone(),
                         actor,
+                        parallel: child.spec.parallel(),
                     })?;
                 }
                 Err(reason) => state.failed(&myself, index, reason),
@@ -239,20 +212,13 @@ impl Actor for WorkerSupervisor {
                 let status = state
                     .children
                     .iter()
-                    .map(|c| WorkerStatus {
-                        name: c.spec.name.clone(),
-                        phase: c.phase.clone(),
-                        restarts: c.restarts,
-                    })
+                    .map(|c| WorkerStatus { name: c.spec.name.clone(), phase: c.phase.clone(), restarts: c.restarts })
                     .collect();
                 let _ = reply.send(status);
             }
+            SupervisorMsg::CrashForTest => panic!("worker supervisor: crash requested by a test"),
             SupervisorMsg::WorkerRef { name, reply } => {
-                let actor = state
-                    .children
-                    .iter()
-                    .find(|c| c.spec.name == name)
-                    .and_then(|c| c.actor.clone());
+                let actor = state.children.iter().find(|c| c.spec.name == name).and_then(|c| c.actor.clone());
                 let _ = reply.send(actor);
             }
         }
@@ -267,9 +233,7 @@ impl Actor for WorkerSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         let (cell, reason) = match event {
             SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".into()))
-            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into())),
             _ => return Ok(()),
         };
         if let Some(index) = state.by_actor.remove(&cell.get_id()) {
@@ -278,11 +242,7 @@ impl Actor for WorkerSupervisor {
         Ok(())
     }
 
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         for child in &state.children {
             if let Some(actor) = &child.actor {
                 actor.stop(Some("supervisor stopping".into()));

@@ -18,7 +18,10 @@ fn vectors() -> Option<Value> {
     match std::fs::read(&path) {
         Ok(bytes) => Some(serde_json::from_slice(&bytes).expect("vectors parse")),
         Err(_) => {
-            eprintln!("SKIP: {} not found (the shared protocol vectors exist only in this project's sessions and CI)", path.display());
+            eprintln!(
+                "SKIP: {} not found (the shared protocol vectors exist only in this project's sessions and CI)",
+                path.display()
+            );
             None
         }
     }
@@ -32,25 +35,17 @@ fn recorded_now(v: &Value) -> u64 {
 #[test]
 fn recorded_key_exchanges_verify_and_unwrap_to_the_recorded_key() {
     let Some(v) = vectors() else { return };
-    let rsa = MinerRsaKey::from_pkcs8_pem(v["miner_rsa_private_key_pkcs8_pem"].as_str().unwrap())
-        .unwrap();
-    assert_eq!(
-        rsa.public_pem(),
-        v["miner_rsa_public_key_pem"].as_str().unwrap()
-    );
+    let rsa = MinerRsaKey::from_pkcs8_pem(v["miner_rsa_private_key_pkcs8_pem"].as_str().unwrap()).unwrap();
+    assert_eq!(rsa.public_pem(), v["miner_rsa_public_key_pem"].as_str().unwrap());
     for ke in v["key_exchanges"].as_array().unwrap() {
-        let req: KeyExchangeRequest =
-            serde_json::from_str(ke["raw_body"].as_str().unwrap()).unwrap();
+        let req: KeyExchangeRequest = serde_json::from_str(ke["raw_body"].as_str().unwrap()).unwrap();
         let message = &req.candidate_signed_messages()[0];
         assert_eq!(message, ke["signed_message"].as_str().unwrap());
         assert_eq!(
             verify_sr25519(&req.validator_hotkey_ss58, message, &req.signature).is_ok(),
             ke["signature_valid"].as_bool().unwrap()
         );
-        assert_eq!(
-            rsa.unwrap_fernet_key(&req.encrypted_symmetric_key).unwrap(),
-            ke["fernet_key"].as_str().unwrap()
-        );
+        assert_eq!(rsa.unwrap_fernet_key(&req.encrypted_symmetric_key).unwrap(), ke["fernet_key"].as_str().unwrap());
     }
 }
 
@@ -64,10 +59,7 @@ fn recorded_signatures_verify_exactly_when_valid() {
             // A whole body: the miner's own path, from the JSON text to the verdict.
             Some(raw) => {
                 let req: KeyExchangeRequest = serde_json::from_str(raw).unwrap();
-                assert_eq!(
-                    &req.candidate_signed_messages()[0],
-                    case["signed_message"].as_str().unwrap()
-                );
+                assert_eq!(&req.candidate_signed_messages()[0], case["signed_message"].as_str().unwrap());
                 let accepted = req
                     .candidate_signed_messages()
                     .iter()
@@ -79,11 +71,7 @@ fn recorded_signatures_verify_exactly_when_valid() {
             None => {
                 let message = case["signed_message"].as_str().unwrap();
                 let signature = case["signature"].as_str().unwrap();
-                assert_eq!(
-                    verify_sr25519(validator, message, signature).is_ok(),
-                    expected,
-                    "{case}"
-                );
+                assert_eq!(verify_sr25519(validator, message, signature).is_ok(), expected, "{case}");
             }
         }
     }
@@ -95,22 +83,12 @@ fn recorded_challenges_decrypt_and_recorded_replies_parse() {
     let now = recorded_now(&v);
     for c in v["challenges"].as_array().unwrap() {
         let key = FernetKey::from_key_text(c["fernet_key"].as_str().unwrap()).unwrap();
-        let plain = key
-            .decrypt_at(c["token"].as_str().unwrap().as_bytes(), 3600, now)
-            .unwrap();
-        assert_eq!(
-            String::from_utf8(plain.clone()).unwrap(),
-            c["plaintext"].as_str().unwrap()
-        );
+        let plain = key.decrypt_at(c["token"].as_str().unwrap().as_bytes(), 3600, now).unwrap();
+        assert_eq!(String::from_utf8(plain.clone()).unwrap(), c["plaintext"].as_str().unwrap());
         let req: ChallengeRequest = serde_json::from_slice(&plain).unwrap();
         assert!(req.conversation().is_some());
-        let reply = key
-            .decrypt_at(c["reply_token"].as_str().unwrap().as_bytes(), 3600, now)
-            .unwrap();
-        assert_eq!(
-            String::from_utf8(reply.clone()).unwrap(),
-            c["reply_plaintext"].as_str().unwrap()
-        );
+        let reply = key.decrypt_at(c["reply_token"].as_str().unwrap().as_bytes(), 3600, now).unwrap();
+        assert_eq!(String::from_utf8(reply.clone()).unwrap(), c["reply_plaintext"].as_str().unwrap());
         let parsed: ChallengeReply = serde_json::from_slice(&reply).unwrap();
         // What we would send back re-serialises to the same JSON value the validator accepted.
         let ours: Value = serde_json::to_value(&parsed).unwrap();
@@ -131,10 +109,7 @@ fn recorded_fernet_cases_are_accepted_or_refused_as_recorded() {
         );
         assert_eq!(result.is_ok(), case["valid"].as_bool().unwrap(), "{case}");
         if let Ok(plain) = result {
-            assert_eq!(
-                String::from_utf8(plain).unwrap(),
-                case["plaintext"].as_str().unwrap()
-            );
+            assert_eq!(String::from_utf8(plain).unwrap(), case["plaintext"].as_str().unwrap());
         }
     }
 }
@@ -143,9 +118,6 @@ fn recorded_fernet_cases_are_accepted_or_refused_as_recorded() {
 fn python_float_repr_matches_recorded_cpython() {
     let Some(v) = vectors() else { return };
     for pair in v["python_float_repr"].as_array().unwrap() {
-        assert_eq!(
-            python_float_repr(pair[0].as_f64().unwrap()),
-            pair[1].as_str().unwrap()
-        );
+        assert_eq!(python_float_repr(pair[0].as_f64().unwrap()), pair[1].as_str().unwrap());
     }
 }

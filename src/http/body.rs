@@ -5,11 +5,7 @@ use actix_web::{web, HttpRequest};
 use super::error::ApiError;
 
 /// Reads the whole body, refusing it once it passes `limit` bytes (by header or by count).
-pub async fn read_limited(
-    req: &HttpRequest,
-    payload: web::Payload,
-    limit: usize,
-) -> Result<web::Bytes, ApiError> {
+pub async fn read_limited(req: &HttpRequest, payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -20,9 +16,7 @@ pub async fn read_limited(
     }
     match payload.to_bytes_limited(limit).await {
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) => Err(ApiError::BadRequest(format!(
-            "could not read the request body: {e}"
-        ))),
+        Ok(Err(e)) => Err(ApiError::BadRequest(format!("could not read the request body: {e}"))),
         Err(_) => Err(ApiError::TooLarge { limit }),
     }
 }

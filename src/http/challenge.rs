@@ -30,13 +30,10 @@ pub async fn challenge(
         Err(ApiError::Forbidden) => "unauthorized",
         Err(ApiError::UnknownKey { .. }) => "unknown_key",
         Err(ApiError::BadToken(_)) => "bad_token",
-        Err(ApiError::Unprocessable(_))
-        | Err(ApiError::BadRequest(_))
-        | Err(ApiError::TooLarge { .. }) => "bad_request",
-        Err(ApiError::Unavailable {
-            retry_after_secs: Some(_),
-            reason,
-        }) if reason.contains("capacity") => "busy",
+        Err(ApiError::Unprocessable(_)) | Err(ApiError::BadRequest(_)) | Err(ApiError::TooLarge { .. }) => {
+            "bad_request"
+        }
+        Err(ApiError::Unavailable { retry_after_secs: Some(_), reason }) if reason.contains("capacity") => "busy",
         Err(ApiError::Unavailable { .. }) => "unavailable",
         Err(_) => "error",
     };
@@ -44,10 +41,7 @@ pub async fn challenge(
     m.challenges.with_label_values(&[outcome]).inc();
     m.challenge_latency.observe(arrival.elapsed().as_secs_f64());
     match &result {
-        Ok(_) => tracing::info!(
-            ms = arrival.elapsed().as_millis() as u64,
-            "challenge answered"
-        ),
+        Ok(_) => tracing::info!(ms = arrival.elapsed().as_millis() as u64, "challenge answered"),
         Err(e) => tracing::warn!(peer = ?req.peer_addr(), outcome, error = %e, "challenge refused"),
     }
     result
@@ -76,52 +70,28 @@ async fn handle(
     if let Some(status) = state.graph.status().await {
         if let Err(reason) = status.availability() {
             let retry = if status.ready_workers == 0 { 5 } else { 1 };
-            return Err(ApiError::Unavailable {
-                reason: reason.to_string(),
-                retry_after_secs: Some(retry),
-            });
+            return Err(ApiError::Unavailable { reason: reason.to_string(), retry_after_secs: Some(retry) });
         }
     }
-    let body = read_limited(req, payload, state.settings.max_body_bytes)
-        .await
-        .inspect_err(|e| {
-            if matches!(e, ApiError::TooLarge { .. }) {
-                state
-                    .graph
-                    .metrics
-                    .rejected_requests
-                    .with_label_values(&["challenge", "too_large"])
-                    .inc();
-            }
-        })?;
+    let body = read_limited(req, payload, state.settings.max_body_bytes).await.inspect_err(|e| {
+        if matches!(e, ApiError::TooLarge { .. }) {
+            state.graph.metrics.rejected_requests.with_label_values(&["challenge", "too_large"]).inc();
+        }
+    })?;
     let key = state
         .graph
         .keys
         .lookup(hotkey, uuid)
         .await
-        .ok_or_else(|| ApiError::UnknownKey {
-            public_key: state.graph.crypto.public_pem().to_string(),
-        })?;
-    let plaintext = state
-        .graph
-        .crypto
-        .decrypt(key.clone(), body.to_vec(), state.settings.fernet_ttl_secs)
-        .await
-        .map_err(|e| {
-            ApiError::BadToken(format!(
-                "Failed to decrypt challenge payload: {e}. Re-handshake required."
-            ))
+        .ok_or_else(|| ApiError::UnknownKey { public_key: state.graph.crypto.public_pem().to_string() })?;
+    let plaintext =
+        state.graph.crypto.decrypt(key.clone(), body.to_vec(), state.settings.fernet_ttl_secs).await.map_err(|e| {
+            ApiError::BadToken(format!("Failed to decrypt challenge payload: {e}. Re-handshake required."))
         })?;
     let request = parse_challenge(&plaintext)?;
     let reply = answer(state, request, arrival).await?;
-    let json = serde_json::to_vec(&reply)
-        .map_err(|e| ApiError::Internal(format!("reply serialisation: {e}")))?;
-    let token = state
-        .graph
-        .crypto
-        .encrypt(key, json)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let json = serde_json::to_vec(&reply).map_err(|e| ApiError::Internal(format!("reply serialisation: {e}")))?;
+    let token = state.graph.crypto.encrypt(key, json).await.map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
         .insert_header((UUID_HEADER, uuid.to_string()))

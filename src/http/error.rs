@@ -24,15 +24,9 @@ pub enum ApiError {
     #[error("request body is over the {limit}-byte limit")]
     TooLarge { limit: usize },
     #[error("{detail}")]
-    TooMany {
-        detail: String,
-        retry_after_secs: u64,
-    },
+    TooMany { detail: String, retry_after_secs: u64 },
     #[error("{reason}")]
-    Unavailable {
-        reason: String,
-        retry_after_secs: Option<u64>,
-    },
+    Unavailable { reason: String, retry_after_secs: Option<u64> },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -65,13 +59,8 @@ impl ResponseError for ApiError {
             _ => json!({ "detail": self.to_string() }),
         };
         match self {
-            ApiError::TooMany {
-                retry_after_secs, ..
-            }
-            | ApiError::Unavailable {
-                retry_after_secs: Some(retry_after_secs),
-                ..
-            } => {
+            ApiError::TooMany { retry_after_secs, .. }
+            | ApiError::Unavailable { retry_after_secs: Some(retry_after_secs), .. } => {
                 res.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
             _ => {}

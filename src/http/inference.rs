@@ -18,15 +18,9 @@ pub async fn inference(
 ) -> Result<HttpResponse, ApiError> {
     let arrival = Instant::now();
     if !state.settings.inference_enabled {
-        return Err(ApiError::NotFound(
-            "/inference is disabled (ENABLE_INFERENCE_ENDPOINT=false)".into(),
-        ));
+        return Err(ApiError::NotFound("/inference is disabled (ENABLE_INFERENCE_ENDPOINT=false)".into()));
     }
-    let hotkey = req
-        .headers()
-        .get("validator-hotkey")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let hotkey = req.headers().get("validator-hotkey").and_then(|v| v.to_str().ok()).unwrap_or_default();
     if hotkey.is_empty() || !state.auth.is_allowed(hotkey) {
         return Err(ApiError::Forbidden);
     }

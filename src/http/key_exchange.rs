@@ -38,43 +38,26 @@ pub async fn key_exchange(
         Err(ApiError::BadRequest(d)) if d.contains("signature") => "bad_signature",
         Err(_) => "malformed",
     };
-    state
-        .graph
-        .metrics
-        .handshakes
-        .with_label_values(&[outcome])
-        .inc();
+    state.graph.metrics.handshakes.with_label_values(&[outcome]).inc();
     match &result {
         Ok(hotkey) => tracing::info!(validator = %hotkey, "symmetric key exchanged"),
         Err(e) => {
             tracing::warn!(peer = ?req.peer_addr(), outcome, error = %e, "key exchange refused")
         }
     }
-    result.map(|_| {
-        HttpResponse::Ok().json(json!({ "success": true, "message": "Symmetric key exchanged" }))
-    })
+    result.map(|_| HttpResponse::Ok().json(json!({ "success": true, "message": "Symmetric key exchanged" })))
 }
 
 /// Returns the validator's hotkey on success.
-async fn exchange(
-    state: &AppState,
-    req: &HttpRequest,
-    payload: web::Payload,
-) -> Result<String, ApiError> {
+async fn exchange(state: &AppState, req: &HttpRequest, payload: web::Payload) -> Result<String, ApiError> {
     let limit = state.settings.max_body_bytes;
     let body = read_limited(req, payload, limit).await.inspect_err(|e| {
         if matches!(e, ApiError::TooLarge { .. }) {
-            state
-                .graph
-                .metrics
-                .rejected_requests
-                .with_label_values(&["key-exchange", "too_large"])
-                .inc();
+            state.graph.metrics.rejected_requests.with_label_values(&["key-exchange", "too_large"]).inc();
         }
     })?;
-    let ke: KeyExchangeRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::Unprocessable(format!("key-exchange body is not the expected JSON: {e}"))
-    })?;
+    let ke: KeyExchangeRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::Unprocessable(format!("key-exchange body is not the expected JSON: {e}")))?;
     let hotkey = ke.validator_hotkey_ss58.trim().to_string();
 
     if !state.auth.is_allowed(&hotkey) {
@@ -85,14 +68,11 @@ async fn exchange(
         || ke.nonce.is_empty()
         || ke.nonce.len() > 256
     {
-        return Err(ApiError::Unprocessable(
-            "symmetric_key_uuid and nonce must be non-empty and short".into(),
-        ));
+        return Err(ApiError::Unprocessable("symmetric_key_uuid and nonce must be non-empty and short".into()));
     }
 
-    let ts = ke
-        .timestamp_secs()
-        .ok_or_else(|| ApiError::BadRequest("timestamp must be a number of unix seconds".into()))?;
+    let ts =
+        ke.timestamp_secs().ok_or_else(|| ApiError::BadRequest("timestamp must be a number of unix seconds".into()))?;
     let now = unix_time_f64();
     let s = &state.settings;
     if now - ts > s.max_timestamp_age.as_secs_f64() {
@@ -114,16 +94,12 @@ async fn exchange(
         return Err(ApiError::BadRequest("nonce already used".into()));
     }
 
-    let verified = ke
-        .candidate_signed_messages()
-        .iter()
-        .any(|message| verify_sr25519(&hotkey, message, &ke.signature).is_ok());
+    let verified =
+        ke.candidate_signed_messages().iter().any(|message| verify_sr25519(&hotkey, message, &ke.signature).is_ok());
     if !verified {
         let why = match verify_sr25519(&hotkey, "", &ke.signature) {
             Err(e @ loosh_actors::protocol::signature::SignatureError::BadSignatureFormat)
-            | Err(e @ loosh_actors::protocol::signature::SignatureError::BadAddress) => {
-                e.to_string()
-            }
+            | Err(e @ loosh_actors::protocol::signature::SignatureError::BadAddress) => e.to_string(),
             _ => "signature does not verify for this hotkey".to_string(),
         };
         return Err(ApiError::BadRequest(format!("invalid signature: {why}")));
@@ -137,12 +113,7 @@ async fn exchange(
         .map_err(|_| ApiError::KeyExchangeFailed)?;
     let key = FernetKey::from_key_text(&key_text).map_err(|_| ApiError::KeyExchangeFailed)?;
 
-    match state
-        .graph
-        .keys
-        .store(&hotkey, &ke.symmetric_key_uuid, &ke.nonce, key)
-        .await
-    {
+    match state.graph.keys.store(&hotkey, &ke.symmetric_key_uuid, &ke.nonce, key).await {
         Ok(()) => Ok(hotkey),
         Err(KeyStoreError::Refused(StoreError::ReplayedNonce)) => {
             Err(ApiError::BadRequest("nonce already used".into()))
@@ -151,9 +122,6 @@ async fn exchange(
             detail: "too many key exchanges from this validator; retry later".into(),
             retry_after_secs: state.settings.max_timestamp_age.as_secs().max(1),
         }),
-        Err(KeyStoreError::Unavailable(e)) => Err(ApiError::Unavailable {
-            reason: e,
-            retry_after_secs: Some(1),
-        }),
+        Err(KeyStoreError::Unavailable(e)) => Err(ApiError::Unavailable { reason: e, retry_after_secs: Some(1) }),
     }
 }

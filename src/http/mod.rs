@@ -43,9 +43,6 @@ pub fn bind(
         .shutdown_timeout(55)
         .disable_signals()
         .bind((host, port))?;
-    let addr = *server
-        .addrs()
-        .first()
-        .ok_or_else(|| std::io::Error::other("no listening address"))?;
+    let addr = *server.addrs().first().ok_or_else(|| std::io::Error::other("no listening address"))?;
     Ok((server.run(), addr))
 }

@@ -14,8 +14,7 @@ pub async fn availability(state: web::Data<AppState>) -> HttpResponse {
             Ok(()) => HttpResponse::Ok().json(json!({ "available": true })),
             Err(reason) => HttpResponse::Ok().json(json!({ "available": false, "reason": reason })),
         },
-        None => HttpResponse::Ok()
-            .json(json!({ "available": false, "reason": "scheduler not answering" })),
+        None => HttpResponse::Ok().json(json!({ "available": false, "reason": "scheduler not answering" })),
     }
 }
 
@@ -41,7 +40,5 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let m = &state.graph.metrics;
     m.key_sessions.set(state.graph.keys.sessions() as i64);
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(m.render())
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(m.render())
 }

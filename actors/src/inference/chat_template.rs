@@ -35,20 +35,15 @@ impl ChatTemplate {
         let mut env = Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> Result<String, JinjaError> {
-                Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
-            },
-        );
+        env.add_function("raise_exception", |msg: String| -> Result<String, JinjaError> {
+            Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
+        });
         env.add_function("strftime_now", |_fmt: String| -> String {
             // Templates use it for "Today's date"; an ISO date reads fine whatever format they asked.
-            let iso =
-                crate::protocol::messages::iso_datetime(crate::protocol::messages::unix_time_f64());
+            let iso = crate::protocol::messages::iso_datetime(crate::protocol::messages::unix_time_f64());
             iso[..10].to_string()
         });
-        env.add_template_owned("chat", source.to_string())
-            .map_err(|e| TemplateError::Parse(e.to_string()))?;
+        env.add_template_owned("chat", source.to_string()).map_err(|e| TemplateError::Parse(e.to_string()))?;
         Ok(Self {
             env,
             bos_token: bos_token.to_string(),
@@ -63,24 +58,16 @@ impl ChatTemplate {
     }
 
     /// The prompt for `messages` (and `tools`), ending with the assistant's turn opening.
-    pub fn render(
-        &self,
-        messages: &[ChatMessage],
-        tools: Option<&[Value]>,
-    ) -> Result<String, TemplateError> {
+    pub fn render(&self, messages: &[ChatMessage], tools: Option<&[Value]>) -> Result<String, TemplateError> {
         let tools = tools.filter(|t| !t.is_empty());
         let (messages, tools_ctx) = match tools {
-            Some(tools) if self.native_tools => (
-                messages.iter().map(native_message).collect::<Vec<_>>(),
-                Some(tools.to_vec()),
-            ),
+            Some(tools) if self.native_tools => {
+                (messages.iter().map(native_message).collect::<Vec<_>>(), Some(tools.to_vec()))
+            }
             Some(tools) => (with_hermes_tools(messages, tools), None),
             None => (messages.iter().map(flat_message).collect(), None),
         };
-        let tmpl = self
-            .env
-            .get_template("chat")
-            .map_err(|e| TemplateError::Render(e.to_string()))?;
+        let tmpl = self.env.get_template("chat").map_err(|e| TemplateError::Render(e.to_string()))?;
         tmpl.render(context! {
             messages => messages,
             tools => tools_ctx,
@@ -102,10 +89,7 @@ fn native_message(m: &ChatMessage) -> Value {
             .map(|c| {
                 let mut c = c.clone();
                 if let Some(args) = c.pointer_mut("/function/arguments") {
-                    if let Some(parsed) = args
-                        .as_str()
-                        .and_then(|s| serde_json::from_str::<Value>(s).ok())
-                    {
+                    if let Some(parsed) = args.as_str().and_then(|s| serde_json::from_str::<Value>(s).ok()) {
                         *args = parsed;
                     }
                 }
@@ -141,16 +125,9 @@ fn flat_message(m: &ChatMessage) -> Value {
             let name = c.pointer("/function/name").cloned().unwrap_or(Value::Null);
             let args = c
                 .pointer("/function/arguments")
-                .map(|a| {
-                    a.as_str()
-                        .and_then(|s| serde_json::from_str(s).ok())
-                        .unwrap_or(a.clone())
-                })
+                .map(|a| a.as_str().and_then(|s| serde_json::from_str(s).ok()).unwrap_or(a.clone()))
                 .unwrap_or(json!({}));
-            text.push_str(&format!(
-                "\n<tool_call>\n{}\n</tool_call>",
-                json!({"name": name, "arguments": args})
-            ));
+            text.push_str(&format!("\n<tool_call>\n{}\n</tool_call>", json!({"name": name, "arguments": args})));
         }
     }
     match m.role.as_str() {
@@ -218,9 +195,7 @@ mod tests {
         let t = ChatTemplate::new(CHATML_TEMPLATE, "", "").unwrap();
         assert!(!t.has_native_tools());
         let tool = json!({"type":"function","function":{"name":"get_weather","parameters":{}}});
-        let p = t
-            .render(&[ChatMessage::new("user", "Weather?")], Some(&[tool]))
-            .unwrap();
+        let p = t.render(&[ChatMessage::new("user", "Weather?")], Some(&[tool])).unwrap();
         assert!(p.starts_with("<|im_start|>system\n# Tools"), "{p}");
         assert!(p.contains("\"get_weather\"") && p.contains("<tool_call>"));
     }
@@ -231,32 +206,17 @@ mod tests {
         assert!(t.has_native_tools());
         let tool = json!({"type":"function","function":{"name":"f"}});
         let mut asst = ChatMessage::new("assistant", "");
-        asst.tool_calls = Some(
-            json!([{"id":"1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]),
-        );
-        let p = t
-            .render(&[ChatMessage::new("user", "hi"), asst], Some(&[tool]))
-            .unwrap();
-        assert!(
-            p.contains("<tools>{\"function\":{\"name\":\"f\"},\"type\":\"function\"}</tools>"),
-            "{p}"
-        );
+        asst.tool_calls = Some(json!([{"id":"1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]));
+        let p = t.render(&[ChatMessage::new("user", "hi"), asst], Some(&[tool])).unwrap();
+        assert!(p.contains("<tools>{\"function\":{\"name\":\"f\"},\"type\":\"function\"}</tools>"), "{p}");
         assert!(p.contains("<tool_call>{\"a\":1}</tool_call>"), "{p}");
     }
 
     #[test]
     fn python_string_methods_and_raise_exception_work() {
         let t = ChatTemplate::new("{{ messages[0].content.strip().upper() }}{% if messages|length > 1 %}{{ raise_exception('too many') }}{% endif %}", "", "").unwrap();
-        assert_eq!(
-            t.render(&[ChatMessage::new("user", " hi ")], None).unwrap(),
-            "HI"
-        );
-        let err = t
-            .render(
-                &[ChatMessage::new("user", "a"), ChatMessage::new("user", "b")],
-                None,
-            )
-            .unwrap_err();
+        assert_eq!(t.render(&[ChatMessage::new("user", " hi ")], None).unwrap(), "HI");
+        let err = t.render(&[ChatMessage::new("user", "a"), ChatMessage::new("user", "b")], None).unwrap_err();
         assert!(err.to_string().contains("too many"));
     }
 
@@ -266,15 +226,7 @@ mod tests {
     #[test]
     fn llama3_style_templates_render_with_bos_and_namespaces() {
         let t = ChatTemplate::new(LLAMA3_LIKE, "<|begin_of_text|>", "<|eot_id|>").unwrap();
-        let p = t
-            .render(
-                &[
-                    ChatMessage::new("system", " Be brief. "),
-                    ChatMessage::new("user", " Hi "),
-                ],
-                None,
-            )
-            .unwrap();
+        let p = t.render(&[ChatMessage::new("system", " Be brief. "), ChatMessage::new("user", " Hi ")], None).unwrap();
         assert_eq!(
             p,
             "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>"
@@ -285,21 +237,11 @@ mod tests {
     fn tool_results_reach_templates_without_tool_support_as_user_turns() {
         let t = ChatTemplate::new(CHATML_TEMPLATE, "", "").unwrap();
         let mut call = ChatMessage::new("assistant", "");
-        call.tool_calls = Some(
-            json!([{"id":"c1","type":"function","function":{"name":"f","arguments":"{\"x\":1}"}}]),
-        );
+        call.tool_calls = Some(json!([{"id":"c1","type":"function","function":{"name":"f","arguments":"{\"x\":1}"}}]));
         let mut result = ChatMessage::new("tool", "42");
         result.tool_call_id = Some("c1".into());
-        let p = t
-            .render(&[ChatMessage::new("user", "q"), call, result], None)
-            .unwrap();
-        assert!(
-            p.contains("<tool_call>\n{\"arguments\":{\"x\":1},\"name\":\"f\"}\n</tool_call>"),
-            "{p}"
-        );
-        assert!(
-            p.contains("<|im_start|>user\n<tool_response>\n42\n</tool_response><|im_end|>"),
-            "{p}"
-        );
+        let p = t.render(&[ChatMessage::new("user", "q"), call, result], None).unwrap();
+        assert!(p.contains("<tool_call>\n{\"arguments\":{\"x\":1},\"name\":\"f\"}\n</tool_call>"), "{p}");
+        assert!(p.contains("<|im_start|>user\n<tool_response>\n42\n</tool_response><|im_end|>"), "{p}");
     }
 }

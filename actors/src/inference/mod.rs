@@ -2,5 +2,6 @@
 
 pub mod chat_template;
 pub mod embedded;
+pub mod openai;
 pub mod request;
 pub mod tool_calls;

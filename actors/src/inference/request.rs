@@ -66,4 +66,6 @@ pub enum BackendError {
     Inference(String),
     #[error("the backend worker stopped while handling the request")]
     WorkerGone,
+    #[error("backend server unreachable: {0}")]
+    Unreachable(String),
 }

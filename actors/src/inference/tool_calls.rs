@@ -29,11 +29,7 @@ pub fn extract_tool_calls(text: &str) -> (String, Vec<ToolCall>) {
                 &rest[..start
                     + OPEN.len()
                     + body.len()
-                    + if next.is_empty() && !after.contains(CLOSE) {
-                        0
-                    } else {
-                        CLOSE.len()
-                    }],
+                    + if next.is_empty() && !after.contains(CLOSE) { 0 } else { CLOSE.len() }],
             ),
         }
         rest = next;
@@ -80,13 +76,7 @@ mod tests {
             "<tool_call>{\"name\":\"a\",\"arguments\":\"{}\"}</tool_call><tool_call>{\"name\":\"b\"}",
         );
         assert_eq!(text, "");
-        assert_eq!(
-            calls
-                .iter()
-                .map(|c| c.function.name.as_str())
-                .collect::<Vec<_>>(),
-            ["a", "b"]
-        );
+        assert_eq!(calls.iter().map(|c| c.function.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(calls[1].function.arguments, "{}");
     }
 

@@ -46,9 +46,7 @@ impl FernetKey {
         if text.is_empty() || text.len() > 64 {
             return Err(FernetError::BadKey);
         }
-        fernet::Fernet::new(text)
-            .map(|inner| Self { inner })
-            .ok_or(FernetError::BadKey)
+        fernet::Fernet::new(text).map(|inner| Self { inner }).ok_or(FernetError::BadKey)
     }
 
     /// Makes a fresh random key (used by the probe and tests acting as a validator).
@@ -59,30 +57,16 @@ impl FernetKey {
     }
 
     /// Decrypts `token` (with or without `=` padding) as of `now_secs`.
-    pub fn decrypt_at(
-        &self,
-        token: &[u8],
-        ttl_secs: u64,
-        now_secs: u64,
-    ) -> Result<Vec<u8>, FernetError> {
-        let token = std::str::from_utf8(token)
-            .map_err(|_| FernetError::Malformed)?
-            .trim();
+    pub fn decrypt_at(&self, token: &[u8], ttl_secs: u64, now_secs: u64) -> Result<Vec<u8>, FernetError> {
+        let token = std::str::from_utf8(token).map_err(|_| FernetError::Malformed)?.trim();
         let stamped = token_timestamp(token)?;
         if stamped.saturating_add(ttl_secs) < now_secs {
-            return Err(FernetError::Expired {
-                age_secs: now_secs - stamped,
-                ttl_secs,
-            });
+            return Err(FernetError::Expired { age_secs: now_secs - stamped, ttl_secs });
         }
         if now_secs.saturating_add(MAX_CLOCK_SKEW_SECS) < stamped {
-            return Err(FernetError::FromFuture {
-                ahead_secs: stamped - now_secs,
-            });
+            return Err(FernetError::FromFuture { ahead_secs: stamped - now_secs });
         }
-        self.inner
-            .decrypt_at_time(token, Some(ttl_secs), now_secs)
-            .map_err(|_| FernetError::WrongKey)
+        self.inner.decrypt_at_time(token, Some(ttl_secs), now_secs).map_err(|_| FernetError::WrongKey)
     }
 
     /// Decrypts `token` against the wall clock.
@@ -113,10 +97,7 @@ fn token_timestamp(token: &str) -> Result<u64, FernetError> {
 
 /// Unix seconds now; a clock before 1970 reads as 0 rather than panicking.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -132,27 +113,12 @@ mod tests {
         let unpadded = token.trim_end_matches('=');
         assert_eq!(key.decrypt(unpadded.as_bytes(), 3600).unwrap(), b"hello");
         let (_, other) = FernetKey::generate();
-        assert_eq!(
-            other.decrypt(token.as_bytes(), 3600),
-            Err(FernetError::WrongKey)
-        );
-        assert_eq!(
-            key.decrypt(b"not-a-token", 3600),
-            Err(FernetError::Malformed)
-        );
-        assert_eq!(
-            key.decrypt(&[0xff, 0xfe], 3600),
-            Err(FernetError::Malformed)
-        );
+        assert_eq!(other.decrypt(token.as_bytes(), 3600), Err(FernetError::WrongKey));
+        assert_eq!(key.decrypt(b"not-a-token", 3600), Err(FernetError::Malformed));
+        assert_eq!(key.decrypt(&[0xff, 0xfe], 3600), Err(FernetError::Malformed));
         let now = unix_now();
-        assert!(matches!(
-            key.decrypt_at(token.as_bytes(), 10, now + 100),
-            Err(FernetError::Expired { .. })
-        ));
-        assert!(matches!(
-            key.decrypt_at(token.as_bytes(), 10, now - 100),
-            Err(FernetError::FromFuture { .. })
-        ));
+        assert!(matches!(key.decrypt_at(token.as_bytes(), 10, now + 100), Err(FernetError::Expired { .. })));
+        assert!(matches!(key.decrypt_at(token.as_bytes(), 10, now - 100), Err(FernetError::FromFuture { .. })));
         assert!(FernetKey::from_key_text("short").is_err());
         assert_eq!(format!("{key:?}"), "FernetKey(..)");
     }

@@ -24,10 +24,7 @@ impl KeyExchangeRequest {
     /// The timestamp as seconds, if it is a JSON number (or a numeric string, as pydantic coerces).
     pub fn timestamp_secs(&self) -> Option<f64> {
         let raw = self.timestamp.get().trim();
-        let text = raw
-            .strip_prefix('"')
-            .and_then(|s| s.strip_suffix('"'))
-            .unwrap_or(raw);
+        let text = raw.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(raw);
         text.parse::<f64>().ok().filter(|v| v.is_finite())
     }
 
@@ -36,19 +33,9 @@ impl KeyExchangeRequest {
     pub fn candidate_signed_messages(&self) -> Vec<String> {
         let mut out = Vec::with_capacity(2);
         if let Some(ts) = self.timestamp_secs() {
-            out.push(format!(
-                "{}.{}.{}",
-                python_float_repr(ts),
-                self.nonce,
-                self.validator_hotkey_ss58
-            ));
+            out.push(format!("{}.{}.{}", python_float_repr(ts), self.nonce, self.validator_hotkey_ss58));
         }
-        let raw = format!(
-            "{}.{}.{}",
-            self.timestamp.get().trim(),
-            self.nonce,
-            self.validator_hotkey_ss58
-        );
+        let raw = format!("{}.{}.{}", self.timestamp.get().trim(), self.nonce, self.validator_hotkey_ss58);
         if !out.contains(&raw) {
             out.push(raw);
         }
@@ -85,11 +72,9 @@ impl ChatMessage {
     pub fn text(&self) -> String {
         match &self.content {
             Some(Value::String(s)) => s.clone(),
-            Some(Value::Array(parts)) => parts
-                .iter()
-                .filter_map(|p| p.get("text").and_then(Value::as_str))
-                .collect::<Vec<_>>()
-                .join(""),
+            Some(Value::Array(parts)) => {
+                parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("")
+            }
             Some(Value::Null) | None => String::new(),
             Some(other) => other.to_string(),
         }
@@ -140,12 +125,9 @@ impl ChallengeRequest {
     pub fn stop_strings(&self) -> Vec<String> {
         match &self.stop {
             Some(Value::String(s)) if !s.is_empty() => vec![s.clone()],
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect(),
+            Some(Value::Array(a)) => {
+                a.iter().filter_map(Value::as_str).filter(|s| !s.is_empty()).map(String::from).collect()
+            }
             _ => Vec::new(),
         }
     }
@@ -197,9 +179,7 @@ pub fn echo_timing(
 ) -> Option<Map<String, Value>> {
     let mut metadata = metadata?.clone();
     let timing = metadata.get_mut("timing_data")?.as_object_mut()?;
-    let stages = timing
-        .entry("stages")
-        .or_insert_with(|| Value::Array(Vec::new()));
+    let stages = timing.entry("stages").or_insert_with(|| Value::Array(Vec::new()));
     if !stages.is_array() {
         *stages = Value::Array(Vec::new());
     }
@@ -241,20 +221,12 @@ pub fn iso_datetime(unix_secs: f64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}",
-        sod / 3600,
-        (sod % 3600) / 60,
-        sod % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}", sod / 3600, (sod % 3600) / 60, sod % 60)
 }
 
 /// Unix seconds with sub-second precision, as Python's `time.time()`.
 pub fn unix_time_f64() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 #[cfg(test)]
@@ -270,33 +242,21 @@ mod tests {
 
     #[test]
     fn prompt_becomes_a_user_turn_and_neither_is_none() {
-        let r: ChallengeRequest =
-            serde_json::from_str(r#"{"prompt":"hi","messages":null}"#).unwrap();
-        assert_eq!(
-            r.conversation().unwrap(),
-            vec![ChatMessage::new("user", "hi")]
-        );
-        let r: ChallengeRequest =
-            serde_json::from_str(r#"{"prompt":null,"messages":null}"#).unwrap();
+        let r: ChallengeRequest = serde_json::from_str(r#"{"prompt":"hi","messages":null}"#).unwrap();
+        assert_eq!(r.conversation().unwrap(), vec![ChatMessage::new("user", "hi")]);
+        let r: ChallengeRequest = serde_json::from_str(r#"{"prompt":null,"messages":null}"#).unwrap();
         assert!(r.conversation().is_none());
     }
 
     #[test]
     fn timing_echo_keeps_unknown_fields() {
-        let meta: Map<String, Value> = serde_json::from_str(
-            r#"{"timing_data":{"x":1,"stages":[{"stage_name":"validator_send"}]},"other":true}"#,
-        )
-        .unwrap();
+        let meta: Map<String, Value> =
+            serde_json::from_str(r#"{"timing_data":{"x":1,"stages":[{"stage_name":"validator_send"}]},"other":true}"#)
+                .unwrap();
         let out = echo_timing(Some(&meta), 1.0, 2.0, 2.0).unwrap();
         let stages = out["timing_data"]["stages"].as_array().unwrap();
-        let names: Vec<_> = stages
-            .iter()
-            .map(|s| s["stage_name"].as_str().unwrap())
-            .collect();
-        assert_eq!(
-            names,
-            ["validator_send", "miner_inference", "miner_response"]
-        );
+        let names: Vec<_> = stages.iter().map(|s| s["stage_name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["validator_send", "miner_inference", "miner_response"]);
         assert_eq!(out["timing_data"]["x"], 1);
         assert_eq!(out["other"], true);
         assert_eq!(stages[1]["elapsed_ms"], 1000.0);
@@ -310,8 +270,6 @@ mod tests {
         let text = r#"{"timing_data":{"request_start_timestamp":1795569790.503868,"stages":[]}}"#;
         let meta: Map<String, Value> = serde_json::from_str(text).unwrap();
         let out = echo_timing(Some(&meta), 1.0, 2.0, 2.0).unwrap();
-        assert!(serde_json::to_string(&out)
-            .unwrap()
-            .contains("1795569790.503868"));
+        assert!(serde_json::to_string(&out).unwrap().contains("1795569790.503868"));
     }
 }

@@ -11,18 +11,10 @@ pub fn python_float_repr(value: f64) -> String {
         return "nan".into();
     }
     if value.is_infinite() {
-        return if value > 0.0 {
-            "inf".into()
-        } else {
-            "-inf".into()
-        };
+        return if value > 0.0 { "inf".into() } else { "-inf".into() };
     }
     if value == 0.0 {
-        return if value.is_sign_negative() {
-            "-0.0".into()
-        } else {
-            "0.0".into()
-        };
+        return if value.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
     }
     // Rust's `{:e}` gives the shortest round-trip digits as `d.ddde±x`.
     let sci = format!("{:e}", value.abs());
@@ -34,11 +26,7 @@ pub fn python_float_repr(value: f64) -> String {
     let sign = if value < 0.0 { "-" } else { "" };
     let body = if decpt <= -4 || decpt > 16 {
         let (first, rest) = digits.split_at(1);
-        let mant = if rest.is_empty() {
-            first.to_string()
-        } else {
-            format!("{first}.{rest}")
-        };
+        let mant = if rest.is_empty() { first.to_string() } else { format!("{first}.{rest}") };
         let e = decpt - 1;
         let esign = if e < 0 { '-' } else { '+' };
         format!("{mant}e{esign}{:02}", e.abs())
@@ -58,9 +46,7 @@ pub fn python_float_repr(value: f64) -> String {
 /// True when `text` is already what Python's `repr` would print for the number it denotes, so it can
 /// be used verbatim in the signed message.
 pub fn is_python_float_text(text: &str) -> bool {
-    text.parse::<f64>()
-        .map(|v| python_float_repr(v) == text)
-        .unwrap_or(false)
+    text.parse::<f64>().map(|v| python_float_repr(v) == text).unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -37,27 +37,21 @@ pub struct MinerRsaKey {
 impl MinerRsaKey {
     /// Makes a fresh RSA-2048 (e = 65537) key. Takes tens of milliseconds in release builds.
     pub fn generate() -> Result<Self, RsaKeyError> {
-        let private = RsaPrivateKey::new(&mut rand::thread_rng(), 2048)
-            .map_err(|e| RsaKeyError::Generate(e.to_string()))?;
+        let private =
+            RsaPrivateKey::new(&mut rand::thread_rng(), 2048).map_err(|e| RsaKeyError::Generate(e.to_string()))?;
         Self::from_private(private)
     }
 
     /// Loads a PKCS#8 PEM private key (tests use the key the protocol vectors were recorded against).
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self, RsaKeyError> {
-        let private =
-            RsaPrivateKey::from_pkcs8_pem(pem).map_err(|e| RsaKeyError::Pem(e.to_string()))?;
+        let private = RsaPrivateKey::from_pkcs8_pem(pem).map_err(|e| RsaKeyError::Pem(e.to_string()))?;
         Self::from_private(private)
     }
 
     fn from_private(private: RsaPrivateKey) -> Result<Self, RsaKeyError> {
-        let public_pem = private
-            .to_public_key()
-            .to_public_key_pem(LineEnding::LF)
-            .map_err(|e| RsaKeyError::Pem(e.to_string()))?;
-        Ok(Self {
-            private,
-            public_pem,
-        })
+        let public_pem =
+            private.to_public_key().to_public_key_pem(LineEnding::LF).map_err(|e| RsaKeyError::Pem(e.to_string()))?;
+        Ok(Self { private, public_pem })
     }
 
     /// SubjectPublicKeyInfo PEM, 64-column lines, trailing newline.
@@ -69,27 +63,18 @@ impl MinerRsaKey {
     /// CPU-bound (~1 ms): call it from a blocking thread.
     pub fn unwrap_fernet_key(&self, ciphertext_hex: &str) -> Result<String, UnwrapError> {
         let ciphertext = hex::decode(ciphertext_hex.trim()).map_err(|_| UnwrapError::NotHex)?;
-        let plain = self
-            .private
-            .decrypt(Oaep::new::<Sha256>(), &ciphertext)
-            .map_err(|_| UnwrapError::Decrypt)?;
+        let plain = self.private.decrypt(Oaep::new::<Sha256>(), &ciphertext).map_err(|_| UnwrapError::Decrypt)?;
         let text = String::from_utf8(plain).map_err(|_| UnwrapError::NotFernetKey)?;
-        crate::protocol::fernet_codec::FernetKey::from_key_text(&text)
-            .map_err(|_| UnwrapError::NotFernetKey)?;
+        crate::protocol::fernet_codec::FernetKey::from_key_text(&text).map_err(|_| UnwrapError::NotFernetKey)?;
         Ok(text)
     }
 }
 
 /// Wraps a Fernet key text for a miner, as the validator does (used by the probe and tests).
 pub fn wrap_fernet_key(public_pem: &str, key_text: &str) -> Result<String, RsaKeyError> {
-    let public = RsaPublicKey::from_public_key_pem(public_pem)
-        .map_err(|e| RsaKeyError::Pem(e.to_string()))?;
+    let public = RsaPublicKey::from_public_key_pem(public_pem).map_err(|e| RsaKeyError::Pem(e.to_string()))?;
     let ct = public
-        .encrypt(
-            &mut rand::thread_rng(),
-            Oaep::new::<Sha256>(),
-            key_text.as_bytes(),
-        )
+        .encrypt(&mut rand::thread_rng(), Oaep::new::<Sha256>(), key_text.as_bytes())
         .map_err(|e| RsaKeyError::Generate(e.to_string()))?;
     Ok(hex::encode(ct))
 }
@@ -107,19 +92,10 @@ mod tests {
         let wrapped = wrap_fernet_key(key.public_pem(), &text).unwrap();
         assert_eq!(wrapped.len(), 512);
         assert_eq!(key.unwrap_fernet_key(&wrapped).unwrap(), text);
-        assert_eq!(
-            key.unwrap_fernet_key(&wrapped.to_uppercase()).unwrap(),
-            text
-        );
+        assert_eq!(key.unwrap_fernet_key(&wrapped.to_uppercase()).unwrap(), text);
         assert_eq!(key.unwrap_fernet_key("zz"), Err(UnwrapError::NotHex));
-        assert_eq!(
-            key.unwrap_fernet_key(&"ab".repeat(256)),
-            Err(UnwrapError::Decrypt)
-        );
+        assert_eq!(key.unwrap_fernet_key(&"ab".repeat(256)), Err(UnwrapError::Decrypt));
         let not_fernet = wrap_fernet_key(key.public_pem(), "hello").unwrap();
-        assert_eq!(
-            key.unwrap_fernet_key(&not_fernet),
-            Err(UnwrapError::NotFernetKey)
-        );
+        assert_eq!(key.unwrap_fernet_key(&not_fernet), Err(UnwrapError::NotFernetKey));
     }
 }

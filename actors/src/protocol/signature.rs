@@ -23,9 +23,7 @@ pub enum SignatureError {
 
 /// Decodes an SS58 address of any network prefix into the 32-byte public key, checking its checksum.
 pub fn ss58_decode(address: &str) -> Result<[u8; 32], SignatureError> {
-    let raw = bs58::decode(address.trim())
-        .into_vec()
-        .map_err(|_| SignatureError::BadAddress)?;
+    let raw = bs58::decode(address.trim()).into_vec().map_err(|_| SignatureError::BadAddress)?;
     let prefix_len = match raw.first() {
         Some(b) if *b < 64 => 1,
         Some(b) if *b < 128 => 2,
@@ -62,13 +60,9 @@ fn ss58_checksum(body: &[u8]) -> [u8; 64] {
 
 /// Parses `0x` + 128 hex characters; the `0x` is required, as the Python miner requires it.
 pub fn parse_signature(text: &str) -> Result<sr25519::Signature, SignatureError> {
-    let hex_part = text
-        .strip_prefix("0x")
-        .ok_or(SignatureError::BadSignatureFormat)?;
+    let hex_part = text.strip_prefix("0x").ok_or(SignatureError::BadSignatureFormat)?;
     let bytes = hex::decode(hex_part).map_err(|_| SignatureError::BadSignatureFormat)?;
-    let arr: [u8; 64] = bytes
-        .try_into()
-        .map_err(|_| SignatureError::BadSignatureFormat)?;
+    let arr: [u8; 64] = bytes.try_into().map_err(|_| SignatureError::BadSignatureFormat)?;
     Ok(sr25519::Signature(arr))
 }
 
@@ -103,8 +97,7 @@ impl std::fmt::Debug for Hotkey {
 impl Hotkey {
     /// From the 32-byte mini-secret seed (a wallet file's `secretSeed`).
     pub fn from_seed(seed: [u8; 32]) -> Result<Self, SignatureError> {
-        let pair =
-            sr25519::Keypair::from_secret_key(seed).map_err(|_| SignatureError::BadAddress)?;
+        let pair = sr25519::Keypair::from_secret_key(seed).map_err(|_| SignatureError::BadAddress)?;
         let ss58 = ss58_encode(&pair.public_key().0, BITTENSOR_SS58_PREFIX);
         Ok(Self { pair, ss58 })
     }
@@ -134,10 +127,7 @@ mod tests {
         let key = Hotkey::ephemeral();
         let sig = key.sign_hex(b"1.0.n.h");
         assert!(verify_sr25519(key.ss58(), "1.0.n.h", &sig).is_ok());
-        assert_eq!(
-            verify_sr25519(key.ss58(), "1.0.n.x", &sig),
-            Err(SignatureError::Invalid)
-        );
+        assert_eq!(verify_sr25519(key.ss58(), "1.0.n.x", &sig), Err(SignatureError::Invalid));
         assert_eq!(
             verify_sr25519(key.ss58(), "1.0.n.h", sig.trim_start_matches("0x")),
             Err(SignatureError::BadSignatureFormat)

@@ -85,13 +85,7 @@ impl KeySessionState {
         self.nonces.get(nonce).is_some_and(|expires| *expires > now)
     }
 
-    fn store(
-        &mut self,
-        uuid: String,
-        nonce: String,
-        key: FernetKey,
-        now: Instant,
-    ) -> Result<(), StoreError> {
+    fn store(&mut self, uuid: String, nonce: String, key: FernetKey, now: Instant) -> Result<(), StoreError> {
         self.sweep(now);
         if self.nonce_seen(&nonce, now) {
             return Err(StoreError::ReplayedNonce);
@@ -104,12 +98,7 @@ impl KeySessionState {
         self.nonce_order.push_back((nonce_expiry, nonce));
         if self.keys.len() >= self.settings.max_keys && !self.keys.contains_key(&uuid) {
             // Bounded per validator: the key closest to expiry goes first.
-            if let Some(oldest) = self
-                .keys
-                .iter()
-                .min_by_key(|(_, (_, e))| *e)
-                .map(|(u, _)| u.clone())
-            {
+            if let Some(oldest) = self.keys.iter().min_by_key(|(_, (_, e))| *e).map(|(u, _)| u.clone()) {
                 self.keys.remove(&oldest);
             }
         }
@@ -150,21 +139,12 @@ impl Actor for KeySession {
             KeySessionMsg::NonceSeen { nonce, reply } => {
                 let _ = reply.send(state.nonce_seen(&nonce, now));
             }
-            KeySessionMsg::Store {
-                uuid,
-                nonce,
-                key,
-                reply,
-            } => {
+            KeySessionMsg::Store { uuid, nonce, key, reply } => {
                 let result = state.store(uuid, nonce, key, now);
                 let _ = reply.send(result);
             }
             KeySessionMsg::Lookup { uuid, reply } => {
-                let key = state
-                    .keys
-                    .get(&uuid)
-                    .filter(|(_, e)| *e > now)
-                    .map(|(k, _)| k.clone());
+                let key = state.keys.get(&uuid).filter(|(_, e)| *e > now).map(|(k, _)| k.clone());
                 let _ = reply.send(key);
             }
             KeySessionMsg::Revoke => {
@@ -179,10 +159,7 @@ impl Actor for KeySession {
                 }
             }
             KeySessionMsg::Snapshot(reply) => {
-                let _ = reply.send(SessionSnapshot {
-                    live_keys: state.keys.len(),
-                    nonces: state.nonces.len(),
-                });
+                let _ = reply.send(SessionSnapshot { live_keys: state.keys.len(), nonces: state.nonces.len() });
             }
         }
         Ok(())

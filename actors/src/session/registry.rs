@@ -19,10 +19,7 @@ pub type SessionIndex = Arc<DashMap<String, ActorRef<KeySessionMsg>>>;
 
 pub enum KeyRegistryMsg {
     /// The session for `hotkey`, spawned if it does not exist.
-    SessionFor {
-        hotkey: String,
-        reply: RpcReplyPort<Result<ActorRef<KeySessionMsg>, String>>,
-    },
+    SessionFor { hotkey: String, reply: RpcReplyPort<Result<ActorRef<KeySessionMsg>, String>> },
 }
 
 pub struct KeyRegistry;
@@ -57,10 +54,7 @@ impl Actor for KeyRegistry {
                     let _ = reply.send(Ok(existing.clone()));
                     return Ok(());
                 }
-                let args = KeySessionArgs {
-                    hotkey: hotkey.clone(),
-                    settings: state.settings.clone(),
-                };
+                let args = KeySessionArgs { hotkey: hotkey.clone(), settings: state.settings.clone() };
                 match Actor::spawn_linked(None, KeySession, args, myself.get_cell()).await {
                     Ok((session, _)) => {
                         state.index.insert(hotkey, session.clone());
@@ -92,9 +86,7 @@ impl Actor for KeyRegistry {
             _ => None,
         };
         if let Some(cell) = gone {
-            state
-                .index
-                .retain(|_, session| session.get_id() != cell.get_id());
+            state.index.retain(|_, session| session.get_id() != cell.get_id());
         }
         Ok(())
     }
@@ -143,13 +135,9 @@ impl KeyStore {
     pub async fn lookup(&self, hotkey: &str, uuid: &str) -> Option<FernetKey> {
         let session = self.existing(hotkey)?;
         let uuid = uuid.to_string();
-        ractor::call_t!(
-            session,
-            |reply| KeySessionMsg::Lookup { uuid, reply },
-            CALL_TIMEOUT.as_millis() as u64
-        )
-        .ok()
-        .flatten()
+        ractor::call_t!(session, |reply| KeySessionMsg::Lookup { uuid, reply }, CALL_TIMEOUT.as_millis() as u64)
+            .ok()
+            .flatten()
     }
 
     /// Whether the validator already used `nonce` inside the replay window.
@@ -158,34 +146,19 @@ impl KeyStore {
             return false;
         };
         let nonce = nonce.to_string();
-        ractor::call_t!(
-            session,
-            |reply| KeySessionMsg::NonceSeen { nonce, reply },
-            CALL_TIMEOUT.as_millis() as u64
-        )
-        .unwrap_or(false)
+        ractor::call_t!(session, |reply| KeySessionMsg::NonceSeen { nonce, reply }, CALL_TIMEOUT.as_millis() as u64)
+            .unwrap_or(false)
     }
 
     /// Records the nonce and stores the key under (hotkey, uuid).
-    pub async fn store(
-        &self,
-        hotkey: &str,
-        uuid: &str,
-        nonce: &str,
-        key: FernetKey,
-    ) -> Result<(), KeyStoreError> {
+    pub async fn store(&self, hotkey: &str, uuid: &str, nonce: &str, key: FernetKey) -> Result<(), KeyStoreError> {
         // A session may stop (idle) between the index read and our call: then ask the registry again.
         for _ in 0..2 {
             let session = self.session_for(hotkey).await?;
             let (uuid, nonce, key) = (uuid.to_string(), nonce.to_string(), key.clone());
             match ractor::call_t!(
                 session,
-                |reply| KeySessionMsg::Store {
-                    uuid,
-                    nonce,
-                    key,
-                    reply
-                },
+                |reply| KeySessionMsg::Store { uuid, nonce, key, reply },
                 CALL_TIMEOUT.as_millis() as u64
             ) {
                 Ok(result) => return result.map_err(KeyStoreError::from),
@@ -195,9 +168,7 @@ impl KeyStore {
                 }
             }
         }
-        Err(KeyStoreError::Unavailable(
-            "key session stopped twice in a row".into(),
-        ))
+        Err(KeyStoreError::Unavailable("key session stopped twice in a row".into()))
     }
 
     /// Drops every key a validator holds.
@@ -209,19 +180,11 @@ impl KeyStore {
 
     /// Live keys and nonces of one validator (zeros when it has no session).
     pub async fn snapshot(&self, hotkey: &str) -> SessionSnapshot {
-        let empty = SessionSnapshot {
-            live_keys: 0,
-            nonces: 0,
-        };
+        let empty = SessionSnapshot { live_keys: 0, nonces: 0 };
         let Some(session) = self.existing(hotkey) else {
             return empty;
         };
-        ractor::call_t!(
-            session,
-            KeySessionMsg::Snapshot,
-            CALL_TIMEOUT.as_millis() as u64
-        )
-        .unwrap_or(empty)
+        ractor::call_t!(session, KeySessionMsg::Snapshot, CALL_TIMEOUT.as_millis() as u64).unwrap_or(empty)
     }
 
     /// Validators with a live session.

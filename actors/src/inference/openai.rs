@@ -1,0 +1,307 @@
+//! A worker backend that is any OpenAI-compatible chat server: vLLM, Ollama, llama-server,
+//! SGLang, TGI, llama-cpp-python. One endpoint per worker, local or on another host.
+//!
+//! Requests are streamed (SSE) so that at the challenge deadline the worker returns what has
+//! arrived with `finish_reason: "length"` instead of nothing; the dropped connection tells the
+//! server to stop. There are no hidden retries: a failed request is an error the scheduler sees.
+//! Dialect differences handled here: tool-call arguments as objects (Ollama) or strings (OpenAI,
+//! vLLM), `reasoning` / `reasoning_content` deltas (not part of the answer text), usage only in
+//! the last chunk or not at all.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::request::{BackendError, FinishReason, Generation, GenerationRequest};
+use super::tool_calls::extract_tool_calls;
+use crate::protocol::messages::{ToolCall, ToolCallFunction};
+
+/// One OpenAI-compatible endpoint.
+#[derive(Debug, Clone)]
+pub struct OpenAiSpec {
+    /// Base URL including `/v1`, e.g. `http://127.0.0.1:8000/v1`.
+    pub base_url: String,
+    /// The model name the server serves.
+    pub model: String,
+    /// Requests sent to this server at once.
+    pub n_parallel: u32,
+    /// Optional bearer token.
+    pub api_key: Option<String>,
+    /// Upper bound for one request when the deadline is further away (OLLAMA_TIMEOUT).
+    pub request_timeout: Duration,
+    /// How often the worker checks `GET /models` while idle.
+    pub health_every: Duration,
+}
+
+/// A client for one endpoint. Cheap to clone.
+#[derive(Clone)]
+pub struct OpenAiClient {
+    http: reqwest::Client,
+    spec: OpenAiSpec,
+}
+
+#[derive(Default)]
+struct PartialCall {
+    id: String,
+    name: String,
+    arguments: String,
+}
+
+impl OpenAiClient {
+    pub fn new(spec: OpenAiSpec) -> Result<Self, BackendError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(spec.n_parallel.max(1) as usize * 2)
+            .build()
+            .map_err(|e| BackendError::ModelLoad(format!("HTTP client: {e}")))?;
+        Ok(Self { http, spec })
+    }
+
+    pub fn spec(&self) -> &OpenAiSpec {
+        &self.spec
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.spec.base_url.trim_end_matches('/'), path)
+    }
+
+    fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.spec.api_key {
+            Some(key) => req.bearer_auth(key),
+            None => req,
+        }
+    }
+
+    /// `GET /models`: the server answers and lists models. Returns their ids.
+    pub async fn health(&self) -> Result<Vec<String>, BackendError> {
+        let url = self.url("/models");
+        let res = self
+            .authorize(self.http.get(&url))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| BackendError::Unreachable(format!("{url}: {e}")))?;
+        if !res.status().is_success() {
+            return Err(BackendError::Unreachable(format!("{url} answered {}", res.status())));
+        }
+        let v: Value = res.json().await.map_err(|e| BackendError::Unreachable(format!("{url}: not JSON: {e}")))?;
+        Ok(v["data"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|m| m["id"].as_str().map(String::from)).collect())
+            .unwrap_or_default())
+    }
+
+    fn body(&self, req: &GenerationRequest) -> Value {
+        let mut body = json!({
+            "model": self.spec.model,
+            "messages": req.messages,
+            "max_tokens": req.max_tokens,
+            "temperature": req.temperature,
+            "top_p": req.top_p,
+            "stream": true,
+            "stream_options": { "include_usage": true },
+        });
+        if let Some(tools) = req.tools.as_ref().filter(|t| !t.is_empty()) {
+            body["tools"] = json!(tools);
+            if let Some(choice) = &req.tool_choice {
+                body["tool_choice"] = choice.clone();
+            }
+        }
+        if !req.stop.is_empty() {
+            body["stop"] = json!(req.stop);
+        }
+        body
+    }
+
+    /// One chat completion, streamed until done or until the request's deadline.
+    pub async fn chat(&self, req: &GenerationRequest) -> Result<Generation, BackendError> {
+        let started_at = Instant::now();
+        let deadline = req.deadline.min(started_at + self.spec.request_timeout);
+        let deadline_tokio = tokio::time::Instant::from_std(deadline);
+        let url = self.url("/chat/completions");
+        let send = self.authorize(self.http.post(&url)).json(&self.body(req)).send();
+        let mut res = match tokio::time::timeout_at(deadline_tokio, send).await {
+            Err(_) => return Ok(empty_cut(started_at)),
+            Ok(Err(e)) => return Err(BackendError::Unreachable(format!("{url}: {e}"))),
+            Ok(Ok(res)) => res,
+        };
+        if !res.status().is_success() {
+            let status = res.status();
+            let text = res.text().await.unwrap_or_default();
+            return Err(BackendError::Inference(format!(
+                "{url} answered {status}: {}",
+                text.chars().take(300).collect::<String>()
+            )));
+        }
+
+        let mut text = String::new();
+        let mut calls: Vec<PartialCall> = Vec::new();
+        let mut finish: Option<String> = None;
+        let mut usage: Option<(u32, u32)> = None;
+        let mut deltas = 0u32;
+        let mut first_token_at = None;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut cut = false;
+        'read: loop {
+            let chunk = match tokio::time::timeout_at(deadline_tokio, res.chunk()).await {
+                Err(_) => {
+                    cut = true;
+                    break;
+                }
+                Ok(Err(e)) => return Err(BackendError::Unreachable(format!("{url}: stream broke: {e}"))),
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(bytes))) => bytes,
+            };
+            buf.extend_from_slice(&chunk);
+            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=nl).collect();
+                let line = String::from_utf8_lossy(&line);
+                let Some(data) = line.trim().strip_prefix("data:") else { continue };
+                let data = data.trim();
+                if data == "[DONE]" {
+                    break 'read;
+                }
+                let Ok(event) = serde_json::from_str::<Value>(data) else { continue };
+                if let Some(err) = event.get("error") {
+                    return Err(BackendError::Inference(format!("{url}: {err}")));
+                }
+                if let Some(u) = event.get("usage").filter(|u| u.is_object()) {
+                    let p = u["prompt_tokens"].as_u64().unwrap_or(0) as u32;
+                    let c = u["completion_tokens"].as_u64().unwrap_or(0) as u32;
+                    usage = Some((p, c));
+                }
+                let Some(choice) = event["choices"].get(0) else { continue };
+                let delta = &choice["delta"];
+                if let Some(content) = delta["content"].as_str().filter(|c| !c.is_empty()) {
+                    first_token_at.get_or_insert_with(Instant::now);
+                    text.push_str(content);
+                    deltas += 1;
+                }
+                if let Some(tool_deltas) = delta["tool_calls"].as_array() {
+                    first_token_at.get_or_insert_with(Instant::now);
+                    for (n, d) in tool_deltas.iter().enumerate() {
+                        let index = d["index"].as_u64().map_or(n, |i| i as usize);
+                        while calls.len() <= index {
+                            calls.push(PartialCall::default());
+                        }
+                        merge_tool_delta(&mut calls[index], d);
+                    }
+                }
+                if let Some(reason) = choice["finish_reason"].as_str() {
+                    finish = Some(reason.to_string());
+                }
+            }
+        }
+
+        let (mut prose, parsed) = extract_tool_calls(&text);
+        if parsed.is_empty() {
+            prose = text.trim().to_string();
+        }
+        let mut tool_calls: Vec<ToolCall> = calls
+            .into_iter()
+            .filter(|c| !c.name.is_empty())
+            .map(|c| ToolCall {
+                id: if c.id.is_empty() { format!("call_{}", hex::encode(rand::random::<[u8; 12]>())) } else { c.id },
+                kind: "function".into(),
+                function: ToolCallFunction {
+                    name: c.name,
+                    arguments: if c.arguments.is_empty() { "{}".into() } else { c.arguments },
+                },
+            })
+            .collect();
+        tool_calls.extend(parsed);
+        let finish_reason = if cut {
+            FinishReason::Length
+        } else if !tool_calls.is_empty() {
+            FinishReason::ToolCalls
+        } else {
+            match finish.as_deref() {
+                Some("length") => FinishReason::Length,
+                Some("tool_calls") => FinishReason::ToolCalls,
+                _ => FinishReason::Stop,
+            }
+        };
+        let (prompt_tokens, completion_tokens) = usage.unwrap_or((0, deltas));
+        Ok(Generation {
+            text: prose,
+            tool_calls,
+            finish_reason,
+            prompt_tokens,
+            completion_tokens,
+            first_token_at,
+            started_at,
+            finished_at: Instant::now(),
+            cut_by_deadline: cut,
+        })
+    }
+}
+
+/// Folds one streamed tool-call delta into the call it belongs to.
+fn merge_tool_delta(call: &mut PartialCall, d: &Value) {
+    if let Some(id) = d["id"].as_str() {
+        call.id = id.to_string();
+    }
+    let f = &d["function"];
+    if let Some(name) = f["name"].as_str() {
+        call.name.push_str(name);
+    }
+    match &f["arguments"] {
+        Value::String(s) => call.arguments.push_str(s),
+        // Ollama sends the arguments as a JSON object, whole.
+        Value::Object(o) => call.arguments = Value::Object(o.clone()).to_string(),
+        _ => {}
+    }
+}
+
+/// Nothing arrived before the deadline.
+fn empty_cut(started_at: Instant) -> Generation {
+    Generation {
+        text: String::new(),
+        tool_calls: Vec::new(),
+        finish_reason: FinishReason::Length,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        first_token_at: None,
+        started_at,
+        finished_at: Instant::now(),
+        cut_by_deadline: true,
+    }
+}
+
+/// Normalises a base URL from the Python miner's settings: `OLLAMA_BASE_URL` has no `/v1`.
+pub fn with_v1(base: &str) -> String {
+    let base = base.trim_end_matches('/');
+    if base.ends_with("/v1") {
+        base.to_string()
+    } else {
+        format!("{base}/v1")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_deltas_merge_across_chunks_and_dialects() {
+        let mut call = PartialCall::default();
+        merge_tool_delta(
+            &mut call,
+            &json!({"index":0,"id":"c1","function":{"name":"get_weather","arguments":"{\"ci"}}),
+        );
+        merge_tool_delta(&mut call, &json!({"index":0,"function":{"arguments":"ty\":\"Paris\"}"}}));
+        assert_eq!(
+            (call.id.as_str(), call.name.as_str(), call.arguments.as_str()),
+            ("c1", "get_weather", "{\"city\":\"Paris\"}")
+        );
+        let mut ollama = PartialCall::default();
+        merge_tool_delta(&mut ollama, &json!({"function":{"name":"f","arguments":{"x":1}}}));
+        assert_eq!(ollama.arguments, "{\"x\":1}");
+    }
+
+    #[test]
+    fn base_urls_get_v1_once() {
+        assert_eq!(with_v1("http://localhost:11434"), "http://localhost:11434/v1");
+        assert_eq!(with_v1("http://localhost:8000/v1/"), "http://localhost:8000/v1");
+    }
+}

@@ -1,0 +1,252 @@
+//! Which backend workers the node runs: the `WORKERS` list when given, else what the Python
+//! miner's variables imply (`LLM_BACKEND` with `VLLM_API_BASE` / `OLLAMA_BASE_URL` / `MODEL_PATH`),
+//! else one embedded worker per visible GPU, else one CPU worker.
+//!
+//! `WORKERS` (or the file named by `WORKERS_FILE`) is a JSON array, one object per worker:
+//!
+//! ```json
+//! [
+//!   {"kind": "embedded", "device": "gpu0", "model": "/models/qwen2.5-32b-q4_k_m.gguf", "n_ctx": 8192, "n_parallel": 4},
+//!   {"kind": "embedded", "device": "cpu", "model": "/models/small.gguf", "threads": 8},
+//!   {"kind": "openai", "base_url": "http://10.0.0.7:8000/v1", "model": "Qwen/Qwen2.5-32B-Instruct", "n_parallel": 16}
+//! ]
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use loosh_actors::backend_worker::{Device, EngineSpec, WorkerSpec};
+use loosh_actors::inference::embedded::EmbeddedSpec;
+use loosh_actors::inference::openai::{with_v1, OpenAiSpec};
+use serde::Deserialize;
+
+use crate::config::{Config, ConfigError, LlmBackend};
+
+/// One entry of `WORKERS`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum WorkerConfig {
+    Embedded {
+        #[serde(default)]
+        name: Option<String>,
+        /// `cpu`, `gpuN` or `N` (a GPU index as llama.cpp numbers them).
+        #[serde(default)]
+        device: Option<String>,
+        /// GGUF path; defaults to `MODEL_PATH`.
+        #[serde(default)]
+        model: Option<PathBuf>,
+        #[serde(default)]
+        n_ctx: Option<u32>,
+        #[serde(default)]
+        n_parallel: Option<u32>,
+        #[serde(default)]
+        threads: Option<i32>,
+        #[serde(default)]
+        gpu_layers: Option<u32>,
+    },
+    #[serde(alias = "openai-compatible")]
+    Openai {
+        #[serde(default)]
+        name: Option<String>,
+        base_url: String,
+        /// Served model name; defaults to `DEFAULT_MODEL`.
+        #[serde(default)]
+        model: Option<String>,
+        #[serde(default)]
+        n_parallel: Option<u32>,
+        #[serde(default)]
+        api_key: Option<String>,
+    },
+}
+
+/// Parses the `WORKERS` JSON text.
+pub fn parse_workers(text: &str) -> Result<Vec<WorkerConfig>, ConfigError> {
+    let list: Vec<WorkerConfig> = serde_json::from_str(text).map_err(|e| ConfigError {
+        var: "WORKERS",
+        value: text.chars().take(120).collect(),
+        expected: format!("a JSON array of workers (see env.example): {e}"),
+    })?;
+    if list.is_empty() {
+        return Err(ConfigError { var: "WORKERS", value: text.into(), expected: "at least one worker".into() });
+    }
+    Ok(list)
+}
+
+fn parse_device(text: Option<&str>) -> Result<Option<usize>, ConfigError> {
+    match text.map(|t| t.trim().to_ascii_lowercase()) {
+        None => Ok(None),
+        Some(t) if t == "cpu" => Ok(None),
+        Some(t) => {
+            t.trim_start_matches("gpu").trim_start_matches("cuda").trim_start_matches(':').parse().map(Some).map_err(
+                |_| ConfigError { var: "WORKERS", value: t.clone(), expected: "device is cpu, gpuN or N".into() },
+            )
+        }
+    }
+}
+
+/// The worker specs for this configuration. `gpus` are the GPUs llama.cpp sees (empty on CPU builds).
+pub fn worker_specs(cfg: &Config, gpus: &[(usize, String)]) -> Result<Vec<WorkerSpec>, ConfigError> {
+    let embedded = |name: String,
+                    device: Option<usize>,
+                    model: Option<PathBuf>,
+                    n_ctx: Option<u32>,
+                    n_parallel: Option<u32>,
+                    threads: Option<i32>,
+                    gpu_layers: Option<u32>|
+     -> Result<WorkerSpec, ConfigError> {
+        let model_path = model.or_else(|| cfg.model_path.clone()).ok_or(ConfigError {
+            var: "MODEL_PATH",
+            value: String::new(),
+            expected: "the path of a GGUF model file (embedded workers need one)".into(),
+        })?;
+        if !model_path.is_file() {
+            return Err(ConfigError {
+                var: "MODEL_PATH",
+                value: model_path.display().to_string(),
+                expected: "an existing GGUF file".into(),
+            });
+        }
+        Ok(WorkerSpec {
+            name,
+            device: device.map_or(Device::Cpu, |d| Device::Gpu(d as u32)),
+            engine: EngineSpec::Embedded(EmbeddedSpec {
+                model_path,
+                n_ctx: n_ctx.unwrap_or(cfg.max_model_len),
+                threads: threads.unwrap_or(cfg.llama_threads),
+                gpu_layers: match device {
+                    Some(_) => gpu_layers.unwrap_or(if cfg.llama_gpu_layers == 0 { 999 } else { cfg.llama_gpu_layers }),
+                    None => gpu_layers.unwrap_or(cfg.llama_gpu_layers),
+                },
+                gpu_device: device,
+                n_batch: cfg.llama_batch,
+                n_parallel: n_parallel.unwrap_or(cfg.llama_parallel).max(1),
+            }),
+        })
+    };
+    let openai = |name: String,
+                  base_url: &str,
+                  model: Option<String>,
+                  n_parallel: Option<u32>,
+                  api_key: Option<String>|
+     -> Result<WorkerSpec, ConfigError> {
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+            return Err(ConfigError {
+                var: "WORKERS",
+                value: base_url.into(),
+                expected: "base_url is an http(s) URL".into(),
+            });
+        }
+        Ok(WorkerSpec {
+            name,
+            device: Device::Cpu,
+            engine: EngineSpec::OpenAi(OpenAiSpec {
+                base_url: base_url.trim_end_matches('/').to_string(),
+                model: model.unwrap_or_else(|| cfg.default_model.clone()),
+                n_parallel: n_parallel.unwrap_or(cfg.max_concurrent_requests as u32).max(1),
+                api_key: api_key.or_else(|| cfg.openai_api_key.clone()),
+                request_timeout: cfg.ollama_timeout,
+                health_every: Duration::from_secs(10),
+            }),
+        })
+    };
+
+    if let Some(list) = &cfg.workers {
+        let mut specs = Vec::new();
+        for (i, w) in list.iter().enumerate() {
+            let spec = match w.clone() {
+                WorkerConfig::Embedded { name, device, model, n_ctx, n_parallel, threads, gpu_layers } => {
+                    let device = parse_device(device.as_deref())?;
+                    let name = name.unwrap_or_else(|| device.map_or(format!("cpu{i}"), |d| format!("gpu{d}")));
+                    embedded(name, device, model, n_ctx, n_parallel, threads, gpu_layers)?
+                }
+                WorkerConfig::Openai { name, base_url, model, n_parallel, api_key } => {
+                    openai(name.unwrap_or_else(|| format!("openai{i}")), &base_url, model, n_parallel, api_key)?
+                }
+            };
+            if specs.iter().any(|s: &WorkerSpec| s.name == spec.name) {
+                return Err(ConfigError { var: "WORKERS", value: spec.name, expected: "unique worker names".into() });
+            }
+            specs.push(spec);
+        }
+        return Ok(specs);
+    }
+    match cfg.llm_backend {
+        LlmBackend::Vllm => Ok(vec![openai("vllm0".into(), &with_v1(&cfg.vllm_api_base), None, None, None)?]),
+        LlmBackend::Ollama => Ok(vec![openai("ollama0".into(), &with_v1(&cfg.ollama_base_url), None, None, None)?]),
+        LlmBackend::Embedded if !gpus.is_empty() => gpus
+            .iter()
+            .map(|(index, _)| embedded(format!("gpu{index}"), Some(*index), None, None, None, None, None))
+            .collect(),
+        LlmBackend::Embedded => Ok(vec![embedded("cpu0".into(), None, None, None, None, None, None)?]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Source;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Config {
+        Config::from_source(&Source::from_pairs(pairs.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn the_python_miners_variables_pick_the_backend() {
+        let c =
+            cfg(&[("LLM_BACKEND", "vllm"), ("VLLM_API_BASE", "http://gpu-box:8000/v1"), ("DEFAULT_MODEL", "Qwen/Q")]);
+        let specs = worker_specs(&c, &[]).unwrap();
+        let EngineSpec::OpenAi(o) = &specs[0].engine else { panic!() };
+        assert_eq!(
+            (specs[0].name.as_str(), o.base_url.as_str(), o.model.as_str(), o.n_parallel),
+            ("vllm0", "http://gpu-box:8000/v1", "Qwen/Q", 10)
+        );
+
+        let c = cfg(&[
+            ("LLM_BACKEND", "ollama"),
+            ("OLLAMA_BASE_URL", "http://localhost:11434"),
+            ("OLLAMA_TIMEOUT", "120.0"),
+        ]);
+        let specs = worker_specs(&c, &[]).unwrap();
+        let EngineSpec::OpenAi(o) = &specs[0].engine else { panic!() };
+        assert_eq!(o.base_url, "http://localhost:11434/v1");
+        assert_eq!(o.request_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn embedded_gets_one_worker_per_gpu_or_one_cpu_worker() {
+        let model = tempfile::NamedTempFile::new().unwrap();
+        let path = model.path().to_str().unwrap();
+        let c = cfg(&[("MODEL_PATH", path)]);
+        let cpu = worker_specs(&c, &[]).unwrap();
+        assert_eq!(cpu.len(), 1);
+        assert_eq!((cpu[0].name.as_str(), &cpu[0].device), ("cpu0", &Device::Cpu));
+        let gpus = worker_specs(&c, &[(0, "H100".into()), (1, "H100".into())]).unwrap();
+        assert_eq!(gpus.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(), ["gpu0", "gpu1"]);
+        let EngineSpec::Embedded(e) = &gpus[1].engine else { panic!() };
+        assert_eq!((e.gpu_device, e.gpu_layers), (Some(1), 999));
+    }
+
+    #[test]
+    fn an_explicit_list_mixes_kinds_and_is_validated() {
+        let model = tempfile::NamedTempFile::new().unwrap();
+        let path = model.path().to_str().unwrap();
+        let json = format!(
+            r#"[{{"kind":"embedded","device":"gpu1","model":"{path}","n_parallel":4,"n_ctx":4096}},
+               {{"kind":"openai","base_url":"http://10.0.0.7:8000/v1","model":"m","n_parallel":16}}]"#
+        );
+        let c = cfg(&[("WORKERS", json.as_str())]);
+        let specs = worker_specs(&c, &[]).unwrap();
+        assert_eq!(specs.iter().map(|s| s.parallel()).collect::<Vec<_>>(), [4, 16]);
+        assert_eq!(specs[0].name, "gpu1");
+        assert_eq!(specs[1].name, "openai1");
+
+        assert_eq!(parse_workers("[]").unwrap_err().var, "WORKERS");
+        assert!(parse_workers(r#"[{"kind":"embedded","gpu":"x"}]"#).unwrap_err().expected.contains("unknown field"));
+        let bad_url = cfg(&[("WORKERS", r#"[{"kind":"openai","base_url":"localhost:8000"}]"#)]);
+        assert_eq!(worker_specs(&bad_url, &[]).unwrap_err().var, "WORKERS");
+        let dup = format!(
+            r#"[{{"kind":"embedded","name":"a","model":"{path}"}},{{"kind":"embedded","name":"a","model":"{path}"}}]"#
+        );
+        assert!(worker_specs(&cfg(&[("WORKERS", dup.as_str())]), &[]).unwrap_err().expected.contains("unique"));
+    }
+}
