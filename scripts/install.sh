@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what loosh-miner needs on a Debian/Ubuntu machine: the C/C++ build tools llama.cpp needs,
 # Rust (when missing), and the SmolLM2-135M-Instruct GGUF that the quick start serves.
-#   --test      also the Python packages the interop tests use (into ./.venv)
+#   --test      also the Python packages the tests use (into ./.venv): the validator-side client's
+#               cryptography + substrate-interface, and llama-cpp-python's OpenAI server
 #   --no-model  skip the model (container builds mount their own)
 # Used by the quick start, the test command, CI and the Docker images alike.
 set -euo pipefail
@@ -84,5 +85,12 @@ if [ "$WANT_TEST" -eq 1 ]; then
     say "python: installing cryptography and substrate-interface into .venv"
     "$ROOT/.venv/bin/python3" -m pip install -q --disable-pip-version-check cryptography substrate-interface
   fi
-  say "python: $("$ROOT/.venv/bin/python3" -c 'import cryptography, substrateinterface; print("cryptography", cryptography.__version__, "+ substrate-interface")')"
+  # A real third-party OpenAI-compatible server for the openai worker's tests. PyPI ships it as
+  # source: the first install compiles llama.cpp (minutes); pip's wheel cache makes later ones instant.
+  if ! "$ROOT/.venv/bin/python3" -c "import llama_cpp.server" >/dev/null 2>&1; then
+    say "python: installing llama-cpp-python[server]==0.3.36 into .venv (builds llama.cpp the first time)"
+    CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$ROOT/.venv/bin/python3" -m pip install -q --disable-pip-version-check \
+      "llama-cpp-python[server]==0.3.36"
+  fi
+  say "python: $("$ROOT/.venv/bin/python3" -c 'import cryptography, substrateinterface, llama_cpp; print("cryptography", cryptography.__version__, "+ substrate-interface + llama-cpp-python", llama_cpp.__version__)')"
 fi

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -172,5 +173,102 @@ async fn smollm2_answers_a_factual_question_sensibly() {
     assert!(gen.text.to_lowercase().contains("paris"), "answer: {:?}", gen.text);
     assert_eq!(gen.finish_reason, FinishReason::Stop, "the model ended its turn: {:?}", gen.text);
     assert!(gen.first_token_at.unwrap() >= started);
+    g.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_generates_several_challenges_at_once_by_continuous_batching() {
+    let Some(model) = tiny_model() else { return };
+    let g = graph(vec![embedded_worker("cpu0", model, 512, 4)], 8, fast_restarts(1)).await;
+    wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let g = g.clone();
+        // Different lengths: short ones finish and leave while long ones keep generating.
+        let n = 16 + 48 * i;
+        tasks.push(tokio::spawn(async move {
+            g.generate(request(&format!("story {i}"), n, Duration::from_secs(50))).await
+        }));
+    }
+    for t in tasks {
+        assert!(t.await.unwrap().is_ok());
+    }
+    let worker = g.worker_ref("cpu0").await.unwrap();
+    let snap = ractor::call_t!(worker, WorkerMsg::Snapshot, 1000).unwrap();
+    assert_eq!(snap.served, 4);
+    assert_eq!(snap.n_parallel, 4);
+    assert!(snap.peak_active >= 2, "sequences were generated together: {snap:?}");
+    g.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_spreads_challenges_over_workers() {
+    let Some(model) = tiny_model() else { return };
+    let workers = (0..3).map(|i| cpu_worker(&format!("cpu{i}"), model.clone(), 512)).collect();
+    let g = graph(workers, 12, fast_restarts(1)).await;
+    wait_for("three workers to load", LOAD, || async { ready_workers(&g).await == 3 }).await;
+    let mut tasks = Vec::new();
+    for i in 0..9 {
+        let g = g.clone();
+        tasks.push(tokio::spawn(
+            async move { g.generate(request(&format!("q{i}"), 24, Duration::from_secs(50))).await },
+        ));
+    }
+    for t in tasks {
+        assert!(t.await.unwrap().is_ok());
+    }
+    for name in ["cpu0", "cpu1", "cpu2"] {
+        let w = g.worker_ref(name).await.unwrap();
+        let snap = ractor::call_t!(w, WorkerMsg::Snapshot, 1000).unwrap();
+        assert!(snap.served >= 1, "{name} got no work: {snap:?}");
+    }
+    g.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenge_on_a_worker_that_dies_is_re_dispatched_to_a_sibling() {
+    let Some(model) = tiny_model() else { return };
+    let g = graph(vec![cpu_worker("cpu0", model.clone(), 8192), cpu_worker("cpu1", model, 8192)], 8, fast_restarts(3))
+        .await;
+    wait_for("both workers to load", LOAD, || async { ready_workers(&g).await == 2 }).await;
+    let busy = g.clone();
+    let long = tokio::spawn(async move { busy.generate(request("long", 2000, Duration::from_secs(30))).await });
+    // Find the worker that took it, and kill that one mid-generation.
+    let victim = Arc::new(std::sync::Mutex::new(None));
+    wait_for("the challenge to start generating", LOAD, || {
+        let (g, victim) = (g.clone(), victim.clone());
+        async move {
+            for name in ["cpu0", "cpu1"] {
+                if let Some(w) = g.worker_ref(name).await {
+                    if ractor::call_t!(w, WorkerMsg::Snapshot, 1000).is_ok_and(|s| s.active == 1) {
+                        *victim.lock().unwrap() = Some(w);
+                        return true;
+                    }
+                }
+            }
+            false
+        }
+    })
+    .await;
+    let victim = victim.lock().unwrap().take();
+    victim.unwrap().cast(WorkerMsg::CrashForTest).unwrap();
+    let gen = long.await.unwrap().expect("the sibling answered in time");
+    assert!(gen.completion_tokens > 0);
+    g.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_restarts_a_crashed_worker_supervisor_and_its_workers() {
+    let Some(model) = tiny_model() else { return };
+    let g = graph(vec![cpu_worker("cpu0", model, 512)], 4, fast_restarts(3)).await;
+    wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
+    let first = g.supervisor.get();
+    first.cast(loosh_actors::worker_supervisor::SupervisorMsg::CrashForTest).unwrap();
+    wait_for("a new supervisor", LOAD, || async { g.supervisor.get().get_id() != first.get_id() }).await;
+    wait_for("its worker to be ready", LOAD, || async {
+        g.workers().await.iter().all(|w| w.phase == WorkerPhase::Ready) && ready_workers(&g).await == 1
+    })
+    .await;
+    assert!(g.generate(request("back?", 4, Duration::from_secs(30))).await.is_ok());
     g.stop();
 }

@@ -230,6 +230,12 @@ impl Actor for Scheduler {
                             tracing::warn!(worker = %name, "worker failed mid-challenge; re-dispatching to a sibling");
                             let avoid = Some(name);
                             match myself.call(|r| SchedulerMsg::Submit { request, reply: r, avoid }, None).await {
+                                // No sibling could take it: the first worker's failure is the real story.
+                                Ok(ractor::rpc::CallResult::Success(Err(
+                                    ScheduleError::Busy { .. } | ScheduleError::NoWorker,
+                                ))) => {
+                                    let _ = reply.send(result);
+                                }
                                 Ok(ractor::rpc::CallResult::Success(second)) => {
                                     let _ = reply.send(second);
                                 }

@@ -27,12 +27,15 @@ pub struct RestartPolicy {
 }
 
 impl Default for RestartPolicy {
+    /// Ten restarts in ten minutes, waiting 1 s, 2 s, 4 s ... up to a minute: a remote server that
+    /// takes a few minutes to reload its model is waited for; a worker that crashes on every start
+    /// is given up on after about five minutes.
     fn default() -> Self {
         Self {
-            max_restarts: 5,
-            within: Duration::from_secs(300),
-            backoff_initial: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(30),
+            max_restarts: 10,
+            within: Duration::from_secs(600),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
         }
     }
 }

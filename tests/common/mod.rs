@@ -115,3 +115,98 @@ pub fn request(prompt: &str, max_tokens: u32, deadline_in: Duration) -> Generati
         deadline: Instant::now() + deadline_in,
     }
 }
+
+pub fn embedded_worker(name: &str, model: PathBuf, n_ctx: u32, n_parallel: u32) -> WorkerSpec {
+    let mut spec = cpu_worker(name, model, n_ctx);
+    if let EngineSpec::Embedded(e) = &mut spec.engine {
+        e.n_parallel = n_parallel;
+    }
+    spec
+}
+
+pub fn openai_worker(name: &str, base_url: &str, model: &str) -> WorkerSpec {
+    WorkerSpec {
+        name: name.into(),
+        device: Device::Cpu,
+        engine: EngineSpec::OpenAi(loosh_actors::inference::openai::OpenAiSpec {
+            base_url: base_url.into(),
+            model: model.into(),
+            n_parallel: 2,
+            api_key: None,
+            request_timeout: Duration::from_secs(120),
+            health_every: Duration::from_millis(500),
+        }),
+    }
+}
+
+/// The Python interpreter with the test packages (`scripts/install.sh --test` makes `.venv`).
+pub fn python() -> String {
+    std::env::var("LOOSH_PYTHON").unwrap_or_else(|_| {
+        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python3");
+        if std::path::Path::new(venv).is_file() {
+            venv.to_string()
+        } else {
+            "python3".to_string()
+        }
+    })
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A real third-party OpenAI-compatible server: llama-cpp-python's, serving a GGUF on loopback.
+pub struct LlamaCppPythonServer {
+    child: std::process::Child,
+    pub port: u16,
+    model: PathBuf,
+}
+
+impl LlamaCppPythonServer {
+    pub const ALIAS: &'static str = "smollm2";
+
+    pub fn start(model: &std::path::Path, port: u16) -> Self {
+        let child = std::process::Command::new(python())
+            .args(["-m", "llama_cpp.server", "--host", "127.0.0.1", "--n_threads", "1", "--n_ctx", "2048"])
+            .args(["--port", &port.to_string(), "--model_alias", Self::ALIAS])
+            .arg("--model")
+            .arg(model)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("llama-cpp-python's server starts (scripts/install.sh --test installs it)");
+        Self { child, port, model: model.to_path_buf() }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.port)
+    }
+
+    /// Waits until `GET /v1/models` answers.
+    pub async fn ready(&self) {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let url = format!("{}/models", self.base_url());
+        wait_for("llama-cpp-python's server to answer", Duration::from_secs(120), || {
+            let (client, url) = (client.clone(), url.clone());
+            async move { client.get(&url).send().await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await;
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The same server again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        *self = Self::start(&self.model.clone(), self.port);
+    }
+}
+
+impl Drop for LlamaCppPythonServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

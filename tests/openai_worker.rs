@@ -1,0 +1,109 @@
+//! The OpenAI-compatible worker against a real third-party server: llama-cpp-python's OpenAI
+//! server (PyPI `llama-cpp-python[server]`) with SmolLM2, on loopback.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use loosh_actors::inference::request::{BackendError, FinishReason};
+use loosh_actors::protocol::messages::ChatMessage;
+use loosh_actors::scheduler::ScheduleError;
+use loosh_actors::worker_supervisor::RestartPolicy;
+use serde_json::json;
+
+const READY: Duration = Duration::from_secs(120);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openai_worker_streams_a_sensible_answer_and_honours_tools_and_history() {
+    let server = LlamaCppPythonServer::start(&smollm2_model(), free_port());
+    server.ready().await;
+    let g =
+        graph(vec![openai_worker("api0", &server.base_url(), LlamaCppPythonServer::ALIAS)], 4, fast_restarts(3)).await;
+    wait_for("the worker to probe its server", READY, || async { ready_workers(&g).await == 1 }).await;
+
+    let mut req = request("What is the capital of France? Answer in one short sentence.", 48, Duration::from_secs(50));
+    req.temperature = 0.0;
+    let gen = g.generate(req).await.unwrap();
+    assert!(gen.text.to_lowercase().contains("paris"), "{:?}", gen.text);
+    assert_eq!(gen.finish_reason, FinishReason::Stop);
+    assert!(gen.completion_tokens > 0 && gen.first_token_at.is_some());
+
+    // Multi-turn with tools offered: the server accepts the request and text comes back.
+    let mut req = request("", 24, Duration::from_secs(50));
+    req.messages = vec![
+        ChatMessage::new("system", "You are terse."),
+        ChatMessage::new("user", "Hi"),
+        ChatMessage::new("assistant", "Hello."),
+        ChatMessage::new("user", "What is the weather in Paris?"),
+    ];
+    req.tools = Some(vec![
+        json!({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}),
+    ]);
+    req.tool_choice = Some(json!("auto"));
+    let gen = g.generate(req).await.unwrap();
+    assert!(gen.completion_tokens > 0, "{gen:?}");
+    assert!(gen.completion_tokens <= 24);
+    g.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_cuts_a_streamed_answer_and_returns_what_arrived() {
+    // The tiny random-weight model almost never stops by itself: the deadline has to stop it.
+    let Some(model) = tiny_model() else { return };
+    let server = LlamaCppPythonServer::start(&model, free_port());
+    server.ready().await;
+    let g =
+        graph(vec![openai_worker("api0", &server.base_url(), LlamaCppPythonServer::ALIAS)], 4, fast_restarts(3)).await;
+    wait_for("the worker to probe its server", READY, || async { ready_workers(&g).await == 1 }).await;
+
+    let req = request("Write a very long story about the sea.", 12_288, Duration::from_millis(1000));
+    let deadline = req.deadline;
+    let gen = g.generate(req).await.unwrap();
+    assert_eq!(gen.finish_reason, FinishReason::Length);
+    assert!(gen.cut_by_deadline);
+    assert!(gen.completion_tokens > 0 && !gen.text.is_empty(), "what arrived is kept: {gen:?}");
+    assert!(gen.finished_at <= deadline + Duration::from_millis(250));
+    g.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_request_fails_fast_and_the_worker_recovers_when_it_returns() {
+    let mut server = LlamaCppPythonServer::start(&smollm2_model(), free_port());
+    server.ready().await;
+    let policy = RestartPolicy {
+        max_restarts: 50,
+        within: Duration::from_secs(60),
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(500),
+    };
+    let g = graph(vec![openai_worker("api0", &server.base_url(), LlamaCppPythonServer::ALIAS)], 4, policy).await;
+    wait_for("the worker to probe its server", READY, || async { ready_workers(&g).await == 1 }).await;
+
+    let busy = g.clone();
+    let long =
+        tokio::spawn(async move { busy.generate(request("Write a long story.", 4096, Duration::from_secs(40))).await });
+    wait_for("the request to be streaming", READY, || async { g.status().await.unwrap().in_flight == 1 }).await;
+    let worker = g.worker_ref("api0").await.unwrap();
+    wait_for("tokens to arrive", READY, || async {
+        ractor::call_t!(worker, loosh_actors::backend_worker::WorkerMsg::Snapshot, 1000).is_ok_and(|s| s.active == 1)
+    })
+    .await;
+    server.kill();
+    match long.await.unwrap() {
+        Err(ScheduleError::Backend(BackendError::Unreachable(msg))) => assert!(msg.contains("127.0.0.1"), "{msg}"),
+        // The stream may also end cleanly with what had arrived if the server closed it in order.
+        Ok(gen) => assert!(gen.completion_tokens > 0),
+        other => panic!("expected a clear failure, got {other:?}"),
+    }
+    wait_for("the worker to leave the schedule", READY, || async { ready_workers(&g).await == 0 }).await;
+    assert_eq!(g.status().await.unwrap().availability(), Err("no backend worker is ready"));
+
+    server.restart();
+    server.ready().await;
+    wait_for("the worker to come back by itself", READY, || async { ready_workers(&g).await == 1 }).await;
+    let gen = g.generate(request("Say hi", 8, Duration::from_secs(30))).await.unwrap();
+    assert!(gen.completion_tokens > 0);
+    assert!(g.workers().await[0].restarts >= 1);
+    g.stop();
+}
