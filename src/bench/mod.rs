@@ -31,6 +31,8 @@ use crate::config::{Config, Source};
 use crate::node::{http_settings, spawn_graph, HttpNode};
 use crate::validator_client::{challenge_body, ValidatorClient};
 
+mod workers;
+
 #[derive(Args)]
 pub struct BenchArgs {
     #[command(subcommand)]
@@ -50,6 +52,43 @@ enum BenchKind {
         requests: usize,
         #[arg(long, default_value_t = 1)]
         threads: i32,
+    },
+    /// Throughput of 1, 2, 4 CPU workers (1 thread each) on a fixed challenge mix.
+    Workers {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value = "1,2,4", value_delimiter = ',')]
+        workers: Vec<usize>,
+        #[arg(long, default_value_t = 48)]
+        challenges: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// One worker generating 1 vs N sequences at once (continuous batching gain).
+    Batching {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value = "1,4", value_delimiter = ',')]
+        parallel: Vec<u32>,
+        #[arg(long, default_value_t = 32)]
+        challenges: usize,
+    },
+    /// The openai worker's overhead: miner round trip minus a direct streamed call to the same
+    /// llama-cpp-python server (started by the bench from ./.venv).
+    Openai {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 30)]
+        requests: usize,
+        #[arg(long, default_value_t = 16)]
+        max_tokens: u32,
+    },
+    /// Time from a worker crash to the first challenge answered by its replacement.
+    Recovery {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
     },
     /// Tokens/s and time to first token through the miner vs llama.cpp directly.
     Inference {
@@ -73,31 +112,52 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchKind::Protocol { model, concurrency, requests, threads } => {
             rt.block_on(protocol(model, concurrency, requests, threads))
         }
+        BenchKind::Workers { model, workers, challenges, concurrency } => {
+            rt.block_on(workers::scaling(model, workers, challenges, concurrency))
+        }
+        BenchKind::Batching { model, parallel, challenges } => {
+            rt.block_on(workers::batching(model, parallel, challenges))
+        }
+        BenchKind::Openai { model, requests, max_tokens } => rt.block_on(workers::openai(model, requests, max_tokens)),
+        BenchKind::Recovery { model, runs } => rt.block_on(workers::recovery(model, runs)),
         BenchKind::Inference { model, runs, max_tokens, threads, prompt } => {
             rt.block_on(inference(model, runs, max_tokens, threads, prompt))
         }
     }
 }
 
-fn bench_config(model: &std::path::Path, threads: i32, in_flight: usize) -> anyhow::Result<Config> {
+pub(crate) fn bench_config(model: &std::path::Path, threads: i32, in_flight: usize) -> anyhow::Result<Config> {
+    bench_config_with(model, threads, in_flight, &[])
+}
+
+/// A node configuration for benchmarks: this model, these threads, plus `extra` variables.
+pub(crate) fn bench_config_with(
+    model: &std::path::Path,
+    threads: i32,
+    in_flight: usize,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<Config> {
     let model = model.to_str().context("model path is not UTF-8")?.to_string();
     let threads = threads.to_string();
     let in_flight = in_flight.to_string();
-    let cfg = Config::from_source(&Source::from_pairs([
+    let mut pairs = vec![
         ("MODEL_PATH", model.as_str()),
         ("LLAMA_THREADS", threads.as_str()),
         ("MAX_CONCURRENT_REQUESTS", in_flight.as_str()),
         ("MAX_MODEL_LEN", "2048"),
-    ]))?;
+    ];
+    pairs.extend_from_slice(extra);
+    let cfg = Config::from_source(&Source::from_pairs(pairs))?;
     cfg.validate()?;
     Ok(cfg)
 }
 
-async fn start(cfg: &Config) -> anyhow::Result<(MinerGraph, HttpNode)> {
+pub(crate) async fn start(cfg: &Config) -> anyhow::Result<(MinerGraph, HttpNode)> {
     let specs = crate::workers::worker_specs(cfg, &[])?;
+    let want = specs.len();
     let graph = spawn_graph(cfg, specs, Arc::new(MinerRsaKey::generate()?)).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while graph.status().await.is_none_or(|s| s.ready_workers == 0) {
+    while graph.status().await.is_none_or(|s| s.ready_workers < want) {
         anyhow::ensure!(Instant::now() < deadline, "the worker did not become ready: {:?}", graph.workers().await);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -113,20 +173,20 @@ async fn start(cfg: &Config) -> anyhow::Result<(MinerGraph, HttpNode)> {
     Ok((graph, node))
 }
 
-struct Stats {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+pub(crate) struct Stats {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
 }
 
-fn stats(mut lat: Vec<Duration>, wall: Duration) -> Stats {
+pub(crate) fn stats(mut lat: Vec<Duration>, wall: Duration) -> Stats {
     lat.sort();
     let pick = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3;
     Stats { rps: lat.len() as f64 / wall.as_secs_f64(), p50_ms: pick(0.5), p99_ms: pick(0.99) }
 }
 
 /// Runs `n` calls of `f` with `conc` in flight; returns per-call latencies and the wall time.
-async fn drive<F, Fut>(n: usize, conc: usize, f: F) -> anyhow::Result<(Vec<Duration>, Duration)>
+pub(crate) async fn drive<F, Fut>(n: usize, conc: usize, f: F) -> anyhow::Result<(Vec<Duration>, Duration)>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,

@@ -1,0 +1,212 @@
+//! Worker benchmarks: scaling over CPU workers, continuous batching, the openai worker's overhead,
+//! and recovery after a crash. Each prints its reference next to its figure.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use loosh_actors::backend_worker::WorkerMsg;
+use loosh_actors::graph::MinerGraph;
+use loosh_actors::inference::request::GenerationRequest;
+use loosh_actors::protocol::messages::ChatMessage;
+use loosh_actors::protocol::signature::Hotkey;
+use serde_json::json;
+
+use super::{bench_config_with, drive, start, stats};
+use crate::validator_client::{challenge_body, ValidatorClient};
+
+/// The fixed mix: short, medium and long answers, different prompts.
+fn mix(i: usize) -> GenerationRequest {
+    let max_tokens = [16, 64, 128][i % 3];
+    GenerationRequest {
+        messages: vec![ChatMessage::new("user", &format!("Question number {i}: tell me something."))],
+        tools: None,
+        tool_choice: None,
+        max_tokens,
+        temperature: 0.7,
+        top_p: 0.95,
+        stop: vec![],
+        deadline: Instant::now() + Duration::from_secs(50),
+    }
+}
+
+/// Runs the mix through the graph; returns (challenges/s, tokens/s, wall).
+async fn run_mix(graph: &MinerGraph, n: usize, conc: usize) -> anyhow::Result<(f64, f64, Duration)> {
+    let tokens = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (g, t) = (graph.clone(), tokens.clone());
+    let (_, wall) = drive(n, conc, move |i| {
+        let (g, t) = (g.clone(), t.clone());
+        async move {
+            let gen = g.generate(mix(i)).await?;
+            t.fetch_add(u64::from(gen.completion_tokens), std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }
+    })
+    .await?;
+    let secs = wall.as_secs_f64();
+    Ok((n as f64 / secs, tokens.load(std::sync::atomic::Ordering::Relaxed) as f64 / secs, wall))
+}
+
+fn embedded_workers(model: &std::path::Path, count: usize, parallel: u32) -> String {
+    let list: Vec<_> = (0..count)
+        .map(|i| json!({"kind": "embedded", "name": format!("cpu{i}"), "model": model, "threads": 1, "n_parallel": parallel}))
+        .collect();
+    serde_json::to_string(&list).expect("JSON")
+}
+
+pub async fn scaling(model: PathBuf, counts: Vec<usize>, n: usize, conc: usize) -> anyhow::Result<()> {
+    println!("worker scaling: {n} challenges (16/64/128 tokens), {conc} in flight, 1 thread and 1 sequence per worker, {} cores", std::thread::available_parallelism().map_or(0, |p| p.get()));
+    let mut base = None;
+    for count in counts {
+        let workers = embedded_workers(&model, count, 1);
+        let cfg = bench_config_with(&model, 1, 64, &[("WORKERS", workers.as_str())])?;
+        let (graph, node) = start(&cfg).await?;
+        let (cps, tps, wall) = run_mix(&graph, n, conc).await?;
+        let base_tps = *base.get_or_insert(tps);
+        println!(
+            "{count} worker(s): {cps:6.2} challenges/s, {tps:7.1} tokens/s, {:5.2} s  (x{:.2} of 1 worker)",
+            wall.as_secs_f64(),
+            tps / base_tps
+        );
+        node.stop().await;
+        graph.stop();
+    }
+    Ok(())
+}
+
+pub async fn batching(model: PathBuf, parallel: Vec<u32>, n: usize) -> anyhow::Result<()> {
+    println!("continuous batching: one worker (1 thread), {n} challenges (16/64/128 tokens), 8 in flight");
+    let mut base = None;
+    for p in parallel {
+        let workers = embedded_workers(&model, 1, p);
+        let cfg = bench_config_with(&model, 1, 64, &[("WORKERS", workers.as_str())])?;
+        let (graph, node) = start(&cfg).await?;
+        let (cps, tps, wall) = run_mix(&graph, n, 8).await?;
+        let base_tps = *base.get_or_insert(tps);
+        let w = graph.worker_ref("cpu0").await.expect("worker");
+        let peak = ractor::call_t!(w, WorkerMsg::Snapshot, 1000).map(|s| s.peak_active).unwrap_or(0);
+        println!("n_parallel {p}: {cps:6.2} challenges/s, {tps:7.1} tokens/s, {:5.2} s, peak {peak} sequences at once (x{:.2})", wall.as_secs_f64(), tps / base_tps);
+        node.stop().await;
+        graph.stop();
+    }
+    Ok(())
+}
+
+/// Starts llama-cpp-python's OpenAI server from ./.venv on a free port.
+struct PyServer(std::process::Child, u16);
+
+impl Drop for PyServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub async fn openai(model: PathBuf, requests: usize, max_tokens: u32) -> anyhow::Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let python = if std::path::Path::new(".venv/bin/python3").is_file() { ".venv/bin/python3" } else { "python3" };
+    let child = std::process::Command::new(python)
+        .args([
+            "-m",
+            "llama_cpp.server",
+            "--host",
+            "127.0.0.1",
+            "--n_threads",
+            "1",
+            "--n_ctx",
+            "2048",
+            "--model_alias",
+            "m",
+        ])
+        .args(["--port", &port.to_string()])
+        .arg("--model")
+        .arg(&model)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let server = PyServer(child, port);
+    let base = format!("http://127.0.0.1:{}/v1", server.1);
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let ready_by = Instant::now() + Duration::from_secs(120);
+    while !http.get(format!("{base}/models")).send().await.is_ok_and(|r| r.status().is_success()) {
+        anyhow::ensure!(
+            Instant::now() < ready_by,
+            "llama-cpp-python's server did not start (scripts/install.sh --test installs it)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let workers = serde_json::to_string(
+        &json!([{"kind": "openai", "name": "api0", "base_url": base, "model": "m", "n_parallel": 1}]),
+    )?;
+    let cfg = bench_config_with(&model, 1, 8, &[("WORKERS", workers.as_str())])?;
+    let (graph, node) = start(&cfg).await?;
+    let mut client = ValidatorClient::new(&format!("http://{}", node.addr), Hotkey::ephemeral());
+    client.handshake().await?;
+    let body = challenge_body("Say something.", max_tokens, 0.7);
+    let direct_body = json!({"model": "m", "messages": [{"role": "user", "content": "Say something."}], "max_tokens": max_tokens, "temperature": 0.7, "top_p": 0.95, "stream": true});
+
+    let (mut direct, mut miner) = (Vec::new(), Vec::new());
+    for i in 0..=requests {
+        // Interleaved, so that drift on the machine hits both alike.
+        let t = Instant::now();
+        let mut res = http.post(format!("{base}/chat/completions")).json(&direct_body).send().await?;
+        while res.chunk().await?.is_some() {}
+        let d = t.elapsed();
+        let t = Instant::now();
+        client.challenge_once(&body).await?;
+        let m = t.elapsed();
+        if i > 0 {
+            direct.push(d);
+            miner.push(m);
+        }
+    }
+    let (d, m) = (stats(direct.clone(), direct.iter().sum()), stats(miner.clone(), miner.iter().sum()));
+    println!(
+        "openai worker overhead ({requests} requests, {max_tokens} tokens, llama-cpp-python server, model {}):",
+        model.display()
+    );
+    println!("  direct streamed call: p50 {:7.2} ms  p99 {:7.2} ms", d.p50_ms, d.p99_ms);
+    println!(
+        "  through the miner:    p50 {:7.2} ms  p99 {:7.2} ms  (HTTP + Fernet + actors + SSE parsing)",
+        m.p50_ms, m.p99_ms
+    );
+    println!("  overhead:             p50 {:+7.2} ms  p99 {:+7.2} ms", m.p50_ms - d.p50_ms, m.p99_ms - d.p99_ms);
+    node.stop().await;
+    graph.stop();
+    drop(server);
+    Ok(())
+}
+
+pub async fn recovery(model: PathBuf, runs: usize) -> anyhow::Result<()> {
+    let workers = embedded_workers(&model, 1, 1);
+    let cfg = bench_config_with(&model, 1, 8, &[("WORKERS", workers.as_str())])?;
+    let (graph, node) = start(&cfg).await?;
+    println!("recovery: crash the only worker, then time until a challenge is answered by its replacement (default restart policy: first backoff 1 s)");
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let worker = graph.worker_ref("cpu0").await.expect("worker up");
+        let crashed = Instant::now();
+        worker.cast(WorkerMsg::CrashForTest)?;
+        loop {
+            let mut req = mix(0);
+            req.max_tokens = 1;
+            if graph.generate(req).await.is_ok()
+                && graph.worker_ref("cpu0").await.is_some_and(|w| w.get_id() != worker.get_id())
+            {
+                break;
+            }
+            anyhow::ensure!(crashed.elapsed() < Duration::from_secs(120), "no recovery");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        times.push(crashed.elapsed());
+        println!("  recovered in {:7.1} ms", crashed.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort();
+    println!(
+        "median {:.1} ms over {runs} crashes (backoff grows 1 s, 2 s, 4 s ... within the restart window)",
+        times[times.len() / 2].as_secs_f64() * 1e3
+    );
+    node.stop().await;
+    graph.stop();
+    Ok(())
+}
