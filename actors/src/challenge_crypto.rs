@@ -7,7 +7,6 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -117,6 +116,3 @@ impl CryptoPool {
 
 /// Spare the caller a magic number: how many crypto actors a node runs by default.
 pub const DEFAULT_POOL_SIZE: usize = 4;
-
-/// A deadline for a single crypto call, exposed for callers that budget their own time.
-pub const CALL_TIMEOUT: Duration = Duration::from_millis(CALL_TIMEOUT_MS);

@@ -9,7 +9,7 @@ pub struct Metrics {
     pub registry: Registry,
     /// Challenges by outcome: ok, unauthorized, unknown_key, bad_token, bad_request, busy, unavailable, error.
     pub challenges: IntCounterVec,
-    /// Key exchanges by outcome: ok, unauthorized, replay, bad_signature, stale_timestamp, bad_key, malformed, busy.
+    /// Key exchanges by outcome: ok, unauthorized, replay, bad_signature, stale_timestamp, bad_key, malformed, busy, unavailable.
     pub handshakes: IntCounterVec,
     /// HTTP requests refused before reaching a handler (oversized or malformed bodies), by route.
     pub rejected_requests: IntCounterVec,
@@ -94,7 +94,17 @@ impl Metrics {
         for o in ["ok", "unauthorized", "unknown_key", "bad_token", "bad_request", "busy", "unavailable", "error"] {
             m.challenges.with_label_values(&[o]);
         }
-        for o in ["ok", "unauthorized", "replay", "bad_signature", "stale_timestamp", "bad_key", "malformed", "busy"] {
+        for o in [
+            "ok",
+            "unauthorized",
+            "replay",
+            "bad_signature",
+            "stale_timestamp",
+            "bad_key",
+            "malformed",
+            "busy",
+            "unavailable",
+        ] {
             m.handshakes.with_label_values(&[o]);
         }
         m

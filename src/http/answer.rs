@@ -40,9 +40,7 @@ pub async fn answer(state: &AppState, req: ChallengeRequest, arrival: Instant) -
     };
     let inference_start = unix_time_f64();
     let gen = state.graph.generate(generation).await.map_err(|e| match e {
-        ScheduleError::Busy { retry_after_secs, .. } => {
-            ApiError::Unavailable { reason: e.to_string(), retry_after_secs: Some(retry_after_secs) }
-        }
+        ScheduleError::Busy { retry_after_secs, .. } => ApiError::Busy { reason: e.to_string(), retry_after_secs },
         ScheduleError::NoWorker | ScheduleError::Closed => {
             ApiError::Unavailable { reason: e.to_string(), retry_after_secs: Some(5) }
         }

@@ -33,7 +33,7 @@ pub async fn challenge(
         Err(ApiError::Unprocessable(_)) | Err(ApiError::BadRequest(_)) | Err(ApiError::TooLarge { .. }) => {
             "bad_request"
         }
-        Err(ApiError::Unavailable { retry_after_secs: Some(_), reason }) if reason.contains("capacity") => "busy",
+        Err(ApiError::Busy { .. }) => "busy",
         Err(ApiError::Unavailable { .. }) => "unavailable",
         Err(_) => "error",
     };
@@ -69,8 +69,11 @@ async fn handle(
     }
     if let Some(status) = state.graph.status().await {
         if let Err(reason) = status.availability() {
-            let retry = if status.ready_workers == 0 { 5 } else { 1 };
-            return Err(ApiError::Unavailable { reason: reason.to_string(), retry_after_secs: Some(retry) });
+            return Err(if status.ready_workers == 0 || !status.admission_open {
+                ApiError::Unavailable { reason: reason.to_string(), retry_after_secs: Some(5) }
+            } else {
+                ApiError::Busy { reason: reason.to_string(), retry_after_secs: 1 }
+            });
         }
     }
     let body = read_limited(req, payload, state.settings.max_body_bytes).await.inspect_err(|e| {

@@ -27,6 +27,9 @@ pub enum ApiError {
     TooMany { detail: String, retry_after_secs: u64 },
     #[error("{reason}")]
     Unavailable { reason: String, retry_after_secs: Option<u64> },
+    /// Every queue is full: 503 at once, with a hint of when a slot frees up.
+    #[error("{reason}")]
+    Busy { reason: String, retry_after_secs: u64 },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -42,7 +45,7 @@ impl ResponseError for ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
