@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,24 +25,9 @@ impl Drop for Miner {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn python() -> String {
-    std::env::var("LOOSH_PYTHON").unwrap_or_else(|_| {
-        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python3");
-        if std::path::Path::new(venv).is_file() {
-            venv.to_string()
-        } else {
-            "python3".to_string()
-        }
-    })
-}
-
 /// Starts the miner and returns once its log says it serves and `/availability` is true.
 fn start_miner(model: &std::path::Path, extra: &[(&str, &str)]) -> Miner {
-    let port = free_port();
+    let port = common::free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_loosh-miner"));
     cmd.arg("--dev")
         .env_clear()
@@ -115,7 +99,7 @@ fn a_python_validator_client_following_protocol_md_gets_correct_answers_and_erro
         ],
     );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/validator_client.py");
-    let out = Command::new(python())
+    let out = Command::new(common::python())
         .args([
             script,
             "--url",

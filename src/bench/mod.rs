@@ -230,16 +230,7 @@ async fn protocol(model: PathBuf, levels: Vec<usize>, requests: usize, threads: 
         let (lat, wall) = drive(requests, conc, move |_| {
             let g = g.clone();
             async move {
-                let req = GenerationRequest {
-                    messages: vec![ChatMessage::new("user", "Say hi")],
-                    tools: None,
-                    tool_choice: None,
-                    max_tokens: 1,
-                    temperature: 0.7,
-                    top_p: 0.95,
-                    stop: vec![],
-                    deadline: Instant::now() + Duration::from_secs(50),
-                };
+                let req = GenerationRequest::one_turn("Say hi", 1, Instant::now() + Duration::from_secs(50));
                 g.generate(req).await.map(|_| ()).map_err(anyhow::Error::from)
             }
         })
@@ -378,18 +369,8 @@ async fn inference(
         let m_total = t.elapsed();
         // Through the actor graph, for first-token latency (same process, so the instants compare).
         let submitted = Instant::now();
-        let g = graph
-            .generate(GenerationRequest {
-                messages: vec![ChatMessage::new("user", &prompt)],
-                tools: None,
-                tool_choice: None,
-                max_tokens: 1,
-                temperature: 0.7,
-                top_p: 0.95,
-                stop: vec![],
-                deadline: Instant::now() + Duration::from_secs(50),
-            })
-            .await?;
+        let g =
+            graph.generate(GenerationRequest::one_turn(&prompt, 1, Instant::now() + Duration::from_secs(50))).await?;
         let g_first = g.first_token_at.map(|f| f.duration_since(submitted)).unwrap_or_default();
         if run == 0 {
             continue; // warm-up

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use loosh_actors::backend_worker::WorkerMsg;
 use loosh_actors::graph::MinerGraph;
 use loosh_actors::inference::request::GenerationRequest;
-use loosh_actors::protocol::messages::ChatMessage;
 use loosh_actors::protocol::signature::Hotkey;
 use serde_json::json;
 
@@ -18,16 +17,8 @@ use crate::validator_client::{challenge_body, ValidatorClient};
 /// The fixed mix: short, medium and long answers, different prompts.
 fn mix(i: usize) -> GenerationRequest {
     let max_tokens = [16, 64, 128][i % 3];
-    GenerationRequest {
-        messages: vec![ChatMessage::new("user", &format!("Question number {i}: tell me something."))],
-        tools: None,
-        tool_choice: None,
-        max_tokens,
-        temperature: 0.7,
-        top_p: 0.95,
-        stop: vec![],
-        deadline: Instant::now() + Duration::from_secs(50),
-    }
+    let prompt = format!("Question number {i}: tell me something.");
+    GenerationRequest::one_turn(&prompt, max_tokens, Instant::now() + Duration::from_secs(50))
 }
 
 /// Runs the mix through the graph; returns (challenges/s, tokens/s, wall).

@@ -9,7 +9,6 @@ use loosh_actors::backend_worker::{Device, EngineSpec, WorkerSpec};
 use loosh_actors::graph::{GraphConfig, MinerGraph};
 use loosh_actors::inference::embedded::EmbeddedSpec;
 use loosh_actors::inference::request::GenerationRequest;
-use loosh_actors::protocol::messages::ChatMessage;
 use loosh_actors::protocol::rsa_keys::MinerRsaKey;
 use loosh_actors::scheduler::SchedulerSettings;
 use loosh_actors::session::SessionSettings;
@@ -104,16 +103,7 @@ pub async fn ready_workers(g: &MinerGraph) -> usize {
 }
 
 pub fn request(prompt: &str, max_tokens: u32, deadline_in: Duration) -> GenerationRequest {
-    GenerationRequest {
-        messages: vec![ChatMessage::new("user", prompt)],
-        tools: None,
-        tool_choice: None,
-        max_tokens,
-        temperature: 0.7,
-        top_p: 0.95,
-        stop: vec![],
-        deadline: Instant::now() + deadline_in,
-    }
+    GenerationRequest::one_turn(prompt, max_tokens, Instant::now() + deadline_in)
 }
 
 pub fn embedded_worker(name: &str, model: PathBuf, n_ctx: u32, n_parallel: u32) -> WorkerSpec {

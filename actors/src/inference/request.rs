@@ -20,6 +20,23 @@ pub struct GenerationRequest {
     pub deadline: Instant,
 }
 
+impl GenerationRequest {
+    /// A single user turn with the validator's default sampling (temperature 0.7, top_p 0.95):
+    /// what probes, benchmarks and tests send.
+    pub fn one_turn(prompt: &str, max_tokens: u32, deadline: Instant) -> Self {
+        Self {
+            messages: vec![ChatMessage::new("user", prompt)],
+            tools: None,
+            tool_choice: None,
+            max_tokens,
+            temperature: 0.7,
+            top_p: 0.95,
+            stop: Vec::new(),
+            deadline,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
     Stop,
