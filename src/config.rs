@@ -70,6 +70,14 @@ pub struct Config {
     pub enable_validator_whitelist: bool,
     pub validator_hotkeys: Vec<String>,
     pub challenge_api_url: Option<String>,
+    // Chain
+    pub metagraph_sync_blocks: u64,
+    pub chain_poll: Duration,
+    /// Minimum alpha stake of a validator, in rao.
+    pub min_validator_stake: u64,
+    pub allow_all_when_empty: bool,
+    /// `AXON_EXTERNAL_IP` / `AXON_EXTERNAL_PORT`: the address the node posts itself.
+    pub axon_external: Option<(std::net::IpAddr, u16)>,
     // Logs
     pub log_level: String,
     pub log_file: Option<PathBuf>,
@@ -142,14 +150,16 @@ const NOT_ACTED_ON: &[(&str, &str)] = &[
         "FIBER_ENABLE_KEY_ROTATION",
         "validators rotate keys by re-handshaking; keys always expire after FIBER_KEY_TTL_SECONDS",
     ),
-    ("CHALLENGE_API_URL", "the Challenge API validator list is not polled yet; authorization uses VALIDATOR_HOTKEYS"),
+    (
+        "CHALLENGE_API_URL",
+        "the Challenge API validator list is not polled yet; authorization uses the chain and VALIDATOR_HOTKEYS",
+    ),
     ("CHALLENGE_API_KEY", "deprecated in the Python miner too"),
     ("VLLM_ENABLE_AUTO_TOOL_CHOICE", "a vLLM launch setting"),
     ("VLLM_TOOL_CALL_PARSER", "a vLLM launch setting"),
     ("VLLM_ENABLE_PREFIX_CACHING", "a vLLM launch setting"),
     ("VLLM_MAX_NUM_SEQS", "a vLLM launch setting"),
     ("VLLM_MAX_NUM_BATCHED_TOKENS", "a vLLM launch setting"),
-    ("SUBTENSOR_ADDRESS", "the chain is not contacted by this build yet"),
 ];
 
 fn physical_cores() -> i32 {
@@ -295,6 +305,37 @@ impl Config {
                 .map(|s| s.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect())
                 .unwrap_or_default(),
             challenge_api_url: src.get("CHALLENGE_API_URL").map(|s| s.trim_end_matches('/').to_string()),
+            metagraph_sync_blocks: src.parse("METAGRAPH_SYNC_BLOCKS", 10, "a number of blocks (at least 1)")?.max(1),
+            chain_poll: src.secs("CHAIN_POLL_SECONDS", 12)?.max(Duration::from_secs(1)),
+            min_validator_stake: {
+                let alpha: f64 = src.parse("MIN_VALIDATOR_STAKE", 0.0, "an amount of alpha (>= 0)")?;
+                if !(alpha >= 0.0 && alpha.is_finite()) {
+                    return Err(ConfigError {
+                        var: "MIN_VALIDATOR_STAKE",
+                        value: alpha.to_string(),
+                        expected: "an amount of alpha (>= 0)".into(),
+                    });
+                }
+                (alpha * 1e9) as u64
+            },
+            allow_all_when_empty: src
+                .boolean("ALLOW_ALL_WHEN_EMPTY", src.string("SUBTENSOR_NETWORK", "finney") == "local")?,
+            axon_external: match src.get("AXON_EXTERNAL_IP") {
+                None => None,
+                Some(ip) => {
+                    let ip = ip.parse().map_err(|_| ConfigError {
+                        var: "AXON_EXTERNAL_IP",
+                        value: ip.into(),
+                        expected: "an IPv4 or IPv6 address".into(),
+                    })?;
+                    let port = src.parse(
+                        "AXON_EXTERNAL_PORT",
+                        src.parse("API_PORT", 8000u16, "a TCP port")?,
+                        "a TCP port (1-65535)",
+                    )?;
+                    Some((ip, port))
+                }
+            },
             log_level: src.string("LOG_LEVEL", "INFO"),
             log_file: src.get("LOG_FILE").map(PathBuf::from),
             unused_settings,
@@ -323,6 +364,18 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The chain endpoint: `SUBTENSOR_ADDRESS`, else the `SUBTENSOR_NETWORK` preset.
+    pub fn chain_url(&self) -> Result<String, ConfigError> {
+        if let Some(url) = &self.subtensor_address {
+            return Ok(url.clone());
+        }
+        loosh_actors::chain::network_url(&self.subtensor_network).map(String::from).ok_or_else(|| ConfigError {
+            var: "SUBTENSOR_NETWORK",
+            value: self.subtensor_network.clone(),
+            expected: "finney, test or local (or set SUBTENSOR_ADDRESS)".into(),
+        })
     }
 
     /// One line per setting for the start-up log; nothing secret lives in this struct.

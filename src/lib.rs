@@ -7,7 +7,9 @@
 //! from the validator's side for `probe`, `bench` and the tests.
 
 pub mod bench;
+pub mod chain;
 pub mod config;
+pub mod doctor;
 pub mod http;
 pub mod logging;
 pub mod node;

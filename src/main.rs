@@ -5,11 +5,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use loosh_actors::authorization::ValidatorAuth;
+use loosh_actors::chain::heartbeat::HeartbeatArgs;
 use loosh_actors::protocol::rsa_keys::MinerRsaKey;
 use loosh_actors::protocol::signature::Hotkey;
 use loosh_miner::config::{Config, Source};
 use loosh_miner::node::{http_settings, spawn_graph, HttpNode};
-use loosh_miner::{bench, logging, probe, wallet, workers};
+use loosh_miner::{bench, chain, logging, probe, wallet, workers};
 
 #[derive(Parser)]
 #[command(name = "loosh-miner", version, about = "Bittensor subnet 78 (Loosh) miner")]
@@ -37,6 +38,15 @@ enum Command {
         #[arg(long)]
         validator_seed: Option<String>,
     },
+    /// Post the axon address to the chain (serve_axon), like fiber-post-ip.
+    PostIp {
+        #[arg(long)]
+        external_ip: std::net::IpAddr,
+        #[arg(long)]
+        external_port: u16,
+    },
+    /// Check wallet, chain, registration, axon, clock and workers; one line each, with the fix.
+    Doctor,
     /// Measure the miner against references in the same run.
     Bench(bench::BenchArgs),
 }
@@ -62,6 +72,23 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(args),
+        Command::Doctor => {
+            let cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
+            let _log_guard = logging::init("error", None);
+            let rt = tokio::runtime::Runtime::new()?;
+            if !rt.block_on(loosh_miner::doctor::run(&cfg)) {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::PostIp { external_ip, external_port } => {
+            let cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
+            let _log_guard = logging::init(&cfg.log_level, cfg.log_file.as_deref());
+            let hotkey = wallet::load_hotkey(&cfg.wallet_path)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(chain::post_ip(&cfg, &hotkey, external_ip, external_port))?;
+            Ok(())
+        }
     }
 }
 
@@ -76,22 +103,29 @@ fn run(dev: bool) -> anyhow::Result<()> {
         tracing::warn!("{var} is set but not acted on by this build: {why}");
     }
 
-    let hotkey = if dev {
+    let actors =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("actors").enable_all().build()?;
+    let (hotkey, chain_url) = if dev {
         tracing::warn!("--dev: using an ephemeral hotkey; no wallet is read and the chain is not contacted");
-        Hotkey::ephemeral()
+        (Hotkey::ephemeral(), None)
     } else {
-        let hk = wallet::load_hotkey(&cfg.wallet_path)?;
-        tracing::warn!("chain registration, serve_axon and the metagraph are not in this build: post the axon with fiber-post-ip or btcli");
-        hk
+        let hotkey = wallet::load_hotkey(&cfg.wallet_path)?;
+        let (client, uid) = actors.block_on(chain::connect_and_check(&cfg, &hotkey))?;
+        tracing::info!(uid, netuid = cfg.netuid, url = %client.url(), "registered on the subnet");
+        (hotkey, Some(client.url().to_string()))
     };
     tracing::info!(hotkey = %hotkey.ss58(), "miner hotkey");
 
-    let auth = if dev && cfg.validator_hotkeys.is_empty() {
+    let auth = Arc::new(if dev && cfg.validator_hotkeys.is_empty() {
         tracing::warn!("--dev without VALIDATOR_HOTKEYS: every validator hotkey is admitted");
         ValidatorAuth::allow_all()
     } else {
-        ValidatorAuth::new(cfg.enable_validator_whitelist, cfg.validator_hotkeys.clone())
-    };
+        ValidatorAuth::with_policy(
+            cfg.enable_validator_whitelist,
+            cfg.allow_all_when_empty,
+            cfg.validator_hotkeys.clone(),
+        )
+    });
 
     let gpus = loosh_actors::inference::embedded::gpu_devices();
     for (index, description) in &gpus {
@@ -105,9 +139,19 @@ fn run(dev: bool) -> anyhow::Result<()> {
     let actors =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("actors").enable_all().build()?;
     let graph = actors.block_on(spawn_graph(&cfg, specs, rsa))?;
+    if let Some(url) = chain_url {
+        let args = HeartbeatArgs {
+            settings: chain::settings(&cfg, url),
+            hotkey: hotkey.clone(),
+            auth: auth.clone(),
+            keys: graph.keys.clone(),
+            metrics: graph.metrics.clone(),
+        };
+        actors.block_on(graph.spawn_chain(args))?;
+    }
     let node = HttpNode::start(
         graph.clone(),
-        Arc::new(auth),
+        auth,
         hotkey.ss58().to_string(),
         http_settings(&cfg),
         &cfg.api_host,

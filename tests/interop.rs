@@ -4,84 +4,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 const VALIDATOR_SEED: &str = "0x1111111111111111111111111111111111111111111111111111111111111111";
 const VALIDATOR_SS58: &str = "5DtDLm5rQHShDqojQpsvcN8tRXHVFaecfDoRet1SU6BFD9Fi";
 const OTHER_SEED: &str = "0x2222222222222222222222222222222222222222222222222222222222222222";
 
-struct Miner {
-    child: Child,
-    url: String,
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Drop for Miner {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the miner and returns once its log says it serves and `/availability` is true.
-fn start_miner(model: &std::path::Path, extra: &[(&str, &str)]) -> Miner {
-    let port = common::free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_loosh-miner"));
-    cmd.arg("--dev")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", std::env::var("HOME").unwrap_or_default())
-        .env("MODEL_PATH", model)
-        .env("API_HOST", "127.0.0.1")
-        .env("API_PORT", port.to_string())
-        .env("LLAMA_THREADS", "1")
-        .env("MAX_MODEL_LEN", "2048")
-        .current_dir(std::env::temp_dir())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("the miner binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let miner = Miner { child, url: format!("http://127.0.0.1:{port}"), log };
-    let client = reqwest::blocking_free_get;
-    let end = Instant::now() + Duration::from_secs(60);
-    loop {
-        if client(&format!("{}/availability", miner.url)).is_some_and(|b| b.contains("\"available\":true")) {
-            return miner;
-        }
-        assert!(
-            Instant::now() < end,
-            "the miner never became available; log:\n{}",
-            miner.log.lock().unwrap().join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A tiny blocking GET over std (the tests need no async runtime here).
-mod reqwest {
-    use std::io::{Read, Write};
-    pub fn blocking_free_get(url: &str) -> Option<String> {
-        let rest = url.strip_prefix("http://")?;
-        let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}")))?;
-        let mut s = std::net::TcpStream::connect(host).ok()?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        Some(out)
-    }
+fn start_miner(model: &std::path::Path, extra: &[(&str, &str)]) -> common::MinerProcess {
+    common::MinerProcess::start(model, true, extra)
 }
 
 #[test]

@@ -1,46 +1,150 @@
 //! Who may key-exchange and send challenges: checked before any cryptography.
 //!
-//! The static list (`VALIDATOR_HOTKEYS`) is one source; the chain's validator permits will feed the
-//! same set. An empty set with the whitelist enabled admits nobody, and says so in the logs: the
-//! Python miner silently lets everyone in when its list is empty, which we do not copy.
+//! The allowed set is the union of three sources: the static `VALIDATOR_HOTKEYS`, the chain's
+//! validators (a validator permit on `NETUID` and at least `MIN_VALIDATOR_STAKE` alpha, refreshed by
+//! the chain heartbeat), and the Challenge API's active list. An empty set is an explicit state
+//! with an explicit policy (`ALLOW_ALL_WHEN_EMPTY`), logged whenever it changes: the Python miner
+//! silently lets everyone in when its list is empty, which we do not copy.
 
-use dashmap::DashSet;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
+
+/// Where a set of allowed hotkeys came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Static,
+    Chain,
+    ChallengeApi,
+}
 
 pub struct ValidatorAuth {
     enabled: bool,
-    allowed: DashSet<String>,
+    allow_when_empty: bool,
+    sets: RwLock<[HashSet<String>; 3]>,
+    /// Whether the union was empty at the last change (to log transitions once).
+    was_empty: AtomicBool,
+}
+
+fn index(source: Source) -> usize {
+    match source {
+        Source::Static => 0,
+        Source::Chain => 1,
+        Source::ChallengeApi => 2,
+    }
 }
 
 impl ValidatorAuth {
+    /// `enabled = false` admits every hotkey. With it enabled, an empty union admits everyone only
+    /// when `allow_when_empty`.
     pub fn new(enabled: bool, hotkeys: impl IntoIterator<Item = String>) -> Self {
-        let allowed: DashSet<String> =
+        Self::with_policy(enabled, false, hotkeys)
+    }
+
+    pub fn with_policy(enabled: bool, allow_when_empty: bool, hotkeys: impl IntoIterator<Item = String>) -> Self {
+        let fixed: HashSet<String> =
             hotkeys.into_iter().map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect();
-        if enabled && allowed.is_empty() {
-            tracing::warn!("validator whitelist is enabled and empty: every validator will get 403");
-        } else if !enabled {
+        let auth = Self {
+            enabled,
+            allow_when_empty,
+            sets: RwLock::new([fixed, HashSet::new(), HashSet::new()]),
+            was_empty: AtomicBool::new(false),
+        };
+        if !enabled {
             tracing::warn!("validator whitelist is disabled: any hotkey may key-exchange and send challenges");
         }
-        Self { enabled, allowed }
+        auth.log_if_empty_changed(true);
+        auth
     }
 
     /// Admits every hotkey (dev mode and tests).
     pub fn allow_all() -> Self {
-        Self { enabled: false, allowed: DashSet::new() }
+        Self::with_policy(false, true, [])
+    }
+
+    fn union_len(&self) -> usize {
+        let sets = self.sets.read().unwrap_or_else(|e| e.into_inner());
+        let mut all: HashSet<&String> = HashSet::new();
+        for s in sets.iter() {
+            all.extend(s.iter());
+        }
+        all.len()
+    }
+
+    fn log_if_empty_changed(&self, force: bool) {
+        if !self.enabled {
+            return;
+        }
+        let empty = self.union_len() == 0;
+        let before = self.was_empty.swap(empty, Ordering::Relaxed);
+        if empty && (force || !before) {
+            if self.allow_when_empty {
+                tracing::warn!("the allowed validator set is EMPTY; ALLOW_ALL_WHEN_EMPTY admits every hotkey");
+            } else {
+                tracing::warn!("the allowed validator set is EMPTY; every validator gets 403 until the chain or VALIDATOR_HOTKEYS lists one");
+            }
+        } else if !empty && before {
+            tracing::info!(validators = self.union_len(), "the allowed validator set is no longer empty");
+        }
     }
 
     pub fn is_allowed(&self, hotkey: &str) -> bool {
-        !self.enabled || self.allowed.contains(hotkey)
+        if !self.enabled {
+            return true;
+        }
+        let sets = self.sets.read().unwrap_or_else(|e| e.into_inner());
+        if sets.iter().any(|s| s.contains(hotkey)) {
+            return true;
+        }
+        self.allow_when_empty && sets.iter().all(HashSet::is_empty)
+    }
+
+    /// Replaces one source's set; returns the hotkeys that are no longer allowed by any source.
+    pub fn replace(&self, source: Source, hotkeys: HashSet<String>) -> Vec<String> {
+        let removed = {
+            let mut sets = self.sets.write().unwrap_or_else(|e| e.into_inner());
+            let old = std::mem::replace(&mut sets[index(source)], hotkeys);
+            old.into_iter().filter(|h| !sets.iter().any(|s| s.contains(h))).collect::<Vec<_>>()
+        };
+        tracing::info!(?source, allowed = self.union_len(), revoked = removed.len(), "validator set updated");
+        self.log_if_empty_changed(false);
+        removed
     }
 
     pub fn enabled(&self) -> bool {
         self.enabled
     }
 
+    /// Hotkeys currently allowed (the union of every source).
     pub fn len(&self) -> usize {
-        self.allowed.len()
+        self.union_len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.allowed.is_empty()
+        self.union_len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_add_up_and_an_empty_set_follows_the_policy() {
+        let deny = ValidatorAuth::with_policy(true, false, []);
+        assert!(!deny.is_allowed("v1"));
+        let allow = ValidatorAuth::with_policy(true, true, []);
+        assert!(allow.is_allowed("anyone"));
+
+        let auth = ValidatorAuth::with_policy(true, true, ["s1".to_string()]);
+        assert!(auth.is_allowed("s1") && !auth.is_allowed("c1"), "a non-empty set is enforced");
+        auth.replace(Source::Chain, ["c1".into(), "c2".into()].into());
+        assert!(auth.is_allowed("c1") && auth.is_allowed("c2"));
+        let revoked = auth.replace(Source::Chain, ["c2".into(), "s1".into()].into());
+        assert_eq!(revoked, ["c1"]);
+        assert!(!auth.is_allowed("c1"));
+        auth.replace(Source::ChallengeApi, ["a1".into()].into());
+        assert_eq!(auth.len(), 3);
+        assert!(ValidatorAuth::new(false, []).is_allowed("x"));
     }
 }

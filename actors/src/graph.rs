@@ -18,6 +18,7 @@ use std::sync::RwLock;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::backend_worker::{WorkerMsg, WorkerSpec};
+use crate::chain::heartbeat::{ChainHeartbeat, HeartbeatArgs, HeartbeatMsg};
 use crate::challenge_crypto::{ChallengeCrypto, CryptoPool};
 use crate::inference::request::{Generation, GenerationRequest};
 use crate::metrics::Metrics;
@@ -92,12 +93,16 @@ struct GraphRoot;
 struct RootState {
     recipe: Option<SupervisorRecipe>,
     supervisor: Option<SupervisorHandle>,
+    /// The chain heartbeat, when the node runs one, and what restarts it.
+    chain: Option<(HeartbeatArgs, ActorRef<HeartbeatMsg>)>,
 }
 
 enum RootMsg {
     /// Start the worker supervisor (at graph start, and after it crashed).
     StartSupervisor(RpcReplyPort<Result<SupervisorHandle, String>>),
     Adopt(SupervisorRecipe),
+    /// Start (or restart) the chain heartbeat.
+    StartChain(Box<HeartbeatArgs>, RpcReplyPort<Result<ActorRef<HeartbeatMsg>, String>>),
 }
 
 impl Actor for GraphRoot {
@@ -106,7 +111,7 @@ impl Actor for GraphRoot {
     type Arguments = ();
 
     async fn pre_start(&self, _: ActorRef<RootMsg>, _: ()) -> Result<RootState, ActorProcessingErr> {
-        Ok(RootState { recipe: None, supervisor: None })
+        Ok(RootState { recipe: None, supervisor: None, chain: None })
     }
 
     async fn handle(
@@ -117,6 +122,17 @@ impl Actor for GraphRoot {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             RootMsg::Adopt(recipe) => state.recipe = Some(recipe),
+            RootMsg::StartChain(args, reply) => {
+                match Actor::spawn_linked(None, ChainHeartbeat, (*args).clone(), myself.get_cell()).await {
+                    Ok((actor, _)) => {
+                        state.chain = Some((*args, actor.clone()));
+                        let _ = reply.send(Ok(actor));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
             RootMsg::StartSupervisor(reply) => {
                 let Some(recipe) = &state.recipe else {
                     let _ = reply.send(Err("no supervisor recipe".into()));
@@ -150,6 +166,16 @@ impl Actor for GraphRoot {
         state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
         let SupervisionEvent::ActorFailed(cell, err) = event else { return Ok(()) };
+        if let Some((args, chain)) = &state.chain {
+            if chain.get_id() == cell.get_id() {
+                tracing::error!(error = %err, "the chain heartbeat crashed; restarting it (workers are unaffected)");
+                let (args, me) = (args.clone(), myself.clone());
+                tokio::spawn(async move {
+                    let _ = ractor::call_t!(me, |r| RootMsg::StartChain(Box::new(args), r), 10_000);
+                });
+                return Ok(());
+            }
+        }
         let is_supervisor = state.supervisor.as_ref().is_some_and(|h| h.get().get_id() == cell.get_id());
         if !is_supervisor {
             // The node watches this log line; each child is designed to fail only on a bug.
@@ -238,6 +264,13 @@ impl MinerGraph {
     pub async fn worker_ref(&self, name: &str) -> Option<ActorRef<WorkerMsg>> {
         let name = name.to_string();
         ractor::call_t!(self.supervisor.get(), |reply| SupervisorMsg::WorkerRef { name, reply }, 2000).ok().flatten()
+    }
+
+    /// Starts the chain heartbeat under the graph's root (restarted if it crashes).
+    pub async fn spawn_chain(&self, args: HeartbeatArgs) -> Result<ActorRef<HeartbeatMsg>, GraphError> {
+        ractor::call_t!(self.root, |r| RootMsg::StartChain(Box::new(args), r), 10_000)
+            .map_err(|e| GraphError::Start(e.to_string()))?
+            .map_err(GraphError::Start)
     }
 
     /// Closes admission (in-flight work finishes) — the first step of a graceful shutdown.

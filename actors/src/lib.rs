@@ -9,6 +9,7 @@
 
 pub mod authorization;
 pub mod backend_worker;
+pub mod chain;
 pub mod challenge_crypto;
 pub mod graph;
 pub mod inference;

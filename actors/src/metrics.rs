@@ -25,6 +25,20 @@ pub struct Metrics {
     /// 1 while a worker is permanently down (restart intensity exceeded).
     pub worker_down: IntGaugeVec,
     pub key_sessions: IntGauge,
+    /// 1 while the chain heartbeat holds a live connection.
+    pub chain_connected: IntGauge,
+    pub chain_block: IntGauge,
+    pub chain_outages: IntCounter,
+    /// Unix time of the last metagraph sync (its age is `time() - this`).
+    pub metagraph_synced_at: IntGauge,
+    pub metagraph_neurons: IntGauge,
+    /// Validators the chain allows (permit and minimum stake).
+    pub chain_validators: IntGauge,
+    /// Our uid on the subnet, -1 when not registered.
+    pub our_uid: IntGauge,
+    pub our_incentive: IntGauge,
+    /// serve_axon attempts by result: ok, rate_limited, error.
+    pub axon_posts: IntCounterVec,
 }
 
 impl Metrics {
@@ -75,6 +89,25 @@ impl Metrics {
             )
             .unwrap(),
             key_sessions: IntGauge::new("loosh_key_sessions", "Validators with a live key session").unwrap(),
+            chain_connected: IntGauge::new("loosh_chain_connected", "1 while connected to the chain").unwrap(),
+            chain_block: IntGauge::new("loosh_chain_block", "Best block seen").unwrap(),
+            chain_outages: IntCounter::new("loosh_chain_outages_total", "Chain connections lost").unwrap(),
+            metagraph_synced_at: IntGauge::new(
+                "loosh_metagraph_synced_at_seconds",
+                "Unix time of the last metagraph sync",
+            )
+            .unwrap(),
+            metagraph_neurons: IntGauge::new("loosh_metagraph_neurons", "Neurons on the subnet at the last sync")
+                .unwrap(),
+            chain_validators: IntGauge::new("loosh_chain_validators", "Validators allowed by the chain").unwrap(),
+            our_uid: IntGauge::new("loosh_uid", "Our uid on the subnet (-1: not registered)").unwrap(),
+            our_incentive: IntGauge::new("loosh_incentive", "Our incentive (u16 fixed point) at the last sync")
+                .unwrap(),
+            axon_posts: IntCounterVec::new(
+                Opts::new("loosh_axon_posts_total", "serve_axon attempts by result"),
+                &["result"],
+            )
+            .unwrap(),
             registry,
         };
         for c in [&m.challenges, &m.handshakes, &m.worker_restarts] {
@@ -90,6 +123,19 @@ impl Metrics {
             m.registry.register(Box::new(g.clone())).unwrap();
         }
         m.registry.register(Box::new(m.worker_down.clone())).unwrap();
+        m.registry.register(Box::new(m.chain_outages.clone())).unwrap();
+        m.registry.register(Box::new(m.axon_posts.clone())).unwrap();
+        for g in [
+            &m.chain_connected,
+            &m.chain_block,
+            &m.metagraph_synced_at,
+            &m.metagraph_neurons,
+            &m.chain_validators,
+            &m.our_uid,
+            &m.our_incentive,
+        ] {
+            m.registry.register(Box::new(g.clone())).unwrap();
+        }
         // Make the common outcomes visible at zero, so dashboards and alerts see the series from the start.
         for o in ["ok", "unauthorized", "unknown_key", "bad_token", "bad_request", "busy", "unavailable", "error"] {
             m.challenges.with_label_values(&[o]);

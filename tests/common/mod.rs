@@ -200,3 +200,85 @@ impl Drop for LlamaCppPythonServer {
         self.kill();
     }
 }
+
+/// The miner binary running as a child process, its stdout collected.
+pub struct MinerProcess {
+    child: std::process::Child,
+    pub url: String,
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Drop for MinerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl MinerProcess {
+    /// Starts `loosh-miner` (with `--dev` when `dev`) on a free port and returns once
+    /// `/availability` says true.
+    pub fn start(model: &std::path::Path, dev: bool, extra: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let port = free_port();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_loosh-miner"));
+        if dev {
+            cmd.arg("--dev");
+        }
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", std::env::var("HOME").unwrap_or_default())
+            .env("MODEL_PATH", model)
+            .env("API_HOST", "127.0.0.1")
+            .env("API_PORT", port.to_string())
+            .env("LLAMA_THREADS", "1")
+            .env("MAX_MODEL_LEN", "2048")
+            .current_dir(std::env::temp_dir())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("the miner binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let miner = Self { child, url: format!("http://127.0.0.1:{port}"), log };
+        let end = Instant::now() + Duration::from_secs(90);
+        loop {
+            if miner.get("/availability").is_some_and(|b| b.contains("\"available\":true")) {
+                return miner;
+            }
+            assert!(
+                Instant::now() < end,
+                "the miner never became available; log:\n{}",
+                miner.log.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A blocking GET of `path` over std; the whole HTTP response as text.
+    pub fn get(&self, path: &str) -> Option<String> {
+        use std::io::{Read, Write};
+        let host = self.url.strip_prefix("http://")?;
+        let mut s = std::net::TcpStream::connect(host).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    }
+
+    /// The value of a metric line `name value` (first match), from `/metrics`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let body = self.get("/metrics")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+    }
+}

@@ -112,6 +112,16 @@ impl Hotkey {
         &self.ss58
     }
 
+    /// The key pair, for signing extrinsics.
+    pub fn keypair(&self) -> &sr25519::Keypair {
+        &self.pair
+    }
+
+    /// The 32-byte public key (the chain's AccountId).
+    pub fn account_id(&self) -> [u8; 32] {
+        self.pair.public_key().0
+    }
+
     /// `0x`-hex signature over `message`.
     pub fn sign_hex(&self, message: &[u8]) -> String {
         format!("0x{}", hex::encode(self.pair.sign(message).0))

@@ -1,0 +1,216 @@
+//! The few chain reads and the one call the miner needs, through subxt's dynamic API and decoded
+//! against the metadata the node serves, so that a runtime upgrade does not break the miner.
+
+use std::net::IpAddr;
+
+use scale_decode::DecodeAsType;
+use subxt::dynamic;
+use subxt::{OnlineClient, PolkadotConfig};
+
+use crate::protocol::signature::{ss58_encode, Hotkey, BITTENSOR_SS58_PREFIX};
+
+/// Why a chain operation failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ChainError {
+    #[error("cannot connect to {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("chain request failed: {0}")]
+    Rpc(String),
+    #[error("serve_axon refused: ServingRateLimitExceeded (the chain allows one post per rate-limit window)")]
+    RateLimited,
+    #[error("transaction failed: {0}")]
+    Dispatch(String),
+}
+
+fn rpc<E: std::fmt::Display>(e: E) -> ChainError {
+    ChainError::Rpc(e.to_string())
+}
+
+/// A neuron's advertised address, as the chain stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, DecodeAsType)]
+pub struct AxonInfo {
+    pub block: u64,
+    pub version: u32,
+    pub ip: u128,
+    pub port: u16,
+    pub ip_type: u8,
+    pub protocol: u8,
+}
+
+impl AxonInfo {
+    /// The advertised address, when it parses.
+    pub fn addr(&self) -> Option<(IpAddr, u16)> {
+        let ip = match self.ip_type {
+            4 => IpAddr::from(std::net::Ipv4Addr::from(u32::try_from(self.ip).ok()?)),
+            6 => IpAddr::from(std::net::Ipv6Addr::from(self.ip)),
+            _ => return None,
+        };
+        Some((ip, self.port))
+    }
+}
+
+/// The chain's encoding of an IP address: (u128 value, 4 or 6).
+pub fn encode_ip(ip: IpAddr) -> (u128, u8) {
+    match ip {
+        IpAddr::V4(v4) => (u128::from(u32::from(v4)), 4),
+        IpAddr::V6(v6) => (u128::from(v6), 6),
+    }
+}
+
+/// One neuron of the metagraph, as far as the miner cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neuron {
+    pub uid: u16,
+    pub hotkey: String,
+    pub validator_permit: bool,
+    /// Alpha stake on this subnet, in rao.
+    pub alpha_stake: u64,
+    pub incentive: u16,
+}
+
+/// A connection to a subtensor node.
+#[derive(Clone)]
+pub struct ChainClient {
+    api: OnlineClient<PolkadotConfig>,
+    url: String,
+}
+
+/// Version number we advertise in `serve_axon` (the Python miner's fiber posts 1).
+pub const AXON_VERSION: u32 = 1;
+
+impl ChainClient {
+    /// Connects over ws:// or wss://.
+    pub async fn connect(url: &str) -> Result<Self, ChainError> {
+        let connect = |message: String| ChainError::Connect { url: url.into(), message };
+        let api = if url.starts_with("ws://") {
+            OnlineClient::<PolkadotConfig>::from_insecure_url(url).await
+        } else {
+            OnlineClient::<PolkadotConfig>::from_url(url).await
+        }
+        .map_err(|e| connect(e.to_string()))?;
+        Ok(Self { api, url: url.into() })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The best block number.
+    pub async fn block_number(&self) -> Result<u64, ChainError> {
+        let at = self.api.at_current_block().await.map_err(rpc)?;
+        Ok(at.block_number())
+    }
+
+    /// The chain's clock (`Timestamp.Now`), in unix milliseconds.
+    pub async fn timestamp_ms(&self) -> Result<u64, ChainError> {
+        let at = self.api.at_current_block().await.map_err(rpc)?;
+        let v = at.storage().fetch(dynamic::storage::<(), u64>("Timestamp", "Now"), ()).await.map_err(rpc)?;
+        v.decode().map_err(rpc)
+    }
+
+    /// Our uid on `netuid`, or `None` when the hotkey is not registered there.
+    pub async fn uid_of(&self, netuid: u16, account: [u8; 32]) -> Result<Option<u16>, ChainError> {
+        let at = self.api.at_current_block().await.map_err(rpc)?;
+        let addr = dynamic::storage::<(u16, [u8; 32]), u16>("SubtensorModule", "Uids");
+        match at.storage().try_fetch(addr, (netuid, account)).await.map_err(rpc)? {
+            Some(v) => Ok(Some(v.decode().map_err(rpc)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The axon a hotkey advertises on `netuid`.
+    pub async fn axon_of(&self, netuid: u16, account: [u8; 32]) -> Result<Option<AxonInfo>, ChainError> {
+        let at = self.api.at_current_block().await.map_err(rpc)?;
+        let addr = dynamic::storage::<(u16, [u8; 32]), AxonInfo>("SubtensorModule", "Axons");
+        match at.storage().try_fetch(addr, (netuid, account)).await.map_err(rpc)? {
+            Some(v) => Ok(Some(v.decode().map_err(rpc)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every neuron of `netuid`: hotkeys, validator permits, alpha stake, incentive.
+    pub async fn metagraph(&self, netuid: u16) -> Result<Vec<Neuron>, ChainError> {
+        let at = self.api.at_current_block().await.map_err(rpc)?;
+        let storage = at.storage();
+        let n: u16 = storage
+            .fetch(dynamic::storage::<(u16,), u16>("SubtensorModule", "SubnetworkN"), (netuid,))
+            .await
+            .map_err(rpc)?
+            .decode()
+            .map_err(rpc)?;
+        let permits: Vec<bool> = storage
+            .fetch(dynamic::storage::<(u16,), Vec<bool>>("SubtensorModule", "ValidatorPermit"), (netuid,))
+            .await
+            .map_err(rpc)?
+            .decode()
+            .map_err(rpc)?;
+        let incentives: Vec<u16> = storage
+            .fetch(dynamic::storage::<(u16,), Vec<u16>>("SubtensorModule", "Incentive"), (netuid,))
+            .await
+            .map_err(rpc)?
+            .decode()
+            .map_err(rpc)?;
+        let keys_addr = dynamic::storage::<(u16, u16), [u8; 32]>("SubtensorModule", "Keys");
+        let alpha_addr = dynamic::storage::<([u8; 32], u16), u64>("SubtensorModule", "TotalHotkeyAlpha");
+        let mut neurons = Vec::with_capacity(usize::from(n));
+        for uid in 0..n {
+            let Some(key) = storage.try_fetch(keys_addr.clone(), (netuid, uid)).await.map_err(rpc)? else { continue };
+            let account: [u8; 32] = key.decode().map_err(rpc)?;
+            let alpha_stake: u64 =
+                storage.fetch(alpha_addr.clone(), (account, netuid)).await.map_err(rpc)?.decode().map_err(rpc)?;
+            neurons.push(Neuron {
+                uid,
+                hotkey: ss58_encode(&account, BITTENSOR_SS58_PREFIX),
+                validator_permit: permits.get(usize::from(uid)).copied().unwrap_or(false),
+                alpha_stake,
+                incentive: incentives.get(usize::from(uid)).copied().unwrap_or(0),
+            });
+        }
+        Ok(neurons)
+    }
+
+    /// Posts our axon (`serve_axon`, signed by the hotkey) and waits until it is in a finalized block.
+    pub async fn serve_axon(&self, hotkey: &Hotkey, netuid: u16, ip: IpAddr, port: u16) -> Result<(), ChainError> {
+        let (ip, ip_type) = encode_ip(ip);
+        let call = dynamic::transaction(
+            "SubtensorModule",
+            "serve_axon",
+            (netuid, AXON_VERSION, ip, port, ip_type, 4u8, 0u8, 0u8),
+        );
+        let at = self.api.at_current_block().await.map_err(rpc)?;
+        let progress =
+            at.transactions().sign_and_submit_then_watch_default(&call, hotkey.keypair()).await.map_err(rpc)?;
+        match progress.wait_for_finalized_success().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let text = e.to_string();
+                if text.contains("ServingRateLimitExceeded") {
+                    Err(ChainError::RateLimited)
+                } else {
+                    Err(ChainError::Dispatch(text))
+                }
+            }
+        }
+    }
+
+    /// A raw JSON-RPC call (chopsticks' `dev_*` methods in tests and benchmarks).
+    pub async fn raw_request(&self, method: &str, params: serde_json::Value) -> Result<serde_json::Value, ChainError> {
+        let client = subxt::rpcs::RpcClient::from_insecure_url(&self.url).await.map_err(rpc)?;
+        let params = match params {
+            serde_json::Value::Array(items) => {
+                let mut p = subxt::rpcs::client::RpcParams::new();
+                for item in items {
+                    p.push(item).map_err(rpc)?;
+                }
+                p
+            }
+            _ => subxt::rpcs::client::RpcParams::new(),
+        };
+        client.request(method, params).await.map_err(rpc)
+    }
+
+    /// The underlying subxt client (tests submit setup extrinsics with it).
+    pub fn api(&self) -> &OnlineClient<PolkadotConfig> {
+        &self.api
+    }
+}

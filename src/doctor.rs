@@ -1,0 +1,141 @@
+//! `loosh-miner doctor`: one line per thing that must be right for the miner to earn, each failure
+//! with its fix. Exit status 0 only when nothing failed.
+
+use std::time::Duration;
+
+use loosh_actors::backend_worker::EngineSpec;
+use loosh_actors::chain::client::ChainClient;
+use loosh_actors::inference::openai::OpenAiClient;
+use loosh_actors::protocol::messages::unix_time_f64;
+
+use crate::config::Config;
+
+struct Report {
+    failed: bool,
+}
+
+impl Report {
+    fn ok(&self, what: &str, detail: impl std::fmt::Display) {
+        println!("ok    {what:<12} {detail}");
+    }
+    fn warn(&self, what: &str, detail: impl std::fmt::Display) {
+        println!("warn  {what:<12} {detail}");
+    }
+    fn fail(&mut self, what: &str, detail: impl std::fmt::Display) {
+        self.failed = true;
+        println!("FAIL  {what:<12} {detail}");
+    }
+}
+
+/// Fernet tokens stamped more than 60 s ahead are refused; warn well before that.
+const MAX_CLOCK_SKEW_SECS: f64 = 20.0;
+
+/// Runs every check; returns whether all passed.
+pub async fn run(cfg: &Config) -> bool {
+    let mut r = Report { failed: false };
+
+    let hotkey = match crate::wallet::load_hotkey(&cfg.wallet_path) {
+        Ok(h) => {
+            r.ok("wallet", format!("{} -> {}", cfg.wallet_path.display(), h.ss58()));
+            Some(h)
+        }
+        Err(e) => {
+            r.fail("wallet", e);
+            None
+        }
+    };
+
+    let chain = match cfg.chain_url() {
+        Err(e) => {
+            r.fail("chain", e);
+            None
+        }
+        Ok(url) => match tokio::time::timeout(Duration::from_secs(20), ChainClient::connect(&url)).await {
+            Ok(Ok(c)) => {
+                let block = c.block_number().await.map(|b| b.to_string()).unwrap_or_else(|e| e.to_string());
+                r.ok("chain", format!("{url} at block {block}"));
+                Some(c)
+            }
+            Ok(Err(e)) => {
+                r.fail("chain", format!("{e} (check SUBTENSOR_ADDRESS / SUBTENSOR_NETWORK and the network path)"));
+                None
+            }
+            Err(_) => {
+                r.fail("chain", format!("{url}: no answer in 20 s (check SUBTENSOR_ADDRESS and the firewall)"));
+                None
+            }
+        },
+    };
+
+    if let (Some(chain), Some(hotkey)) = (&chain, &hotkey) {
+        match chain.uid_of(cfg.netuid, hotkey.account_id()).await {
+            Ok(Some(uid)) => r.ok("registered", format!("uid {uid} on subnet {}", cfg.netuid)),
+            Ok(None) => r.fail(
+                "registered",
+                format!(
+                    "{} is not registered on subnet {}: btcli subnet register --netuid {} --wallet.name {} --wallet.hotkey {}",
+                    hotkey.ss58(),
+                    cfg.netuid,
+                    cfg.netuid,
+                    cfg.wallet_name,
+                    cfg.hotkey_name
+                ),
+            ),
+            Err(e) => r.fail("registered", e),
+        }
+        let held = chain.axon_of(cfg.netuid, hotkey.account_id()).await.ok().flatten().and_then(|a| a.addr());
+        match (held, cfg.axon_external) {
+            (Some(h), Some(want)) if h == want => r.ok("axon", format!("{}:{} on chain, as configured", h.0, h.1)),
+            (held, Some(want)) => r.fail(
+                "axon",
+                format!(
+                    "the chain holds {held:?}, AXON_EXTERNAL_* say {}:{}: run `loosh-miner post-ip --external-ip {} --external-port {}` (the running node also does it)",
+                    want.0, want.1, want.0, want.1
+                ),
+            ),
+            (Some(h), None) => r.ok("axon", format!("{}:{} on chain (set AXON_EXTERNAL_IP to let the node keep it current)", h.0, h.1)),
+            (None, None) => r.fail("axon", "no axon on chain: validators cannot find you; run `loosh-miner post-ip` or set AXON_EXTERNAL_IP"),
+        }
+        match chain.timestamp_ms().await {
+            Ok(ms) => {
+                let skew = unix_time_f64() - ms as f64 / 1000.0;
+                if skew.abs() <= MAX_CLOCK_SKEW_SECS {
+                    r.ok("clock", format!("{skew:+.1} s from the chain's clock"));
+                } else {
+                    r.fail("clock", format!("{skew:+.1} s from the chain's clock: sync it with NTP (chrony), validators' Fernet refuses tokens over 60 s ahead"));
+                }
+            }
+            Err(e) => r.warn("clock", format!("cannot read the chain's clock: {e}")),
+        }
+    }
+
+    let gpus = loosh_actors::inference::embedded::gpu_devices();
+    match crate::workers::worker_specs(cfg, &gpus) {
+        Err(e) => r.fail("workers", e),
+        Ok(specs) => {
+            for spec in specs {
+                match &spec.engine {
+                    EngineSpec::Embedded(e) => match std::fs::read(&e.model_path).map(|b| b.starts_with(b"GGUF")) {
+                        Ok(true) => {
+                            r.ok("worker", format!("{} ({}): {}", spec.name, spec.device, e.model_path.display()))
+                        }
+                        Ok(false) => {
+                            r.fail("worker", format!("{}: {} is not a GGUF file", spec.name, e.model_path.display()))
+                        }
+                        Err(err) => r.fail("worker", format!("{}: {}: {err}", spec.name, e.model_path.display())),
+                    },
+                    EngineSpec::OpenAi(o) => match OpenAiClient::new(o.clone()) {
+                        Ok(client) => match client.health().await {
+                            Ok(models) => r.ok("worker", format!("{}: {} serves {models:?}", spec.name, o.base_url)),
+                            Err(e) => {
+                                r.fail("worker", format!("{}: {e} (start the server, or fix base_url)", spec.name))
+                            }
+                        },
+                        Err(e) => r.fail("worker", format!("{}: {e}", spec.name)),
+                    },
+                }
+            }
+        }
+    }
+    !r.failed
+}

@@ -1,0 +1,318 @@
+//! Against a real subtensor runtime (the shared chain kit: spec 218 under chopsticks, on loopback):
+//! registration, `post-ip`, the heartbeat's axon re-post and rate limit, chain-backed validator
+//! authorization through the real miner binary, and a chain outage.
+//!
+//! `scripts/test.sh` starts one chain and exports `LOOSH_TEST_CHAIN_URL`; the outage test starts its
+//! own so that it can stop it. Without the kit these tests skip, saying so.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use loosh_actors::authorization::ValidatorAuth;
+use loosh_actors::chain::client::ChainClient;
+use loosh_actors::chain::heartbeat::{ChainHeartbeat, HeartbeatArgs, HeartbeatMsg};
+use loosh_actors::chain::ChainSettings;
+use loosh_actors::protocol::signature::Hotkey;
+use loosh_miner::validator_client::{challenge_body, ClientError, ValidatorClient};
+use ractor::Actor;
+use serde_json::json;
+use subxt::dynamic;
+use subxt::utils::{AccountId32, MultiAddress};
+
+const NETUID: u16 = 1;
+
+fn chain_url() -> Option<String> {
+    match std::env::var("LOOSH_TEST_CHAIN_URL") {
+        Ok(url) => Some(url),
+        Err(_) => {
+            eprintln!("SKIP: LOOSH_TEST_CHAIN_URL is not set (scripts/test.sh starts the shared chain kit when ../shared/chain exists)");
+            None
+        }
+    }
+}
+
+/// A chain of the test's own, started with the kit's script; killed on drop.
+struct OwnChain {
+    url: String,
+    pid: i32,
+    port: u16,
+}
+
+impl OwnChain {
+    fn start(port: u16) -> Option<Self> {
+        let script = shared_dir()?.join("chain/start-chain.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(port.to_string())
+            .output()
+            .expect("start-chain.sh runs");
+        assert!(out.status.success(), "start-chain.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let (url, pid) = line.split_once(' ').expect("`URL PID`");
+        Some(Self { url: url.into(), pid: pid.parse().unwrap(), port })
+    }
+
+    fn stop(&mut self) {
+        if self.pid == 0 {
+            return;
+        }
+        let _ = std::process::Command::new("kill").arg(self.pid.to_string()).status();
+        self.pid = 0;
+        let end = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for OwnChain {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn submit<P: subxt::tx::Payload>(chain: &ChainClient, call: P, signer: &subxt_signer::sr25519::Keypair) {
+    let at = chain.api().at_current_block().await.unwrap();
+    at.transactions()
+        .sign_and_submit_then_watch_default(&call, signer)
+        .await
+        .unwrap()
+        .wait_for_finalized_success()
+        .await
+        .unwrap();
+}
+
+/// Funds `hotkey` from //Alice and registers it on `NETUID` (//Alice pays the burn); its uid.
+async fn register(chain: &ChainClient, hotkey: &Hotkey) -> u16 {
+    let alice = subxt_signer::sr25519::dev::alice();
+    let account = AccountId32(hotkey.account_id());
+    let dest: MultiAddress<AccountId32, ()> = MultiAddress::Id(account);
+    submit(chain, dynamic::transaction("Balances", "transfer_keep_alive", (dest, 10_000_000_000u128)), &alice).await;
+    submit(chain, dynamic::transaction("SubtensorModule", "burned_register", (NETUID, account)), &alice).await;
+    chain.uid_of(NETUID, hotkey.account_id()).await.unwrap().expect("registered")
+}
+
+async fn set_storage(chain: &ChainClient, storage: serde_json::Value) {
+    chain.raw_request("dev_setStorage", json!([storage])).await.expect("dev_setStorage");
+}
+
+/// Gives exactly the validators in `uids` a permit on `NETUID`, and stretches the subnet's tempo
+/// so that no epoch hands permits out again during the test.
+async fn grant_permits(chain: &ChainClient, uids: &[u16]) {
+    set_storage(chain, json!({"SubtensorModule": {"Tempo": [[[NETUID], 65000]]}})).await;
+    let n = chain.metagraph(NETUID).await.unwrap().len().max(usize::from(*uids.iter().max().unwrap_or(&0)) + 1);
+    let permits: Vec<bool> = (0..n).map(|i| uids.contains(&(i as u16))).collect();
+    set_storage(chain, json!({"SubtensorModule": {"ValidatorPermit": [[[NETUID], permits]]}})).await;
+}
+
+/// A wallet directory holding `hotkey` as `miner/miner`; returns the HOME to use.
+fn wallet_home(seed: [u8; 32], hotkey: &Hotkey) -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join(".bittensor/wallets/miner/hotkeys");
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = json!({"secretSeed": format!("0x{}", hex::encode(seed)), "ss58Address": hotkey.ss58()});
+    std::fs::write(dir.join("miner"), body.to_string()).unwrap();
+    home
+}
+
+fn new_hotkey() -> ([u8; 32], Hotkey) {
+    let seed: [u8; 32] = rand::random();
+    (seed, Hotkey::from_seed(seed).unwrap())
+}
+
+fn chain_env<'a>(url: &'a str, home: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("HOME", home),
+        ("SUBTENSOR_ADDRESS", url),
+        ("SUBTENSOR_NETWORK", "local"),
+        ("NETUID", "1"),
+        ("ENABLE_VALIDATOR_WHITELIST", "true"),
+        ("ALLOW_ALL_WHEN_EMPTY", "false"),
+        ("CHAIN_POLL_SECONDS", "1"),
+        ("METAGRAPH_SYNC_BLOCKS", "1"),
+    ]
+}
+
+fn wait_metric(miner: &MinerProcess, name: &str, what: &str, ok: impl Fn(f64) -> bool) {
+    let end = Instant::now() + Duration::from_secs(120);
+    while !miner.metric(name).is_some_and(&ok) {
+        assert!(Instant::now() < end, "timed out waiting for {what} ({name} = {:?})", miner.metric(name));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_post_ip_and_the_heartbeats_axon_repost_against_a_real_chain() {
+    let Some(url) = chain_url() else { return };
+    let chain = ChainClient::connect(&url).await.unwrap();
+    let (seed, miner) = new_hotkey();
+    assert_eq!(chain.uid_of(NETUID, miner.account_id()).await.unwrap(), None, "a fresh hotkey is not registered");
+    let uid = register(&chain, &miner).await;
+
+    // post-ip, as an operator runs it.
+    let home = wallet_home(seed, &miner);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loosh-miner"))
+        .args(["post-ip", "--external-ip", "10.0.0.2", "--external-port", "8091"])
+        .env_clear()
+        .env("HOME", home.path())
+        .env("SUBTENSOR_ADDRESS", &url)
+        .env("NETUID", "1")
+        .current_dir(home.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("uid {uid}")) && stdout.contains("posted 10.0.0.2:8091"), "{stdout}");
+    let axon = chain.axon_of(NETUID, miner.account_id()).await.unwrap().unwrap();
+    assert_eq!(axon.addr(), Some(("10.0.0.2".parse().unwrap(), 8091)));
+
+    // doctor sees the same: reachable chain, registered, the axon as configured, the worker's model.
+    if let Some(model) = tiny_model() {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_loosh-miner"))
+            .arg("doctor")
+            .env_clear()
+            .env("HOME", home.path())
+            .env("SUBTENSOR_ADDRESS", &url)
+            .env("NETUID", "1")
+            .env("AXON_EXTERNAL_IP", "10.0.0.2")
+            .env("AXON_EXTERNAL_PORT", "8091")
+            .env("MODEL_PATH", &model)
+            .current_dir(home.path())
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&out.stdout);
+        for line in ["ok    wallet", "ok    chain", &format!("ok    registered   uid {uid}"), "ok    axon", "ok    worker"] {
+            assert!(report.lines().any(|l| l.starts_with(line)), "{line:?} missing from:\n{report}");
+        }
+        // The kit's chain clock is pinned, not the wall clock: doctor must notice and name the fix.
+        assert!(report.lines().any(|l| l.contains("clock") && (l.starts_with("ok") || l.contains("NTP"))), "{report}");
+    }
+
+    // The heartbeat wants another address; the chain's rate limit refuses it first...
+    set_storage(&chain, json!({"SubtensorModule": {"ServingRateLimit": [[[NETUID], 10_000]]}})).await;
+    let g = graph(vec![], 1, fast_restarts(0)).await;
+    let auth = Arc::new(ValidatorAuth::with_policy(true, false, []));
+    let settings = ChainSettings {
+        url: url.clone(),
+        netuid: NETUID,
+        sync_every_blocks: 1,
+        poll_every: Duration::from_secs(3600),
+        min_validator_stake: 0,
+        axon: Some(("10.0.0.3".parse().unwrap(), 8092)),
+        reconnect_initial: Duration::from_millis(200),
+        reconnect_max: Duration::from_secs(1),
+    };
+    let args =
+        HeartbeatArgs { settings, hotkey: miner.clone(), auth, keys: g.keys.clone(), metrics: g.metrics.clone() };
+    let (beat, _) = Actor::spawn(None, ChainHeartbeat, args).await.unwrap();
+    ractor::call_t!(beat, HeartbeatMsg::SyncNow, 60_000).unwrap().unwrap();
+    let status = ractor::call_t!(beat, HeartbeatMsg::Status, 5000).unwrap();
+    assert!(status.rate_limited >= 1, "{status:?}");
+    assert_eq!(status.our_uid, Some(uid), "the heartbeat found us in the metagraph");
+    assert_eq!(
+        chain.axon_of(NETUID, miner.account_id()).await.unwrap().unwrap().addr(),
+        Some(("10.0.0.2".parse().unwrap(), 8091))
+    );
+    assert!(g.metrics.render().contains("loosh_axon_posts_total{result=\"rate_limited\"}"));
+
+    // ...and once the window allows it, the heartbeat re-posts by itself.
+    // (1, not 0: chopsticks treats a zero as "back to the default" of 50.)
+    set_storage(&chain, json!({"SubtensorModule": {"ServingRateLimit": [[[NETUID], 1]]}})).await;
+    ractor::call_t!(beat, HeartbeatMsg::SyncNow, 60_000).unwrap().unwrap();
+    let status = ractor::call_t!(beat, HeartbeatMsg::Status, 5000).unwrap();
+    assert_eq!(
+        chain.axon_of(NETUID, miner.account_id()).await.unwrap().unwrap().addr(),
+        Some(("10.0.0.3".parse().unwrap(), 8092)),
+        "{status:?}"
+    );
+    let status = ractor::call_t!(beat, HeartbeatMsg::Status, 5000).unwrap();
+    assert_eq!(status.posted_axon, Some(("10.0.0.3".parse().unwrap(), 8092)));
+    // Already matching: no further post.
+    let posts_before = g.metrics.render();
+    ractor::call_t!(beat, HeartbeatMsg::SyncNow, 60_000).unwrap().unwrap();
+    assert_eq!(
+        posts_before.lines().find(|l| l.starts_with("loosh_axon_posts_total{result=\"ok\"}")),
+        g.metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with("loosh_axon_posts_total{result=\"ok\"}"))
+            .map(|l| l.to_string())
+            .as_deref()
+    );
+    beat.stop(None);
+    g.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permitted_validator_is_served_and_a_plain_neuron_gets_403() {
+    let Some(url) = chain_url() else { return };
+    let Some(model) = tiny_model() else { return };
+    let chain = ChainClient::connect(&url).await.unwrap();
+    let (miner_seed, miner) = new_hotkey();
+    let (validator_seed, validator) = new_hotkey();
+    let (plain_seed, plain) = new_hotkey();
+    register(&chain, &miner).await;
+    let validator_uid = register(&chain, &validator).await;
+    register(&chain, &plain).await;
+    grant_permits(&chain, &[validator_uid]).await;
+
+    let home = wallet_home(miner_seed, &miner);
+    let home_str = home.path().to_str().unwrap().to_string();
+    let process = MinerProcess::start(&model, false, &chain_env(&url, &home_str));
+    wait_metric(&process, "loosh_chain_validators", "the metagraph sync", |v| v >= 1.0);
+    assert!(process.metric("loosh_uid").is_some_and(|v| v >= 0.0));
+
+    let mut good = ValidatorClient::new(&process.url, Hotkey::from_seed(validator_seed).unwrap());
+    good.handshake().await.expect("a permitted validator may key-exchange");
+    let (reply, _) = good.challenge(&challenge_body("hi", 4, 0.7)).await.unwrap();
+    assert!(reply.usage.completion_tokens >= 1);
+
+    let mut stranger = ValidatorClient::new(&process.url, Hotkey::from_seed(plain_seed).unwrap());
+    match stranger.handshake().await {
+        Err(ClientError::Status { status: 403, body, .. }) => {
+            assert!(body.contains("Validator hotkey not recognized."))
+        }
+        other => panic!("a plain neuron must get 403, got {other:?}"),
+    }
+    drop(process);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_miner_keeps_serving_through_a_chain_outage_and_reconnects() {
+    if chain_url().is_none() {
+        return;
+    }
+    let Some(model) = tiny_model() else { return };
+    let port = free_port();
+    let Some(mut own) = OwnChain::start(port) else { return };
+    let chain = ChainClient::connect(&own.url).await.unwrap();
+    let (miner_seed, miner) = new_hotkey();
+    let (validator_seed, validator) = new_hotkey();
+    register(&chain, &miner).await;
+    let validator_uid = register(&chain, &validator).await;
+    grant_permits(&chain, &[validator_uid]).await;
+    let home = wallet_home(miner_seed, &miner);
+    let home_str = home.path().to_str().unwrap().to_string();
+    let url = own.url.clone();
+    let process = MinerProcess::start(&model, false, &chain_env(&url, &home_str));
+    wait_metric(&process, "loosh_chain_validators", "the metagraph sync", |v| v >= 1.0);
+    let mut client = ValidatorClient::new(&process.url, Hotkey::from_seed(validator_seed).unwrap());
+    client.handshake().await.unwrap();
+
+    own.stop();
+    wait_metric(&process, "loosh_chain_connected", "the outage to be seen", |v| v == 0.0);
+    // Still serving, with the last good metagraph.
+    let (reply, _) = client.challenge(&challenge_body("still there?", 4, 0.7)).await.unwrap();
+    assert!(reply.usage.completion_tokens >= 1);
+    let mut fresh = ValidatorClient::new(&process.url, Hotkey::from_seed(validator_seed).unwrap());
+    fresh.handshake().await.expect("the validator set survives the outage");
+    assert!(process.metric("loosh_chain_outages_total").is_some_and(|v| v >= 1.0));
+
+    let restarted = OwnChain::start(port).expect("the chain restarts");
+    wait_metric(&process, "loosh_chain_connected", "the reconnection", |v| v == 1.0);
+    drop(restarted);
+    drop(process);
+}
