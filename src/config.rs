@@ -70,6 +70,7 @@ pub struct Config {
     pub enable_validator_whitelist: bool,
     pub validator_hotkeys: Vec<String>,
     pub challenge_api_url: Option<String>,
+    pub challenge_api_poll: Duration,
     // Chain
     pub metagraph_sync_blocks: u64,
     pub chain_poll: Duration,
@@ -305,6 +306,7 @@ impl Config {
                 .map(|s| s.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect())
                 .unwrap_or_default(),
             challenge_api_url: src.get("CHALLENGE_API_URL").map(|s| s.trim_end_matches('/').to_string()),
+            challenge_api_poll: src.secs("CHALLENGE_API_POLL_SECONDS", 300)?.max(Duration::from_secs(10)),
             metagraph_sync_blocks: src.parse("METAGRAPH_SYNC_BLOCKS", 10, "a number of blocks (at least 1)")?.max(1),
             chain_poll: src.secs("CHAIN_POLL_SECONDS", 12)?.max(Duration::from_secs(1)),
             min_validator_stake: {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use loosh_actors::authorization::ValidatorAuth;
+use loosh_actors::chain::challenge_api::{ChallengeApiArgs, ChallengeApiPoller};
 use loosh_actors::chain::heartbeat::HeartbeatArgs;
 use loosh_actors::protocol::rsa_keys::MinerRsaKey;
 use loosh_actors::protocol::signature::Hotkey;
@@ -148,6 +149,17 @@ fn run(dev: bool) -> anyhow::Result<()> {
             metrics: graph.metrics.clone(),
         };
         actors.block_on(graph.spawn_chain(args))?;
+        if let Some(url) = &cfg.challenge_api_url {
+            let args = ChallengeApiArgs {
+                url: url.clone(),
+                hotkey: hotkey.clone(),
+                every: cfg.challenge_api_poll,
+                auth: auth.clone(),
+                keys: graph.keys.clone(),
+                metrics: graph.metrics.clone(),
+            };
+            actors.block_on(ractor::Actor::spawn(None, ChallengeApiPoller, args))?;
+        }
     }
     let node = HttpNode::start(
         graph.clone(),

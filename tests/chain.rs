@@ -184,7 +184,9 @@ async fn registration_post_ip_and_the_heartbeats_axon_repost_against_a_real_chai
             .output()
             .unwrap();
         let report = String::from_utf8_lossy(&out.stdout);
-        for line in ["ok    wallet", "ok    chain", &format!("ok    registered   uid {uid}"), "ok    axon", "ok    worker"] {
+        for line in
+            ["ok    wallet", "ok    chain", &format!("ok    registered   uid {uid}"), "ok    axon", "ok    worker"]
+        {
             assert!(report.lines().any(|l| l.starts_with(line)), "{line:?} missing from:\n{report}");
         }
         // The kit's chain clock is pinned, not the wall clock: doctor must notice and name the fix.

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub our_incentive: IntGauge,
     /// serve_axon attempts by result: ok, rate_limited, error.
     pub axon_posts: IntCounterVec,
+    pub challenge_api_polls: IntCounterVec,
+    pub challenge_api_validators: IntGauge,
 }
 
 impl Metrics {
@@ -103,6 +105,16 @@ impl Metrics {
             our_uid: IntGauge::new("loosh_uid", "Our uid on the subnet (-1: not registered)").unwrap(),
             our_incentive: IntGauge::new("loosh_incentive", "Our incentive (u16 fixed point) at the last sync")
                 .unwrap(),
+            challenge_api_polls: IntCounterVec::new(
+                Opts::new("loosh_challenge_api_polls_total", "Challenge API validator-list polls by result"),
+                &["result"],
+            )
+            .unwrap(),
+            challenge_api_validators: IntGauge::new(
+                "loosh_challenge_api_validators",
+                "Validators on the Challenge API list",
+            )
+            .unwrap(),
             axon_posts: IntCounterVec::new(
                 Opts::new("loosh_axon_posts_total", "serve_axon attempts by result"),
                 &["result"],
@@ -125,6 +137,8 @@ impl Metrics {
         m.registry.register(Box::new(m.worker_down.clone())).unwrap();
         m.registry.register(Box::new(m.chain_outages.clone())).unwrap();
         m.registry.register(Box::new(m.axon_posts.clone())).unwrap();
+        m.registry.register(Box::new(m.challenge_api_polls.clone())).unwrap();
+        m.registry.register(Box::new(m.challenge_api_validators.clone())).unwrap();
         for g in [
             &m.chain_connected,
             &m.chain_block,

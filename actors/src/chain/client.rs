@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use scale_decode::DecodeAsType;
 use subxt::dynamic;
+use subxt::ext::futures::StreamExt;
 use subxt::{OnlineClient, PolkadotConfig};
 
 use crate::protocol::signature::{ss58_encode, Hotkey, BITTENSOR_SS58_PREFIX};
@@ -74,6 +75,12 @@ pub struct ChainClient {
     api: OnlineClient<PolkadotConfig>,
     url: String,
 }
+
+/// What the metagraph reads per uid: (uid, account, alpha stake).
+type NeuronRead = (u16, [u8; 32], u64);
+
+/// Metagraph reads kept in flight at once.
+const METAGRAPH_READS_IN_FLIGHT: usize = 32;
 
 /// Version number we advertise in `serve_axon` (the Python miner's fiber posts 1).
 pub const AXON_VERSION: u32 = 1;
@@ -152,12 +159,26 @@ impl ChainClient {
             .map_err(rpc)?;
         let keys_addr = dynamic::storage::<(u16, u16), [u8; 32]>("SubtensorModule", "Keys");
         let alpha_addr = dynamic::storage::<([u8; 32], u16), u64>("SubtensorModule", "TotalHotkeyAlpha");
+        // Two reads per neuron, many in flight: over a remote RPC a sequential sync of 256 neurons
+        // would take tens of seconds.
+        let storage = &storage;
+        let reads = (0..n).map(|uid| {
+            let (keys_addr, alpha_addr) = (keys_addr.clone(), alpha_addr.clone());
+            async move {
+                let Some(key) = storage.try_fetch(keys_addr, (netuid, uid)).await.map_err(rpc)? else {
+                    return Ok::<_, ChainError>(None);
+                };
+                let account: [u8; 32] = key.decode().map_err(rpc)?;
+                let alpha_stake: u64 =
+                    storage.fetch(alpha_addr, (account, netuid)).await.map_err(rpc)?.decode().map_err(rpc)?;
+                Ok(Some((uid, account, alpha_stake)))
+            }
+        });
+        let found: Vec<Result<Option<NeuronRead>, ChainError>> =
+            subxt::ext::futures::stream::iter(reads).buffered(METAGRAPH_READS_IN_FLIGHT).collect().await;
         let mut neurons = Vec::with_capacity(usize::from(n));
-        for uid in 0..n {
-            let Some(key) = storage.try_fetch(keys_addr.clone(), (netuid, uid)).await.map_err(rpc)? else { continue };
-            let account: [u8; 32] = key.decode().map_err(rpc)?;
-            let alpha_stake: u64 =
-                storage.fetch(alpha_addr.clone(), (account, netuid)).await.map_err(rpc)?.decode().map_err(rpc)?;
+        for item in found {
+            let Some((uid, account, alpha_stake)) = item? else { continue };
             neurons.push(Neuron {
                 uid,
                 hotkey: ss58_encode(&account, BITTENSOR_SS58_PREFIX),

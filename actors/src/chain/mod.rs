@@ -1,5 +1,6 @@
 //! The chain: subxt client, the heartbeat actor that keeps the metagraph and our axon current.
 
+pub mod challenge_api;
 pub mod client;
 pub mod heartbeat;
 

@@ -1,0 +1,159 @@
+//! Polls the Loosh Challenge API's list of active validators (`GET /validators/active-hotkeys`,
+//! signed with our hotkey as PROTOCOL.md describes) and feeds it into the allowed validator set.
+//!
+//! Runs beside the request path, never in it: a slow or failing API only means the last good list
+//! stays in force, and the logs and `/metrics` say so.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde_json::Value;
+
+use crate::authorization::{Source, ValidatorAuth};
+use crate::metrics::Metrics;
+use crate::protocol::signature::{ss58_decode, Hotkey};
+use crate::session::registry::KeyStore;
+
+#[derive(Clone)]
+pub struct ChallengeApiArgs {
+    /// Base URL, e.g. `https://challenge.loosh.ai`.
+    pub url: String,
+    pub hotkey: Hotkey,
+    pub every: Duration,
+    pub auth: Arc<ValidatorAuth>,
+    pub keys: KeyStore,
+    pub metrics: Arc<Metrics>,
+}
+
+pub enum ChallengeApiMsg {
+    Poll,
+    /// Poll now and report the outcome (tests, doctor).
+    PollNow(RpcReplyPort<Result<usize, String>>),
+}
+
+pub struct ChallengeApiPoller;
+
+pub struct PollerState {
+    args: ChallengeApiArgs,
+    http: reqwest::Client,
+}
+
+/// The hotkeys in the API's answer: a list of `{hotkey_ss58, ip}` objects or bare strings, possibly
+/// wrapped in an object. Entries that are not SS58 addresses are skipped.
+pub fn parse_active_hotkeys(body: &Value) -> HashSet<String> {
+    let list = match body {
+        Value::Array(items) => items.as_slice(),
+        Value::Object(map) => ["hotkeys", "validators", "active_hotkeys", "data"]
+            .iter()
+            .find_map(|k| map.get(*k).and_then(Value::as_array))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]),
+        _ => &[],
+    };
+    list.iter()
+        .filter_map(|e| match e {
+            Value::String(s) => Some(s.as_str()),
+            Value::Object(o) => o.get("hotkey_ss58").or_else(|| o.get("hotkey")).and_then(Value::as_str),
+            _ => None,
+        })
+        .filter(|h| ss58_decode(h).is_ok())
+        .map(String::from)
+        .collect()
+}
+
+impl PollerState {
+    async fn poll(&mut self) -> Result<usize, String> {
+        let url = format!("{}/validators/active-hotkeys", self.args.url.trim_end_matches('/'));
+        let nonce = crate::protocol::fernet_codec::unix_now().to_string();
+        let hotkey = self.args.hotkey.ss58().to_string();
+        let signature = self.args.hotkey.sign_hex(format!("{nonce}:{hotkey}").as_bytes());
+        let res = self
+            .http
+            .get(&url)
+            .header("X-Hotkey", &hotkey)
+            .header("X-Nonce", &nonce)
+            .header("X-Signature", signature)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        if !res.status().is_success() {
+            return Err(format!("{url} answered {}", res.status()));
+        }
+        let body: Value = res.json().await.map_err(|e| format!("{url}: not JSON: {e}"))?;
+        let hotkeys = parse_active_hotkeys(&body);
+        let count = hotkeys.len();
+        for gone in self.args.auth.replace(Source::ChallengeApi, hotkeys) {
+            tracing::info!(validator = %gone, "validator left the Challenge API list; dropping its keys");
+            self.args.keys.revoke(&gone);
+        }
+        Ok(count)
+    }
+
+    async fn poll_and_record(&mut self) -> Result<usize, String> {
+        let result = self.poll().await;
+        let m = &self.args.metrics;
+        match &result {
+            Ok(n) => {
+                m.challenge_api_polls.with_label_values(&["ok"]).inc();
+                m.challenge_api_validators.set(*n as i64);
+            }
+            Err(e) => {
+                m.challenge_api_polls.with_label_values(&["error"]).inc();
+                tracing::warn!(error = %e, "Challenge API poll failed; keeping the last list");
+            }
+        }
+        result
+    }
+}
+
+impl Actor for ChallengeApiPoller {
+    type Msg = ChallengeApiMsg;
+    type State = PollerState;
+    type Arguments = ChallengeApiArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ChallengeApiMsg>,
+        args: ChallengeApiArgs,
+    ) -> Result<PollerState, ActorProcessingErr> {
+        myself.send_interval(args.every, || ChallengeApiMsg::Poll);
+        myself.cast(ChallengeApiMsg::Poll)?;
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        Ok(PollerState { args, http })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<ChallengeApiMsg>,
+        msg: ChallengeApiMsg,
+        state: &mut PollerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ChallengeApiMsg::Poll => {
+                let _ = state.poll_and_record().await;
+            }
+            ChallengeApiMsg::PollNow(reply) => {
+                let _ = reply.send(state.poll_and_record().await);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn active_hotkeys_parse_in_every_shape_the_api_uses() {
+        let v = "5DtDLm5rQHShDqojQpsvcN8tRXHVFaecfDoRet1SU6BFD9Fi";
+        let w = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
+        let body = serde_json::json!([{"hotkey_ss58": v, "ip": "1.2.3.4"}, w, "not-an-address", 7]);
+        assert_eq!(parse_active_hotkeys(&body), [v.to_string(), w.to_string()].into());
+        let wrapped = serde_json::json!({"validators": [{"hotkey": v}]});
+        assert_eq!(parse_active_hotkeys(&wrapped), [v.to_string()].into());
+        assert!(parse_active_hotkeys(&serde_json::json!({"x": 1})).is_empty());
+    }
+}

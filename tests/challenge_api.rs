@@ -1,0 +1,81 @@
+//! The Challenge API poller: signed requests, and the list it returns joining the allowed set.
+//! The real Challenge API is on the internet, out of reach here, so the server is a stand-in in
+//! this test: an actix handler that checks the signature the way PROTOCOL.md describes.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use loosh_actors::authorization::ValidatorAuth;
+use loosh_actors::chain::challenge_api::{ChallengeApiArgs, ChallengeApiMsg, ChallengeApiPoller};
+use loosh_actors::metrics::Metrics;
+use loosh_actors::protocol::fernet_codec::FernetKey;
+use loosh_actors::protocol::signature::{verify_sr25519, Hotkey};
+use loosh_actors::session::registry::{KeyRegistry, KeyStore, SessionIndex};
+use loosh_actors::session::SessionSettings;
+use ractor::Actor;
+use serde_json::{json, Value};
+
+type Listing = Arc<Mutex<Value>>;
+
+async fn active_hotkeys(req: HttpRequest, listing: web::Data<Listing>) -> HttpResponse {
+    let h = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let (hotkey, nonce, signature) = (h("X-Hotkey"), h("X-Nonce"), h("X-Signature"));
+    if nonce.parse::<u64>().is_err() || verify_sr25519(&hotkey, &format!("{nonce}:{hotkey}"), &signature).is_err() {
+        return HttpResponse::Unauthorized().json(json!({"detail": "bad signature"}));
+    }
+    HttpResponse::Ok().json(listing.lock().unwrap().clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_active_list_joins_the_allowed_set_and_leaving_it_revokes_keys() {
+    let (v1, v2) = (Hotkey::ephemeral(), Hotkey::ephemeral());
+    let listing: Listing = Arc::new(Mutex::new(json!([{"hotkey_ss58": v1.ss58(), "ip": "203.0.113.5"}, v2.ss58()])));
+    let data = web::Data::new(listing.clone());
+    let server = HttpServer::new(move || {
+        App::new().app_data(data.clone()).route("/validators/active-hotkeys", web::get().to(active_hotkeys))
+    })
+    .workers(1)
+    .bind(("127.0.0.1", 0))
+    .unwrap();
+    let addr = server.addrs()[0];
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
+
+    let index: SessionIndex = Default::default();
+    let (registry, _) = Actor::spawn(None, KeyRegistry, (SessionSettings::default(), index.clone())).await.unwrap();
+    let keys = KeyStore::new(registry, index);
+    let auth = Arc::new(ValidatorAuth::with_policy(true, false, []));
+    let metrics = Arc::new(Metrics::new());
+    let args = ChallengeApiArgs {
+        url: format!("http://{addr}"),
+        hotkey: Hotkey::ephemeral(),
+        every: Duration::from_secs(3600),
+        auth: auth.clone(),
+        keys: keys.clone(),
+        metrics: metrics.clone(),
+    };
+    let (poller, _) = Actor::spawn(None, ChallengeApiPoller, args).await.unwrap();
+
+    assert_eq!(ractor::call_t!(poller, ChallengeApiMsg::PollNow, 15_000).unwrap(), Ok(2));
+    assert!(auth.is_allowed(v1.ss58()) && auth.is_allowed(v2.ss58()));
+    assert!(!auth.is_allowed(Hotkey::ephemeral().ss58()));
+    keys.store(v1.ss58(), "u", "n", FernetKey::generate().1).await.unwrap();
+
+    // v1 leaves the list: it is no longer allowed and its keys are gone.
+    *listing.lock().unwrap() = json!({"validators": [{"hotkey_ss58": v2.ss58()}]});
+    assert_eq!(ractor::call_t!(poller, ChallengeApiMsg::PollNow, 15_000).unwrap(), Ok(1));
+    assert!(!auth.is_allowed(v1.ss58()) && auth.is_allowed(v2.ss58()));
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while keys.lookup(v1.ss58(), "u").await.is_some() {
+        assert!(std::time::Instant::now() < end, "v1's key was not revoked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The API failing keeps the last good list.
+    handle.stop(false).await;
+    assert!(ractor::call_t!(poller, ChallengeApiMsg::PollNow, 15_000).unwrap().is_err());
+    assert!(auth.is_allowed(v2.ss58()));
+    assert!(metrics.render().contains("loosh_challenge_api_polls_total{result=\"error\"} 1"));
+}
