@@ -87,6 +87,18 @@ async fn submit<P: subxt::tx::Payload>(chain: &ChainClient, call: P, signer: &su
 
 /// Funds `hotkey` from //Alice and registers it on `NETUID` (//Alice pays the burn); its uid.
 async fn register(chain: &ChainClient, hotkey: &Hotkey) -> u16 {
+    // Tests register many hotkeys on one subnet in a few blocks: lift the per-block and
+    // per-interval registration limits that would refuse them.
+    set_storage(
+        chain,
+        json!({"SubtensorModule": {
+            "MaxRegistrationsPerBlock": [[[NETUID], 1000]],
+            "TargetRegistrationsPerInterval": [[[NETUID], 1000]],
+            "RegistrationsThisInterval": [[[NETUID], 0]],
+            "RegistrationsThisBlock": [[[NETUID], 0]],
+        }}),
+    )
+    .await;
     let alice = subxt_signer::sr25519::dev::alice();
     let account = AccountId32(hotkey.account_id());
     let dest: MultiAddress<AccountId32, ()> = MultiAddress::Id(account);
@@ -106,6 +118,11 @@ async fn grant_permits(chain: &ChainClient, uids: &[u16]) {
     let n = chain.metagraph(NETUID).await.unwrap().len().max(usize::from(*uids.iter().max().unwrap_or(&0)) + 1);
     let permits: Vec<bool> = (0..n).map(|i| uids.contains(&(i as u16))).collect();
     set_storage(chain, json!({"SubtensorModule": {"ValidatorPermit": [[[NETUID], permits]]}})).await;
+}
+
+/// Sets a hotkey's alpha stake on `NETUID` (rao).
+async fn set_stake(chain: &ChainClient, hotkey: &Hotkey, rao: u64) {
+    set_storage(chain, json!({"SubtensorModule": {"TotalHotkeyAlpha": [[[hotkey.ss58(), NETUID], rao]]}})).await;
 }
 
 /// A wallet directory holding `hotkey` as `miner/miner`; returns the HOME to use.
@@ -259,11 +276,17 @@ async fn a_permitted_validator_is_served_and_a_plain_neuron_gets_403() {
     register(&chain, &miner).await;
     let validator_uid = register(&chain, &validator).await;
     register(&chain, &plain).await;
+    // This runtime hands every neuron of a small subnet a permit again at each new block, so the
+    // plain neuron is also told apart by stake: MIN_VALIDATOR_STAKE=1 alpha, which only the
+    // validator holds.
     grant_permits(&chain, &[validator_uid]).await;
+    set_stake(&chain, &validator, 2_000_000_000).await;
 
     let home = wallet_home(miner_seed, &miner);
     let home_str = home.path().to_str().unwrap().to_string();
-    let process = MinerProcess::start(&model, false, &chain_env(&url, &home_str));
+    let mut env = chain_env(&url, &home_str);
+    env.push(("MIN_VALIDATOR_STAKE", "1"));
+    let process = MinerProcess::start(&model, false, &env);
     wait_metric(&process, "loosh_chain_validators", "the metagraph sync", |v| v >= 1.0);
     assert!(process.metric("loosh_uid").is_some_and(|v| v >= 0.0));
 
@@ -279,6 +302,7 @@ async fn a_permitted_validator_is_served_and_a_plain_neuron_gets_403() {
         }
         other => panic!("a plain neuron must get 403, got {other:?}"),
     }
+
     drop(process);
 }
 

@@ -89,12 +89,19 @@ impl ChainClient {
     /// Connects over ws:// or wss://.
     pub async fn connect(url: &str) -> Result<Self, ChainError> {
         let connect = |message: String| ChainError::Connect { url: url.into(), message };
-        let api = if url.starts_with("ws://") {
-            OnlineClient::<PolkadotConfig>::from_insecure_url(url).await
+        let rpc = if url.starts_with("ws://") {
+            subxt::rpcs::RpcClient::from_insecure_url(url).await
         } else {
-            OnlineClient::<PolkadotConfig>::from_url(url).await
+            subxt::rpcs::RpcClient::from_url(url).await
         }
         .map_err(|e| connect(e.to_string()))?;
+        // The legacy RPC methods: every subtensor node serves them, while the newer
+        // chainHead/transactionWatch set is not everywhere complete (chopsticks lacks
+        // transactionWatch_v1), and a backend chosen by probing would vary from node to node.
+        let backend = subxt::backend::LegacyBackend::builder().build(rpc);
+        let api = OnlineClient::<PolkadotConfig>::from_backend(std::sync::Arc::new(backend))
+            .await
+            .map_err(|e| connect(e.to_string()))?;
         Ok(Self { api, url: url.into() })
     }
 
