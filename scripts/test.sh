@@ -11,8 +11,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 kit="${LOOSH_SHARED_DIR:-../shared}/chain/start-chain.sh"
 if [ -z "${LOOSH_TEST_CHAIN_URL:-}" ] && [ -f "$kit" ]; then
-  port="${LOOSH_TEST_CHAIN_PORT:-19944}"
-  read -r url pid < <(bash "$kit" "$port")
+  port="${LOOSH_TEST_CHAIN_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
+  started="$(bash "$kit" "$port")" || { echo "[test] the chain kit failed to start" >&2; exit 1; }
+  read -r url pid <<<"$started"
   trap 'kill "$pid" 2>/dev/null || true' EXIT
   export LOOSH_TEST_CHAIN_URL="$url"
   echo "[test] local subtensor chain at $url (pid $pid)"
