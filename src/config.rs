@@ -241,6 +241,7 @@ impl Config {
             });
         }
         let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        let api_port: u16 = src.parse("API_PORT", 8000, "a TCP port (1-65535)")?;
         let wallet_name = src.string("WALLET_NAME", "miner");
         let hotkey_name = src.string("HOTKEY_NAME", "miner");
         let wallets = src
@@ -259,7 +260,7 @@ impl Config {
             wallet_name,
             hotkey_name,
             api_host: src.string("API_HOST", "0.0.0.0"),
-            api_port: src.parse("API_PORT", 8000, "a TCP port (1-65535)")?,
+            api_port,
             http_workers: src.parse("HTTP_WORKERS", 2, "a whole number of at least 1")?.max(1),
             max_body_bytes: src.parse("MAX_BODY_BYTES", 2 * 1024 * 1024, "a number of bytes")?,
             enable_inference_endpoint: src.boolean("ENABLE_INFERENCE_ENDPOINT", false)?,
@@ -330,11 +331,7 @@ impl Config {
                         value: ip.into(),
                         expected: "an IPv4 or IPv6 address".into(),
                     })?;
-                    let port = src.parse(
-                        "AXON_EXTERNAL_PORT",
-                        src.parse("API_PORT", 8000u16, "a TCP port")?,
-                        "a TCP port (1-65535)",
-                    )?;
+                    let port = src.parse("AXON_EXTERNAL_PORT", api_port, "a TCP port (1-65535)")?;
                     Some((ip, port))
                 }
             },

@@ -111,17 +111,9 @@ impl ValidatorAuth {
         removed
     }
 
-    pub fn enabled(&self) -> bool {
-        self.enabled
-    }
-
     /// Hotkeys currently allowed (the union of every source).
-    pub fn len(&self) -> usize {
+    pub fn allowed_count(&self) -> usize {
         self.union_len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.union_len() == 0
     }
 }
 
@@ -144,7 +136,7 @@ mod tests {
         assert_eq!(revoked, ["c1"]);
         assert!(!auth.is_allowed("c1"));
         auth.replace(Source::ChallengeApi, ["a1".into()].into());
-        assert_eq!(auth.len(), 3);
+        assert_eq!(auth.allowed_count(), 3);
         assert!(ValidatorAuth::new(false, []).is_allowed("x"));
     }
 }

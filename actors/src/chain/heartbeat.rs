@@ -22,8 +22,6 @@ use crate::session::registry::KeyStore;
 
 pub enum HeartbeatMsg {
     Tick,
-    /// A new address to advertise (configuration reload, tests).
-    SetAxon(Option<(IpAddr, u16)>),
     /// Sync the metagraph (and the axon) now, whatever the block.
     SyncNow(RpcReplyPort<Result<(), ChainError>>),
     Status(RpcReplyPort<ChainStatus>),
@@ -162,6 +160,8 @@ impl HeartbeatState {
             Err(ChainError::RateLimited) => {
                 self.args.metrics.axon_posts.with_label_values(&["rate_limited"]).inc();
                 self.status.rate_limited += 1;
+                // Checked for this sync: the next sync tries again, not every poll tick.
+                self.axon_checked = true;
                 tracing::warn!("serve_axon rate-limited by the chain; will retry at the next sync");
                 Ok(())
             }
@@ -237,11 +237,6 @@ impl Actor for ChainHeartbeat {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             HeartbeatMsg::Tick => {
-                let _ = state.beat(false).await;
-            }
-            HeartbeatMsg::SetAxon(axon) => {
-                state.args.settings.axon = axon;
-                state.axon_checked = false;
                 let _ = state.beat(false).await;
             }
             HeartbeatMsg::SyncNow(reply) => {

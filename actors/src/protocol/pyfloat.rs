@@ -1,8 +1,8 @@
 //! Python's `repr(float)`, because the validator signs the text its `json.dumps` wrote.
 //!
-//! The signed key-exchange message embeds the timestamp as Python prints it. We prefer the raw JSON
-//! text (see [`crate::protocol::messages::KeyExchangeRequest`]) and fall back to this formatter when
-//! the number was not written the way Python writes floats (an integer, an exponent in another case).
+//! The signed key-exchange message embeds the timestamp as Python prints it; the miner rebuilds that
+//! text from the parsed number (see [`crate::protocol::messages::KeyExchangeRequest`]), as the
+//! Python miner does.
 
 /// Formats `value` exactly as CPython's `repr(float)` does (shortest round-trip digits; fixed notation
 /// when the decimal exponent is in (-4, 16], scientific otherwise; always a `.0` on integral values).
@@ -43,12 +43,6 @@ pub fn python_float_repr(value: f64) -> String {
     format!("{sign}{body}")
 }
 
-/// True when `text` is already what Python's `repr` would print for the number it denotes, so it can
-/// be used verbatim in the signed message.
-pub fn is_python_float_text(text: &str) -> bool {
-    text.parse::<f64>().map(|v| python_float_repr(v) == text).unwrap_or(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,7 +64,8 @@ mod tests {
         ] {
             assert_eq!(python_float_repr(v), s, "{v}");
         }
-        assert!(is_python_float_text("1795565315.0"));
-        assert!(!is_python_float_text("1795565315"));
+        // An integral number never prints without its `.0`.
+        assert_eq!(python_float_repr("1795565315".parse().unwrap()), "1795565315.0");
+        assert_ne!(python_float_repr(1795565315.0), "1795565315");
     }
 }
