@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use scale_decode::DecodeAsType;
+use subxt::client::{ClientAtBlock, OnlineClientAtBlockImpl};
 use subxt::dynamic;
 use subxt::ext::futures::StreamExt;
 use subxt::{OnlineClient, PolkadotConfig};
@@ -109,22 +110,98 @@ impl ChainClient {
         &self.url
     }
 
-    /// The best block number.
+    /// A view of the chain at its latest finalized block: read several things at one block, for
+    /// the price of one head lookup.
+    pub async fn head(&self) -> Result<Head, ChainError> {
+        self.api.at_current_block().await.map(Head).map_err(rpc)
+    }
+
+    /// The latest finalized block number.
     pub async fn block_number(&self) -> Result<u64, ChainError> {
+        Ok(self.head().await?.number())
+    }
+
+    pub async fn timestamp_ms(&self) -> Result<u64, ChainError> {
+        self.head().await?.timestamp_ms().await
+    }
+
+    pub async fn uid_of(&self, netuid: u16, account: [u8; 32]) -> Result<Option<u16>, ChainError> {
+        self.head().await?.uid_of(netuid, account).await
+    }
+
+    pub async fn axon_of(&self, netuid: u16, account: [u8; 32]) -> Result<Option<AxonInfo>, ChainError> {
+        self.head().await?.axon_of(netuid, account).await
+    }
+
+    pub async fn metagraph(&self, netuid: u16) -> Result<Vec<Neuron>, ChainError> {
+        self.head().await?.metagraph(netuid).await
+    }
+
+    /// Posts our axon (`serve_axon`, signed by the hotkey) and waits until it is in a finalized block.
+    pub async fn serve_axon(&self, hotkey: &Hotkey, netuid: u16, ip: IpAddr, port: u16) -> Result<(), ChainError> {
+        let (ip, ip_type) = encode_ip(ip);
+        let call = dynamic::transaction(
+            "SubtensorModule",
+            "serve_axon",
+            (netuid, AXON_VERSION, ip, port, ip_type, 4u8, 0u8, 0u8),
+        );
         let at = self.api.at_current_block().await.map_err(rpc)?;
-        Ok(at.block_number())
+        let progress =
+            at.transactions().sign_and_submit_then_watch_default(&call, hotkey.keypair()).await.map_err(rpc)?;
+        match progress.wait_for_finalized_success().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let text = e.to_string();
+                if text.contains("ServingRateLimitExceeded") {
+                    Err(ChainError::RateLimited)
+                } else {
+                    Err(ChainError::Dispatch(text))
+                }
+            }
+        }
+    }
+
+    /// A raw JSON-RPC call (chopsticks' `dev_*` methods in tests and benchmarks).
+    pub async fn raw_request(&self, method: &str, params: serde_json::Value) -> Result<serde_json::Value, ChainError> {
+        let client = subxt::rpcs::RpcClient::from_insecure_url(&self.url).await.map_err(rpc)?;
+        let params = match params {
+            serde_json::Value::Array(items) => {
+                let mut p = subxt::rpcs::client::RpcParams::new();
+                for item in items {
+                    p.push(item).map_err(rpc)?;
+                }
+                p
+            }
+            _ => subxt::rpcs::client::RpcParams::new(),
+        };
+        client.request(method, params).await.map_err(rpc)
+    }
+
+    /// The underlying subxt client (tests submit setup extrinsics with it).
+    pub fn api(&self) -> &OnlineClient<PolkadotConfig> {
+        &self.api
+    }
+}
+
+/// The chain as of one block (see [`ChainClient::head`]).
+pub struct Head(ClientAtBlock<PolkadotConfig, OnlineClientAtBlockImpl<PolkadotConfig>>);
+
+impl Head {
+    /// The block this view reads at.
+    pub fn number(&self) -> u64 {
+        self.0.block_number()
     }
 
     /// The chain's clock (`Timestamp.Now`), in unix milliseconds.
     pub async fn timestamp_ms(&self) -> Result<u64, ChainError> {
-        let at = self.api.at_current_block().await.map_err(rpc)?;
+        let at = &self.0;
         let v = at.storage().fetch(dynamic::storage::<(), u64>("Timestamp", "Now"), ()).await.map_err(rpc)?;
         v.decode().map_err(rpc)
     }
 
     /// Our uid on `netuid`, or `None` when the hotkey is not registered there.
     pub async fn uid_of(&self, netuid: u16, account: [u8; 32]) -> Result<Option<u16>, ChainError> {
-        let at = self.api.at_current_block().await.map_err(rpc)?;
+        let at = &self.0;
         let addr = dynamic::storage::<(u16, [u8; 32]), u16>("SubtensorModule", "Uids");
         match at.storage().try_fetch(addr, (netuid, account)).await.map_err(rpc)? {
             Some(v) => Ok(Some(v.decode().map_err(rpc)?)),
@@ -134,7 +211,7 @@ impl ChainClient {
 
     /// The axon a hotkey advertises on `netuid`.
     pub async fn axon_of(&self, netuid: u16, account: [u8; 32]) -> Result<Option<AxonInfo>, ChainError> {
-        let at = self.api.at_current_block().await.map_err(rpc)?;
+        let at = &self.0;
         let addr = dynamic::storage::<(u16, [u8; 32]), AxonInfo>("SubtensorModule", "Axons");
         match at.storage().try_fetch(addr, (netuid, account)).await.map_err(rpc)? {
             Some(v) => Ok(Some(v.decode().map_err(rpc)?)),
@@ -144,7 +221,7 @@ impl ChainClient {
 
     /// Every neuron of `netuid`: hotkeys, validator permits, alpha stake, incentive.
     pub async fn metagraph(&self, netuid: u16) -> Result<Vec<Neuron>, ChainError> {
-        let at = self.api.at_current_block().await.map_err(rpc)?;
+        let at = &self.0;
         let storage = at.storage();
         let n: u16 = storage
             .fetch(dynamic::storage::<(u16,), u16>("SubtensorModule", "SubnetworkN"), (netuid,))
@@ -195,50 +272,5 @@ impl ChainClient {
             });
         }
         Ok(neurons)
-    }
-
-    /// Posts our axon (`serve_axon`, signed by the hotkey) and waits until it is in a finalized block.
-    pub async fn serve_axon(&self, hotkey: &Hotkey, netuid: u16, ip: IpAddr, port: u16) -> Result<(), ChainError> {
-        let (ip, ip_type) = encode_ip(ip);
-        let call = dynamic::transaction(
-            "SubtensorModule",
-            "serve_axon",
-            (netuid, AXON_VERSION, ip, port, ip_type, 4u8, 0u8, 0u8),
-        );
-        let at = self.api.at_current_block().await.map_err(rpc)?;
-        let progress =
-            at.transactions().sign_and_submit_then_watch_default(&call, hotkey.keypair()).await.map_err(rpc)?;
-        match progress.wait_for_finalized_success().await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let text = e.to_string();
-                if text.contains("ServingRateLimitExceeded") {
-                    Err(ChainError::RateLimited)
-                } else {
-                    Err(ChainError::Dispatch(text))
-                }
-            }
-        }
-    }
-
-    /// A raw JSON-RPC call (chopsticks' `dev_*` methods in tests and benchmarks).
-    pub async fn raw_request(&self, method: &str, params: serde_json::Value) -> Result<serde_json::Value, ChainError> {
-        let client = subxt::rpcs::RpcClient::from_insecure_url(&self.url).await.map_err(rpc)?;
-        let params = match params {
-            serde_json::Value::Array(items) => {
-                let mut p = subxt::rpcs::client::RpcParams::new();
-                for item in items {
-                    p.push(item).map_err(rpc)?;
-                }
-                p
-            }
-            _ => subxt::rpcs::client::RpcParams::new(),
-        };
-        client.request(method, params).await.map_err(rpc)
-    }
-
-    /// The underlying subxt client (tests submit setup extrinsics with it).
-    pub fn api(&self) -> &OnlineClient<PolkadotConfig> {
-        &self.api
     }
 }

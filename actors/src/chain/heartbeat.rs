@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::client::{ChainClient, ChainError, Neuron};
+use super::client::{ChainClient, ChainError, Head, Neuron};
 use super::ChainSettings;
 use crate::authorization::{Source, ValidatorAuth};
 use crate::metrics::Metrics;
@@ -106,10 +106,11 @@ impl HeartbeatState {
         }
     }
 
-    async fn sync(&mut self, client: &ChainClient, block: u64) -> Result<(), ChainError> {
+    async fn sync(&mut self, head: &Head) -> Result<(), ChainError> {
+        let block = head.number();
         let started = Instant::now();
         let s = &self.args.settings;
-        let neurons: Vec<Neuron> = client.metagraph(s.netuid).await?;
+        let neurons: Vec<Neuron> = head.metagraph(s.netuid).await?;
         let validators: HashSet<String> = neurons
             .iter()
             .filter(|n| n.validator_permit && n.alpha_stake >= s.min_validator_stake)
@@ -139,10 +140,10 @@ impl HeartbeatState {
     }
 
     /// Posts the configured axon when the chain holds something else.
-    async fn check_axon(&mut self, client: &ChainClient) -> Result<(), ChainError> {
+    async fn check_axon(&mut self, client: &ChainClient, head: &Head) -> Result<(), ChainError> {
         let Some((ip, port)) = self.args.settings.axon else { return Ok(()) };
         let account = self.args.hotkey.account_id();
-        let current = client.axon_of(self.args.settings.netuid, account).await?.and_then(|a| a.addr());
+        let current = head.axon_of(self.args.settings.netuid, account).await?.and_then(|a| a.addr());
         if current == Some((ip, port)) {
             self.status.posted_axon = current;
             self.axon_checked = true;
@@ -176,24 +177,26 @@ impl HeartbeatState {
         let Some(client) = self.ensure_connected().await else {
             return Err(ChainError::Rpc(self.status.last_error.clone().unwrap_or_else(|| "not connected".into())));
         };
-        let block = match client.block_number().await {
-            Ok(b) => b,
+        // One head lookup per beat: the block number, the metagraph and our axon all read at it.
+        let head = match client.head().await {
+            Ok(h) => h,
             Err(e) => {
                 self.disconnect(&e);
                 return Err(e);
             }
         };
+        let block = head.number();
         self.status.block = Some(block);
         self.args.metrics.chain_block.set(block as i64);
         let due = self.status.synced_at_block.is_none_or(|s| block >= s + self.args.settings.sync_every_blocks);
         if force || due {
-            if let Err(e) = self.sync(&client, block).await {
+            if let Err(e) = self.sync(&head).await {
                 self.disconnect(&e);
                 return Err(e);
             }
         }
         if force || due || !self.axon_checked {
-            if let Err(e) = self.check_axon(&client).await {
+            if let Err(e) = self.check_axon(&client, &head).await {
                 tracing::warn!(error = %e, "axon check failed");
                 self.status.last_error = Some(e.to_string());
                 if matches!(e, ChainError::Rpc(_)) {
