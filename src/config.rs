@@ -365,6 +365,12 @@ impl Config {
         Ok(())
     }
 
+    /// How old a key-exchange timestamp may be (replay window + clock skew). Nonces are remembered
+    /// exactly this long, so every timestamp accepted is covered by replay protection.
+    pub fn key_exchange_window(&self) -> Duration {
+        self.fiber_handshake_timeout + self.fiber_timestamp_skew
+    }
+
     /// The chain endpoint: `SUBTENSOR_ADDRESS`, else the `SUBTENSOR_NETWORK` preset.
     pub fn chain_url(&self) -> Result<String, ConfigError> {
         if let Some(url) = &self.subtensor_address {

@@ -21,7 +21,7 @@ pub fn session_settings(cfg: &Config) -> SessionSettings {
     SessionSettings {
         key_ttl: cfg.fiber_key_ttl,
         key_grace: cfg.fiber_key_grace,
-        nonce_window: cfg.fiber_handshake_timeout + cfg.fiber_timestamp_skew,
+        nonce_window: cfg.key_exchange_window(),
         ..SessionSettings::default()
     }
 }
@@ -31,7 +31,7 @@ pub fn http_settings(cfg: &Config) -> HttpSettings {
         max_body_bytes: cfg.max_body_bytes,
         fernet_ttl_secs: 3600,
         deadline: cfg.challenge_deadline,
-        max_timestamp_age: cfg.fiber_handshake_timeout + cfg.fiber_timestamp_skew,
+        max_timestamp_age: cfg.key_exchange_window(),
         max_timestamp_ahead: cfg.fiber_timestamp_skew,
         default_max_tokens: cfg.default_max_tokens,
         default_temperature: cfg.default_temperature,
