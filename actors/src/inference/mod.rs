@@ -4,4 +4,5 @@ pub mod chat_template;
 pub mod embedded;
 pub mod openai;
 pub mod request;
+pub mod sampler;
 pub mod tool_calls;

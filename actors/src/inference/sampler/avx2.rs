@@ -1,0 +1,192 @@
+//! The sampler's linear passes in AVX2 + FMA, 8 tokens at a time. Same formulas as the portable
+//! passes in `sampler.rs` (the polynomial exp included); FMA rounds once where those round twice,
+//! so results agree to an ulp, not bit for bit.
+//!
+//! Every function here is `unsafe` only because it requires AVX2 and FMA: callers check
+//! `is_x86_feature_detected!` once, when the sampler is made. Loads and stores go through
+//! `loadu`/`storeu` on chunks the slice iterators bound, never past a slice's end.
+
+use std::arch::x86_64::*;
+
+use super::{exp_neg, BLOCK, BUCKETS, EXP_FLOOR};
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+const ROUND: f32 = 12_582_912.0;
+
+/// `exp(x)` lane by lane for `x <= 0`; 0 below `EXP_FLOOR` and for NaN (see `super::exp_neg`).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn exp8(x: __m256) -> __m256 {
+    let floor = _mm256_set1_ps(EXP_FLOOR);
+    let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(x, floor);
+    // maxps returns its second operand when the first is NaN.
+    let xc = _mm256_max_ps(x, floor);
+    let round = _mm256_set1_ps(ROUND);
+    let t = _mm256_fmadd_ps(xc, _mm256_set1_ps(LOG2E), round);
+    let n = _mm256_sub_ps(t, round);
+    let k = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(round));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), xc);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+    let mut p = _mm256_set1_ps(1.987_569_1e-4);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.398_199_9e-3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.333_452e-3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.166_579_6e-2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.666_666_5e-1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
+    let y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+    let scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(k, _mm256_set1_epi32(127))));
+    _mm256_and_ps(_mm256_mul_ps(y, scale), keep)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+}
+
+/// The largest and smallest logits; NaN is skipped.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn max_min(x: &[f32]) -> (f32, f32) {
+    let (mut hi, mut lo) = (_mm256_set1_ps(f32::NEG_INFINITY), _mm256_set1_ps(f32::INFINITY));
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        // SAFETY: `c` holds exactly 8 floats.
+        let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+        // NaN in `v` yields the accumulator (second operand).
+        hi = _mm256_max_ps(v, hi);
+        lo = _mm256_min_ps(v, lo);
+    }
+    let mut his = [0.0f32; 8];
+    let mut los = [0.0f32; 8];
+    // SAFETY: the arrays hold 8 floats each.
+    unsafe {
+        _mm256_storeu_ps(his.as_mut_ptr(), hi);
+        _mm256_storeu_ps(los.as_mut_ptr(), lo);
+    }
+    let max = tail.iter().chain(&his).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    let min = tail.iter().chain(&los).fold(f32::INFINITY, |m, &v| if v < m { v } else { m });
+    (max, min)
+}
+
+/// `e_i = exp(x_i - max)` into `e`, each token's bucket into `buckets`, the sums of `e` per
+/// `BLOCK` into `block_sums`; returns `sum e_i` (f64).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `e` and `buckets` are as long as `x`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn exp_and_buckets(
+    x: &[f32],
+    max: f32,
+    scale: f32,
+    e: &mut [f32],
+    buckets: &mut [u32],
+    block_sums: &mut Vec<f32>,
+) -> f64 {
+    block_sums.clear();
+    let n = x.len() / BLOCK * BLOCK;
+    let (maxv, scalev, last) = (_mm256_set1_ps(max), _mm256_set1_ps(scale), _mm256_set1_ps((BUCKETS - 1) as f32));
+    let mut sum = 0.0f64;
+    // f32 sums over one block (two chains, so the adds overlap), added to the f64 total per block:
+    // f32 over 64 terms loses ~1e-7, f32 over the whole vocabulary would lose ~1e-5.
+    for ((xb, eb), bb) in x[..n].chunks(BLOCK).zip(e[..n].chunks_mut(BLOCK)).zip(buckets[..n].chunks_mut(BLOCK)) {
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for (j, ((xc, ec), bc)) in
+            xb.chunks_exact(8).zip(eb.chunks_exact_mut(8)).zip(bb.chunks_exact_mut(8)).enumerate()
+        {
+            // SAFETY: each chunk holds exactly 8 elements.
+            let v = unsafe { _mm256_loadu_ps(xc.as_ptr()) };
+            let ev = exp8(_mm256_sub_ps(v, maxv));
+            // SAFETY: as above.
+            unsafe { _mm256_storeu_ps(ec.as_mut_ptr(), ev) };
+            acc[j & 1] = _mm256_add_ps(acc[j & 1], ev);
+            // minps returns its second operand (the last bucket) for NaN; rounding to nearest
+            // keeps the bucket monotone in the logit.
+            let q = _mm256_min_ps(_mm256_mul_ps(_mm256_sub_ps(maxv, v), scalev), last);
+            // SAFETY: as above; 8 u32 are 256 bits.
+            unsafe { _mm256_storeu_si256(bc.as_mut_ptr().cast(), _mm256_cvtps_epi32(q)) };
+        }
+        let block = hsum(_mm256_add_ps(acc[0], acc[1]));
+        block_sums.push(block);
+        sum += f64::from(block);
+    }
+    if n < x.len() {
+        let mut block = 0.0f32;
+        for ((&v, ev), bv) in x[n..].iter().zip(&mut e[n..]).zip(&mut buckets[n..]) {
+            *ev = exp_neg(v - max);
+            block += *ev;
+            *bv = super::bucket_of(v, max, scale);
+        }
+        block_sums.push(block);
+        sum += f64::from(block);
+    }
+    sum
+}
+
+/// Temperature weights of the tokens at or above `cut` into `w` (0 elsewhere) and their sums per
+/// `BLOCK` into `block_sums`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `w` is as long as `x`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn temperature_weights(
+    x: &[f32],
+    max: f32,
+    inv_t: f32,
+    cut: f32,
+    w: &mut [f32],
+    block_sums: &mut Vec<f32>,
+) {
+    block_sums.clear();
+    let (maxv, inv_tv, cutv) = (_mm256_set1_ps(max), _mm256_set1_ps(inv_t), _mm256_set1_ps(cut));
+    for (xb, wb) in x.chunks(BLOCK).zip(w.chunks_mut(BLOCK)) {
+        if xb.len() < BLOCK {
+            block_sums.push(super::temperature_weights_scalar(xb, max, inv_t, cut, wb));
+            continue;
+        }
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for (j, (xc, wc)) in xb.chunks_exact(8).zip(wb.chunks_exact_mut(8)).enumerate() {
+            // SAFETY: each chunk holds exactly 8 floats.
+            let v = unsafe { _mm256_loadu_ps(xc.as_ptr()) };
+            let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(v, cutv);
+            let wv = _mm256_and_ps(exp8(_mm256_mul_ps(_mm256_sub_ps(v, maxv), inv_tv)), keep);
+            // SAFETY: as above.
+            unsafe { _mm256_storeu_ps(wc.as_mut_ptr(), wv) };
+            acc[j & 1] = _mm256_add_ps(acc[j & 1], wv);
+        }
+        block_sums.push(hsum(_mm256_add_ps(acc[0], acc[1])));
+    }
+}
+
+/// Appends to `out` the positions whose bucket is `bucket`: 8 compares at a time, a scalar look
+/// only where one matched (a bucket holds a few hundred of 152k tokens).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn positions_in_bucket(buckets: &[u32], bucket: u32, out: &mut Vec<u32>) {
+    let want = _mm256_set1_epi32(bucket as i32);
+    let chunks = buckets.chunks_exact(8);
+    let tail_start = buckets.len() - chunks.remainder().len();
+    for (c, chunk) in chunks.enumerate() {
+        // SAFETY: `chunk` holds exactly 8 u32.
+        let v = unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) };
+        let mut hits = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(v, want))) as u32;
+        while hits != 0 {
+            out.push((c * 8) as u32 + hits.trailing_zeros());
+            hits &= hits - 1;
+        }
+    }
+    for (i, &b) in buckets.iter().enumerate().skip(tail_start) {
+        if b == bucket {
+            out.push(i as u32);
+        }
+    }
+}
