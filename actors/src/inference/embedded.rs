@@ -22,6 +22,7 @@ use llama_cpp_2::token::LlamaToken;
 
 use super::chat_template::{ChatTemplate, CHATML_TEMPLATE};
 use super::request::{BackendError, FinishReason, Generation, GenerationRequest};
+use super::sampler::TokenSampler;
 use super::tool_calls::extract_tool_calls;
 
 /// How one embedded engine is set up (one per worker / device).
@@ -90,7 +91,7 @@ struct Slot<T> {
     prefilled: usize,
     /// Next KV position of this sequence.
     pos: i32,
-    sampler: LlamaSampler,
+    sampler: TokenSampler,
     /// The token sampled last step, to be decoded this step.
     pending: Option<LlamaToken>,
     /// Where this sequence's logits sit in the batch just decoded.
@@ -238,7 +239,7 @@ impl<'m, T> EmbeddedEngine<'m, T> {
             prompt,
             prefilled: 0,
             pos: 0,
-            sampler: sampler_for(req.temperature, req.top_p),
+            sampler: TokenSampler::new(req.temperature, req.top_p),
             pending: None,
             logits_at: None,
             out: Vec::new(),
@@ -310,7 +311,7 @@ impl<'m, T> EmbeddedEngine<'m, T> {
         for i in 0..self.slots.len() {
             let Some(slot) = self.slots[i].as_mut() else { continue };
             let Some(at) = slot.logits_at else { continue };
-            let token = slot.sampler.sample(&self.ctx, at);
+            let token = LlamaToken::new(slot.sampler.sample(self.ctx.get_logits_ith(at)) as i32);
             let now = Instant::now();
             slot.first_token_at.get_or_insert(now);
             let finish = if vocab.is_eog(token) {
@@ -364,8 +365,9 @@ impl<'m, T> EmbeddedEngine<'m, T> {
     }
 }
 
-/// The validator's sampling settings: nucleus then temperature then a random draw. Greedy only when
-/// temperature is 0 (the validator flags near-identical answers as sybils, so never a fixed seed).
+/// The validator's sampling settings as llama.cpp's own chain: nucleus then temperature then a
+/// random draw; greedy only when temperature is 0. The engine samples with [`TokenSampler`] (same
+/// result, without sorting the vocabulary); this chain stays as the reference benchmarks compare to.
 pub fn sampler_for(temperature: f32, top_p: f32) -> LlamaSampler {
     if temperature <= 0.0 {
         return LlamaSampler::greedy();
