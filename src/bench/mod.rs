@@ -3,6 +3,7 @@
 //! - `protocol`: challenge round trips through HTTP + Fernet + actors, with the model generating one
 //!   token, against the same generations submitted to the actor graph directly: the difference is
 //!   the miner's own cost.
+//! - `sampling`: microseconds per sampled token, llama.cpp's sampler chain against the miner's.
 //! - `inference`: tokens/s and time to first token through the miner against a plain llama.cpp
 //!   loop on the same GGUF, prompt and sampling settings, interleaved run by run.
 
@@ -31,6 +32,7 @@ use crate::config::{Config, Source};
 use crate::node::{http_settings, spawn_graph, HttpNode};
 use crate::validator_client::{challenge_body, ValidatorClient};
 
+mod sampling;
 mod workers;
 
 #[derive(Args)]
@@ -103,6 +105,13 @@ enum BenchKind {
         #[arg(long, default_value_t = 77)]
         netuid: u16,
     },
+    /// Microseconds per sampled token: llama.cpp's top_p/temp/dist chain vs the miner's sampler,
+    /// at 49,152 and 151,936 tokens and three logit spreads.
+    Sampling {
+        /// Draws per line for the new sampler (a quarter of them for the slow old chain).
+        #[arg(long, default_value_t = 400)]
+        draws: usize,
+    },
     /// Tokens/s and time to first token through the miner vs llama.cpp directly.
     Inference {
         #[arg(long)]
@@ -134,6 +143,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchKind::Openai { model, requests, max_tokens } => rt.block_on(workers::openai(model, requests, max_tokens)),
         BenchKind::Recovery { model, runs } => rt.block_on(workers::recovery(model, runs)),
         BenchKind::Metagraph { chain, neurons, runs, netuid } => rt.block_on(metagraph(chain, neurons, runs, netuid)),
+        BenchKind::Sampling { draws } => sampling::sampling(draws),
         BenchKind::Inference { model, runs, max_tokens, threads, prompt } => {
             rt.block_on(inference(model, runs, max_tokens, threads, prompt))
         }
