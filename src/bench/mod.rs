@@ -107,6 +107,9 @@ enum BenchKind {
         /// Run the worker without prefix reuse (and so without the unified KV cache it needs).
         #[arg(long)]
         no_prefix_cache: bool,
+        /// The challenges' temperature; 0 (greedy) shows the engine without the sampler's cost.
+        #[arg(long, default_value_t = 0.7)]
+        temperature: f32,
     },
     /// The openai worker's overhead: miner round trip minus a direct streamed call to the same
     /// llama-cpp-python server (started by the bench from ./.venv).
@@ -173,7 +176,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             rt.block_on(protocol(model, concurrency, requests, threads))
         }
         BenchKind::Workers { model, workers, challenges, inflight, device, threads, parallel } => {
-            let engine = workers::EngineBench { model, device, threads, inflight, prefix_cache: true };
+            let engine =
+                workers::EngineBench { model, device, threads, inflight, prefix_cache: true, temperature: 0.7 };
             rt.block_on(workers::scaling(engine, workers, challenges, parallel))
         }
         BenchKind::Batching {
@@ -186,15 +190,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             threads,
             no_reference,
             no_prefix_cache,
+            temperature,
         } => {
-            let engine = workers::EngineBench { model, device, threads, inflight, prefix_cache: !no_prefix_cache };
+            let engine =
+                workers::EngineBench { model, device, threads, inflight, prefix_cache: !no_prefix_cache, temperature };
             rt.block_on(workers::batching(engine, parallel, challenges, max_tokens, !no_reference))
         }
         BenchKind::Openai { model, requests, max_tokens } => rt.block_on(workers::openai(model, requests, max_tokens)),
         BenchKind::Recovery { model, runs } => rt.block_on(workers::recovery(model, runs)),
         BenchKind::Metagraph { chain, neurons, runs, netuid } => rt.block_on(metagraph(chain, neurons, runs, netuid)),
         BenchKind::Inference { model, runs, max_tokens, threads, device, parallel, inflight, direct, prompt } => {
-            let engine = workers::EngineBench { model, device, threads, inflight, prefix_cache: true };
+            let engine =
+                workers::EngineBench { model, device, threads, inflight, prefix_cache: true, temperature: 0.7 };
             rt.block_on(inference(engine, parallel, runs, max_tokens, direct, prompt))
         }
     }

@@ -23,23 +23,34 @@ pub struct EngineBench {
     /// Challenges in flight at once.
     pub inflight: usize,
     pub prefix_cache: bool,
+    /// The challenges' temperature (0.7 like the validator's; 0 is greedy, the engine's ceiling
+    /// without the sampler's cost).
+    pub temperature: f32,
 }
 
 /// The fixed mix: answers of `lengths` tokens in turn, different prompts.
-fn mix(i: usize, lengths: &[u32]) -> GenerationRequest {
+fn mix(i: usize, lengths: &[u32], temperature: f32) -> GenerationRequest {
     let max_tokens = lengths[i % lengths.len()];
     let prompt = format!("Question number {i}: tell me something.");
-    GenerationRequest::one_turn(&prompt, max_tokens, Instant::now() + Duration::from_secs(50))
+    let mut req = GenerationRequest::one_turn(&prompt, max_tokens, Instant::now() + Duration::from_secs(50));
+    req.temperature = temperature;
+    req
 }
 
 /// Runs the mix through the graph; returns (challenges/s, tokens/s, wall).
-async fn run_mix(graph: &MinerGraph, n: usize, conc: usize, lengths: &[u32]) -> anyhow::Result<(f64, f64, Duration)> {
+async fn run_mix(
+    graph: &MinerGraph,
+    n: usize,
+    conc: usize,
+    lengths: &[u32],
+    temperature: f32,
+) -> anyhow::Result<(f64, f64, Duration)> {
     let tokens = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (g, t, lengths) = (graph.clone(), tokens.clone(), Arc::new(lengths.to_vec()));
     let (_, wall) = drive(n, conc, move |i| {
         let (g, t, lengths) = (g.clone(), t.clone(), lengths.clone());
         async move {
-            let gen = g.generate(mix(i, &lengths)).await?;
+            let gen = g.generate(mix(i, &lengths, temperature)).await?;
             t.fetch_add(u64::from(gen.completion_tokens), std::sync::atomic::Ordering::Relaxed);
             Ok(())
         }
@@ -74,7 +85,7 @@ pub async fn scaling(engine: EngineBench, counts: Vec<usize>, n: usize, parallel
         let workers = embedded_workers(&engine, count, parallel);
         let cfg = bench_config_with(&engine.model, engine.threads, 64, &[("WORKERS", workers.as_str())])?;
         let (graph, node) = start(&cfg).await?;
-        let (cps, tps, wall) = run_mix(&graph, n, engine.inflight, &DEFAULT_MIX).await?;
+        let (cps, tps, wall) = run_mix(&graph, n, engine.inflight, &DEFAULT_MIX, engine.temperature).await?;
         let base_tps = *base.get_or_insert(tps);
         println!(
             "{count} worker(s): {cps:6.2} challenges/s, {tps:7.1} tokens/s, {:5.2} s  (x{:.2} of 1 worker)",
@@ -97,10 +108,11 @@ pub async fn batching(
     anyhow::ensure!(!lengths.is_empty() && lengths.iter().all(|&l| l > 0), "--max-tokens needs positive lengths");
     let longest = lengths.iter().copied().max().unwrap_or(128);
     println!(
-        "continuous batching: one worker on {}, {} thread(s), {n} challenges ({} tokens), {} in flight; reference: llama.cpp batched decoding, argmax, 64-token prompts x {longest} tokens",
+        "continuous batching: one worker on {}, {} thread(s), {n} challenges ({} tokens, temperature {}), {} in flight; reference: llama.cpp batched decoding, argmax, 64-token prompts x {longest} tokens",
         engine.device,
         engine.threads,
         lengths.iter().map(u32::to_string).collect::<Vec<_>>().join("/"),
+        engine.temperature,
         engine.inflight
     );
     let mut base = None;
@@ -108,7 +120,7 @@ pub async fn batching(
         let workers = embedded_workers(&engine, 1, p);
         let cfg = bench_config_with(&engine.model, engine.threads, 64, &[("WORKERS", workers.as_str())])?;
         let (graph, node) = start(&cfg).await?;
-        let (cps, tps, wall) = run_mix(&graph, n, engine.inflight, &lengths).await?;
+        let (cps, tps, wall) = run_mix(&graph, n, engine.inflight, &lengths, engine.temperature).await?;
         let base_tps = *base.get_or_insert(tps);
         let w = graph.worker_ref("w0").await.expect("worker");
         let snap = ractor::call_t!(w, WorkerMsg::Snapshot, 5000)?;
@@ -219,8 +231,14 @@ pub async fn openai(model: PathBuf, requests: usize, max_tokens: u32) -> anyhow:
 }
 
 pub async fn recovery(model: PathBuf, runs: usize) -> anyhow::Result<()> {
-    let engine =
-        EngineBench { model: model.clone(), device: BenchDevice(None), threads: 1, inflight: 8, prefix_cache: true };
+    let engine = EngineBench {
+        model: model.clone(),
+        device: BenchDevice(None),
+        threads: 1,
+        inflight: 8,
+        prefix_cache: true,
+        temperature: 0.7,
+    };
     let workers = embedded_workers(&engine, 1, 1);
     let cfg = bench_config_with(&model, 1, 8, &[("WORKERS", workers.as_str())])?;
     let (graph, node) = start(&cfg).await?;
@@ -231,7 +249,7 @@ pub async fn recovery(model: PathBuf, runs: usize) -> anyhow::Result<()> {
         let crashed = Instant::now();
         worker.cast(WorkerMsg::CrashForTest)?;
         loop {
-            let mut req = mix(0, &DEFAULT_MIX);
+            let mut req = mix(0, &DEFAULT_MIX, 0.7);
             req.max_tokens = 1;
             if graph.generate(req).await.is_ok()
                 && graph.worker_ref("w0").await.is_some_and(|w| w.get_id() != worker.get_id())
