@@ -53,7 +53,11 @@ port=$((20000 + RANDOM % 20000))
 MODEL_PATH=$first API_HOST=127.0.0.1 API_PORT=$port LLAMA_THREADS=$THREADS LOG_LEVEL=info \
   "$MINER" --dev >"${LOG%.log}-dev.log" 2>&1 &
 pid=$!
-for _ in $(seq 120); do grep -q "serving validators" "${LOG%.log}-dev.log" && break; sleep 0.5; done
+# Ready once it listens and its worker has loaded the model (in either order).
+for _ in $(seq 240); do
+  grep -q "serving validators" "${LOG%.log}-dev.log" && grep -q "embedded worker ready" "${LOG%.log}-dev.log" && break
+  sleep 0.5
+done
 grep -E "embedded worker ready|serving validators" "${LOG%.log}-dev.log" | tee -a "$LOG"
 run 60 "$MINER" probe "http://127.0.0.1:$port" --max-tokens 16
 kill -TERM "$pid"
