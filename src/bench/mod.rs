@@ -390,9 +390,8 @@ async fn inference(
     let url = format!("http://{}", node.addr);
 
     // The direct reference lives on its own thread, like the worker's engine.
-    let (tx, rx) = std::sync::mpsc::channel::<Option<()>>();
+    let (tx, rx) = std::sync::mpsc::channel::<Option<String>>();
     let (res_tx, mut res_rx) = tokio::sync::mpsc::unbounded_channel();
-    let p = prompt.clone();
     let spec = engine.device.spec(&engine.model, engine.threads);
     let direct = std::thread::spawn(move || -> anyhow::Result<()> {
         let model = reference::load(&spec)?;
@@ -412,8 +411,8 @@ async fn inference(
             .and_then(|t| t.to_string().ok())
             .unwrap_or_else(|| loosh_actors::inference::chat_template::CHATML_TEMPLATE.into());
         let template = ChatTemplate::new(&source, &piece(vocab.bos()), &piece(vocab.eos()))?;
-        let rendered = template.render(&[ChatMessage::new("user", &p)], None)?;
-        while let Ok(Some(())) = rx.recv() {
+        while let Ok(Some(prompt)) = rx.recv() {
+            let rendered = template.render(&[ChatMessage::new("user", &prompt)], None)?;
             let _ = res_tx.send(reference::generate(&model, &mut ctx, &rendered, max_tokens, sampler));
         }
         Ok(())
@@ -421,7 +420,6 @@ async fn inference(
 
     let mut client = ValidatorClient::new(&url, Hotkey::ephemeral());
     client.handshake().await?;
-    let body = challenge_body(&prompt, max_tokens, 0.7);
     let (mut d_tps, mut m_tps, mut d_ttft, mut g_ttft) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     println!(
         "inference bench: {runs} runs x {max_tokens} tokens on {}, {} thread(s), n_parallel {parallel}, direct sampling {sampler:?}, miner sampling top_p 0.95 temperature 0.7, model {}",
@@ -431,7 +429,11 @@ async fn inference(
     );
     let mut before = StepStats::default();
     for run in 0..=runs {
-        tx.send(Some(()))?;
+        // A prompt of its own per run, so that the miner's prefix cache does not skip its prefill
+        // (only the chat template's fixed start is shared, as between real challenges).
+        let prompt = format!("Run {run}. {prompt}");
+        tx.send(Some(prompt.clone()))?;
+        let body = challenge_body(&prompt, max_tokens, 0.7);
         let (ttft, n, total) = res_rx.recv().await.context("direct thread ended")??;
         // Through the miner: full HTTP + crypto round trip.
         let t = Instant::now();
@@ -439,8 +441,10 @@ async fn inference(
         let m_total = t.elapsed();
         // Through the actor graph, for first-token latency (same process, so the instants compare).
         let submitted = Instant::now();
-        let g =
-            graph.generate(GenerationRequest::one_turn(&prompt, 1, Instant::now() + Duration::from_secs(50))).await?;
+        let graph_prompt = format!("Graph {run}. {prompt}");
+        let g = graph
+            .generate(GenerationRequest::one_turn(&graph_prompt, 1, Instant::now() + Duration::from_secs(50)))
+            .await?;
         let g_first = g.first_token_at.map(|f| f.duration_since(submitted)).unwrap_or_default();
         if run == 0 {
             before = step_stats(&graph, "w0").await;
