@@ -52,7 +52,8 @@ pub struct Config {
     pub llama_threads: i32,
     pub llama_gpu_layers: u32,
     pub llama_batch: u32,
-    /// Challenges one embedded worker generates at once (continuous batching).
+    /// Challenges one embedded worker generates at once (continuous batching); 0 = automatic: as
+    /// many as the GPU's free memory holds next to the model, 4 on a CPU.
     pub llama_parallel: u32,
     /// `WORKERS` / `WORKERS_FILE`: the explicit worker list, when given.
     pub workers: Option<Vec<crate::workers::WorkerConfig>>,
@@ -278,7 +279,7 @@ impl Config {
                 "a number of layers",
             )?,
             llama_batch: src.parse("LLAMA_BATCH", 512, "a number of tokens")?,
-            llama_parallel: src.parse("LLAMA_PARALLEL", 4, "a number of sequences (at least 1)")?.max(1),
+            llama_parallel: src.parse("LLAMA_PARALLEL", 0, "a number of sequences (0 = automatic)")?,
             workers: match (src.get("WORKERS"), src.get("WORKERS_FILE")) {
                 (Some(text), _) => Some(crate::workers::parse_workers(text)?),
                 (None, Some(path)) => {

@@ -43,6 +43,9 @@ pub enum WorkerConfig {
         threads: Option<i32>,
         #[serde(default)]
         gpu_layers: Option<u32>,
+        /// Reuse cached KV for repeated prompt prefixes (default true).
+        #[serde(default)]
+        prefix_cache: Option<bool>,
     },
     #[serde(alias = "openai-compatible")]
     Openai {
@@ -92,7 +95,8 @@ pub fn worker_specs(cfg: &Config, gpus: &[(usize, String)]) -> Result<Vec<Worker
                     n_ctx: Option<u32>,
                     n_parallel: Option<u32>,
                     threads: Option<i32>,
-                    gpu_layers: Option<u32>|
+                    gpu_layers: Option<u32>,
+                    prefix_cache: Option<bool>|
      -> Result<WorkerSpec, ConfigError> {
         let model_path = model.or_else(|| cfg.model_path.clone()).ok_or(ConfigError {
             var: "MODEL_PATH",
@@ -119,7 +123,8 @@ pub fn worker_specs(cfg: &Config, gpus: &[(usize, String)]) -> Result<Vec<Worker
                 },
                 gpu_device: device,
                 n_batch: cfg.llama_batch,
-                n_parallel: n_parallel.unwrap_or(cfg.llama_parallel).max(1),
+                n_parallel: n_parallel.unwrap_or(cfg.llama_parallel),
+                prefix_cache: prefix_cache.unwrap_or(true),
             }),
         })
     };
@@ -154,10 +159,19 @@ pub fn worker_specs(cfg: &Config, gpus: &[(usize, String)]) -> Result<Vec<Worker
         let mut specs = Vec::new();
         for (i, w) in list.iter().enumerate() {
             let spec = match w.clone() {
-                WorkerConfig::Embedded { name, device, model, n_ctx, n_parallel, threads, gpu_layers } => {
+                WorkerConfig::Embedded {
+                    name,
+                    device,
+                    model,
+                    n_ctx,
+                    n_parallel,
+                    threads,
+                    gpu_layers,
+                    prefix_cache,
+                } => {
                     let device = parse_device(device.as_deref())?;
                     let name = name.unwrap_or_else(|| device.map_or(format!("cpu{i}"), |d| format!("gpu{d}")));
-                    embedded(name, device, model, n_ctx, n_parallel, threads, gpu_layers)?
+                    embedded(name, device, model, n_ctx, n_parallel, threads, gpu_layers, prefix_cache)?
                 }
                 WorkerConfig::Openai { name, base_url, model, n_parallel, api_key } => {
                     openai(name.unwrap_or_else(|| format!("openai{i}")), &base_url, model, n_parallel, api_key)?
@@ -175,9 +189,9 @@ pub fn worker_specs(cfg: &Config, gpus: &[(usize, String)]) -> Result<Vec<Worker
         LlmBackend::Ollama => Ok(vec![openai("ollama0".into(), &with_v1(&cfg.ollama_base_url), None, None, None)?]),
         LlmBackend::Embedded if !gpus.is_empty() => gpus
             .iter()
-            .map(|(index, _)| embedded(format!("gpu{index}"), Some(*index), None, None, None, None, None))
+            .map(|(index, _)| embedded(format!("gpu{index}"), Some(*index), None, None, None, None, None, None))
             .collect(),
-        LlmBackend::Embedded => Ok(vec![embedded("cpu0".into(), None, None, None, None, None, None)?]),
+        LlmBackend::Embedded => Ok(vec![embedded("cpu0".into(), None, None, None, None, None, None, None)?]),
     }
 }
 

@@ -202,6 +202,31 @@ async fn one_worker_generates_several_challenges_at_once_by_continuous_batching(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_each_workers_step_time_by_phase_and_its_tokens() {
+    let Some(model) = tiny_model() else { return };
+    let g = graph(vec![embedded_worker("cpu0", model, 512, 2)], 4, fast_restarts(1)).await;
+    wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
+    let gen = g.generate(request("Say something.", 12, Duration::from_secs(50))).await.unwrap();
+    let worker = g.worker_ref("cpu0").await.unwrap();
+    let snap = ractor::call_t!(worker, WorkerMsg::Snapshot, 1000).unwrap();
+    assert_eq!(snap.steps.tokens, u64::from(gen.completion_tokens));
+    assert!(snap.steps.decode > Duration::ZERO && snap.steps.sampling > Duration::ZERO, "{snap:?}");
+    let text = g.metrics.render();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
+    };
+    for phase in ["decode", "sampling", "rest"] {
+        assert!(value(&format!("loosh_engine_step_seconds_total{{phase=\"{phase}\",worker=\"cpu0\"}}")) > 0.0);
+    }
+    assert_eq!(value("loosh_engine_tokens_total{worker=\"cpu0\"}"), f64::from(gen.completion_tokens));
+    assert!(value("loosh_engine_steps_total{worker=\"cpu0\"}") >= f64::from(gen.completion_tokens));
+    assert!(text.contains("loosh_engine_tokens_per_second{worker=\"cpu0\"}"));
+    g.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_spreads_challenges_over_workers() {
     let Some(model) = tiny_model() else { return };
     let workers = (0..3).map(|i| cpu_worker(&format!("cpu{i}"), model.clone(), 512)).collect();

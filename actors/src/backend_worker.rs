@@ -8,15 +8,17 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
 
-use crate::inference::embedded::{load_model, EmbeddedEngine, EmbeddedSpec, ModelInfo};
+use crate::inference::embedded::{load_model, EmbeddedEngine, EmbeddedSpec, ModelInfo, StepStats};
 use crate::inference::openai::{OpenAiClient, OpenAiSpec};
 use crate::inference::request::{BackendError, Generation, GenerationRequest};
+use crate::metrics::Metrics;
 
 /// Which device a worker is bound to, for logs and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +97,41 @@ pub struct WorkerSnapshot {
     /// Most sequences ever generated at once (continuous batching at work when > 1).
     pub peak_active: usize,
     pub n_parallel: usize,
+    /// Where an embedded engine's time went (zero for remote servers).
+    pub steps: StepStats,
+}
+
+/// Embedded engine threads still running, process-wide. A GPU engine must free its context and
+/// model before the process exits: freed after the CUDA driver has shut down, they abort the
+/// process (exit code 134) instead of a clean exit.
+static LIVE_ENGINES: Mutex<usize> = Mutex::new(0);
+static ENGINE_ENDED: Condvar = Condvar::new();
+
+/// Counts one engine thread for [`wait_for_engines`]; dropped last on that thread, after the
+/// engine and the model.
+struct LiveEngine;
+
+impl LiveEngine {
+    fn new() -> Self {
+        *LIVE_ENGINES.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        LiveEngine
+    }
+}
+
+impl Drop for LiveEngine {
+    fn drop(&mut self) {
+        *LIVE_ENGINES.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        ENGINE_ENDED.notify_all();
+    }
+}
+
+/// Waits until every embedded engine thread has finished its sequences and freed its model
+/// (their workers stopped: the graph is stopping), at most `timeout`. Returns whether they all
+/// did. Call before the process exits.
+pub fn wait_for_engines(timeout: Duration) -> bool {
+    let live = LIVE_ENGINES.lock().unwrap_or_else(|e| e.into_inner());
+    let (live, _) = ENGINE_ENDED.wait_timeout_while(live, timeout, |n| *n > 0).unwrap_or_else(|e| e.into_inner());
+    *live == 0
 }
 
 pub struct BackendWorker;
@@ -143,14 +180,81 @@ struct EngineStats {
     served: AtomicU64,
     active: AtomicUsize,
     peak_active: AtomicUsize,
+    steps: Mutex<StepStats>,
 }
 
-fn engine_thread(
+/// One worker's step-time series in `/metrics`, resolved once.
+struct StepMetrics {
+    decode: prometheus::Counter,
+    sampling: prometheus::Counter,
+    rest: prometheus::Counter,
+    steps: prometheus::IntCounter,
+    tokens: prometheus::IntCounter,
+    reused: prometheus::IntCounter,
+    tokens_per_second: prometheus::Gauge,
+    /// The engine's figures when last published, and the start of the tokens/s window.
+    published: StepStats,
+    window: (Instant, u64),
+}
+
+impl StepMetrics {
+    fn new(metrics: &Metrics, worker: &str) -> Self {
+        let phase = |p| metrics.engine_step_seconds.with_label_values(&[worker, p]);
+        StepMetrics {
+            decode: phase("decode"),
+            sampling: phase("sampling"),
+            rest: phase("rest"),
+            steps: metrics.engine_steps.with_label_values(&[worker]),
+            tokens: metrics.engine_tokens.with_label_values(&[worker]),
+            reused: metrics.engine_reused_prompt_tokens.with_label_values(&[worker]),
+            tokens_per_second: metrics.engine_tokens_per_second.with_label_values(&[worker]),
+            published: StepStats::default(),
+            window: (Instant::now(), 0),
+        }
+    }
+
+    fn publish(&mut self, now: StepStats, idle: bool) {
+        let d = now.since(&self.published);
+        self.published = now;
+        self.decode.inc_by(d.decode.as_secs_f64());
+        self.sampling.inc_by(d.sampling.as_secs_f64());
+        self.rest.inc_by(d.rest.as_secs_f64());
+        self.steps.inc_by(d.steps);
+        self.tokens.inc_by(d.tokens);
+        self.reused.inc_by(d.reused_prompt_tokens);
+        let elapsed = self.window.0.elapsed();
+        if idle {
+            self.tokens_per_second.set(0.0);
+            self.window = (Instant::now(), now.tokens);
+        } else if elapsed >= Duration::from_secs(1) {
+            self.tokens_per_second.set((now.tokens - self.window.1) as f64 / elapsed.as_secs_f64());
+            self.window = (Instant::now(), now.tokens);
+        }
+    }
+}
+
+struct EngineThread {
     spec: EmbeddedSpec,
     worker: ActorRef<WorkerMsg>,
     jobs: mpsc::Receiver<Job>,
     ready: oneshot::Sender<Result<ModelInfo, BackendError>>,
     stats: Arc<EngineStats>,
+    metrics: StepMetrics,
+}
+
+/// The engine thread's body. `_live` is dropped last, once the engine and the model are freed.
+fn engine_thread(_live: LiveEngine, args: EngineThread) {
+    let EngineThread { spec, worker, jobs, ready, stats, mut metrics } = args;
+    engine_loop(spec, worker, jobs, ready, stats, &mut metrics);
+}
+
+fn engine_loop(
+    spec: EmbeddedSpec,
+    worker: ActorRef<WorkerMsg>,
+    jobs: mpsc::Receiver<Job>,
+    ready: oneshot::Sender<Result<ModelInfo, BackendError>>,
+    stats: Arc<EngineStats>,
+    metrics: &mut StepMetrics,
 ) {
     let mut guard = ExitGuard { worker, clean: false };
     let model = match load_model(&spec) {
@@ -200,6 +304,9 @@ fn engine_thread(
             stats.served.fetch_add(1, Ordering::Relaxed);
             let _ = reply.send(result);
         }
+        let now = engine.stats();
+        *stats.steps.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        metrics.publish(now, engine.active() == 0 && waiting.is_empty());
         if !open && engine.active() == 0 && waiting.is_empty() {
             break;
         }
@@ -212,31 +319,39 @@ fn engine_thread(
 impl Actor for BackendWorker {
     type Msg = WorkerMsg;
     type State = WorkerState;
-    type Arguments = WorkerSpec;
+    /// The worker's spec, and the node's metrics (for the engine's step times).
+    type Arguments = (WorkerSpec, Arc<Metrics>);
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        spec: Self::Arguments,
+        (spec, metrics): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let name = spec.name.clone();
-        let n_parallel = spec.parallel();
+        let mut n_parallel = spec.parallel();
         let stats = Arc::new(EngineStats::default());
         let engine = match spec.engine {
             EngineSpec::Embedded(engine_spec) => {
                 let (jobs_tx, jobs_rx) = mpsc::channel();
                 let (ready_tx, ready_rx) = oneshot::channel();
-                let thread_stats = stats.clone();
-                thread::Builder::new()
-                    .name(format!("engine-{name}"))
-                    .spawn(move || engine_thread(engine_spec, myself, jobs_rx, ready_tx, thread_stats))?;
+                let args = EngineThread {
+                    spec: engine_spec,
+                    worker: myself,
+                    jobs: jobs_rx,
+                    ready: ready_tx,
+                    stats: stats.clone(),
+                    metrics: StepMetrics::new(&metrics, &name),
+                };
+                let live = LiveEngine::new();
+                thread::Builder::new().name(format!("engine-{name}")).spawn(move || engine_thread(live, args))?;
                 let info: ModelInfo = ready_rx
                     .await
                     .map_err(|_| BackendError::ModelLoad("engine thread died while loading".into()))??;
                 tracing::info!(
                     worker = %name, model = %info.description, n_ctx = info.n_ctx, n_parallel = info.n_parallel,
-                    native_tools = info.native_tools, "embedded worker ready"
+                    sizing = %info.sizing, native_tools = info.native_tools, "embedded worker ready"
                 );
+                n_parallel = info.n_parallel;
                 Engine::Embedded { jobs: jobs_tx }
             }
             EngineSpec::OpenAi(api_spec) => {
@@ -291,6 +406,7 @@ impl Actor for BackendWorker {
                     active: state.stats.active.load(Ordering::Relaxed),
                     peak_active: state.stats.peak_active.load(Ordering::Relaxed),
                     n_parallel: state.n_parallel,
+                    steps: *state.stats.steps.lock().unwrap_or_else(|e| e.into_inner()),
                 });
             }
             WorkerMsg::HealthCheck => {

@@ -3,7 +3,9 @@
 //! Every rejection path increments a labelled counter so that an operator can tell from `/metrics`
 //! alone whether validators are failing handshakes, hitting expired keys or finding the miner full.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    CounterVec, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -41,6 +43,16 @@ pub struct Metrics {
     pub axon_posts: IntCounterVec,
     pub challenge_api_polls: IntCounterVec,
     pub challenge_api_validators: IntGauge,
+    /// Embedded engines' step time by worker and phase (decode, sampling, rest): which of the
+    /// GPU, the sampler or our own bookkeeping limits a worker.
+    pub engine_step_seconds: CounterVec,
+    pub engine_steps: IntCounterVec,
+    /// Completion tokens sampled by each embedded engine.
+    pub engine_tokens: IntCounterVec,
+    /// Prompt tokens taken from the KV cache instead of being prefilled, by worker.
+    pub engine_reused_prompt_tokens: IntCounterVec,
+    /// Tokens per second of each embedded engine over its last busy second.
+    pub engine_tokens_per_second: GaugeVec,
 }
 
 impl Metrics {
@@ -120,8 +132,38 @@ impl Metrics {
                 &["result"],
             )
             .unwrap(),
+            engine_step_seconds: CounterVec::new(
+                Opts::new("loosh_engine_step_seconds_total", "Embedded engine step time by worker and phase"),
+                &["worker", "phase"],
+            )
+            .unwrap(),
+            engine_steps: IntCounterVec::new(
+                Opts::new("loosh_engine_steps_total", "Embedded engine decode steps"),
+                &["worker"],
+            )
+            .unwrap(),
+            engine_tokens: IntCounterVec::new(
+                Opts::new("loosh_engine_tokens_total", "Completion tokens sampled by an embedded engine"),
+                &["worker"],
+            )
+            .unwrap(),
+            engine_reused_prompt_tokens: IntCounterVec::new(
+                Opts::new("loosh_engine_reused_prompt_tokens_total", "Prompt tokens reused from the KV cache"),
+                &["worker"],
+            )
+            .unwrap(),
+            engine_tokens_per_second: GaugeVec::new(
+                Opts::new("loosh_engine_tokens_per_second", "Embedded engine tokens/s over its last busy second"),
+                &["worker"],
+            )
+            .unwrap(),
             registry,
         };
+        m.registry.register(Box::new(m.engine_step_seconds.clone())).unwrap();
+        m.registry.register(Box::new(m.engine_tokens_per_second.clone())).unwrap();
+        for c in [&m.engine_steps, &m.engine_tokens, &m.engine_reused_prompt_tokens] {
+            m.registry.register(Box::new(c.clone())).unwrap();
+        }
         for c in [&m.challenges, &m.handshakes, &m.worker_restarts] {
             m.registry.register(Box::new(c.clone())).unwrap();
         }

@@ -74,7 +74,8 @@ pub enum SupervisorMsg {
     /// A start attempt finished.
     Started {
         index: usize,
-        result: Result<ActorRef<WorkerMsg>, String>,
+        /// The worker and the sequences it runs at once (an engine may size itself).
+        result: Result<(ActorRef<WorkerMsg>, usize), String>,
     },
     Status(RpcReplyPort<Vec<WorkerStatus>>),
     /// The worker's actor, for tests that need to poke one.
@@ -186,28 +187,29 @@ impl Actor for WorkerSupervisor {
                 child.phase = WorkerPhase::Starting;
                 // Loading a model can take minutes: do it off the supervisor's mailbox so that
                 // other workers' failures are still handled meanwhile.
-                let spec = child.spec.clone();
+                let (spec, metrics) = (child.spec.clone(), state.metrics.clone());
                 let me = myself.clone();
                 tokio::spawn(async move {
-                    let result = Actor::spawn_linked(None, BackendWorker, spec, me.get_cell())
-                        .await
-                        .map(|(actor, _)| actor)
-                        .map_err(|e| e.to_string());
+                    let fallback = spec.parallel();
+                    let result = match Actor::spawn_linked(None, BackendWorker, (spec, metrics), me.get_cell()).await {
+                        Ok((actor, _)) => {
+                            let parallel =
+                                ractor::call_t!(actor, WorkerMsg::Snapshot, 5000).map_or(fallback, |s| s.n_parallel);
+                            Ok((actor, parallel))
+                        }
+                        Err(e) => Err(e.to_string()),
+                    };
                     let _ = me.cast(SupervisorMsg::Started { index, result });
                 });
             }
             SupervisorMsg::Started { index, result } => match result {
-                Ok(actor) => {
+                Ok((actor, parallel)) => {
                     let child = &mut state.children[index];
                     state.by_actor.insert(actor.get_id(), index);
                     child.actor = Some(actor.clone());
                     child.phase = WorkerPhase::Ready;
                     state.metrics.worker_down.with_label_values(&[&child.spec.name]).set(0);
-                    state.scheduler.cast(SchedulerMsg::WorkerUp {
-                        name: child.spec.name.clone(),
-                        actor,
-                        parallel: child.spec.parallel(),
-                    })?;
+                    state.scheduler.cast(SchedulerMsg::WorkerUp { name: child.spec.name.clone(), actor, parallel })?;
                 }
                 Err(reason) => state.failed(&myself, index, reason),
             },

@@ -5,7 +5,13 @@
 //!   the miner's own cost.
 //! - `sampling`: microseconds per sampled token, llama.cpp's sampler chain against the miner's.
 //! - `inference`: tokens/s and time to first token through the miner against a plain llama.cpp
-//!   loop on the same GGUF, prompt and sampling settings, interleaved run by run.
+//!   loop on the same GGUF and prompt (argmax, or the validator's sampling), interleaved run by
+//!   run; then the first-token time of a challenge whose 2,000-token system prompt is cached.
+//! - `batching` and `workers` (in `workers`): one worker's continuous batching against llama.cpp's
+//!   own batched decoding, and scaling over workers.
+//!
+//! The engine benchmarks take `--device cpu|gpuN`, `--threads`, `--parallel` and `--inflight`, and
+//! print where each step's time went (decode, sampling, the rest).
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -15,13 +21,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::LlamaModel;
 use loosh_actors::authorization::ValidatorAuth;
+use loosh_actors::backend_worker::{wait_for_engines, WorkerMsg};
 use loosh_actors::graph::MinerGraph;
 use loosh_actors::inference::chat_template::ChatTemplate;
-use loosh_actors::inference::embedded::sampler_for;
+use loosh_actors::inference::embedded::StepStats;
 use loosh_actors::inference::request::GenerationRequest;
 use loosh_actors::protocol::messages::ChatMessage;
 use loosh_actors::protocol::rsa_keys::MinerRsaKey;
@@ -32,8 +36,11 @@ use crate::config::{Config, Source};
 use crate::node::{http_settings, spawn_graph, HttpNode};
 use crate::validator_client::{challenge_body, ValidatorClient};
 
+mod reference;
 mod sampling;
 mod workers;
+
+use reference::{BenchDevice, DirectSampler};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -55,7 +62,7 @@ enum BenchKind {
         #[arg(long, default_value_t = 1)]
         threads: i32,
     },
-    /// Throughput of 1, 2, 4 CPU workers (1 thread each) on a fixed challenge mix.
+    /// Throughput of 1, 2, 4 workers on one device on a fixed challenge mix.
     Workers {
         #[arg(long)]
         model: PathBuf,
@@ -63,17 +70,48 @@ enum BenchKind {
         workers: Vec<usize>,
         #[arg(long, default_value_t = 48)]
         challenges: usize,
-        #[arg(long, default_value_t = 8)]
-        concurrency: usize,
+        /// Challenges in flight at once.
+        #[arg(long, visible_alias = "concurrency", default_value_t = 8)]
+        inflight: usize,
+        /// cpu or gpuN.
+        #[arg(long, default_value = "cpu")]
+        device: BenchDevice,
+        /// CPU threads per worker.
+        #[arg(long, default_value_t = 1)]
+        threads: i32,
+        /// Sequences each worker generates at once.
+        #[arg(long, default_value_t = 1)]
+        parallel: u32,
     },
-    /// One worker generating 1 vs N sequences at once (continuous batching gain).
+    /// One worker generating 1 vs N sequences at once (continuous batching gain), each level
+    /// against llama.cpp's own batched decoding of as many sequences.
     Batching {
         #[arg(long)]
         model: PathBuf,
-        #[arg(long, default_value = "1,4", value_delimiter = ',')]
+        /// The worker's n_parallel levels.
+        #[arg(long, default_value = "1,4,16", value_delimiter = ',')]
         parallel: Vec<u32>,
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 48)]
         challenges: usize,
+        /// Challenges in flight at once.
+        #[arg(long, default_value_t = 16)]
+        inflight: usize,
+        /// Completion tokens per challenge, cycled over the challenges.
+        #[arg(long, default_value = "16,64,128", value_delimiter = ',')]
+        max_tokens: Vec<u32>,
+        #[arg(long, default_value = "cpu")]
+        device: BenchDevice,
+        #[arg(long, default_value_t = 1)]
+        threads: i32,
+        /// Skip llama.cpp's batched reference.
+        #[arg(long)]
+        no_reference: bool,
+        /// Run the worker without prefix reuse (and so without the unified KV cache it needs).
+        #[arg(long)]
+        no_prefix_cache: bool,
+        /// The challenges' temperature; 0 (greedy) shows the engine without the sampler's cost.
+        #[arg(long, default_value_t = 0.7)]
+        temperature: f32,
     },
     /// The openai worker's overhead: miner round trip minus a direct streamed call to the same
     /// llama-cpp-python server (started by the bench from ./.venv).
@@ -112,7 +150,8 @@ enum BenchKind {
         #[arg(long, default_value_t = 400)]
         draws: usize,
     },
-    /// Tokens/s and time to first token through the miner vs llama.cpp directly.
+    /// Tokens/s and time to first token through the miner vs llama.cpp directly, then the
+    /// first-token time of a cached 2,000-token system prompt.
     Inference {
         #[arg(long)]
         model: PathBuf,
@@ -122,6 +161,17 @@ enum BenchKind {
         max_tokens: u32,
         #[arg(long, default_value_t = 1)]
         threads: i32,
+        #[arg(long, default_value = "cpu")]
+        device: BenchDevice,
+        /// The worker's n_parallel.
+        #[arg(long, default_value_t = 1)]
+        parallel: u32,
+        /// Challenges the miner admits at once (MAX_CONCURRENT_REQUESTS); the runs send one at a time.
+        #[arg(long, default_value_t = 4)]
+        inflight: usize,
+        /// How the direct reference samples.
+        #[arg(long, value_enum, default_value_t = DirectSampler::Argmax)]
+        direct: DirectSampler,
         #[arg(long, default_value = "Write a short story about a lighthouse keeper who finds a message in a bottle.")]
         prompt: String,
     },
@@ -134,18 +184,35 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchKind::Protocol { model, concurrency, requests, threads } => {
             rt.block_on(protocol(model, concurrency, requests, threads))
         }
-        BenchKind::Workers { model, workers, challenges, concurrency } => {
-            rt.block_on(workers::scaling(model, workers, challenges, concurrency))
+        BenchKind::Workers { model, workers, challenges, inflight, device, threads, parallel } => {
+            let engine =
+                workers::EngineBench { model, device, threads, inflight, prefix_cache: true, temperature: 0.7 };
+            rt.block_on(workers::scaling(engine, workers, challenges, parallel))
         }
-        BenchKind::Batching { model, parallel, challenges } => {
-            rt.block_on(workers::batching(model, parallel, challenges))
+        BenchKind::Batching {
+            model,
+            parallel,
+            challenges,
+            inflight,
+            max_tokens,
+            device,
+            threads,
+            no_reference,
+            no_prefix_cache,
+            temperature,
+        } => {
+            let engine =
+                workers::EngineBench { model, device, threads, inflight, prefix_cache: !no_prefix_cache, temperature };
+            rt.block_on(workers::batching(engine, parallel, challenges, max_tokens, !no_reference))
         }
         BenchKind::Openai { model, requests, max_tokens } => rt.block_on(workers::openai(model, requests, max_tokens)),
         BenchKind::Recovery { model, runs } => rt.block_on(workers::recovery(model, runs)),
         BenchKind::Metagraph { chain, neurons, runs, netuid } => rt.block_on(metagraph(chain, neurons, runs, netuid)),
         BenchKind::Sampling { draws } => sampling::sampling(draws),
-        BenchKind::Inference { model, runs, max_tokens, threads, prompt } => {
-            rt.block_on(inference(model, runs, max_tokens, threads, prompt))
+        BenchKind::Inference { model, runs, max_tokens, threads, device, parallel, inflight, direct, prompt } => {
+            let engine =
+                workers::EngineBench { model, device, threads, inflight, prefix_cache: true, temperature: 0.7 };
+            rt.block_on(inference(engine, parallel, runs, max_tokens, direct, prompt))
         }
     }
 }
@@ -168,7 +235,7 @@ pub(crate) fn bench_config_with(
         ("MODEL_PATH", model.as_str()),
         ("LLAMA_THREADS", threads.as_str()),
         ("MAX_CONCURRENT_REQUESTS", in_flight.as_str()),
-        ("MAX_MODEL_LEN", "2048"),
+        ("MAX_MODEL_LEN", "4096"),
     ];
     pairs.extend_from_slice(extra);
     let cfg = Config::from_source(&Source::from_pairs(pairs))?;
@@ -195,6 +262,22 @@ pub(crate) async fn start(cfg: &Config) -> anyhow::Result<(MinerGraph, HttpNode)
         2,
     )?;
     Ok((graph, node))
+}
+
+/// Stops the node and the graph and waits for the engines to free their models (a GPU model
+/// freed at process exit aborts it; the next level of a benchmark needs the memory).
+pub(crate) async fn stop(graph: MinerGraph, node: HttpNode) {
+    node.stop().await;
+    graph.stop();
+    let _ = tokio::task::spawn_blocking(|| wait_for_engines(Duration::from_secs(60))).await;
+}
+
+/// Where one worker's step time went, from its snapshot.
+pub(crate) async fn step_stats(graph: &MinerGraph, worker: &str) -> StepStats {
+    match graph.worker_ref(worker).await {
+        Some(w) => ractor::call_t!(w, WorkerMsg::Snapshot, 5000).map(|s| s.steps).unwrap_or_default(),
+        None => StepStats::default(),
+    }
 }
 
 pub(crate) struct Stats {
@@ -297,69 +380,38 @@ async fn protocol(model: PathBuf, levels: Vec<usize>, requests: usize, threads: 
     Ok(())
 }
 
-/// One generation with llama.cpp called directly: (time to first token, completion tokens, total).
-fn direct_generate(
-    model: &LlamaModel,
-    ctx: &mut llama_cpp_2::context::LlamaContext,
-    prompt: &str,
-    max_tokens: u32,
-) -> anyhow::Result<(Duration, u32, Duration)> {
-    let start = Instant::now();
-    let vocab = model.vocab();
-    let tokens = vocab.tokenize(prompt.as_bytes(), vocab.should_add_bos(), true);
-    ctx.clear_kv_cache();
-    let mut batch = LlamaBatch::new(512, 1);
-    for (i, t) in tokens.iter().enumerate() {
-        batch.add(*t, i as i32, &[0], i == tokens.len() - 1)?;
-    }
-    ctx.decode(&mut batch)?;
-    let mut sampler = sampler_for(0.7, 0.95);
-    let mut idx = batch.n_tokens() - 1;
-    let mut pos = tokens.len() as i32;
-    let mut ttft = None;
-    let mut n = 0;
-    while n < max_tokens {
-        let token = sampler.sample(ctx, idx);
-        ttft.get_or_insert_with(|| start.elapsed());
-        if vocab.is_eog(token) {
-            break;
-        }
-        let _piece = vocab.token_to_piece(token, false, None);
-        n += 1;
-        batch.clear();
-        batch.add(token, pos, &[0], true)?;
-        pos += 1;
-        ctx.decode(&mut batch)?;
-        idx = 0;
-    }
-    Ok((ttft.unwrap_or_default(), n, start.elapsed()))
-}
-
 async fn inference(
-    model_path: PathBuf,
+    engine: workers::EngineBench,
+    parallel: u32,
     runs: usize,
     max_tokens: u32,
-    threads: i32,
+    sampler: DirectSampler,
     prompt: String,
 ) -> anyhow::Result<()> {
-    let cfg = bench_config(&model_path, threads, 4)?;
+    let workers = serde_json::to_string(&[engine.device.worker_json(
+        "w0",
+        &engine.model,
+        engine.threads,
+        parallel,
+        engine.prefix_cache,
+    )])?;
+    let cfg = bench_config_with(&engine.model, engine.threads, engine.inflight, &[("WORKERS", workers.as_str())])?;
     let (graph, node) = start(&cfg).await?;
     let url = format!("http://{}", node.addr);
 
     // The direct reference lives on its own thread, like the worker's engine.
-    let (tx, rx) = std::sync::mpsc::channel::<Option<()>>();
+    let (tx, rx) = std::sync::mpsc::channel::<Option<String>>();
     let (res_tx, mut res_rx) = tokio::sync::mpsc::unbounded_channel();
-    let p = prompt.clone();
+    let spec = engine.device.spec(&engine.model, engine.threads);
     let direct = std::thread::spawn(move || -> anyhow::Result<()> {
-        // llama.cpp is initialised once per process; share the miner's initialisation.
-        let backend = loosh_actors::inference::embedded::backend()?;
-        let model = LlamaModel::load_from_file(backend, &model_path, &LlamaModelParams::default())?;
+        let model = reference::load(&spec)?;
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(2048))
             .with_n_batch(512)
             .with_n_ubatch(512)
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads);
+            .with_n_threads(spec.threads)
+            .with_n_threads_batch(spec.threads);
+        let backend = loosh_actors::inference::embedded::backend()?;
         let mut ctx = model.new_context(backend, params)?;
         let vocab = model.vocab();
         let piece = |t| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
@@ -369,23 +421,29 @@ async fn inference(
             .and_then(|t| t.to_string().ok())
             .unwrap_or_else(|| loosh_actors::inference::chat_template::CHATML_TEMPLATE.into());
         let template = ChatTemplate::new(&source, &piece(vocab.bos()), &piece(vocab.eos()))?;
-        let rendered = template.render(&[ChatMessage::new("user", &p)], None)?;
-        while let Ok(Some(())) = rx.recv() {
-            let _ = res_tx.send(direct_generate(&model, &mut ctx, &rendered, max_tokens));
+        while let Ok(Some(prompt)) = rx.recv() {
+            let rendered = template.render(&[ChatMessage::new("user", &prompt)], None)?;
+            let _ = res_tx.send(reference::generate(&model, &mut ctx, &rendered, max_tokens, sampler));
         }
         Ok(())
     });
 
     let mut client = ValidatorClient::new(&url, Hotkey::ephemeral());
     client.handshake().await?;
-    let body = challenge_body(&prompt, max_tokens, 0.7);
     let (mut d_tps, mut m_tps, mut d_ttft, mut g_ttft) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     println!(
-        "inference bench: {runs} runs x {max_tokens} tokens, {threads} thread(s), model {}",
-        cfg.model_path.as_ref().unwrap().display()
+        "inference bench: {runs} runs x {max_tokens} tokens on {}, {} thread(s), n_parallel {parallel}, direct sampling {sampler:?}, miner sampling top_p 0.95 temperature 0.7, model {}",
+        engine.device,
+        engine.threads,
+        engine.model.display()
     );
+    let mut before = StepStats::default();
     for run in 0..=runs {
-        tx.send(Some(()))?;
+        // A prompt of its own per run, so that the miner's prefix cache does not skip its prefill
+        // (only the chat template's fixed start is shared, as between real challenges).
+        let prompt = format!("Run {run}. {prompt}");
+        tx.send(Some(prompt.clone()))?;
+        let body = challenge_body(&prompt, max_tokens, 0.7);
         let (ttft, n, total) = res_rx.recv().await.context("direct thread ended")??;
         // Through the miner: full HTTP + crypto round trip.
         let t = Instant::now();
@@ -393,10 +451,13 @@ async fn inference(
         let m_total = t.elapsed();
         // Through the actor graph, for first-token latency (same process, so the instants compare).
         let submitted = Instant::now();
-        let g =
-            graph.generate(GenerationRequest::one_turn(&prompt, 1, Instant::now() + Duration::from_secs(50))).await?;
+        let graph_prompt = format!("Graph {run}. {prompt}");
+        let g = graph
+            .generate(GenerationRequest::one_turn(&graph_prompt, 1, Instant::now() + Duration::from_secs(50)))
+            .await?;
         let g_first = g.first_token_at.map(|f| f.duration_since(submitted)).unwrap_or_default();
         if run == 0 {
+            before = step_stats(&graph, "w0").await;
             continue; // warm-up
         }
         d_tps.push(n as f64 / total.as_secs_f64());
@@ -422,8 +483,33 @@ async fn inference(
     };
     let (dt, mt, df, gf) = (med(&mut d_tps), med(&mut m_tps), med(&mut d_ttft), med(&mut g_ttft));
     println!("median: direct {dt:.1} tok/s, miner {mt:.1} tok/s (ratio {:.3}); ttft direct {df:.1} ms, via actor graph {gf:.1} ms ({:+.1} ms)", mt / dt, gf - df);
-    node.stop().await;
-    graph.stop();
+    println!("miner steps: {}", step_stats(&graph, "w0").await.since(&before).summary());
+    prefix_reuse(&graph).await?;
+    stop(graph, node).await;
+    Ok(())
+}
+
+/// First-token time of two challenges sharing a ~2,000-token system prompt: the second finds the
+/// prefix in the KV cache and prefills only its own question.
+async fn prefix_reuse(graph: &MinerGraph) -> anyhow::Result<()> {
+    let system = "You are a careful assistant who answers questions about lighthouses, ships and the sea. ".repeat(110);
+    let mut ttft = Vec::new();
+    for question in ["Who keeps the lighthouse?", "What does the keeper find in the bottle?"] {
+        let mut req = GenerationRequest::one_turn(question, 1, Instant::now() + Duration::from_secs(50));
+        req.messages.insert(0, ChatMessage::new("system", &system));
+        let submitted = Instant::now();
+        let g = graph.generate(req).await?;
+        let first = g.first_token_at.map(|f| f.duration_since(submitted)).unwrap_or_default();
+        ttft.push((first.as_secs_f64() * 1e3, g.prompt_tokens));
+    }
+    println!(
+        "prefix reuse: {}-token prompt, first token {:.1} ms uncached; {}-token prompt sharing its system prompt, first token {:.1} ms ({:.1}x faster)",
+        ttft[0].1,
+        ttft[0].0,
+        ttft[1].1,
+        ttft[1].0,
+        ttft[0].0 / ttft[1].0.max(1e-3)
+    );
     Ok(())
 }
 
@@ -485,4 +571,66 @@ async fn metagraph(url: String, neurons: u16, runs: usize, netuid: u16) -> anyho
     println!("  reference, one head read: median {:.2} ms", reads[runs / 2].as_secs_f64() * 1e3);
     println!("  metagraph held: {size} bytes; process RSS {} KiB -> {} KiB across the syncs", before, rss_kib());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        which: BenchKind,
+    }
+
+    fn parse(args: &[&str]) -> Result<BenchKind, clap::Error> {
+        Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied())).map(|c| c.which)
+    }
+
+    #[test]
+    fn the_engine_benchmarks_take_a_device_threads_parallel_and_inflight() {
+        let BenchKind::Batching { device, threads, parallel, inflight, max_tokens, no_reference, .. } = parse(&[
+            "batching",
+            "--model",
+            "m.gguf",
+            "--device",
+            "gpu1",
+            "--threads",
+            "8",
+            "--parallel",
+            "1,16",
+            "--inflight",
+            "16",
+            "--max-tokens",
+            "128",
+        ])
+        .unwrap() else {
+            panic!("batching")
+        };
+        assert_eq!((device, threads, parallel, inflight), (BenchDevice(Some(1)), 8, vec![1, 16], 16));
+        assert_eq!((max_tokens, no_reference), (vec![128], false));
+
+        let BenchKind::Inference { device, parallel, inflight, direct, .. } =
+            parse(&["inference", "--model", "m.gguf", "--device", "cpu"]).unwrap()
+        else {
+            panic!("inference")
+        };
+        assert_eq!((device, parallel, inflight, direct), (BenchDevice(None), 1, 4, DirectSampler::Argmax));
+
+        // `--concurrency` stays as the old name of `--inflight`.
+        let BenchKind::Workers { inflight, device, .. } =
+            parse(&["workers", "--model", "m.gguf", "--concurrency", "3", "--device", "gpu0"]).unwrap()
+        else {
+            panic!("workers")
+        };
+        assert_eq!((inflight, device), (3, BenchDevice(Some(0))));
+    }
+
+    #[test]
+    fn a_device_that_is_neither_cpu_nor_a_gpu_is_refused_by_name() {
+        let err = parse(&["batching", "--model", "m.gguf", "--device", "tpu0"]).err().expect("refused").to_string();
+        assert!(err.contains("cpu or gpuN"), "{err}");
+    }
 }

@@ -11,24 +11,46 @@ use loosh_actors::inference::request::GenerationRequest;
 use loosh_actors::protocol::signature::Hotkey;
 use serde_json::json;
 
-use super::{bench_config_with, drive, start, stats};
+use super::reference::{self, BenchDevice};
+use super::{bench_config_with, drive, start, stats, step_stats, stop};
 use crate::validator_client::{challenge_body, ValidatorClient};
 
-/// The fixed mix: short, medium and long answers, different prompts.
-fn mix(i: usize) -> GenerationRequest {
-    let max_tokens = [16, 64, 128][i % 3];
+/// Where and how the engine benchmarks run one worker's engine.
+pub struct EngineBench {
+    pub model: PathBuf,
+    pub device: BenchDevice,
+    pub threads: i32,
+    /// Challenges in flight at once.
+    pub inflight: usize,
+    pub prefix_cache: bool,
+    /// The challenges' temperature (0.7 like the validator's; 0 is greedy, the engine's ceiling
+    /// without the sampler's cost).
+    pub temperature: f32,
+}
+
+/// The fixed mix: answers of `lengths` tokens in turn, different prompts.
+fn mix(i: usize, lengths: &[u32], temperature: f32) -> GenerationRequest {
+    let max_tokens = lengths[i % lengths.len()];
     let prompt = format!("Question number {i}: tell me something.");
-    GenerationRequest::one_turn(&prompt, max_tokens, Instant::now() + Duration::from_secs(50))
+    let mut req = GenerationRequest::one_turn(&prompt, max_tokens, Instant::now() + Duration::from_secs(50));
+    req.temperature = temperature;
+    req
 }
 
 /// Runs the mix through the graph; returns (challenges/s, tokens/s, wall).
-async fn run_mix(graph: &MinerGraph, n: usize, conc: usize) -> anyhow::Result<(f64, f64, Duration)> {
+async fn run_mix(
+    graph: &MinerGraph,
+    n: usize,
+    conc: usize,
+    lengths: &[u32],
+    temperature: f32,
+) -> anyhow::Result<(f64, f64, Duration)> {
     let tokens = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (g, t) = (graph.clone(), tokens.clone());
+    let (g, t, lengths) = (graph.clone(), tokens.clone(), Arc::new(lengths.to_vec()));
     let (_, wall) = drive(n, conc, move |i| {
-        let (g, t) = (g.clone(), t.clone());
+        let (g, t, lengths) = (g.clone(), t.clone(), lengths.clone());
         async move {
-            let gen = g.generate(mix(i)).await?;
+            let gen = g.generate(mix(i, &lengths, temperature)).await?;
             t.fetch_add(u64::from(gen.completion_tokens), std::sync::atomic::Ordering::Relaxed);
             Ok(())
         }
@@ -38,47 +60,87 @@ async fn run_mix(graph: &MinerGraph, n: usize, conc: usize) -> anyhow::Result<(f
     Ok((n as f64 / secs, tokens.load(std::sync::atomic::Ordering::Relaxed) as f64 / secs, wall))
 }
 
-fn embedded_workers(model: &std::path::Path, count: usize, parallel: u32) -> String {
+/// `count` embedded workers of `parallel` sequences each, on the bench's device.
+fn embedded_workers(engine: &EngineBench, count: usize, parallel: u32) -> String {
     let list: Vec<_> = (0..count)
-        .map(|i| json!({"kind": "embedded", "name": format!("cpu{i}"), "model": model, "threads": 1, "n_parallel": parallel}))
+        .map(|i| {
+            engine.device.worker_json(&format!("w{i}"), &engine.model, engine.threads, parallel, engine.prefix_cache)
+        })
         .collect();
     serde_json::to_string(&list).expect("JSON")
 }
 
-pub async fn scaling(model: PathBuf, counts: Vec<usize>, n: usize, conc: usize) -> anyhow::Result<()> {
-    println!("worker scaling: {n} challenges (16/64/128 tokens), {conc} in flight, 1 thread and 1 sequence per worker, {} cores", std::thread::available_parallelism().map_or(0, |p| p.get()));
+const DEFAULT_MIX: [u32; 3] = [16, 64, 128];
+
+pub async fn scaling(engine: EngineBench, counts: Vec<usize>, n: usize, parallel: u32) -> anyhow::Result<()> {
+    println!(
+        "worker scaling on {}: {n} challenges (16/64/128 tokens), {} in flight, {} thread(s) and {parallel} sequence(s) per worker, {} cores",
+        engine.device,
+        engine.inflight,
+        engine.threads,
+        std::thread::available_parallelism().map_or(0, |p| p.get())
+    );
     let mut base = None;
     for count in counts {
-        let workers = embedded_workers(&model, count, 1);
-        let cfg = bench_config_with(&model, 1, 64, &[("WORKERS", workers.as_str())])?;
+        let workers = embedded_workers(&engine, count, parallel);
+        let cfg = bench_config_with(&engine.model, engine.threads, 64, &[("WORKERS", workers.as_str())])?;
         let (graph, node) = start(&cfg).await?;
-        let (cps, tps, wall) = run_mix(&graph, n, conc).await?;
+        let (cps, tps, wall) = run_mix(&graph, n, engine.inflight, &DEFAULT_MIX, engine.temperature).await?;
         let base_tps = *base.get_or_insert(tps);
         println!(
             "{count} worker(s): {cps:6.2} challenges/s, {tps:7.1} tokens/s, {:5.2} s  (x{:.2} of 1 worker)",
             wall.as_secs_f64(),
             tps / base_tps
         );
-        node.stop().await;
-        graph.stop();
+        println!("  w0 {}", step_stats(&graph, "w0").await.summary());
+        stop(graph, node).await;
     }
     Ok(())
 }
 
-pub async fn batching(model: PathBuf, parallel: Vec<u32>, n: usize) -> anyhow::Result<()> {
-    println!("continuous batching: one worker (1 thread), {n} challenges (16/64/128 tokens), 8 in flight");
+pub async fn batching(
+    engine: EngineBench,
+    parallel: Vec<u32>,
+    n: usize,
+    lengths: Vec<u32>,
+    reference: bool,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(!lengths.is_empty() && lengths.iter().all(|&l| l > 0), "--max-tokens needs positive lengths");
+    let longest = lengths.iter().copied().max().unwrap_or(128);
+    println!(
+        "continuous batching: one worker on {}, {} thread(s), {n} challenges ({} tokens, temperature {}), {} in flight; reference: llama.cpp batched decoding, argmax, 64-token prompts x {longest} tokens",
+        engine.device,
+        engine.threads,
+        lengths.iter().map(u32::to_string).collect::<Vec<_>>().join("/"),
+        engine.temperature,
+        engine.inflight
+    );
     let mut base = None;
     for p in parallel {
-        let workers = embedded_workers(&model, 1, p);
-        let cfg = bench_config_with(&model, 1, 64, &[("WORKERS", workers.as_str())])?;
+        let workers = embedded_workers(&engine, 1, p);
+        let cfg = bench_config_with(&engine.model, engine.threads, 64, &[("WORKERS", workers.as_str())])?;
         let (graph, node) = start(&cfg).await?;
-        let (cps, tps, wall) = run_mix(&graph, n, 8).await?;
+        let (cps, tps, wall) = run_mix(&graph, n, engine.inflight, &lengths, engine.temperature).await?;
         let base_tps = *base.get_or_insert(tps);
-        let w = graph.worker_ref("cpu0").await.expect("worker");
-        let peak = ractor::call_t!(w, WorkerMsg::Snapshot, 1000).map(|s| s.peak_active).unwrap_or(0);
-        println!("n_parallel {p}: {cps:6.2} challenges/s, {tps:7.1} tokens/s, {:5.2} s, peak {peak} sequences at once (x{:.2})", wall.as_secs_f64(), tps / base_tps);
-        node.stop().await;
-        graph.stop();
+        let w = graph.worker_ref("w0").await.expect("worker");
+        let snap = ractor::call_t!(w, WorkerMsg::Snapshot, 5000)?;
+        println!(
+            "n_parallel {p}: {cps:6.2} challenges/s, {tps:7.1} tokens/s, {:5.2} s, peak {} sequences at once (x{:.2})",
+            wall.as_secs_f64(),
+            snap.peak_active,
+            tps / base_tps
+        );
+        println!("  miner {}", snap.steps.summary());
+        stop(graph, node).await;
+        if reference {
+            let seqs = (p as usize).min(engine.inflight) as u32;
+            let spec = engine.device.spec(&engine.model, engine.threads);
+            let (direct, ms) = tokio::task::spawn_blocking(move || reference::batched(&spec, seqs, longest)).await??;
+            println!(
+                "  llama.cpp batched, {seqs} sequences: {direct:7.1} tokens/s ({ms:.2} ms/step); miner/direct {:.3}",
+                tps / direct
+            );
+        }
     }
     Ok(())
 }
@@ -169,20 +231,28 @@ pub async fn openai(model: PathBuf, requests: usize, max_tokens: u32) -> anyhow:
 }
 
 pub async fn recovery(model: PathBuf, runs: usize) -> anyhow::Result<()> {
-    let workers = embedded_workers(&model, 1, 1);
+    let engine = EngineBench {
+        model: model.clone(),
+        device: BenchDevice(None),
+        threads: 1,
+        inflight: 8,
+        prefix_cache: true,
+        temperature: 0.7,
+    };
+    let workers = embedded_workers(&engine, 1, 1);
     let cfg = bench_config_with(&model, 1, 8, &[("WORKERS", workers.as_str())])?;
     let (graph, node) = start(&cfg).await?;
     println!("recovery: crash the only worker, then time until a challenge is answered by its replacement (default restart policy: first backoff 1 s)");
     let mut times = Vec::new();
     for _ in 0..runs {
-        let worker = graph.worker_ref("cpu0").await.expect("worker up");
+        let worker = graph.worker_ref("w0").await.expect("worker up");
         let crashed = Instant::now();
         worker.cast(WorkerMsg::CrashForTest)?;
         loop {
-            let mut req = mix(0);
+            let mut req = mix(0, &DEFAULT_MIX, 0.7);
             req.max_tokens = 1;
             if graph.generate(req).await.is_ok()
-                && graph.worker_ref("cpu0").await.is_some_and(|w| w.get_id() != worker.get_id())
+                && graph.worker_ref("w0").await.is_some_and(|w| w.get_id() != worker.get_id())
             {
                 break;
             }

@@ -54,6 +54,7 @@ pub fn cpu_worker(name: &str, model: PathBuf, n_ctx: u32) -> WorkerSpec {
             gpu_device: None,
             n_batch: 256,
             n_parallel: 1,
+            prefix_cache: true,
         }),
     }
 }

@@ -41,8 +41,21 @@ pub struct EmbeddedSpec {
     /// Prompt tokens decoded per llama.cpp batch.
     pub n_batch: u32,
     /// Sequences generated together in one context (continuous batching); `n_ctx` is per sequence.
+    /// 0 = automatic: on a GPU as many as its free memory holds next to the model (see
+    /// [`auto_parallel`]), on a CPU [`CPU_DEFAULT_PARALLEL`].
     pub n_parallel: u32,
+    /// Reuse the KV of a prompt prefix already in the cache (validators repeat their system
+    /// prompts) instead of prefilling it again.
+    pub prefix_cache: bool,
 }
+
+/// Sequences per CPU worker when `n_parallel` is automatic: a CPU's matrix work grows with the
+/// batch, so more than a few sequences stop paying.
+pub const CPU_DEFAULT_PARALLEL: u32 = 4;
+
+/// At most this many sequences per context when sized automatically: llama.cpp's own batched
+/// decoding gains little beyond it, and each sequence's logits cost a host copy per step.
+const MAX_AUTO_PARALLEL: u32 = 64;
 
 /// What a loaded engine reports about itself.
 #[derive(Debug, Clone)]
@@ -52,6 +65,60 @@ pub struct ModelInfo {
     pub n_ctx: u32,
     pub n_parallel: usize,
     pub native_tools: bool,
+    /// How `n_parallel` was chosen (given, or sized from the GPU's free memory), for the log.
+    pub sizing: String,
+}
+
+/// Where one engine's time went, accumulated since it started: what `/metrics` and the benchmarks
+/// show so that the bottleneck (the GPU's decode, the CPU's sampling, or our own bookkeeping) is
+/// visible without a profiler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepStats {
+    pub steps: u64,
+    /// llama.cpp's decode, until its results are on the host.
+    pub decode: Duration,
+    /// Drawing the next token of every sequence from its logits.
+    pub sampling: Duration,
+    /// Everything else in a step: admission (template, tokenising, prefix lookup), batch
+    /// building, detokenising, stop checks.
+    pub rest: Duration,
+    /// Completion tokens sampled.
+    pub tokens: u64,
+    /// Prompt tokens prefilled.
+    pub prompt_tokens: u64,
+    /// Prompt tokens taken from the cache instead of being prefilled.
+    pub reused_prompt_tokens: u64,
+}
+
+impl StepStats {
+    /// Adds `other - before` (counters only grow).
+    pub fn since(&self, before: &StepStats) -> StepStats {
+        StepStats {
+            steps: self.steps - before.steps,
+            decode: self.decode.saturating_sub(before.decode),
+            sampling: self.sampling.saturating_sub(before.sampling),
+            rest: self.rest.saturating_sub(before.rest),
+            tokens: self.tokens - before.tokens,
+            prompt_tokens: self.prompt_tokens - before.prompt_tokens,
+            reused_prompt_tokens: self.reused_prompt_tokens - before.reused_prompt_tokens,
+        }
+    }
+
+    /// One line for the benchmarks: per-step milliseconds by phase and tokens/s of busy time.
+    pub fn summary(&self) -> String {
+        let steps = self.steps.max(1) as f64;
+        let busy = (self.decode + self.sampling + self.rest).as_secs_f64();
+        format!(
+            "{} steps: decode {:.2} ms, sampling {:.2} ms, rest {:.2} ms per step; {:.1} tok/s busy; prompt {} prefilled, {} reused",
+            self.steps,
+            self.decode.as_secs_f64() * 1e3 / steps,
+            self.sampling.as_secs_f64() * 1e3 / steps,
+            self.rest.as_secs_f64() * 1e3 / steps,
+            if busy > 0.0 { self.tokens as f64 / busy } else { 0.0 },
+            self.prompt_tokens,
+            self.reused_prompt_tokens
+        )
+    }
 }
 
 /// The process-wide llama.cpp backend: llama.cpp allows one initialisation per process.
@@ -117,8 +184,14 @@ pub struct EmbeddedEngine<'m, T> {
     /// Context available to one sequence.
     n_ctx_seq: u32,
     slots: Vec<Option<Slot<T>>>,
+    /// The tokens whose KV each sequence holds (positions 0..len), live or left by a finished
+    /// generation: what a new prompt's prefix is matched against.
+    cached: Vec<Vec<LlamaToken>>,
+    prefix_cache: bool,
+    sizing: String,
     /// Smoothed seconds per decode step, to stop one step before a deadline rather than after.
     secs_per_step: f64,
+    stats: StepStats,
 }
 
 /// Loads the model file (the expensive part; call once per worker thread).
@@ -160,18 +233,75 @@ pub fn tokenize_prompt(model: &LlamaModel, prompt: &str) -> Vec<LlamaToken> {
     vocab.tokenize(prompt.as_bytes(), add_bos, true)
 }
 
+/// KV cache bytes one token costs in this model (K and V, f16, every layer).
+pub fn kv_bytes_per_token(model: &LlamaModel) -> u64 {
+    let head_dim = u64::from(model.n_embd().max(1) as u32) / u64::from(model.n_head().max(1));
+    2 * u64::from(model.n_layer()) * head_dim * u64::from(model.n_head_kv().max(1)) * 2
+}
+
+/// Free memory of the GPU this engine's layers are on, when it has one.
+fn gpu_free_bytes(spec: &EmbeddedSpec) -> Option<u64> {
+    if spec.gpu_layers == 0 {
+        return None;
+    }
+    let devices = llama_cpp_2::list_llama_ggml_backend_devices();
+    let mut gpus = devices.iter().filter(|d| d.backend.eq_ignore_ascii_case("CUDA"));
+    let device = match spec.gpu_device {
+        Some(index) => devices.iter().find(|d| d.index == index),
+        None => gpus.next(),
+    }?;
+    Some(device.memory_free as u64)
+}
+
+/// Sequences that fit in `free` bytes of GPU memory (read after the model's weights are loaded)
+/// at `kv_per_token` bytes per token and `n_ctx_seq` tokens each, keeping room for llama.cpp's
+/// compute buffers (which grow with the batch) and the other processes on the card.
+pub fn auto_parallel(free: u64, kv_per_token: u64, n_ctx_seq: u32) -> u32 {
+    const GIB: u64 = 1 << 30;
+    let budget = (free / 10 * 9).saturating_sub(2 * GIB);
+    let per_seq = kv_per_token.max(1) * u64::from(n_ctx_seq.max(1));
+    (budget / per_seq).clamp(1, u64::from(MAX_AUTO_PARALLEL)) as u32
+}
+
+/// `n_parallel` for this spec, and a sentence saying why, for the start-up log.
+fn choose_parallel(model: &LlamaModel, spec: &EmbeddedSpec, n_ctx_seq: u32) -> (u32, String) {
+    if spec.n_parallel > 0 {
+        return (spec.n_parallel, format!("{} sequences as configured", spec.n_parallel));
+    }
+    let kv = kv_bytes_per_token(model);
+    match gpu_free_bytes(spec) {
+        Some(free) => {
+            let n = auto_parallel(free, kv, n_ctx_seq);
+            let mib = |b: u64| b / (1024 * 1024);
+            (
+                n,
+                format!(
+                    "{n} sequences from the GPU's memory: {} MiB free after the model ({} MiB), KV {} KiB per token x {n_ctx_seq} tokens per sequence",
+                    mib(free),
+                    mib(model.size()),
+                    kv / 1024
+                ),
+            )
+        }
+        None => (CPU_DEFAULT_PARALLEL, format!("{CPU_DEFAULT_PARALLEL} sequences (CPU default)")),
+    }
+}
+
 impl<'m, T> EmbeddedEngine<'m, T> {
     /// Makes the context (`n_ctx` per sequence × `n_parallel`) and compiles the chat template.
     pub fn new(model: &'m LlamaModel, spec: &EmbeddedSpec) -> Result<Self, BackendError> {
-        let n_parallel = spec.n_parallel.max(1);
         let n_ctx_seq = if spec.n_ctx == 0 { model.n_ctx_train() } else { spec.n_ctx.min(model.n_ctx_train().max(1)) };
+        let (n_parallel, sizing) = choose_parallel(model, spec, n_ctx_seq);
         let n_batch = spec.n_batch.max(n_parallel).clamp(32, 8192);
         let threads = spec.threads.max(1);
+        // A unified KV cache lets sequences share cells, so that a reused prompt prefix costs no
+        // copy (llama.cpp's per-sequence streams can only copy a whole stream).
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx_seq * n_parallel))
             .with_n_seq_max(n_parallel)
             .with_n_batch(n_batch)
             .with_n_ubatch(n_batch)
+            .with_kv_unified(spec.prefix_cache)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
         let ctx = model.new_context(backend()?, params).map_err(|e| {
@@ -189,8 +319,17 @@ impl<'m, T> EmbeddedEngine<'m, T> {
             n_batch: n_batch as usize,
             n_ctx_seq,
             slots,
+            cached: vec![Vec::new(); n_parallel as usize],
+            prefix_cache: spec.prefix_cache,
             secs_per_step: 0.0,
+            stats: StepStats::default(),
+            sizing,
         })
+    }
+
+    /// Where this engine's time has gone so far.
+    pub fn stats(&self) -> StepStats {
+        self.stats
     }
 
     pub fn info(&self) -> ModelInfo {
@@ -199,6 +338,7 @@ impl<'m, T> EmbeddedEngine<'m, T> {
             n_ctx: self.n_ctx_seq,
             n_parallel: self.slots.len(),
             native_tools: self.template.has_native_tools(),
+            sizing: self.sizing.clone(),
         }
     }
 
@@ -216,9 +356,9 @@ impl<'m, T> EmbeddedEngine<'m, T> {
     /// checks [`Self::has_free_slot`] first.
     pub fn admit(&mut self, req: GenerationRequest, tag: T) -> Result<(), (T, BackendError)> {
         let started_at = Instant::now();
-        let Some(index) = self.slots.iter().position(Option::is_none) else {
+        if !self.has_free_slot() {
             return Err((tag, BackendError::Inference("no free sequence".into())));
-        };
+        }
         let prompt = match self.template.render(&req.messages, req.tools.as_deref()) {
             Ok(p) => tokenize_prompt(self.model, &p),
             Err(e) => return Err((tag, BackendError::Template(e.to_string()))),
@@ -227,8 +367,9 @@ impl<'m, T> EmbeddedEngine<'m, T> {
         if prompt_tokens == 0 || prompt_tokens >= self.n_ctx_seq {
             return Err((tag, BackendError::PromptTooLong { prompt_tokens, n_ctx: self.n_ctx_seq }));
         }
+        let (index, reused) = self.place(&prompt);
+        self.stats.reused_prompt_tokens += reused as u64;
         let seq = index as i32;
-        let _ = self.ctx.clear_kv_cache_seq(Some(index as u32), None, None);
         self.slots[index] = Some(Slot {
             tag,
             seq,
@@ -237,8 +378,8 @@ impl<'m, T> EmbeddedEngine<'m, T> {
             // max_tokens is clamped to the context left after the prompt.
             max_new: req.max_tokens.min(self.n_ctx_seq - prompt_tokens),
             prompt,
-            prefilled: 0,
-            pos: 0,
+            prefilled: reused,
+            pos: reused as i32,
             sampler: TokenSampler::new(req.temperature, req.top_p),
             pending: None,
             logits_at: None,
@@ -247,11 +388,61 @@ impl<'m, T> EmbeddedEngine<'m, T> {
             first_token_at: None,
             started_at,
         });
+        self.stats.rest += started_at.elapsed();
         Ok(())
+    }
+
+    /// Picks a free sequence for `prompt` and fills its KV with the longest prefix of `prompt`
+    /// that some sequence already holds; returns (sequence, tokens reused). A free sequence that
+    /// holds the prefix itself is preferred (nothing to copy); otherwise the prefix's cells are
+    /// shared from the sequence that has them, live or finished. At least the prompt's last
+    /// token is always decoded again, for its logits.
+    fn place(&mut self, prompt: &[LlamaToken]) -> (usize, usize) {
+        let common = |held: &[LlamaToken]| held.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let free = (0..self.slots.len()).filter(|&i| self.slots[i].is_none());
+        // Among free sequences: the one whose own cache matches most, else the one holding least.
+        let index = free
+            .max_by_key(|&i| (common(&self.cached[i]), std::cmp::Reverse(self.cached[i].len())))
+            .expect("the caller checked for a free sequence");
+        let limit = prompt.len() - 1;
+        let own = if self.prefix_cache { common(&self.cached[index]).min(limit) } else { 0 };
+        let (source, best) = if self.prefix_cache {
+            (0..self.cached.len())
+                .map(|i| (i, common(&self.cached[i]).min(limit)))
+                .max_by_key(|&(i, n)| (n, i == index))
+                .unwrap_or((index, 0))
+        } else {
+            (index, 0)
+        };
+        let seq = index as u32;
+        if source == index || best <= own {
+            // Keep what this sequence already holds of the prompt; drop the rest.
+            let _ = self.ctx.clear_kv_cache_seq(Some(seq), Some(own as u32), None);
+            self.cached[index].truncate(own);
+            return (index, own);
+        }
+        let _ = self.ctx.clear_kv_cache_seq(Some(seq), None, None);
+        // Same KV stream (unified cache): the cells become shared, no data moves.
+        let _ = self.ctx.copy_kv_cache_seq(source as i32, seq as i32, Some(0), Some(best as u32));
+        let shared = self.cached[source][..best].to_vec();
+        self.cached[index] = shared;
+        (index, best)
     }
 
     /// One decode step over every active sequence; returns the generations that finished.
     pub fn step(&mut self) -> Vec<(T, Result<Generation, BackendError>)> {
+        let step_started = Instant::now();
+        let (decode_before, sampling_before) = (self.stats.decode, self.stats.sampling);
+        let done = self.step_inner();
+        if !done.is_empty() || self.stats.decode > decode_before {
+            let spent = step_started.elapsed();
+            let measured = (self.stats.decode - decode_before) + (self.stats.sampling - sampling_before);
+            self.stats.rest += spent.saturating_sub(measured);
+        }
+        done
+    }
+
+    fn step_inner(&mut self) -> Vec<(T, Result<Generation, BackendError>)> {
         let mut done = Vec::new();
         let now = Instant::now();
         let margin = Duration::from_secs_f64((self.secs_per_step * 2.0).min(1.0));
@@ -273,6 +464,7 @@ impl<'m, T> EmbeddedEngine<'m, T> {
                 if self.batch.add(token, slot.pos, &[slot.seq], true).is_ok() {
                     slot.logits_at = Some(at);
                     slot.pos += 1;
+                    self.cached[slot.seq as usize].push(token);
                 }
             }
         }
@@ -287,6 +479,8 @@ impl<'m, T> EmbeddedEngine<'m, T> {
                 if last {
                     slot.logits_at = Some(at);
                 }
+                self.cached[slot.seq as usize].push(slot.prompt[slot.prefilled]);
+                self.stats.prompt_tokens += 1;
                 slot.prefilled += 1;
                 slot.pos += 1;
             }
@@ -296,14 +490,21 @@ impl<'m, T> EmbeddedEngine<'m, T> {
         }
 
         let started = Instant::now();
-        if let Err(e) = self.ctx.decode(&mut self.batch) {
+        let decoded = self.ctx.decode(&mut self.batch);
+        // A GPU decodes asynchronously: wait for it here so that its time counts as decode, not
+        // as the sampling that would otherwise wait for it.
+        self.ctx.synchronize();
+        self.stats.decode += started.elapsed();
+        self.stats.steps += 1;
+        if let Err(e) = decoded {
             // The whole batch failed: every sequence in it gets the error and leaves.
             for i in 0..self.slots.len() {
                 if let Some(slot) = self.slots[i].take() {
-                    let _ = self.ctx.clear_kv_cache_seq(Some(slot.seq as u32), None, None);
                     done.push((slot.tag, Err(BackendError::Inference(format!("decode: {e}")))));
                 }
             }
+            self.ctx.clear_kv_cache();
+            self.cached.iter_mut().for_each(Vec::clear);
             return done;
         }
 
@@ -311,13 +512,16 @@ impl<'m, T> EmbeddedEngine<'m, T> {
         for i in 0..self.slots.len() {
             let Some(slot) = self.slots[i].as_mut() else { continue };
             let Some(at) = slot.logits_at else { continue };
+            let sampling = Instant::now();
             let token = LlamaToken::new(slot.sampler.sample(self.ctx.get_logits_ith(at)) as i32);
             let now = Instant::now();
+            self.stats.sampling += now - sampling;
+            self.stats.tokens += 1;
             slot.first_token_at.get_or_insert(now);
             let finish = if vocab.is_eog(token) {
                 Some(FinishReason::Stop)
             } else {
-                slot.out.extend_from_slice(&vocab.token_to_piece(token, false, None));
+                vocab.token_to_piece_into(token, &mut slot.out, false, None);
                 slot.completion += 1;
                 if let Some(cut_at) = stop_string_end(&slot.out, &slot.stop) {
                     slot.out.truncate(cut_at);
@@ -345,7 +549,12 @@ impl<'m, T> EmbeddedEngine<'m, T> {
         finish: FinishReason,
         cut_by_deadline: bool,
     ) -> (T, Result<Generation, BackendError>) {
-        let _ = self.ctx.clear_kv_cache_seq(Some(slot.seq as u32), None, None);
+        if !self.prefix_cache {
+            let _ = self.ctx.clear_kv_cache_seq(Some(slot.seq as u32), None, None);
+            self.cached[slot.seq as usize].clear();
+        }
+        // With the prefix cache the sequence's KV stays: the next prompt that starts the same
+        // way (the validator's system prompt) picks it up in `place`.
         let text = String::from_utf8_lossy(&slot.out).into_owned();
         let (text, tool_calls) = extract_tool_calls(&text);
         let finish_reason =
@@ -392,6 +601,20 @@ fn stop_string_end(out: &[u8], stops: &[String]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn automatic_sizing_fills_the_free_memory_left_after_the_model_with_whole_sequences() {
+        const GIB: u64 = 1 << 30;
+        // Llama-3-8B: 128 KiB of KV per token, so 8,192 tokens per sequence take 1 GiB.
+        let kv = 128 * 1024;
+        // 20 GiB free: 90 % minus 2 GiB for compute buffers leaves 16 sequences.
+        assert_eq!(auto_parallel(20 * GIB, kv, 8192), 16);
+        // Shorter contexts fit more sequences; a huge card stops at the cap.
+        assert_eq!(auto_parallel(20 * GIB, kv, 4096), 32);
+        assert_eq!(auto_parallel(130 * GIB, kv, 8192), MAX_AUTO_PARALLEL);
+        // A card with no room still runs one sequence (llama.cpp reports if even that fails).
+        assert_eq!(auto_parallel(GIB, kv, 8192), 1);
+    }
 
     #[test]
     fn stop_strings_cut_at_their_start() {
