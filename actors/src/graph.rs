@@ -2,28 +2,36 @@
 //!
 //! ```text
 //!   root (GraphRoot)
-//!    ├── KeyRegistry ── KeySession (one per validator hotkey)
-//!    ├── ChallengeCrypto × N          (Fernet both ways, RSA unwrap)
-//!    ├── Scheduler                    (admission, routing)
+//!    ├── KeyRegistry ── KeySession (one per validator hotkey; writes LiveKeys)
+//!    ├── Scheduler                    (admission, routing; publishes its status)
 //!    └── WorkerSupervisor ── BackendWorker (one per device)
+//!   RsaPool                           (bounded blocking slots, no actor)
 //! ```
+//!
+//! The protocol itself (key exchange, challenge) is the front door's, in [`crate::front_door`].
 //!
 //! The root restarts the worker supervisor if it crashes (with fresh workers); the HTTP layer runs
 //! on its own threads, so a crash there never takes the workers down.
 
 use std::sync::Arc;
-
 use std::sync::RwLock;
+
+use dashmap::DashMap;
+use tokio::sync::{watch, Semaphore};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
+use crate::authorization::ValidatorAuth;
 use crate::backend_worker::{WorkerMsg, WorkerSpec};
+use crate::chain::challenge_api::{ChallengeApiArgs, ChallengeApiMsg, ChallengeApiPoller};
 use crate::chain::heartbeat::{ChainHeartbeat, HeartbeatArgs, HeartbeatMsg};
-use crate::challenge_crypto::{ChallengeCrypto, CryptoPool};
+use crate::front_door::DoorSettings;
 use crate::inference::request::{Generation, GenerationRequest};
 use crate::metrics::Metrics;
 use crate::protocol::rsa_keys::MinerRsaKey;
+use crate::rsa_pool::RsaPool;
 use crate::scheduler::{ScheduleError, Scheduler, SchedulerMsg, SchedulerSettings, SchedulerStatus};
+use crate::session::live_keys::LiveKeys;
 use crate::session::registry::{KeyRegistry, KeyStore, SessionIndex};
 use crate::session::SessionSettings;
 use crate::worker_supervisor::{RestartPolicy, SupervisorArgs, SupervisorMsg, WorkerStatus, WorkerSupervisor};
@@ -34,18 +42,26 @@ pub struct GraphConfig {
     pub scheduler: SchedulerSettings,
     pub restart: RestartPolicy,
     pub workers: Vec<WorkerSpec>,
-    pub crypto_actors: usize,
     pub rsa: Arc<MinerRsaKey>,
+    /// Who may key-exchange and send challenges.
+    pub auth: Arc<ValidatorAuth>,
+    pub door: DoorSettings,
 }
 
 /// Handles to a running graph. Cheap to clone.
 #[derive(Clone)]
 pub struct MinerGraph {
     pub keys: KeyStore,
-    pub crypto: CryptoPool,
+    pub rsa: RsaPool,
     pub scheduler: ActorRef<SchedulerMsg>,
     pub supervisor: SupervisorHandle,
     pub metrics: Arc<Metrics>,
+    pub auth: Arc<ValidatorAuth>,
+    pub(crate) door: Arc<DoorSettings>,
+    pub(crate) verify_slots: Arc<Semaphore>,
+    pub(crate) validator_in_flight: Arc<DashMap<String, usize>>,
+    pub(crate) limits: Option<Arc<crate::front_door::rate_limit::RateLimiter>>,
+    status: watch::Receiver<SchedulerStatus>,
     root: ActorRef<RootMsg>,
 }
 
@@ -95,6 +111,8 @@ struct RootState {
     supervisor: Option<SupervisorHandle>,
     /// The chain heartbeat, when the node runs one, and what restarts it.
     chain: Option<(HeartbeatArgs, ActorRef<HeartbeatMsg>)>,
+    /// The Challenge API poller, when the node runs one, and what restarts it.
+    challenge_api: Option<(ChallengeApiArgs, ActorRef<ChallengeApiMsg>)>,
 }
 
 enum RootMsg {
@@ -103,6 +121,8 @@ enum RootMsg {
     Adopt(SupervisorRecipe),
     /// Start (or restart) the chain heartbeat.
     StartChain(Box<HeartbeatArgs>, RpcReplyPort<Result<ActorRef<HeartbeatMsg>, String>>),
+    /// Start (or restart) the Challenge API poller.
+    StartChallengeApi(Box<ChallengeApiArgs>, RpcReplyPort<Result<ActorRef<ChallengeApiMsg>, String>>),
 }
 
 impl Actor for GraphRoot {
@@ -111,7 +131,7 @@ impl Actor for GraphRoot {
     type Arguments = ();
 
     async fn pre_start(&self, _: ActorRef<RootMsg>, _: ()) -> Result<RootState, ActorProcessingErr> {
-        Ok(RootState { recipe: None, supervisor: None, chain: None })
+        Ok(RootState { recipe: None, supervisor: None, chain: None, challenge_api: None })
     }
 
     async fn handle(
@@ -126,6 +146,17 @@ impl Actor for GraphRoot {
                 match Actor::spawn_linked(None, ChainHeartbeat, (*args).clone(), myself.get_cell()).await {
                     Ok((actor, _)) => {
                         state.chain = Some((*args, actor.clone()));
+                        let _ = reply.send(Ok(actor));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+            RootMsg::StartChallengeApi(args, reply) => {
+                match Actor::spawn_linked(None, ChallengeApiPoller, (*args).clone(), myself.get_cell()).await {
+                    Ok((actor, _)) => {
+                        state.challenge_api = Some((*args, actor.clone()));
                         let _ = reply.send(Ok(actor));
                     }
                     Err(e) => {
@@ -176,6 +207,16 @@ impl Actor for GraphRoot {
                 return Ok(());
             }
         }
+        if let Some((args, poller)) = &state.challenge_api {
+            if poller.get_id() == cell.get_id() {
+                tracing::error!(error = %err, "the Challenge API poller crashed; restarting it (the last list stays in force)");
+                let (args, me) = (args.clone(), myself.clone());
+                tokio::spawn(async move {
+                    let _ = ractor::call_t!(me, |r| RootMsg::StartChallengeApi(Box::new(args), r), 10_000);
+                });
+                return Ok(());
+            }
+        }
         let is_supervisor = state.supervisor.as_ref().is_some_and(|h| h.get().get_id() == cell.get_id());
         if !is_supervisor {
             // The node watches this log line; each child is designed to fail only on a bug.
@@ -207,21 +248,17 @@ impl MinerGraph {
         let cell = root.get_cell();
 
         let index: SessionIndex = Default::default();
-        let (registry, _) = Actor::spawn_linked(None, KeyRegistry, (config.sessions, index.clone()), cell.clone())
-            .await
-            .map_err(|source| GraphError::Spawn { what: "key registry", source })?;
-
-        let mut crypto = Vec::new();
-        for _ in 0..config.crypto_actors.max(1) {
-            let (a, _) = Actor::spawn_linked(None, ChallengeCrypto, config.rsa.clone(), cell.clone())
+        let live = LiveKeys::default();
+        let (registry, _) =
+            Actor::spawn_linked(None, KeyRegistry, (config.sessions, index.clone(), live.clone()), cell.clone())
                 .await
-                .map_err(|source| GraphError::Spawn { what: "challenge crypto", source })?;
-            crypto.push(a);
-        }
+                .map_err(|source| GraphError::Spawn { what: "key registry", source })?;
 
-        let (scheduler, _) = Actor::spawn_linked(None, Scheduler, (config.scheduler, metrics.clone()), cell.clone())
-            .await
-            .map_err(|source| GraphError::Spawn { what: "scheduler", source })?;
+        let (published, status) = watch::channel(SchedulerStatus::starting());
+        let (scheduler, _) =
+            Actor::spawn_linked(None, Scheduler, (config.scheduler, metrics.clone(), published), cell.clone())
+                .await
+                .map_err(|source| GraphError::Spawn { what: "scheduler", source })?;
 
         root.cast(RootMsg::Adopt(SupervisorRecipe {
             specs: config.workers,
@@ -235,16 +272,31 @@ impl MinerGraph {
             .map_err(GraphError::Start)?;
 
         Ok(Self {
-            keys: KeyStore::new(registry, index),
-            crypto: CryptoPool::new(crypto, config.rsa.public_pem()),
+            keys: KeyStore::new(registry, index, live),
+            rsa: RsaPool::new(config.rsa, config.door.rsa_slots, metrics.rsa_operations.clone()),
             scheduler,
             supervisor,
             metrics,
+            auth: config.auth,
+            verify_slots: Arc::new(Semaphore::new(config.door.verify_slots.max(1))),
+            limits: config
+                .door
+                .rate_limits
+                .as_ref()
+                .map(|s| Arc::new(crate::front_door::rate_limit::RateLimiter::new(s))),
+            door: Arc::new(config.door),
+            validator_in_flight: Default::default(),
+            status,
             root,
         })
     }
 
-    /// Admission and worker readiness, as `/availability` reports it.
+    /// Admission and worker readiness, as the scheduler last published it (no mailbox round trip).
+    pub fn status_now(&self) -> SchedulerStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Admission and worker readiness, asked of the scheduler itself (`None` if it does not answer).
     pub async fn status(&self) -> Option<SchedulerStatus> {
         ractor::call_t!(self.scheduler, SchedulerMsg::Status, 2000).ok()
     }
@@ -269,6 +321,13 @@ impl MinerGraph {
     /// Starts the chain heartbeat under the graph's root (restarted if it crashes).
     pub async fn spawn_chain(&self, args: HeartbeatArgs) -> Result<ActorRef<HeartbeatMsg>, GraphError> {
         ractor::call_t!(self.root, |r| RootMsg::StartChain(Box::new(args), r), 10_000)
+            .map_err(|e| GraphError::Start(e.to_string()))?
+            .map_err(GraphError::Start)
+    }
+
+    /// Starts the Challenge API poller under the graph's root (restarted if it crashes).
+    pub async fn spawn_challenge_api(&self, args: ChallengeApiArgs) -> Result<ActorRef<ChallengeApiMsg>, GraphError> {
+        ractor::call_t!(self.root, |r| RootMsg::StartChallengeApi(Box::new(args), r), 10_000)
             .map_err(|e| GraphError::Start(e.to_string()))?
             .map_err(GraphError::Start)
     }
