@@ -97,6 +97,10 @@ impl MinerGraph {
 
     /// Answers one encrypted challenge: returns the Fernet token of the reply JSON. Records the
     /// outcome and latency in the metrics.
+    ///
+    /// Two mailbox hops, counted as actor messages awaited on the challenge's path: the scheduler
+    /// (`Submit`, where admission is decided once) and the worker it picks (`Generate`). The
+    /// readiness check, the key lookup and Fernet both ways are reads and function calls.
     pub async fn answer_challenge(
         &self,
         hotkey: &str,

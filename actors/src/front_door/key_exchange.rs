@@ -23,6 +23,9 @@ use crate::session::registry::KeyStoreError;
 /// about 24. A cap keeps the float parser and the signed message small whatever a peer sends.
 pub const MAX_TIMESTAMP_TEXT: usize = 32;
 
+/// How long an exchange waits for a signature-check slot before it is refused as busy.
+const VERIFY_SLOT_WAIT: Duration = Duration::from_millis(500);
+
 /// Why a key exchange was refused. Statuses follow PROTOCOL.md (mapped in `src/http/error.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyExchangeError {
@@ -155,19 +158,20 @@ impl MinerGraph {
         Ok(hotkey)
     }
 
-    /// sr25519 verification off the async threads, at most `verify_slots` at once; a full pool
-    /// refuses at once rather than queueing forged exchanges.
+    /// sr25519 verification off the async threads, at most `verify_slots` at once. A verification
+    /// takes about 0.1 ms, so a short wait for a slot absorbs a burst (an honest exchange is not
+    /// refused because a flood holds every slot for a moment); past [`VERIFY_SLOT_WAIT`] the pool
+    /// is saturated and the exchange is refused with 503 rather than queued without bound.
     async fn verify_signature(
         &self,
         hotkey: &str,
         messages: Vec<String>,
         signature: String,
     ) -> Result<(), KeyExchangeError> {
-        let permit = self
-            .verify_slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| KeyExchangeError::Busy { retry_after_secs: 1 })?;
+        let permit = match tokio::time::timeout(VERIFY_SLOT_WAIT, self.verify_slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            _ => return Err(KeyExchangeError::Busy { retry_after_secs: 1 }),
+        };
         let hotkey = hotkey.to_string();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
