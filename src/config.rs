@@ -40,7 +40,34 @@ pub struct Config {
     pub api_port: u16,
     pub http_workers: usize,
     pub max_body_bytes: usize,
+    /// `MAX_KEY_EXCHANGE_BYTES`: a key exchange is a few hundred bytes of JSON.
+    pub max_key_exchange_bytes: usize,
+    /// `BODY_READ_TIMEOUT_SECONDS`: a request body must arrive whole within this.
+    pub body_read_timeout: Duration,
+    /// `HEADER_READ_TIMEOUT_SECONDS`: request headers must arrive within this.
+    pub header_read_timeout: Duration,
+    /// `KEEP_ALIVE_SECONDS`: idle keep-alive connections close after this (uvicorn's 5 s).
+    pub keep_alive: Duration,
+    /// `MAX_CONNECTIONS`: open connections across the server.
+    pub max_connections: usize,
+    /// `RSA_SLOTS`: RSA private-key operations at once; a key exchange past them gets 503.
+    pub rsa_slots: usize,
+    /// `SIGNATURE_SLOTS`: sr25519 verifications at once; a key exchange past them gets 503.
+    pub verify_slots: usize,
+    /// `RATE_LIMIT_ENABLED`: unset means on, except under `--dev` (see `main`).
+    pub rate_limit_enabled: Option<bool>,
+    /// `RATE_LIMITS` over the Python miner's per-IP defaults, and `HOTKEY_RATE_LIMIT_PER_MINUTE`.
+    pub rate_limits: loosh_actors::front_door::rate_limit::RateLimitSettings,
+    /// `MAX_IN_FLIGHT_PER_VALIDATOR`: challenges one validator may have in flight (default three
+    /// quarters of `MAX_CONCURRENT_REQUESTS`), so that one hotkey cannot take every slot.
+    pub max_in_flight_per_validator: usize,
     pub enable_inference_endpoint: bool,
+    /// `METRICS_HOST`: where `/health` and `/metrics` listen (loopback by default).
+    pub metrics_host: String,
+    /// `METRICS_PORT`: their port (0 picks a free one; `off` serves them nowhere of their own).
+    pub metrics_port: Option<u16>,
+    /// `METRICS_ON_PUBLIC_PORT`: also serve them on `API_PORT`, to anyone.
+    pub metrics_on_public_port: bool,
     // Inference
     pub llm_backend: LlmBackend,
     pub default_model: String,
@@ -60,7 +87,8 @@ pub struct Config {
     pub vllm_api_base: String,
     pub ollama_base_url: String,
     pub ollama_timeout: Duration,
-    pub openai_api_key: Option<String>,
+    /// Redacted in `Debug`.
+    pub openai_api_key: Option<loosh_actors::protocol::secret::Secret>,
     pub challenge_deadline: Duration,
     pub max_concurrent_requests: usize,
     // Protocol
@@ -264,7 +292,49 @@ impl Config {
             api_port,
             http_workers: src.parse("HTTP_WORKERS", 2, "a whole number of at least 1")?.max(1),
             max_body_bytes: src.parse("MAX_BODY_BYTES", 2 * 1024 * 1024, "a number of bytes")?,
+            max_key_exchange_bytes: src.parse("MAX_KEY_EXCHANGE_BYTES", 8 * 1024, "a number of bytes")?.max(1024),
+            body_read_timeout: src.secs("BODY_READ_TIMEOUT_SECONDS", 10)?.max(Duration::from_secs(1)),
+            header_read_timeout: src.secs("HEADER_READ_TIMEOUT_SECONDS", 5)?.max(Duration::from_secs(1)),
+            keep_alive: src.secs("KEEP_ALIVE_SECONDS", 5)?,
+            max_connections: src.parse("MAX_CONNECTIONS", 2048, "a number of connections (at least 1)")?.max(1),
+            rsa_slots: src
+                .parse("RSA_SLOTS", loosh_actors::rsa_pool::DEFAULT_RSA_SLOTS, "a whole number of at least 1")?
+                .max(1),
+            verify_slots: src.parse("SIGNATURE_SLOTS", 4, "a whole number of at least 1")?.max(1),
+            rate_limit_enabled: match src.get("RATE_LIMIT_ENABLED") {
+                None => None,
+                Some(_) => Some(src.boolean("RATE_LIMIT_ENABLED", true)?),
+            },
+            rate_limits: {
+                let mut limits = loosh_actors::front_door::rate_limit::RateLimitSettings::default();
+                if let Some(text) = src.get("RATE_LIMITS") {
+                    limits.apply(text).map_err(|expected| ConfigError {
+                        var: "RATE_LIMITS",
+                        value: text.into(),
+                        expected,
+                    })?;
+                }
+                limits.per_hotkey = src
+                    .parse("HOTKEY_RATE_LIMIT_PER_MINUTE", limits.per_hotkey, "a whole number per minute (at least 1)")?
+                    .max(1);
+                limits
+            },
+            max_in_flight_per_validator: src
+                .parse(
+                    "MAX_IN_FLIGHT_PER_VALIDATOR",
+                    // Three quarters: a busy validator still fills most of the node, and a quarter
+                    // stays for the others.
+                    max_concurrent - max_concurrent / 4,
+                    "a number of challenges (at least 1)",
+                )?
+                .max(1),
             enable_inference_endpoint: src.boolean("ENABLE_INFERENCE_ENDPOINT", false)?,
+            metrics_host: src.string("METRICS_HOST", "127.0.0.1"),
+            metrics_port: match src.get("METRICS_PORT") {
+                Some(v) if v.eq_ignore_ascii_case("off") => None,
+                _ => Some(src.parse("METRICS_PORT", 9100, "a TCP port, or off")?),
+            },
+            metrics_on_public_port: src.boolean("METRICS_ON_PUBLIC_PORT", false)?,
             llm_backend,
             default_model: src.string("DEFAULT_MODEL", "Qwen/Qwen2.5-32B-Instruct"),
             default_max_tokens: src.parse("DEFAULT_MAX_TOKENS", 512, "a whole number of tokens")?,
@@ -295,7 +365,7 @@ impl Config {
             vllm_api_base: src.string("VLLM_API_BASE", "http://localhost:8000/v1"),
             ollama_base_url: src.string("OLLAMA_BASE_URL", "http://localhost:11434"),
             ollama_timeout: Duration::from_secs_f64(src.parse::<f64>("OLLAMA_TIMEOUT", 300.0, "seconds")?.max(1.0)),
-            openai_api_key: src.get("OPENAI_API_KEY").map(String::from),
+            openai_api_key: src.get("OPENAI_API_KEY").map(loosh_actors::protocol::secret::Secret::new),
             challenge_deadline: Duration::from_millis(deadline_ms),
             max_concurrent_requests: max_concurrent,
             fiber_key_ttl: ttl,
@@ -322,8 +392,9 @@ impl Config {
                 }
                 (alpha * 1e9) as u64
             },
-            allow_all_when_empty: src
-                .boolean("ALLOW_ALL_WHEN_EMPTY", src.string("SUBTENSOR_NETWORK", "finney") == "local")?,
+            // An explicit opt-in on every network, local included: a miner that lets everyone in
+            // because a read came back empty is the failure this setting exists to prevent.
+            allow_all_when_empty: src.boolean("ALLOW_ALL_WHEN_EMPTY", false)?,
             axon_external: match src.get("AXON_EXTERNAL_IP") {
                 None => None,
                 Some(ip) => {
@@ -367,7 +438,8 @@ impl Config {
     }
 
     /// How old a key-exchange timestamp may be (replay window + clock skew). Nonces are remembered
-    /// exactly this long, so every timestamp accepted is covered by replay protection.
+    /// this long from the later of now and their timestamp, so every timestamp accepted is covered
+    /// by replay protection.
     pub fn key_exchange_window(&self) -> Duration {
         self.fiber_handshake_timeout + self.fiber_timestamp_skew
     }
@@ -419,6 +491,26 @@ impl Config {
                 self.fiber_timestamp_skew.as_secs()
             ),
             format!(
+                "limits: rate limits {} (per hotkey {}/min), {} RSA and {} signature slots, {} in flight per validator, bodies: key exchange {} B, read within {} s, headers within {} s, keep-alive {} s, {} connections; /metrics on {}",
+                match self.rate_limit_enabled {
+                    Some(false) => "off",
+                    _ => "on",
+                },
+                self.rate_limits.per_hotkey,
+                self.rsa_slots,
+                self.verify_slots,
+                self.max_in_flight_per_validator,
+                self.max_key_exchange_bytes,
+                self.body_read_timeout.as_secs(),
+                self.header_read_timeout.as_secs(),
+                self.keep_alive.as_secs(),
+                self.max_connections,
+                match self.metrics_port {
+                    Some(port) => format!("{}:{port}", self.metrics_host),
+                    None => "no address of its own".into(),
+                }
+            ),
+            format!(
                 "validators: whitelist {} with {} static hotkeys",
                 if self.enable_validator_whitelist { "enabled" } else { "DISABLED" },
                 self.validator_hotkeys.len()
@@ -454,6 +546,18 @@ mod tests {
         assert_eq!(err.var, "CHALLENGE_DEADLINE_MS");
         let err = Config::from_source(&Source::from_pairs([("LLM_BACKEND", "gpt")])).unwrap_err();
         assert_eq!(err.var, "LLM_BACKEND");
+    }
+
+    #[test]
+    fn rate_limits_default_to_the_python_miner_and_bad_text_names_the_variable() {
+        let c = Config::from_source(&Source::from_pairs([])).unwrap();
+        assert_eq!(c.rate_limits, loosh_actors::front_door::rate_limit::RateLimitSettings::default());
+        assert_eq!(c.rate_limit_enabled, None);
+        let err = Config::from_source(&Source::from_pairs([("RATE_LIMITS", "challenge=lots")])).unwrap_err();
+        assert_eq!(err.var, "RATE_LIMITS");
+        assert!(!c.allow_all_when_empty);
+        let local = Config::from_source(&Source::from_pairs([("SUBTENSOR_NETWORK", "local")])).unwrap();
+        assert!(!local.allow_all_when_empty, "allow-all is an explicit opt-in on every network");
     }
 
     #[test]

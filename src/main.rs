@@ -5,12 +5,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use loosh_actors::authorization::ValidatorAuth;
-use loosh_actors::chain::challenge_api::{ChallengeApiArgs, ChallengeApiPoller};
-use loosh_actors::chain::heartbeat::HeartbeatArgs;
-use loosh_actors::protocol::rsa_keys::MinerRsaKey;
 use loosh_actors::protocol::signature::Hotkey;
 use loosh_miner::config::{Config, Source};
-use loosh_miner::node::{http_settings, spawn_graph, HttpNode};
+use loosh_miner::node::{Node, NodeParts};
 use loosh_miner::{bench, chain, logging, probe, wallet, workers};
 
 #[derive(Parser)]
@@ -94,7 +91,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run(dev: bool) -> anyhow::Result<()> {
-    let cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
+    let mut cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
+    if dev && cfg.rate_limit_enabled.is_none() {
+        // Local development drives the node from one address far harder than any validator.
+        cfg.rate_limit_enabled = Some(false);
+    }
     let _log_guard = logging::init(&cfg.log_level, cfg.log_file.as_deref());
     cfg.validate().context("invalid configuration")?;
     for line in cfg.summary() {
@@ -136,42 +137,14 @@ fn run(dev: bool) -> anyhow::Result<()> {
     for spec in &specs {
         tracing::info!(worker = %spec.name, device = %spec.device, engine = ?spec.engine, "worker configured");
     }
-    let rsa = Arc::new(MinerRsaKey::generate()?);
-    let actors =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("actors").enable_all().build()?;
-    let graph = actors.block_on(spawn_graph(&cfg, specs, rsa))?;
-    if let Some(url) = chain_url {
-        let args = HeartbeatArgs {
-            settings: chain::settings(&cfg, url),
-            hotkey: hotkey.clone(),
-            auth: auth.clone(),
-            keys: graph.keys.clone(),
-            metrics: graph.metrics.clone(),
-        };
-        actors.block_on(graph.spawn_chain(args))?;
-        if let Some(url) = &cfg.challenge_api_url {
-            let args = ChallengeApiArgs {
-                url: url.clone(),
-                hotkey: hotkey.clone(),
-                every: cfg.challenge_api_poll,
-                auth: auth.clone(),
-                keys: graph.keys.clone(),
-                metrics: graph.metrics.clone(),
-            };
-            actors.block_on(ractor::Actor::spawn(None, ChallengeApiPoller, args))?;
-        }
-    }
-    let node = HttpNode::start(
-        graph.clone(),
-        auth,
-        hotkey.ss58().to_string(),
-        http_settings(&cfg),
-        &cfg.api_host,
-        cfg.api_port,
-        cfg.http_workers,
-    )
-    .with_context(|| format!("cannot listen on {}:{}", cfg.api_host, cfg.api_port))?;
+    let parts = NodeParts { hotkey, workers: specs, auth, chain_url, listen: (cfg.api_host.clone(), cfg.api_port) };
+    let node = actors.block_on(Node::start(&cfg, parts))?;
     tracing::info!(addr = %node.addr, "serving validators");
+    match node.http.ops_addr {
+        Some(addr) => tracing::info!(%addr, "serving /health and /metrics to the operator"),
+        None if cfg.metrics_on_public_port => tracing::warn!("/health and /metrics are served on the public port"),
+        None => tracing::info!("/health and /metrics are not served (METRICS_PORT=off)"),
+    }
 
     actors.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -180,9 +153,7 @@ fn run(dev: bool) -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
         tracing::info!("shutting down: closing admission, finishing in-flight challenges");
-        graph.close_admission();
         node.stop().await;
-        graph.stop();
         Ok::<_, std::io::Error>(())
     })?;
     // The engines free their contexts and models on their own threads; a GPU context freed after

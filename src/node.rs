@@ -1,4 +1,6 @@
-//! Wiring: from a validated [`Config`] to a running actor graph and HTTP server.
+//! Wiring: from a validated [`Config`] to a running actor graph and HTTP server — written once, in
+//! [`Node::start`], for `main` and the benches (tests that need a hand-made graph use
+//! [`HttpNode::start`] on it).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,27 +10,26 @@ use actix_web::dev::ServerHandle;
 use actix_web::web;
 use loosh_actors::authorization::ValidatorAuth;
 use loosh_actors::backend_worker::WorkerSpec;
+use loosh_actors::chain::challenge_api::ChallengeApiArgs;
+use loosh_actors::chain::heartbeat::HeartbeatArgs;
+use loosh_actors::front_door::DoorSettings;
 use loosh_actors::graph::{GraphConfig, MinerGraph};
 use loosh_actors::protocol::rsa_keys::MinerRsaKey;
+use loosh_actors::protocol::signature::Hotkey;
 use loosh_actors::scheduler::SchedulerSettings;
 use loosh_actors::session::SessionSettings;
 use loosh_actors::worker_supervisor::RestartPolicy;
 
 use crate::config::Config;
+use crate::http::refusals::RefusalLog;
 use crate::http::state::{AppState, HttpSettings};
 
 pub fn session_settings(cfg: &Config) -> SessionSettings {
-    SessionSettings {
-        key_ttl: cfg.fiber_key_ttl,
-        key_grace: cfg.fiber_key_grace,
-        nonce_window: cfg.key_exchange_window(),
-        ..SessionSettings::default()
-    }
+    SessionSettings { key_ttl: cfg.fiber_key_ttl, key_grace: cfg.fiber_key_grace, ..SessionSettings::default() }
 }
 
-pub fn http_settings(cfg: &Config) -> HttpSettings {
-    HttpSettings {
-        max_body_bytes: cfg.max_body_bytes,
+pub fn door_settings(cfg: &Config) -> DoorSettings {
+    DoorSettings {
         fernet_ttl_secs: 3600,
         deadline: cfg.challenge_deadline,
         max_timestamp_age: cfg.key_exchange_window(),
@@ -36,7 +37,24 @@ pub fn http_settings(cfg: &Config) -> HttpSettings {
         default_max_tokens: cfg.default_max_tokens,
         default_temperature: cfg.default_temperature,
         default_top_p: cfg.default_top_p,
+        rsa_slots: cfg.rsa_slots,
+        verify_slots: cfg.verify_slots,
+        max_in_flight_per_validator: cfg.max_in_flight_per_validator,
+        rate_limits: cfg.rate_limit_enabled.unwrap_or(true).then(|| cfg.rate_limits.clone()),
+    }
+}
+
+pub fn http_settings(cfg: &Config) -> HttpSettings {
+    HttpSettings {
+        max_body_bytes: cfg.max_body_bytes,
+        max_key_exchange_bytes: cfg.max_key_exchange_bytes,
+        body_read_timeout: cfg.body_read_timeout,
+        header_read_timeout: cfg.header_read_timeout,
+        keep_alive: cfg.keep_alive,
+        max_connections: cfg.max_connections,
         inference_enabled: cfg.enable_inference_endpoint,
+        ops_listen: cfg.metrics_port.map(|port| (cfg.metrics_host.clone(), port)),
+        ops_on_public_port: cfg.metrics_on_public_port,
     }
 }
 
@@ -45,6 +63,7 @@ pub async fn spawn_graph(
     cfg: &Config,
     workers: Vec<WorkerSpec>,
     rsa: Arc<MinerRsaKey>,
+    auth: Arc<ValidatorAuth>,
 ) -> Result<MinerGraph, loosh_actors::graph::GraphError> {
     MinerGraph::spawn(GraphConfig {
         sessions: session_settings(cfg),
@@ -55,16 +74,88 @@ pub async fn spawn_graph(
         },
         restart: RestartPolicy::default(),
         workers,
-        crypto_actors: loosh_actors::challenge_crypto::DEFAULT_POOL_SIZE,
         rsa,
+        auth,
+        door: door_settings(cfg),
     })
     .await
 }
 
-/// A running HTTP server on its own actix system thread.
+/// What a node is made of besides its configuration.
+pub struct NodeParts {
+    pub hotkey: Hotkey,
+    pub workers: Vec<WorkerSpec>,
+    pub auth: Arc<ValidatorAuth>,
+    /// The chain endpoint: `Some` starts the heartbeat (and the Challenge API poller when
+    /// `CHALLENGE_API_URL` is set) under the graph's root.
+    pub chain_url: Option<String>,
+    /// HTTP listener (host, port); port 0 picks a free one.
+    pub listen: (String, u16),
+}
+
+/// A running miner: the actor graph and the HTTP server in front of it.
+pub struct Node {
+    pub graph: MinerGraph,
+    pub http: HttpNode,
+    /// Where the HTTP server listens.
+    pub addr: SocketAddr,
+}
+
+impl Node {
+    /// Spawns the graph (with a fresh RSA key), the chain actors when asked, and the HTTP server.
+    /// Runs on the caller's tokio runtime; the HTTP server gets its own thread.
+    pub async fn start(cfg: &Config, parts: NodeParts) -> anyhow::Result<Self> {
+        let rsa = Arc::new(MinerRsaKey::generate()?);
+        let graph = spawn_graph(cfg, parts.workers, rsa, parts.auth.clone()).await?;
+        if let Some(url) = parts.chain_url {
+            let args = HeartbeatArgs {
+                settings: crate::chain::settings(cfg, url),
+                hotkey: parts.hotkey.clone(),
+                auth: parts.auth.clone(),
+                keys: graph.keys.clone(),
+                metrics: graph.metrics.clone(),
+            };
+            graph.spawn_chain(args).await?;
+            if let Some(url) = &cfg.challenge_api_url {
+                let args = ChallengeApiArgs {
+                    url: url.clone(),
+                    hotkey: parts.hotkey.clone(),
+                    every: cfg.challenge_api_poll,
+                    auth: parts.auth.clone(),
+                    keys: graph.keys.clone(),
+                    metrics: graph.metrics.clone(),
+                };
+                graph.spawn_challenge_api(args).await?;
+            }
+        }
+        let (host, port) = parts.listen;
+        let http = HttpNode::start(
+            graph.clone(),
+            parts.hotkey.ss58().to_string(),
+            http_settings(cfg),
+            &host,
+            port,
+            cfg.http_workers,
+        )
+        .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port}: {e}"))?;
+        Ok(Self { graph, addr: http.addr, http })
+    }
+
+    /// Graceful stop: admission closes, in-flight challenges finish, then every actor stops.
+    pub async fn stop(self) {
+        self.graph.close_admission();
+        self.http.stop().await;
+        self.graph.stop();
+    }
+}
+
+/// A running HTTP server (and the operator's, when configured) on its own actix system thread.
 pub struct HttpNode {
     pub addr: SocketAddr,
+    /// Where `/health` and `/metrics` are served, when on their own address.
+    pub ops_addr: Option<SocketAddr>,
     pub handle: ServerHandle,
+    ops_handle: Option<ServerHandle>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
@@ -72,22 +163,47 @@ impl HttpNode {
     /// Starts serving `graph` on host:port (0 = any free port).
     pub fn start(
         graph: MinerGraph,
-        auth: Arc<ValidatorAuth>,
         miner_hotkey: String,
         settings: HttpSettings,
         host: &str,
         port: u16,
         workers: usize,
     ) -> std::io::Result<Self> {
-        let state = web::Data::new(AppState { graph, auth, miner_hotkey, settings, started: Instant::now() });
+        let state = web::Data::new(AppState {
+            graph,
+            miner_hotkey,
+            settings,
+            started: Instant::now(),
+            refusals: RefusalLog::default(),
+        });
         let (tx, rx) = std::sync::mpsc::channel();
         let host = host.to_string();
         let thread = std::thread::Builder::new().name("http".into()).spawn(move || {
             actix_web::rt::System::new().block_on(async move {
+                let ops = match state.settings.ops_listen.clone() {
+                    Some((ops_host, ops_port)) => match crate::http::bind_ops(state.clone(), &ops_host, ops_port) {
+                        Ok(bound) => Some(bound),
+                        Err(e) => {
+                            let _ = tx.send(Err(std::io::Error::new(
+                                e.kind(),
+                                format!("cannot listen on {ops_host}:{ops_port} for /metrics: {e}"),
+                            )));
+                            return Ok(());
+                        }
+                    },
+                    None => None,
+                };
                 match crate::http::bind(state, &host, port, workers) {
                     Ok((server, addr)) => {
-                        let _ = tx.send(Ok((addr, server.handle())));
-                        server.await
+                        let ops_info = ops.as_ref().map(|(s, a)| (*a, s.handle()));
+                        let _ = tx.send(Ok((addr, server.handle(), ops_info)));
+                        match ops {
+                            Some((ops_server, _)) => {
+                                let (main, _) = futures_join(server, ops_server).await;
+                                main
+                            }
+                            None => server.await,
+                        }
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e));
@@ -96,15 +212,30 @@ impl HttpNode {
                 }
             })
         })?;
-        let (addr, handle) = rx.recv().map_err(|_| std::io::Error::other("HTTP thread died while binding"))??;
-        Ok(Self { addr, handle, thread: Some(thread) })
+        let (addr, handle, ops) = rx.recv().map_err(|_| std::io::Error::other("HTTP thread died while binding"))??;
+        let (ops_addr, ops_handle) = ops.map_or((None, None), |(a, h)| (Some(a), Some(h)));
+        Ok(Self { addr, ops_addr, handle, ops_handle, thread: Some(thread) })
     }
 
     /// Stops accepting, lets in-flight requests finish, and waits for the server thread.
     pub async fn stop(mut self) {
+        if let Some(ops) = self.ops_handle.take() {
+            ops.stop(false).await;
+        }
         self.handle.stop(true).await;
         if let Some(t) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
     }
+}
+
+/// Runs both servers to completion on the actix system (no `futures` dependency for one join).
+async fn futures_join(
+    a: actix_web::dev::Server,
+    b: actix_web::dev::Server,
+) -> (std::io::Result<()>, std::io::Result<()>) {
+    let b = actix_web::rt::spawn(b);
+    let ra = a.await;
+    let rb = b.await.unwrap_or(Ok(()));
+    (ra, rb)
 }

@@ -16,7 +16,7 @@ pub enum ClientError {
     #[error("HTTP request to {url} failed: {message}")]
     Http { url: String, message: String },
     #[error("{url} answered {status}: {body}")]
-    Status { url: String, status: u16, body: String },
+    Status { url: String, status: u16, body: String, retry_after: Option<u64> },
     #[error("unexpected reply from {url}: {message}")]
     Protocol { url: String, message: String },
 }
@@ -75,6 +75,7 @@ impl ValidatorClient {
                 url: url.into(),
                 status: status.as_u16(),
                 body: String::from_utf8_lossy(body).into(),
+                retry_after: None,
             });
         }
         serde_json::from_slice(body)
@@ -114,13 +115,7 @@ impl ValidatorClient {
             .map_err(|e| ClientError::Protocol { url: url.clone(), message: e.to_string() })?;
         let uuid = uuid::Uuid::new_v4().to_string();
         let nonce = uuid::Uuid::new_v4().to_string();
-        let ts = python_float_repr(unix_time_f64());
-        let signature = self.hotkey.sign_hex(format!("{ts}.{nonce}.{}", self.hotkey.ss58()).as_bytes());
-        // Written by hand so that the timestamp's JSON text is exactly the text that was signed.
-        let body = format!(
-            r#"{{"encrypted_symmetric_key": "{wrapped}", "symmetric_key_uuid": "{uuid}", "timestamp": {ts}, "nonce": "{nonce}", "signature": "{signature}", "validator_hotkey_ss58": "{}"}}"#,
-            self.hotkey.ss58()
-        );
+        let body = key_exchange_body(&self.hotkey, &wrapped, &uuid, &nonce, unix_time_f64());
         let (status, _, resp) =
             Self::read(&url, self.http.post(&url).header("content-type", "application/json").body(body).send().await)
                 .await?;
@@ -177,6 +172,10 @@ impl ValidatorClient {
                 url,
                 status: status.as_u16(),
                 body: String::from_utf8_lossy(&body).into(),
+                retry_after: headers
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok()),
             });
         }
         let ctype = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
@@ -192,6 +191,19 @@ impl ValidatorClient {
         let decrypt = t2.elapsed();
         Ok((reply, ChallengeTiming { encrypt, round_trip, decrypt, response_bytes: body.len() }))
     }
+}
+
+/// The JSON body of a key exchange signed by `hotkey`, as the validator writes it. The signature
+/// covers `timestamp.nonce.hotkey` and not the wrapped key, which is why the miner spends the nonce
+/// before its RSA work.
+pub fn key_exchange_body(hotkey: &Hotkey, wrapped_hex: &str, uuid: &str, nonce: &str, timestamp: f64) -> String {
+    let ts = python_float_repr(timestamp);
+    let signature = hotkey.sign_hex(format!("{ts}.{nonce}.{}", hotkey.ss58()).as_bytes());
+    // Written by hand so that the timestamp's JSON text is exactly the text that was signed.
+    format!(
+        r#"{{"encrypted_symmetric_key": "{wrapped_hex}", "symmetric_key_uuid": "{uuid}", "timestamp": {ts}, "nonce": "{nonce}", "signature": "{signature}", "validator_hotkey_ss58": "{}"}}"#,
+        hotkey.ss58()
+    )
 }
 
 /// A challenge body as the validator builds it (every key present).

@@ -18,6 +18,7 @@ use std::time::Duration;
 use loosh_actors::backend_worker::{Device, EngineSpec, WorkerSpec};
 use loosh_actors::inference::embedded::EmbeddedSpec;
 use loosh_actors::inference::openai::{with_v1, OpenAiSpec};
+use loosh_actors::protocol::secret::Secret;
 use serde::Deserialize;
 
 use crate::config::{Config, ConfigError, LlmBackend};
@@ -58,7 +59,7 @@ pub enum WorkerConfig {
         #[serde(default)]
         n_parallel: Option<u32>,
         #[serde(default)]
-        api_key: Option<String>,
+        api_key: Option<Secret>,
     },
 }
 
@@ -132,7 +133,7 @@ pub fn worker_specs(cfg: &Config, gpus: &[(usize, String)]) -> Result<Vec<Worker
                   base_url: &str,
                   model: Option<String>,
                   n_parallel: Option<u32>,
-                  api_key: Option<String>|
+                  api_key: Option<Secret>|
      -> Result<WorkerSpec, ConfigError> {
         if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
             return Err(ConfigError {

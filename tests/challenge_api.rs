@@ -11,7 +11,7 @@ use loosh_actors::chain::challenge_api::{ChallengeApiArgs, ChallengeApiMsg, Chal
 use loosh_actors::metrics::Metrics;
 use loosh_actors::protocol::fernet_codec::FernetKey;
 use loosh_actors::protocol::signature::{verify_sr25519, Hotkey};
-use loosh_actors::session::registry::{KeyRegistry, KeyStore, SessionIndex};
+use loosh_actors::session::registry::KeyStore;
 use loosh_actors::session::SessionSettings;
 use ractor::Actor;
 use serde_json::{json, Value};
@@ -43,9 +43,7 @@ async fn the_active_list_joins_the_allowed_set_and_leaving_it_revokes_keys() {
     let handle = server.handle();
     tokio::spawn(server);
 
-    let index: SessionIndex = Default::default();
-    let (registry, _) = Actor::spawn(None, KeyRegistry, (SessionSettings::default(), index.clone())).await.unwrap();
-    let keys = KeyStore::new(registry, index);
+    let keys = KeyStore::spawn(SessionSettings::default()).await.unwrap();
     let auth = Arc::new(ValidatorAuth::with_policy(true, false, []));
     let metrics = Arc::new(Metrics::new());
     let args = ChallengeApiArgs {
@@ -61,17 +59,25 @@ async fn the_active_list_joins_the_allowed_set_and_leaving_it_revokes_keys() {
     assert_eq!(ractor::call_t!(poller, ChallengeApiMsg::PollNow, 15_000).unwrap(), Ok(2));
     assert!(auth.is_allowed(v1.ss58()) && auth.is_allowed(v2.ss58()));
     assert!(!auth.is_allowed(Hotkey::ephemeral().ss58()));
-    keys.store(v1.ss58(), "u", "n", FernetKey::generate().1).await.unwrap();
+    keys.spend_nonce(v1.ss58(), "n", Duration::from_secs(60)).await.unwrap();
+    keys.store_key(v1.ss58(), "u", FernetKey::generate().1).await.unwrap();
 
     // v1 leaves the list: it is no longer allowed and its keys are gone.
     *listing.lock().unwrap() = json!({"validators": [{"hotkey_ss58": v2.ss58()}]});
     assert_eq!(ractor::call_t!(poller, ChallengeApiMsg::PollNow, 15_000).unwrap(), Ok(1));
     assert!(!auth.is_allowed(v1.ss58()) && auth.is_allowed(v2.ss58()));
     let end = std::time::Instant::now() + Duration::from_secs(5);
-    while keys.lookup(v1.ss58(), "u").await.is_some() {
+    while keys.lookup(v1.ss58(), "u").is_some() {
         assert!(std::time::Instant::now() < end, "v1's key was not revoked");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+
+    // An empty answer is treated as a failed read, not as every validator leaving: the last good
+    // list stays (with ALLOW_ALL_WHEN_EMPTY it would otherwise let everyone in).
+    *listing.lock().unwrap() = json!([]);
+    assert_eq!(ractor::call_t!(poller, ChallengeApiMsg::PollNow, 15_000).unwrap(), Ok(0));
+    assert!(auth.is_allowed(v2.ss58()), "an empty list does not replace the last good one");
+    assert!(keys.lookup(v1.ss58(), "u").is_none());
 
     // The API failing keeps the last good list.
     handle.stop(false).await;

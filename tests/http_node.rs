@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -17,9 +16,8 @@ use serde_json::{json, Value};
 
 const LOAD: Duration = Duration::from_secs(60);
 
-fn node(graph: &MinerGraph, auth: ValidatorAuth, settings: HttpSettings) -> HttpNode {
-    HttpNode::start(graph.clone(), Arc::new(auth), Hotkey::ephemeral().ss58().into(), settings, "127.0.0.1", 0, 1)
-        .unwrap()
+fn node(graph: &MinerGraph, settings: HttpSettings) -> HttpNode {
+    HttpNode::start(graph.clone(), Hotkey::ephemeral().ss58().into(), settings, "127.0.0.1", 0, 1).unwrap()
 }
 
 fn http() -> reqwest::Client {
@@ -34,7 +32,7 @@ async fn availability_is_honest_while_no_worker_can_answer() {
         g.workers().await.iter().any(|w| matches!(w.phase, loosh_actors::worker_supervisor::WorkerPhase::Down { .. }))
     })
     .await;
-    let n = node(&g, ValidatorAuth::allow_all(), HttpSettings::default());
+    let n = node(&g, HttpSettings::default());
     let url = format!("http://{}", n.addr);
 
     let v: Value = http().get(format!("{url}/availability")).send().await.unwrap().json().await.unwrap();
@@ -54,7 +52,10 @@ async fn availability_is_honest_while_no_worker_can_answer() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["detail"], "no backend worker is ready");
 
-    let metrics = http().get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+    // The operator's routes are not on the public port.
+    assert_eq!(http().get(format!("{url}/metrics")).send().await.unwrap().status(), 404);
+    let ops = format!("http://{}", n.ops_addr.expect("metrics on their own address by default"));
+    let metrics = http().get(format!("{ops}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("loosh_challenges_total{outcome=\"unavailable\"} 1"), "{metrics}");
     assert!(metrics.contains("loosh_workers_ready 0"));
     n.stop().await;
@@ -64,12 +65,13 @@ async fn availability_is_honest_while_no_worker_can_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_legacy_inference_endpoint_is_off_by_default_and_whitelisted_when_on() {
     let Some(model) = tiny_model() else { return };
-    let g = graph(vec![cpu_worker("cpu0", model, 512)], 4, fast_restarts(1)).await;
-    wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
     let validator = Hotkey::ephemeral();
+    let auth = ValidatorAuth::new(true, [validator.ss58().to_string()]);
+    let g = graph_with_auth(vec![cpu_worker("cpu0", model, 512)], 4, fast_restarts(1), auth).await;
+    wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
     let body = challenge_body("hello", 4, 0.7);
 
-    let off = node(&g, ValidatorAuth::new(true, [validator.ss58().to_string()]), HttpSettings::default());
+    let off = node(&g, HttpSettings::default());
     let res = http()
         .post(format!("http://{}/inference", off.addr))
         .header("validator-hotkey", validator.ss58())
@@ -85,7 +87,7 @@ async fn the_legacy_inference_endpoint_is_off_by_default_and_whitelisted_when_on
     off.stop().await;
 
     let settings = HttpSettings { inference_enabled: true, ..HttpSettings::default() };
-    let on = node(&g, ValidatorAuth::new(true, [validator.ss58().to_string()]), settings);
+    let on = node(&g, settings);
     let url = format!("http://{}/inference", on.addr);
     assert_eq!(http().post(&url).json(&body).send().await.unwrap().status(), 403, "no hotkey header");
     let stranger = Hotkey::ephemeral();
@@ -107,7 +109,7 @@ async fn the_rust_validator_client_re_handshakes_after_the_miner_forgets_its_key
     let Some(model) = tiny_model() else { return };
     let g = graph(vec![cpu_worker("cpu0", model, 512)], 4, fast_restarts(1)).await;
     wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
-    let n = node(&g, ValidatorAuth::allow_all(), HttpSettings::default());
+    let n = node(&g, HttpSettings::default());
     let mut client = ValidatorClient::new(&format!("http://{}", n.addr), Hotkey::ephemeral());
     client.handshake().await.unwrap();
     let body = challenge_body("hi", 4, 0.7);
@@ -120,12 +122,32 @@ async fn the_rust_validator_client_re_handshakes_after_the_miner_forgets_its_key
         Err(ClientError::Status { status: 401, body, .. }) => {
             let v: Value = serde_json::from_str(&body).unwrap();
             assert_eq!(v["requires_handshake"], true);
-            assert_eq!(v["public_key"], g.crypto.public_pem());
+            assert_eq!(v["public_key"], g.rsa.public_pem());
         }
         other => panic!("expected a 401, got {other:?}"),
     }
     let (reply, _) = client.challenge(&body).await.unwrap();
     assert!(reply.usage.completion_tokens >= 1);
+    n.stop().await;
+    g.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn until_a_first_validator_set_is_loaded_the_miner_says_why_it_is_unavailable() {
+    let missing = std::env::temp_dir().join("loosh-no-such-model.gguf");
+    // The whitelist on, nobody listed yet (the chain has not answered), and no allow-all opt-in.
+    let auth = ValidatorAuth::with_policy(true, false, []);
+    let g = graph_with_auth(vec![cpu_worker("cpu0", missing, 256)], 4, fast_restarts(0), auth).await;
+    let n = node(&g, HttpSettings::default());
+    let v: Value = http().get(format!("http://{}/availability", n.addr)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["available"], false);
+    assert!(v["reason"].as_str().unwrap().contains("no validator is allowed yet"), "{v}");
+
+    // The chain's first set arrives: the reason moves on to the next thing missing.
+    let validator = Hotkey::ephemeral();
+    g.auth.replace(loosh_actors::authorization::Source::Chain, [validator.ss58().to_string()].into());
+    let v: Value = http().get(format!("http://{}/availability", n.addr)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v, json!({"available": false, "reason": "no backend worker is ready"}));
     n.stop().await;
     g.stop();
 }

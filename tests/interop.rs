@@ -34,6 +34,8 @@ fn a_python_validator_client_following_protocol_md_gets_correct_answers_and_erro
             script,
             "--url",
             &miner.url,
+            "--ops-url",
+            &miner.ops_url,
             "--seed",
             VALIDATOR_SEED,
             "--other-seed",

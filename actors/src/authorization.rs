@@ -5,6 +5,11 @@
 //! the chain heartbeat), and the Challenge API's active list. An empty set is an explicit state
 //! with an explicit policy (`ALLOW_ALL_WHEN_EMPTY`), logged whenever it changes: the Python miner
 //! silently lets everyone in when its list is empty, which we do not copy.
+//!
+//! The set never fails open by accident: a source's update that comes back empty while that source
+//! held validators is kept out (the last good set stays, and the log says so), and until a first
+//! non-empty set is loaded an empty, denying set is reported by `/availability` as the reason the
+//! miner cannot serve.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,8 +104,33 @@ impl ValidatorAuth {
         self.allow_when_empty && sets.iter().all(HashSet::is_empty)
     }
 
+    /// Why no validator can be served, when the whitelist is on, the union is empty and the policy
+    /// denies: `/availability` reports it instead of a plain `true`.
+    pub fn unavailable_reason(&self) -> Option<&'static str> {
+        if !self.enabled || self.allow_when_empty || self.union_len() > 0 {
+            return None;
+        }
+        Some("no validator is allowed yet (waiting for the first validator set from the chain or VALIDATOR_HOTKEYS)")
+    }
+
     /// Replaces one source's set; returns the hotkeys that are no longer allowed by any source.
+    ///
+    /// An empty update for a source that held validators is refused (the last good set stays): an
+    /// empty metagraph or API answer is far more often a failed read than every validator leaving
+    /// at once, and treating it as real would either lock every validator out or, with
+    /// `ALLOW_ALL_WHEN_EMPTY`, let everyone in.
     pub fn replace(&self, source: Source, hotkeys: HashSet<String>) -> Vec<String> {
+        if hotkeys.is_empty() {
+            let held = self.sets.read().unwrap_or_else(|e| e.into_inner())[index(source)].len();
+            if held > 0 {
+                tracing::warn!(
+                    ?source,
+                    kept = held,
+                    "the validator set read came back empty; keeping the last good set"
+                );
+                return Vec::new();
+            }
+        }
         let removed = {
             let mut sets = self.sets.write().unwrap_or_else(|e| e.into_inner());
             let old = std::mem::replace(&mut sets[index(source)], hotkeys);
@@ -132,11 +162,15 @@ mod tests {
         assert!(auth.is_allowed("s1") && !auth.is_allowed("c1"), "a non-empty set is enforced");
         auth.replace(Source::Chain, ["c1".into(), "c2".into()].into());
         assert!(auth.is_allowed("c1") && auth.is_allowed("c2"));
+        assert!(auth.replace(Source::Chain, HashSet::new()).is_empty(), "an empty read is not applied");
+        assert!(auth.is_allowed("c1"), "the last good set stays");
         let revoked = auth.replace(Source::Chain, ["c2".into(), "s1".into()].into());
         assert_eq!(revoked, ["c1"]);
         assert!(!auth.is_allowed("c1"));
         auth.replace(Source::ChallengeApi, ["a1".into()].into());
         assert_eq!(auth.allowed_count(), 3);
         assert!(ValidatorAuth::new(false, []).is_allowed("x"));
+        assert!(deny.unavailable_reason().is_some() && allow.unavailable_reason().is_none());
+        assert!(auth.unavailable_reason().is_none());
     }
 }

@@ -2,28 +2,38 @@
 //!
 //! ```text
 //!   root (GraphRoot)
-//!    ├── KeyRegistry ── KeySession (one per validator hotkey)
-//!    ├── ChallengeCrypto × N          (Fernet both ways, RSA unwrap)
-//!    ├── Scheduler                    (admission, routing)
+//!    ├── KeyRegistry ── KeySession (one per validator hotkey; writes LiveKeys)
+//!    ├── Scheduler                    (admission, routing; publishes its status)
 //!    └── WorkerSupervisor ── BackendWorker (one per device)
+//!   RsaPool                           (bounded blocking slots, no actor)
 //! ```
 //!
-//! The root restarts the worker supervisor if it crashes (with fresh workers); the HTTP layer runs
-//! on its own threads, so a crash there never takes the workers down.
+//! The protocol itself (key exchange, challenge) is the front door's, in [`crate::front_door`].
+//!
+//! The root restarts the worker supervisor if it crashes (with fresh workers), and the chain
+//! heartbeat and Challenge API poller likewise, each under a [`RestartPolicy`] (intensity and
+//! backoff, as data); the HTTP layer runs on its own threads, so a crash there never takes the
+//! workers down.
 
 use std::sync::Arc;
-
 use std::sync::RwLock;
+
+use dashmap::DashMap;
+use tokio::sync::{watch, Semaphore};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
+use crate::authorization::ValidatorAuth;
 use crate::backend_worker::{WorkerMsg, WorkerSpec};
+use crate::chain::challenge_api::{ChallengeApiArgs, ChallengeApiMsg, ChallengeApiPoller};
 use crate::chain::heartbeat::{ChainHeartbeat, HeartbeatArgs, HeartbeatMsg};
-use crate::challenge_crypto::{ChallengeCrypto, CryptoPool};
+use crate::front_door::DoorSettings;
 use crate::inference::request::{Generation, GenerationRequest};
 use crate::metrics::Metrics;
 use crate::protocol::rsa_keys::MinerRsaKey;
+use crate::rsa_pool::RsaPool;
 use crate::scheduler::{ScheduleError, Scheduler, SchedulerMsg, SchedulerSettings, SchedulerStatus};
+use crate::session::live_keys::LiveKeys;
 use crate::session::registry::{KeyRegistry, KeyStore, SessionIndex};
 use crate::session::SessionSettings;
 use crate::worker_supervisor::{RestartPolicy, SupervisorArgs, SupervisorMsg, WorkerStatus, WorkerSupervisor};
@@ -34,18 +44,26 @@ pub struct GraphConfig {
     pub scheduler: SchedulerSettings,
     pub restart: RestartPolicy,
     pub workers: Vec<WorkerSpec>,
-    pub crypto_actors: usize,
     pub rsa: Arc<MinerRsaKey>,
+    /// Who may key-exchange and send challenges.
+    pub auth: Arc<ValidatorAuth>,
+    pub door: DoorSettings,
 }
 
 /// Handles to a running graph. Cheap to clone.
 #[derive(Clone)]
 pub struct MinerGraph {
     pub keys: KeyStore,
-    pub crypto: CryptoPool,
+    pub rsa: RsaPool,
     pub scheduler: ActorRef<SchedulerMsg>,
     pub supervisor: SupervisorHandle,
     pub metrics: Arc<Metrics>,
+    pub auth: Arc<ValidatorAuth>,
+    pub(crate) door: Arc<DoorSettings>,
+    pub(crate) verify_slots: Arc<Semaphore>,
+    pub(crate) validator_in_flight: Arc<DashMap<String, usize>>,
+    pub(crate) limits: Option<Arc<crate::front_door::rate_limit::RateLimiter>>,
+    status: watch::Receiver<SchedulerStatus>,
     root: ActorRef<RootMsg>,
 }
 
@@ -95,6 +113,64 @@ struct RootState {
     supervisor: Option<SupervisorHandle>,
     /// The chain heartbeat, when the node runs one, and what restarts it.
     chain: Option<(HeartbeatArgs, ActorRef<HeartbeatMsg>)>,
+    /// The Challenge API poller, when the node runs one, and what restarts it.
+    challenge_api: Option<(ChallengeApiArgs, ActorRef<ChallengeApiMsg>)>,
+    /// How the root restarts its own children (the supervisor, the chain actors): intensity and
+    /// backoff, as data.
+    policy: RestartPolicy,
+    /// Recent restarts per child, for the intensity limit.
+    restarts: std::collections::HashMap<&'static str, std::collections::VecDeque<std::time::Instant>>,
+}
+
+impl RootState {
+    /// The wait before restarting `child`, or `None` once it crashed more often than the policy
+    /// allows inside its window (the root then leaves it down and says so).
+    fn next_restart(&mut self, child: &'static str) -> Option<std::time::Duration> {
+        let now = std::time::Instant::now();
+        let window = self.policy.within;
+        let recent = self.restarts.entry(child).or_default();
+        while recent.front().is_some_and(|t| now.duration_since(*t) > window) {
+            recent.pop_front();
+        }
+        let wait = self.policy.next_backoff(recent.len())?;
+        recent.push_back(now);
+        Some(wait)
+    }
+}
+
+/// Starts the worker supervisor from the recipe (at graph start, and after it crashed), keeping
+/// the handle every clone of the graph reads.
+async fn start_supervisor(myself: &ActorRef<RootMsg>, state: &mut RootState) -> Result<SupervisorHandle, String> {
+    let recipe = state.recipe.as_ref().ok_or("no supervisor recipe")?;
+    let (sup, _) = Actor::spawn_linked(None, WorkerSupervisor, recipe.args(), myself.get_cell())
+        .await
+        .map_err(|e| e.to_string())?;
+    let handle = match &state.supervisor {
+        Some(h) => {
+            *h.0.write().unwrap_or_else(|e| e.into_inner()) = sup;
+            h.clone()
+        }
+        None => SupervisorHandle(Arc::new(RwLock::new(sup))),
+    };
+    state.supervisor = Some(handle.clone());
+    Ok(handle)
+}
+
+/// Restarts `child` after `wait` by sending the root `msg` (or logs that it is given up on).
+fn restart_later(
+    me: ActorRef<RootMsg>,
+    child: &'static str,
+    wait: Option<std::time::Duration>,
+    msg: impl FnOnce(RpcReplyPort<Result<(), String>>) -> RootMsg + Send + 'static,
+) {
+    let Some(wait) = wait else {
+        tracing::error!(child, "crashed more often than the root's restart policy allows; leaving it down");
+        return;
+    };
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        let _ = ractor::call_t!(me, msg, 10_000);
+    });
 }
 
 enum RootMsg {
@@ -103,15 +179,26 @@ enum RootMsg {
     Adopt(SupervisorRecipe),
     /// Start (or restart) the chain heartbeat.
     StartChain(Box<HeartbeatArgs>, RpcReplyPort<Result<ActorRef<HeartbeatMsg>, String>>),
+    /// Start (or restart) the Challenge API poller.
+    StartChallengeApi(Box<ChallengeApiArgs>, RpcReplyPort<Result<ActorRef<ChallengeApiMsg>, String>>),
+    /// Restart a crashed child from what the root kept of it.
+    Restart(&'static str, RpcReplyPort<Result<(), String>>),
 }
 
 impl Actor for GraphRoot {
     type Msg = RootMsg;
     type State = RootState;
-    type Arguments = ();
+    type Arguments = RestartPolicy;
 
-    async fn pre_start(&self, _: ActorRef<RootMsg>, _: ()) -> Result<RootState, ActorProcessingErr> {
-        Ok(RootState { recipe: None, supervisor: None, chain: None })
+    async fn pre_start(&self, _: ActorRef<RootMsg>, policy: RestartPolicy) -> Result<RootState, ActorProcessingErr> {
+        Ok(RootState {
+            recipe: None,
+            supervisor: None,
+            chain: None,
+            challenge_api: None,
+            policy,
+            restarts: Default::default(),
+        })
     }
 
     async fn handle(
@@ -133,27 +220,40 @@ impl Actor for GraphRoot {
                     }
                 }
             }
-            RootMsg::StartSupervisor(reply) => {
-                let Some(recipe) = &state.recipe else {
-                    let _ = reply.send(Err("no supervisor recipe".into()));
-                    return Ok(());
-                };
-                match Actor::spawn_linked(None, WorkerSupervisor, recipe.args(), myself.get_cell()).await {
-                    Ok((sup, _)) => {
-                        let handle = match &state.supervisor {
-                            Some(h) => {
-                                *h.0.write().unwrap_or_else(|e| e.into_inner()) = sup;
-                                h.clone()
-                            }
-                            None => SupervisorHandle(Arc::new(RwLock::new(sup))),
-                        };
-                        state.supervisor = Some(handle.clone());
-                        let _ = reply.send(Ok(handle));
+            RootMsg::StartChallengeApi(args, reply) => {
+                match Actor::spawn_linked(None, ChallengeApiPoller, (*args).clone(), myself.get_cell()).await {
+                    Ok((actor, _)) => {
+                        state.challenge_api = Some((*args, actor.clone()));
+                        let _ = reply.send(Ok(actor));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e.to_string()));
                     }
                 }
+            }
+            RootMsg::Restart(child, reply) => {
+                let me = myself.clone();
+                let result = match child {
+                    "chain" => match state.chain.as_ref().map(|(a, _)| a.clone()) {
+                        Some(args) => Actor::spawn_linked(None, ChainHeartbeat, args.clone(), me.get_cell())
+                            .await
+                            .map(|(actor, _)| state.chain = Some((args, actor)))
+                            .map_err(|e| e.to_string()),
+                        None => Ok(()),
+                    },
+                    "challenge_api" => match state.challenge_api.as_ref().map(|(a, _)| a.clone()) {
+                        Some(args) => Actor::spawn_linked(None, ChallengeApiPoller, args.clone(), me.get_cell())
+                            .await
+                            .map(|(actor, _)| state.challenge_api = Some((args, actor)))
+                            .map_err(|e| e.to_string()),
+                        None => Ok(()),
+                    },
+                    _ => start_supervisor(&me, state).await.map(|_| ()),
+                };
+                let _ = reply.send(result);
+            }
+            RootMsg::StartSupervisor(reply) => {
+                let _ = reply.send(start_supervisor(&myself, state).await);
             }
         }
         Ok(())
@@ -166,15 +266,17 @@ impl Actor for GraphRoot {
         state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
         let SupervisionEvent::ActorFailed(cell, err) = event else { return Ok(()) };
-        if let Some((args, chain)) = &state.chain {
-            if chain.get_id() == cell.get_id() {
-                tracing::error!(error = %err, "the chain heartbeat crashed; restarting it (workers are unaffected)");
-                let (args, me) = (args.clone(), myself.clone());
-                tokio::spawn(async move {
-                    let _ = ractor::call_t!(me, |r| RootMsg::StartChain(Box::new(args), r), 10_000);
-                });
-                return Ok(());
-            }
+        if state.chain.as_ref().is_some_and(|(_, chain)| chain.get_id() == cell.get_id()) {
+            tracing::error!(error = %err, "the chain heartbeat crashed; restarting it (workers are unaffected)");
+            let wait = state.next_restart("chain");
+            restart_later(myself, "chain", wait, |r| RootMsg::Restart("chain", r));
+            return Ok(());
+        }
+        if state.challenge_api.as_ref().is_some_and(|(_, poller)| poller.get_id() == cell.get_id()) {
+            tracing::error!(error = %err, "the Challenge API poller crashed; restarting it (the last list stays in force)");
+            let wait = state.next_restart("challenge_api");
+            restart_later(myself, "challenge_api", wait, |r| RootMsg::Restart("challenge_api", r));
+            return Ok(());
         }
         let is_supervisor = state.supervisor.as_ref().is_some_and(|h| h.get().get_id() == cell.get_id());
         if !is_supervisor {
@@ -189,10 +291,8 @@ impl Actor for GraphRoot {
                 let _ = recipe.scheduler.cast(SchedulerMsg::WorkerDown { name: spec.name.clone() });
             }
         }
-        let me = myself.clone();
-        tokio::spawn(async move {
-            let _ = ractor::call_t!(me, RootMsg::StartSupervisor, 10_000);
-        });
+        let wait = state.next_restart("supervisor");
+        restart_later(myself, "supervisor", wait, |r| RootMsg::Restart("supervisor", r));
         Ok(())
     }
 }
@@ -202,26 +302,23 @@ impl MinerGraph {
     /// true once one is ready.
     pub async fn spawn(config: GraphConfig) -> Result<Self, GraphError> {
         let metrics = Arc::new(Metrics::new());
-        let (root, _) =
-            Actor::spawn(None, GraphRoot, ()).await.map_err(|source| GraphError::Spawn { what: "root", source })?;
+        let (root, _) = Actor::spawn(None, GraphRoot, RestartPolicy::default())
+            .await
+            .map_err(|source| GraphError::Spawn { what: "root", source })?;
         let cell = root.get_cell();
 
         let index: SessionIndex = Default::default();
-        let (registry, _) = Actor::spawn_linked(None, KeyRegistry, (config.sessions, index.clone()), cell.clone())
-            .await
-            .map_err(|source| GraphError::Spawn { what: "key registry", source })?;
-
-        let mut crypto = Vec::new();
-        for _ in 0..config.crypto_actors.max(1) {
-            let (a, _) = Actor::spawn_linked(None, ChallengeCrypto, config.rsa.clone(), cell.clone())
+        let live = LiveKeys::default();
+        let (registry, _) =
+            Actor::spawn_linked(None, KeyRegistry, (config.sessions, index.clone(), live.clone()), cell.clone())
                 .await
-                .map_err(|source| GraphError::Spawn { what: "challenge crypto", source })?;
-            crypto.push(a);
-        }
+                .map_err(|source| GraphError::Spawn { what: "key registry", source })?;
 
-        let (scheduler, _) = Actor::spawn_linked(None, Scheduler, (config.scheduler, metrics.clone()), cell.clone())
-            .await
-            .map_err(|source| GraphError::Spawn { what: "scheduler", source })?;
+        let (published, status) = watch::channel(SchedulerStatus::starting());
+        let (scheduler, _) =
+            Actor::spawn_linked(None, Scheduler, (config.scheduler, metrics.clone(), published), cell.clone())
+                .await
+                .map_err(|source| GraphError::Spawn { what: "scheduler", source })?;
 
         root.cast(RootMsg::Adopt(SupervisorRecipe {
             specs: config.workers,
@@ -235,16 +332,31 @@ impl MinerGraph {
             .map_err(GraphError::Start)?;
 
         Ok(Self {
-            keys: KeyStore::new(registry, index),
-            crypto: CryptoPool::new(crypto, config.rsa.public_pem()),
+            keys: KeyStore::new(registry, index, live),
+            rsa: RsaPool::new(config.rsa, config.door.rsa_slots, metrics.rsa_operations.clone()),
             scheduler,
             supervisor,
             metrics,
+            auth: config.auth,
+            verify_slots: Arc::new(Semaphore::new(config.door.verify_slots.max(1))),
+            limits: config
+                .door
+                .rate_limits
+                .as_ref()
+                .map(|s| Arc::new(crate::front_door::rate_limit::RateLimiter::new(s))),
+            door: Arc::new(config.door),
+            validator_in_flight: Default::default(),
+            status,
             root,
         })
     }
 
-    /// Admission and worker readiness, as `/availability` reports it.
+    /// Admission and worker readiness, as the scheduler last published it (no mailbox round trip).
+    pub fn status_now(&self) -> SchedulerStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Admission and worker readiness, asked of the scheduler itself (`None` if it does not answer).
     pub async fn status(&self) -> Option<SchedulerStatus> {
         ractor::call_t!(self.scheduler, SchedulerMsg::Status, 2000).ok()
     }
@@ -269,6 +381,13 @@ impl MinerGraph {
     /// Starts the chain heartbeat under the graph's root (restarted if it crashes).
     pub async fn spawn_chain(&self, args: HeartbeatArgs) -> Result<ActorRef<HeartbeatMsg>, GraphError> {
         ractor::call_t!(self.root, |r| RootMsg::StartChain(Box::new(args), r), 10_000)
+            .map_err(|e| GraphError::Start(e.to_string()))?
+            .map_err(GraphError::Start)
+    }
+
+    /// Starts the Challenge API poller under the graph's root (restarted if it crashes).
+    pub async fn spawn_challenge_api(&self, args: ChallengeApiArgs) -> Result<ActorRef<ChallengeApiMsg>, GraphError> {
+        ractor::call_t!(self.root, |r| RootMsg::StartChallengeApi(Box::new(args), r), 10_000)
             .map_err(|e| GraphError::Start(e.to_string()))?
             .map_err(GraphError::Start)
     }

@@ -1,20 +1,32 @@
 //! The loosh-miner actor graph and the work it runs.
 //!
-//! A challenge's path, by module:
-//! `session` (is the validator's key live?) → `challenge_crypto` (Fernet decrypt) →
-//! `scheduler` (admission, pick a worker) → `backend_worker` (one engine per device, under the
-//! `worker_supervisor`) → `inference` (chat template, llama.cpp, tool calls) → back through
-//! `challenge_crypto` (Fernet encrypt). `protocol` holds the wire formats and cryptography with no
-//! actors in them; `graph` spawns it all; `metrics` is what `/metrics` shows.
+//! One challenge, file by file:
+//! 1. `front_door/challenge.rs` — [`graph::MinerGraph::answer_challenge`]: authorization
+//!    (`authorization.rs`), readiness (the scheduler's published status), the validator's key read
+//!    from `session/live_keys.rs`, Fernet decrypt (`protocol/fernet_codec.rs`, a function call), the
+//!    challenge JSON (`protocol/messages.rs`).
+//! 2. `scheduler.rs` — admission (capacity, decided once, with a `Retry-After` hint) and the pick of
+//!    a worker: mailbox hop 1.
+//! 3. `backend_worker.rs` — one engine per device, under `worker_supervisor.rs`: hop 2; the work
+//!    itself is in `inference/` (chat template, llama.cpp or an OpenAI-compatible server, tool calls).
+//! 4. back in `front_door/challenge.rs` — the reply JSON with the timing echo, Fernet encrypt.
+//!
+//! A key exchange: `front_door/key_exchange.rs` — shape, authorization, timestamp, sr25519
+//! (`protocol/signature.rs`), the nonce spent in the validator's `session/key_session.rs`, RSA on
+//! `rsa_pool.rs`, the key stored by the session into `session/live_keys.rs`.
+//!
+//! `graph.rs` spawns it all under one root; `chain/` keeps the allowed validator set current;
+//! `metrics.rs` is what `/metrics` shows.
 
 pub mod authorization;
 pub mod backend_worker;
 pub mod chain;
-pub mod challenge_crypto;
+pub mod front_door;
 pub mod graph;
 pub mod inference;
 pub mod metrics;
 pub mod protocol;
+pub mod rsa_pool;
 pub mod scheduler;
 pub mod session;
 pub mod worker_supervisor;

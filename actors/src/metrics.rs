@@ -16,6 +16,10 @@ pub struct Metrics {
     /// HTTP requests refused before reaching a handler (oversized or malformed bodies), by route.
     pub rejected_requests: IntCounterVec,
     pub challenge_latency: Histogram,
+    /// Requests refused by a rate limit, by route (or `hotkey` for the per-validator limit).
+    pub rate_limited: IntCounterVec,
+    /// RSA private-key operations started (one per genuine key exchange; a replay flood must not move it).
+    pub rsa_operations: IntCounter,
     pub time_to_first_token: Histogram,
     pub tokens_generated: IntCounter,
     pub prompt_tokens: IntCounter,
@@ -73,6 +77,11 @@ impl Metrics {
                 &["route", "reason"],
             )
             .unwrap(),
+            rate_limited: IntCounterVec::new(
+                Opts::new("loosh_rate_limited_total", "Requests refused by a rate limit, by route"),
+                &["route"],
+            )
+            .unwrap(),
             challenge_latency: Histogram::with_opts(
                 HistogramOpts::new("loosh_challenge_seconds", "Challenge handling time, arrival to encrypted reply")
                     .buckets(latency_buckets.clone()),
@@ -83,6 +92,8 @@ impl Metrics {
                     .buckets(latency_buckets),
             )
             .unwrap(),
+            rsa_operations: IntCounter::new("loosh_rsa_operations_total", "RSA private-key operations started")
+                .unwrap(),
             tokens_generated: IntCounter::new("loosh_tokens_generated_total", "Completion tokens generated").unwrap(),
             prompt_tokens: IntCounter::new("loosh_prompt_tokens_total", "Prompt tokens processed").unwrap(),
             deadline_cuts: IntCounter::new(
@@ -168,9 +179,10 @@ impl Metrics {
             m.registry.register(Box::new(c.clone())).unwrap();
         }
         m.registry.register(Box::new(m.rejected_requests.clone())).unwrap();
+        m.registry.register(Box::new(m.rate_limited.clone())).unwrap();
         m.registry.register(Box::new(m.challenge_latency.clone())).unwrap();
         m.registry.register(Box::new(m.time_to_first_token.clone())).unwrap();
-        for c in [&m.tokens_generated, &m.prompt_tokens, &m.deadline_cuts] {
+        for c in [&m.tokens_generated, &m.prompt_tokens, &m.deadline_cuts, &m.rsa_operations] {
             m.registry.register(Box::new(c.clone())).unwrap();
         }
         for g in [&m.in_flight, &m.workers_ready, &m.key_sessions] {

@@ -5,13 +5,15 @@
 //! the validator gives up. Among ready workers it picks the one expected to finish first (queue
 //! depth over its parallel sequences, times its measured time per challenge). A challenge whose
 //! worker dies is re-dispatched once to a sibling when its deadline leaves room. The supervisor
-//! tells it which workers are up; the HTTP layer asks it for availability.
+//! tells it which workers are up. Its status is published on a `watch` channel after every message,
+//! so `/availability` and the front door's readiness check read it without a mailbox round trip.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::watch;
 
 use crate::backend_worker::WorkerMsg;
 use crate::inference::request::{BackendError, Generation, GenerationRequest};
@@ -67,6 +69,11 @@ pub struct SchedulerStatus {
 }
 
 impl SchedulerStatus {
+    /// Before the scheduler's first message: nothing is ready.
+    pub fn starting() -> Self {
+        Self { ready_workers: 0, in_flight: 0, capacity: 0, admission_open: true }
+    }
+
     /// Would a challenge be admitted right now? `Err` carries the reason for `/availability`.
     pub fn availability(&self) -> Result<(), &'static str> {
         if !self.admission_open {
@@ -121,6 +128,7 @@ pub struct SchedulerState {
     workers: BTreeMap<String, Slot>,
     in_flight: usize,
     admission_open: bool,
+    published: watch::Sender<SchedulerStatus>,
 }
 
 impl SchedulerState {
@@ -158,14 +166,28 @@ impl SchedulerState {
 impl Actor for Scheduler {
     type Msg = SchedulerMsg;
     type State = SchedulerState;
-    type Arguments = (SchedulerSettings, Arc<Metrics>);
+    type Arguments = (SchedulerSettings, Arc<Metrics>, watch::Sender<SchedulerStatus>);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        (settings, metrics): Self::Arguments,
+        (settings, metrics, published): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(SchedulerState { settings, metrics, workers: BTreeMap::new(), in_flight: 0, admission_open: true })
+        let state = SchedulerState {
+            settings,
+            metrics,
+            workers: BTreeMap::new(),
+            in_flight: 0,
+            admission_open: true,
+            published,
+        };
+        state.published.send_replace(state.status());
+        Ok(state)
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        state.published.send_replace(SchedulerStatus { ready_workers: 0, admission_open: false, ..state.status() });
+        Ok(())
     }
 
     async fn handle(
@@ -280,6 +302,8 @@ impl Actor for Scheduler {
                 let _ = reply.send(state.status());
             }
         }
+        let now = state.status();
+        state.published.send_if_modified(|s| std::mem::replace(s, now.clone()) != now);
         Ok(())
     }
 }

@@ -28,12 +28,11 @@ use loosh_actors::inference::chat_template::ChatTemplate;
 use loosh_actors::inference::embedded::StepStats;
 use loosh_actors::inference::request::GenerationRequest;
 use loosh_actors::protocol::messages::ChatMessage;
-use loosh_actors::protocol::rsa_keys::MinerRsaKey;
 use loosh_actors::protocol::signature::Hotkey;
 use tokio::sync::Mutex;
 
 use crate::config::{Config, Source};
-use crate::node::{http_settings, spawn_graph, HttpNode};
+use crate::node::{Node, NodeParts};
 use crate::validator_client::{challenge_body, ValidatorClient};
 
 mod reference;
@@ -236,6 +235,8 @@ pub(crate) fn bench_config_with(
         ("LLAMA_THREADS", threads.as_str()),
         ("MAX_CONCURRENT_REQUESTS", in_flight.as_str()),
         ("MAX_MODEL_LEN", "4096"),
+        // The bench is one address sending far more than a validator would.
+        ("RATE_LIMIT_ENABLED", "false"),
     ];
     pairs.extend_from_slice(extra);
     let cfg = Config::from_source(&Source::from_pairs(pairs))?;
@@ -243,30 +244,29 @@ pub(crate) fn bench_config_with(
     Ok(cfg)
 }
 
-pub(crate) async fn start(cfg: &Config) -> anyhow::Result<(MinerGraph, HttpNode)> {
+pub(crate) async fn start(cfg: &Config) -> anyhow::Result<(MinerGraph, Node)> {
     let specs = crate::workers::worker_specs(cfg, &[])?;
     let want = specs.len();
-    let graph = spawn_graph(cfg, specs, Arc::new(MinerRsaKey::generate()?)).await?;
+    let parts = NodeParts {
+        hotkey: Hotkey::ephemeral(),
+        workers: specs,
+        auth: Arc::new(ValidatorAuth::allow_all()),
+        chain_url: None,
+        listen: ("127.0.0.1".into(), 0),
+    };
+    let node = Node::start(cfg, parts).await?;
+    let graph = node.graph.clone();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while graph.status().await.is_none_or(|s| s.ready_workers < want) {
+    while graph.status_now().ready_workers < want {
         anyhow::ensure!(Instant::now() < deadline, "the worker did not become ready: {:?}", graph.workers().await);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let node = HttpNode::start(
-        graph.clone(),
-        Arc::new(ValidatorAuth::allow_all()),
-        Hotkey::ephemeral().ss58().into(),
-        http_settings(cfg),
-        "127.0.0.1",
-        0,
-        2,
-    )?;
     Ok((graph, node))
 }
 
 /// Stops the node and the graph and waits for the engines to free their models (a GPU model
 /// freed at process exit aborts it; the next level of a benchmark needs the memory).
-pub(crate) async fn stop(graph: MinerGraph, node: HttpNode) {
+pub(crate) async fn stop(graph: MinerGraph, node: Node) {
     node.stop().await;
     graph.stop();
     let _ = tokio::task::spawn_blocking(|| wait_for_engines(Duration::from_secs(60))).await;

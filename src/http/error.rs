@@ -1,73 +1,110 @@
 //! Every way a request can fail, mapped to its HTTP status and JSON body in exactly one place.
 //!
 //! Statuses follow what the validator does with them (PROTOCOL.md): 401 and 400 make it drop its key
-//! and re-handshake, so a malformed challenge gets 422, never 400.
+//! and re-handshake, so a malformed challenge gets 422, never 400, and an internal timeout gets 503,
+//! never 401. Every 503 and 429 carries `Retry-After`.
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
+use loosh_actors::front_door::challenge::ChallengeError;
+use loosh_actors::front_door::key_exchange::KeyExchangeError;
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("Validator hotkey not recognized.")]
-    Forbidden,
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("Failed to exchange symmetric key")]
-    KeyExchangeFailed,
-    #[error("Symmetric key not found or expired. Re-handshake required.")]
-    UnknownKey { public_key: String },
-    #[error("{0}")]
-    BadToken(String),
+    #[error(transparent)]
+    Challenge(#[from] ChallengeError),
+    #[error(transparent)]
+    KeyExchange(#[from] KeyExchangeError),
+    /// A header or body the route could not read.
     #[error("{0}")]
     Unprocessable(String),
+    #[error("{0}")]
+    BadRequest(String),
     #[error("request body is over the {limit}-byte limit")]
     TooLarge { limit: usize },
+    #[error("the request body did not arrive within {secs} s")]
+    BodyTimeout { secs: u64 },
     #[error("{detail}")]
     TooMany { detail: String, retry_after_secs: u64 },
-    #[error("{reason}")]
-    Unavailable { reason: String, retry_after_secs: Option<u64> },
-    /// Every queue is full: 503 at once, with a hint of when a slot frees up.
-    #[error("{reason}")]
-    Busy { reason: String, retry_after_secs: u64 },
     #[error("{0}")]
     NotFound(String),
-    #[error("{0}")]
-    Internal(String),
+}
+
+impl ApiError {
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::TooMany { retry_after_secs, .. }
+            | ApiError::Challenge(
+                ChallengeError::Busy { retry_after_secs, .. }
+                | ChallengeError::Unavailable { retry_after_secs, .. }
+                | ChallengeError::RateLimited { retry_after_secs },
+            )
+            | ApiError::KeyExchange(
+                KeyExchangeError::Busy { retry_after_secs }
+                | KeyExchangeError::TooManyExchanges { retry_after_secs }
+                | KeyExchangeError::RateLimited { retry_after_secs },
+            ) => Some(*retry_after_secs),
+            ApiError::KeyExchange(KeyExchangeError::Unavailable(_)) => Some(1),
+            _ => None,
+        }
+    }
 }
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
-            ApiError::BadRequest(_) | ApiError::KeyExchangeFailed => StatusCode::BAD_REQUEST,
-            ApiError::UnknownKey { .. } | ApiError::BadToken(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Challenge(e) => match e {
+                ChallengeError::Forbidden => StatusCode::FORBIDDEN,
+                ChallengeError::UnknownKey { .. } | ChallengeError::BadToken(_) => StatusCode::UNAUTHORIZED,
+                ChallengeError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                ChallengeError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+                ChallengeError::Busy { .. } | ChallengeError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                ChallengeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ApiError::KeyExchange(e) => match e {
+                KeyExchangeError::Malformed(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                KeyExchangeError::Forbidden => StatusCode::FORBIDDEN,
+                KeyExchangeError::StaleTimestamp(_)
+                | KeyExchangeError::BadSignature(_)
+                | KeyExchangeError::Replay
+                | KeyExchangeError::KeyUnwrap => StatusCode::BAD_REQUEST,
+                KeyExchangeError::TooManyExchanges { .. } | KeyExchangeError::RateLimited { .. } => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
+                KeyExchangeError::Busy { .. } | KeyExchangeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            },
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable { .. } | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status_code());
         let body = match self {
-            ApiError::UnknownKey { public_key } => json!({
+            ApiError::Challenge(ChallengeError::UnknownKey { public_key }) => json!({
                 "detail": self.to_string(),
                 "public_key": public_key,
                 "requires_handshake": true,
             }),
             _ => json!({ "detail": self.to_string() }),
         };
-        match self {
-            ApiError::TooMany { retry_after_secs, .. }
-            | ApiError::Unavailable { retry_after_secs: Some(retry_after_secs), .. } => {
-                res.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
-            }
-            _ => {}
+        if let Some(secs) = self.retry_after() {
+            res.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        if matches!(self, ApiError::BodyTimeout { .. }) {
+            // The rest of a stalled body may never come: do not wait for it to reuse the connection.
+            res.insert_header((header::CONNECTION, "close"));
         }
         res.json(body)
     }
+}
+
+/// A per-IP rate limit refusal (429 + `Retry-After`).
+pub fn rate_limited(retry_after_secs: u64) -> ApiError {
+    ApiError::TooMany { detail: format!("rate limit exceeded; retry in {retry_after_secs} s"), retry_after_secs }
 }

@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use actix_web::{post, web, HttpRequest, HttpResponse};
 
-use super::answer::{answer, parse_challenge};
 use super::body::read_limited;
 use super::error::ApiError;
 use super::state::AppState;
@@ -21,10 +20,12 @@ pub async fn inference(
         return Err(ApiError::NotFound("/inference is disabled (ENABLE_INFERENCE_ENDPOINT=false)".into()));
     }
     let hotkey = req.headers().get("validator-hotkey").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    if hotkey.is_empty() || !state.auth.is_allowed(hotkey) {
-        return Err(ApiError::Forbidden);
+    if hotkey.is_empty() {
+        return Err(loosh_actors::front_door::challenge::ChallengeError::Forbidden.into());
     }
-    let body = read_limited(&req, payload, state.settings.max_body_bytes).await?;
-    let reply = answer(&state, parse_challenge(&body)?, arrival).await?;
+    state.graph.check_caller(hotkey)?;
+    let s = &state.settings;
+    let body = read_limited(&req, payload, s.max_body_bytes, s.body_read_timeout).await?;
+    let reply = state.graph.answer_plain(&body, arrival).await?;
     Ok(HttpResponse::Ok().json(reply))
 }

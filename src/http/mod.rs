@@ -1,12 +1,12 @@
-//! The HTTP surface validators talk to. Routes are thin: they parse, check, and hand work to the
-//! actor graph; every failure goes through [`error::ApiError`].
+//! The HTTP surface validators talk to. Routes are thin: they read headers and bodies (bounded in
+//! size and time) and call the graph's front door; every failure goes through [`error::ApiError`].
 
-pub mod answer;
 pub mod body;
 pub mod challenge;
 pub mod error;
 pub mod inference;
 pub mod key_exchange;
+pub mod refusals;
 pub mod state;
 pub mod status;
 
@@ -17,32 +17,81 @@ use actix_web::{web, App, HttpServer};
 use error::ApiError;
 use state::AppState;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
+fn not_found(cfg: &mut web::ServiceConfig) {
+    cfg.default_service(web::to(|state: web::Data<AppState>, req: actix_web::HttpRequest| async move {
+        let peer = req.peer_addr().map(|a| a.ip());
+        let named = key_exchange::names_a_validator(&state, &req);
+        state
+            .graph
+            .check_ip_rate(loosh_actors::front_door::rate_limit::Route::Other, peer, named)
+            .map_err(error::rate_limited)?;
+        Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such endpoint".into()))
+    }));
+}
+
+/// The operator's routes, `/health` and `/metrics`: on their own (loopback by default) address,
+/// because they tell a competitor our load, our restarts and our hotkey.
+pub fn ops_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(status::health).service(status::metrics);
+}
+
+/// The validators' routes (plus the operator's when `METRICS_ON_PUBLIC_PORT` asks for them).
+pub fn routes(cfg: &mut web::ServiceConfig, with_ops: bool) {
+    if with_ops {
+        ops_routes(cfg);
+    }
     cfg.service(status::availability)
-        .service(status::health)
-        .service(status::metrics)
         .service(key_exchange::public_key)
         .service(key_exchange::key_exchange)
         .service(challenge::challenge)
-        .service(inference::inference)
-        .default_service(web::to(|| async {
-            Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such endpoint".into()))
-        }));
+        .service(inference::inference);
+    not_found(cfg);
 }
 
 /// Binds the server (port 0 picks a free one) and returns it with the address it listens on.
-/// Shutdown is graceful: in-flight challenges get up to 55 s to finish.
+/// Shutdown is graceful: in-flight challenges get up to 55 s to finish. Connections are bounded in
+/// number, in the time to send headers, and in idle keep-alive; bodies are bounded in the routes.
 pub fn bind(
     state: web::Data<AppState>,
     host: &str,
     port: u16,
     workers: usize,
 ) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
-    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
+    let s = state.settings.clone();
+    let workers = workers.max(1);
+    let with_ops = s.ops_on_public_port;
+    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(|c| routes(c, with_ops)))
         .workers(workers)
+        // actix counts per worker thread.
+        .max_connections(s.max_connections.div_ceil(workers).max(1))
+        .client_request_timeout(s.header_read_timeout)
+        .client_disconnect_timeout(std::time::Duration::from_secs(1))
+        .keep_alive(s.keep_alive)
         .shutdown_timeout(55)
         .disable_signals()
         .bind((host, port))?;
+    let addr = *server.addrs().first().ok_or_else(|| std::io::Error::other("no listening address"))?;
+    Ok((server.run(), addr))
+}
+
+/// Binds the operator's server (`/health`, `/metrics`) on its own address: one worker, few
+/// connections, nothing a validator needs.
+pub fn bind_ops(
+    state: web::Data<AppState>,
+    host: &str,
+    port: u16,
+) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
+    let server = HttpServer::new(move || {
+        App::new().app_data(state.clone()).configure(|c| {
+            ops_routes(c);
+            not_found(c);
+        })
+    })
+    .workers(1)
+    .max_connections(64)
+    .shutdown_timeout(1)
+    .disable_signals()
+    .bind((host, port))?;
     let addr = *server.addrs().first().ok_or_else(|| std::io::Error::other("no listening address"))?;
     Ok((server.run(), addr))
 }

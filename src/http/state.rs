@@ -1,50 +1,56 @@
-//! What every handler shares: the actor graph's handles and the request-time settings.
+//! What every handler shares: the actor graph (whose front door runs the protocol) and the
+//! HTTP-only settings: body caps, read deadlines, connection limits.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use loosh_actors::authorization::ValidatorAuth;
 use loosh_actors::graph::MinerGraph;
 
-/// Request-time settings, copied out of the node's configuration.
+use super::refusals::RefusalLog;
+
+/// HTTP-only settings, copied out of the node's configuration.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
+    /// `MAX_BODY_BYTES`: the cap on a challenge body (and the legacy `/inference`).
     pub max_body_bytes: usize,
-    /// TTL applied to challenge tokens, as the validator's own Fernet does.
-    pub fernet_ttl_secs: u64,
-    /// Time from a challenge's arrival by which its answer must be ready.
-    pub deadline: Duration,
-    /// Key-exchange timestamps older than this are refused (replay window + clock skew).
-    pub max_timestamp_age: Duration,
-    /// Key-exchange timestamps further in the future than this are refused.
-    pub max_timestamp_ahead: Duration,
-    pub default_max_tokens: u32,
-    pub default_temperature: f32,
-    pub default_top_p: f32,
+    /// A key exchange is a few hundred bytes of JSON; anything near this is not one.
+    pub max_key_exchange_bytes: usize,
+    /// `BODY_READ_TIMEOUT_SECONDS`: a body not fully arrived by then is dropped with 408.
+    pub body_read_timeout: Duration,
+    /// `HEADER_READ_TIMEOUT_SECONDS`: actix's `client_request_timeout`.
+    pub header_read_timeout: Duration,
+    /// `KEEP_ALIVE_SECONDS`: an idle keep-alive connection is closed after this.
+    pub keep_alive: Duration,
+    /// `MAX_CONNECTIONS`: open connections across the server; past it, new ones wait in the backlog.
+    pub max_connections: usize,
     pub inference_enabled: bool,
+    /// `METRICS_HOST` / `METRICS_PORT`: where `/health` and `/metrics` are served (`None`: nowhere
+    /// but the public port, if `ops_on_public_port`). Port 0 picks a free one.
+    pub ops_listen: Option<(String, u16)>,
+    /// `METRICS_ON_PUBLIC_PORT`: also serve `/health` and `/metrics` to the internet.
+    pub ops_on_public_port: bool,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
         Self {
             max_body_bytes: 2 * 1024 * 1024,
-            fernet_ttl_secs: 3600,
-            deadline: Duration::from_millis(50_000),
-            max_timestamp_age: Duration::from_secs(330),
-            max_timestamp_ahead: Duration::from_secs(300),
-            default_max_tokens: 512,
-            default_temperature: 0.7,
-            default_top_p: 0.95,
+            max_key_exchange_bytes: 8 * 1024,
+            body_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(5),
+            max_connections: 2048,
             inference_enabled: false,
+            ops_listen: Some(("127.0.0.1".into(), 0)),
+            ops_on_public_port: false,
         }
     }
 }
 
 pub struct AppState {
     pub graph: MinerGraph,
-    pub auth: Arc<ValidatorAuth>,
     /// Our hotkey's SS58, sent back on every challenge reply.
     pub miner_hotkey: String,
     pub settings: HttpSettings,
     pub started: Instant,
+    pub refusals: RefusalLog,
 }

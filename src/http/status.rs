@@ -1,6 +1,9 @@
 //! `/availability` (what validators poll), `/health` (liveness) and `/metrics` (Prometheus).
 
-use actix_web::{get, web, HttpResponse};
+use actix_web::{get, web, HttpRequest, HttpResponse};
+use loosh_actors::front_door::rate_limit::Route;
+
+use super::error::{rate_limited, ApiError};
 use serde_json::json;
 
 use super::state::AppState;
@@ -8,13 +11,22 @@ use super::state::AppState;
 /// `true` only when a challenge would be admitted right now; otherwise the reason. Always 200, as
 /// the validator treats anything but `200 {"available": true}` as unavailable anyway.
 #[get("/availability")]
-pub async fn availability(state: web::Data<AppState>) -> HttpResponse {
-    match state.graph.status().await {
-        Some(status) => match status.availability() {
-            Ok(()) => HttpResponse::Ok().json(json!({ "available": true })),
-            Err(reason) => HttpResponse::Ok().json(json!({ "available": false, "reason": reason })),
-        },
-        None => HttpResponse::Ok().json(json!({ "available": false, "reason": "scheduler not answering" })),
+pub async fn availability(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let peer = req.peer_addr().map(|a| a.ip());
+    state
+        .graph
+        .check_ip_rate(Route::Availability, peer, super::key_exchange::names_a_validator(&state, &req))
+        .map_err(rate_limited)?;
+    Ok(availability_now(&state))
+}
+
+fn availability_now(state: &AppState) -> HttpResponse {
+    if let Some(reason) = state.graph.auth.unavailable_reason() {
+        return HttpResponse::Ok().json(json!({ "available": false, "reason": reason }));
+    }
+    match state.graph.status_now().availability() {
+        Ok(()) => HttpResponse::Ok().json(json!({ "available": true })),
+        Err(reason) => HttpResponse::Ok().json(json!({ "available": false, "reason": reason })),
     }
 }
 

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use loosh_actors::authorization::ValidatorAuth;
 use loosh_actors::backend_worker::{Device, EngineSpec, WorkerSpec};
+use loosh_actors::front_door::DoorSettings;
 use loosh_actors::graph::{GraphConfig, MinerGraph};
 use loosh_actors::inference::embedded::EmbeddedSpec;
 use loosh_actors::inference::request::GenerationRequest;
@@ -69,6 +71,16 @@ pub fn fast_restarts(max_restarts: usize) -> RestartPolicy {
 }
 
 pub async fn graph(workers: Vec<WorkerSpec>, max_in_flight: usize, restart: RestartPolicy) -> MinerGraph {
+    graph_with_auth(workers, max_in_flight, restart, ValidatorAuth::allow_all()).await
+}
+
+/// [`graph`] whose front door admits only whom `auth` allows.
+pub async fn graph_with_auth(
+    workers: Vec<WorkerSpec>,
+    max_in_flight: usize,
+    restart: RestartPolicy,
+    auth: ValidatorAuth,
+) -> MinerGraph {
     MinerGraph::spawn(GraphConfig {
         sessions: SessionSettings::default(),
         scheduler: SchedulerSettings {
@@ -78,8 +90,9 @@ pub async fn graph(workers: Vec<WorkerSpec>, max_in_flight: usize, restart: Rest
         },
         restart,
         workers,
-        crypto_actors: 2,
         rsa: Arc::new(MinerRsaKey::generate().unwrap()),
+        auth: Arc::new(auth),
+        door: DoorSettings::default(),
     })
     .await
     .expect("graph spawns")
@@ -206,6 +219,8 @@ impl Drop for LlamaCppPythonServer {
 pub struct MinerProcess {
     child: std::process::Child,
     pub url: String,
+    /// Where `/health` and `/metrics` are served (loopback, apart from the public port).
+    pub ops_url: String,
     pub log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
@@ -222,6 +237,7 @@ impl MinerProcess {
     pub fn start(model: &std::path::Path, dev: bool, extra: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
         let port = free_port();
+        let ops_port = free_port();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_loosh-miner"));
         if dev {
             cmd.arg("--dev");
@@ -232,6 +248,7 @@ impl MinerProcess {
             .env("MODEL_PATH", model)
             .env("API_HOST", "127.0.0.1")
             .env("API_PORT", port.to_string())
+            .env("METRICS_PORT", ops_port.to_string())
             .env("LLAMA_THREADS", "1")
             .env("MAX_MODEL_LEN", "2048")
             .current_dir(std::env::temp_dir())
@@ -249,7 +266,12 @@ impl MinerProcess {
                 sink.lock().unwrap().push(line);
             }
         });
-        let miner = Self { child, url: format!("http://127.0.0.1:{port}"), log };
+        let miner = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            ops_url: format!("http://127.0.0.1:{ops_port}"),
+            log,
+        };
         let end = Instant::now() + Duration::from_secs(90);
         loop {
             if miner.get("/availability").is_some_and(|b| b.contains("\"available\":true")) {
@@ -266,8 +288,17 @@ impl MinerProcess {
 
     /// A blocking GET of `path` over std; the whole HTTP response as text.
     pub fn get(&self, path: &str) -> Option<String> {
+        Self::get_from(&self.url, path)
+    }
+
+    /// A blocking GET of `path` on the operator's address (`/health`, `/metrics`).
+    pub fn get_ops(&self, path: &str) -> Option<String> {
+        Self::get_from(&self.ops_url, path)
+    }
+
+    fn get_from(url: &str, path: &str) -> Option<String> {
         use std::io::{Read, Write};
-        let host = self.url.strip_prefix("http://")?;
+        let host = url.strip_prefix("http://")?;
         let mut s = std::net::TcpStream::connect(host).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
@@ -278,7 +309,7 @@ impl MinerProcess {
 
     /// The value of a metric line `name value` (first match), from `/metrics`.
     pub fn metric(&self, name: &str) -> Option<f64> {
-        let body = self.get("/metrics")?;
+        let body = self.get_ops("/metrics")?;
         body.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
     }

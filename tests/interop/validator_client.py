@@ -323,6 +323,7 @@ def check_reply(reply, challenge):
 class Context:
     def __init__(self, args):
         self.base = args.url.rstrip("/")
+        self.ops_base = (args.ops_url or args.url).rstrip("/")
         self.kp = Keypair.create_from_seed(args.seed, crypto_type=KeypairType.SR25519)
         self.other = (Keypair.create_from_seed(args.other_seed, crypto_type=KeypairType.SR25519)
                       if args.other_seed else None)
@@ -635,9 +636,13 @@ def case_concurrent_challenges(ctx):
 
 
 def case_health_and_metrics(ctx):
-    status, _, body = get(ctx.url("/health"))
+    if ctx.ops_base != ctx.base:
+        # The operator's routes are not served to the internet.
+        status, _, body = get(ctx.url("/metrics"))
+        check(status == 404, f"public /metrics: expected 404, got {describe(status, body)}")
+    status, _, body = get(ctx.ops_base + "/health")
     check(status == 200, f"/health: expected 200, got {describe(status, body)}")
-    status, _, body = get(ctx.url("/metrics"))
+    status, _, body = get(ctx.ops_base + "/metrics")
     check(status == 200, f"/metrics: expected 200, got {describe(status, body)}")
     check(b"loosh_challenges_total" in body, "/metrics lacks loosh_challenges_total")
 
@@ -683,6 +688,7 @@ CASES = [
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="miner base URL, e.g. http://127.0.0.1:8100")
+    parser.add_argument("--ops-url", help="where /health and /metrics are served (default: --url)")
     parser.add_argument("--seed", required=True, help="0x-hex mini-secret of a whitelisted validator hotkey")
     parser.add_argument("--other-seed", help="0x-hex mini-secret of a hotkey the miner must refuse")
     parser.add_argument("--key-ttl", type=float, default=3.0, help="miner symmetric key TTL, seconds (default 3)")

@@ -16,6 +16,11 @@ use super::request::{BackendError, FinishReason, Generation, GenerationRequest};
 use super::tool_calls::extract_tool_calls;
 use crate::protocol::messages::{ToolCall, ToolCallFunction};
 
+/// Bytes of an error body kept for the message.
+const ERROR_BODY_CAP: usize = 4096;
+/// Longest SSE line buffered before the stream is treated as broken.
+const SSE_LINE_CAP: usize = 1024 * 1024;
+
 /// One OpenAI-compatible endpoint.
 #[derive(Debug, Clone)]
 pub struct OpenAiSpec {
@@ -25,8 +30,8 @@ pub struct OpenAiSpec {
     pub model: String,
     /// Requests sent to this server at once.
     pub n_parallel: u32,
-    /// Optional bearer token.
-    pub api_key: Option<String>,
+    /// Optional bearer token (redacted in `Debug`).
+    pub api_key: Option<crate::protocol::secret::Secret>,
     /// Upper bound for one request when the deadline is further away (OLLAMA_TIMEOUT).
     pub request_timeout: Duration,
     /// How often the worker checks `GET /models` while idle.
@@ -67,7 +72,7 @@ impl OpenAiClient {
 
     fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.spec.api_key {
-            Some(key) => req.bearer_auth(key),
+            Some(key) => req.bearer_auth(key.expose()),
             None => req,
         }
     }
@@ -127,7 +132,16 @@ impl OpenAiClient {
         };
         if !res.status().is_success() {
             let status = res.status();
-            let text = res.text().await.unwrap_or_default();
+            // Only the start of the error body is kept, read by the same deadline: a server that
+            // answers 500 and then trickles (or streams megabytes) must not hold the worker.
+            let mut head: Vec<u8> = Vec::new();
+            while head.len() < ERROR_BODY_CAP {
+                match tokio::time::timeout_at(deadline_tokio, res.chunk()).await {
+                    Ok(Ok(Some(bytes))) => head.extend_from_slice(&bytes),
+                    _ => break,
+                }
+            }
+            let text = String::from_utf8_lossy(&head[..head.len().min(ERROR_BODY_CAP)]);
             return Err(BackendError::Inference(format!(
                 "{url} answered {status}: {}",
                 text.chars().take(300).collect::<String>()
@@ -153,6 +167,13 @@ impl OpenAiClient {
                 Ok(Ok(Some(bytes))) => bytes,
             };
             buf.extend_from_slice(&chunk);
+            if buf.len() > SSE_LINE_CAP && !buf.contains(&b'\n') {
+                // One SSE event is a few hundred bytes; a line this long without a newline is not
+                // an event we will ever parse.
+                return Err(BackendError::Inference(format!(
+                    "{url}: an SSE line passed {SSE_LINE_CAP} bytes without ending"
+                )));
+            }
             while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=nl).collect();
                 let line = String::from_utf8_lossy(&line);

@@ -4,4 +4,5 @@ pub mod fernet_codec;
 pub mod messages;
 pub mod pyfloat;
 pub mod rsa_keys;
+pub mod secret;
 pub mod signature;

@@ -60,10 +60,14 @@ impl MinerRsaKey {
     }
 
     /// Unwraps the hex RSA-OAEP(SHA-256) ciphertext into the Fernet key text it carries.
-    /// CPU-bound (~1 ms): call it from a blocking thread.
+    /// CPU-bound (~1 ms): call it from a blocking thread. Blinded, so that its timing says nothing
+    /// about the private key to a peer that can send us chosen ciphertexts (anyone can).
     pub fn unwrap_fernet_key(&self, ciphertext_hex: &str) -> Result<String, UnwrapError> {
         let ciphertext = hex::decode(ciphertext_hex.trim()).map_err(|_| UnwrapError::NotHex)?;
-        let plain = self.private.decrypt(Oaep::new::<Sha256>(), &ciphertext).map_err(|_| UnwrapError::Decrypt)?;
+        let plain = self
+            .private
+            .decrypt_blinded(&mut rand::thread_rng(), Oaep::new::<Sha256>(), &ciphertext)
+            .map_err(|_| UnwrapError::Decrypt)?;
         let text = String::from_utf8(plain).map_err(|_| UnwrapError::NotFernetKey)?;
         crate::protocol::fernet_codec::FernetKey::from_key_text(&text).map_err(|_| UnwrapError::NotFernetKey)?;
         Ok(text)

@@ -1,15 +1,17 @@
-//! One actor per validator hotkey: that validator's live symmetric keys and the nonces it has used.
+//! One actor per validator hotkey: that validator's live symmetric keys and the nonces it has spent.
 //!
 //! Owned by the [`super::registry::KeyRegistry`], which spawns it on the validator's first key
-//! exchange. The HTTP layer talks to it directly (through the registry's read index) to store a key
-//! and to look one up per challenge. Keeping each validator in its own mailbox means one validator's
-//! handshake storm never delays another's challenge lookup.
+//! exchange. The front door talks to it twice per key exchange: once to spend the nonce (right after
+//! the signature verifies, before any RSA work) and once to store the unwrapped key. Challenges never
+//! message it: they read the key from [`LiveKeys`], which this actor writes. Keeping each validator in
+//! its own mailbox means one validator's handshake storm never delays another's.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use super::live_keys::LiveKeys;
 use super::SessionSettings;
 use crate::protocol::fernet_codec::FernetKey;
 
@@ -23,22 +25,18 @@ pub enum StoreError {
 }
 
 pub enum KeySessionMsg {
-    /// Has this nonce been used inside the replay window? A cheap pre-check before RSA work.
-    NonceSeen {
+    /// Records the nonce as used for `remember_for`, or refuses it if it already was. Sent the
+    /// moment a signature verifies, so that a replayed exchange costs no RSA work at all.
+    SpendNonce {
         nonce: String,
-        reply: RpcReplyPort<bool>,
-    },
-    /// Records the nonce and stores the key, atomically: a nonce raced by two requests wins once.
-    Store {
-        uuid: String,
-        nonce: String,
-        key: FernetKey,
+        remember_for: Duration,
         reply: RpcReplyPort<Result<(), StoreError>>,
     },
-    /// The live key under `uuid`, if any.
-    Lookup {
+    /// Makes `key` live under `uuid` (its nonce was spent first).
+    StoreKey {
         uuid: String,
-        reply: RpcReplyPort<Option<FernetKey>>,
+        key: FernetKey,
+        reply: RpcReplyPort<()>,
     },
     /// Drops every key (the validator lost its authorization).
     Revoke,
@@ -59,52 +57,63 @@ pub struct KeySession;
 pub struct KeySessionArgs {
     pub hotkey: String,
     pub settings: SessionSettings,
+    pub live: LiveKeys,
 }
 
 pub struct KeySessionState {
     hotkey: String,
     settings: SessionSettings,
-    keys: HashMap<String, (FernetKey, Instant)>,
+    live: LiveKeys,
+    /// uuid → expiry of the keys this session put into `live`.
+    keys: HashMap<String, Instant>,
+    /// nonce → until when it is remembered. Lifetimes differ (a future-stamped exchange is
+    /// remembered longer), so the sweep walks the whole map, which `max_nonces` keeps small.
     nonces: HashMap<String, Instant>,
-    nonce_order: VecDeque<(Instant, String)>,
 }
 
 impl KeySessionState {
     fn sweep(&mut self, now: Instant) {
-        self.keys.retain(|_, (_, expires)| *expires > now);
-        while let Some((expires, _)) = self.nonce_order.front() {
-            if *expires > now {
-                break;
+        let live = &self.live;
+        let hotkey = &self.hotkey;
+        self.keys.retain(|uuid, expires| {
+            let keep = *expires > now;
+            if !keep {
+                live.remove(hotkey, uuid);
             }
-            let (_, nonce) = self.nonce_order.pop_front().expect("front exists");
-            self.nonces.remove(&nonce);
-        }
+            keep
+        });
+        self.nonces.retain(|_, expires| *expires > now);
     }
 
     fn nonce_seen(&self, nonce: &str, now: Instant) -> bool {
         self.nonces.get(nonce).is_some_and(|expires| *expires > now)
     }
 
-    fn store(&mut self, uuid: String, nonce: String, key: FernetKey, now: Instant) -> Result<(), StoreError> {
-        self.sweep(now);
+    fn spend_nonce(&mut self, nonce: String, remember_for: Duration, now: Instant) -> Result<(), StoreError> {
         if self.nonce_seen(&nonce, now) {
             return Err(StoreError::ReplayedNonce);
         }
         if self.nonces.len() >= self.settings.max_nonces {
-            return Err(StoreError::TooManyExchanges);
+            self.sweep(now);
+            if self.nonces.len() >= self.settings.max_nonces {
+                return Err(StoreError::TooManyExchanges);
+            }
         }
-        let nonce_expiry = now + self.settings.nonce_window;
-        self.nonces.insert(nonce.clone(), nonce_expiry);
-        self.nonce_order.push_back((nonce_expiry, nonce));
+        self.nonces.insert(nonce, now + remember_for);
+        Ok(())
+    }
+
+    fn store_key(&mut self, uuid: String, key: FernetKey, now: Instant) {
         if self.keys.len() >= self.settings.max_keys && !self.keys.contains_key(&uuid) {
             // Bounded per validator: the key closest to expiry goes first.
-            if let Some(oldest) = self.keys.iter().min_by_key(|(_, (_, e))| *e).map(|(u, _)| u.clone()) {
+            if let Some(oldest) = self.keys.iter().min_by_key(|(_, e)| **e).map(|(u, _)| u.clone()) {
                 self.keys.remove(&oldest);
+                self.live.remove(&self.hotkey, &oldest);
             }
         }
         let expires = now + self.settings.key_ttl + self.settings.key_grace;
-        self.keys.insert(uuid, (key, expires));
-        Ok(())
+        self.live.insert(&self.hotkey, &uuid, key, expires);
+        self.keys.insert(uuid, expires);
     }
 }
 
@@ -122,10 +131,16 @@ impl Actor for KeySession {
         Ok(KeySessionState {
             hotkey: args.hotkey,
             settings: args.settings,
+            live: args.live,
             keys: HashMap::new(),
             nonces: HashMap::new(),
-            nonce_order: VecDeque::new(),
         })
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        // Only an idle session stops on its own; on shutdown this drops whatever is left.
+        state.live.remove_validator(&state.hotkey);
+        Ok(())
     }
 
     async fn handle(
@@ -136,20 +151,17 @@ impl Actor for KeySession {
     ) -> Result<(), ActorProcessingErr> {
         let now = Instant::now();
         match message {
-            KeySessionMsg::NonceSeen { nonce, reply } => {
-                let _ = reply.send(state.nonce_seen(&nonce, now));
+            KeySessionMsg::SpendNonce { nonce, remember_for, reply } => {
+                let _ = reply.send(state.spend_nonce(nonce, remember_for, now));
             }
-            KeySessionMsg::Store { uuid, nonce, key, reply } => {
-                let result = state.store(uuid, nonce, key, now);
-                let _ = reply.send(result);
-            }
-            KeySessionMsg::Lookup { uuid, reply } => {
-                let key = state.keys.get(&uuid).filter(|(_, e)| *e > now).map(|(k, _)| k.clone());
-                let _ = reply.send(key);
+            KeySessionMsg::StoreKey { uuid, key, reply } => {
+                state.store_key(uuid, key, now);
+                let _ = reply.send(());
             }
             KeySessionMsg::Revoke => {
                 tracing::info!(validator = %state.hotkey, keys = state.keys.len(), "revoking validator keys");
                 state.keys.clear();
+                state.live.remove_validator(&state.hotkey);
             }
             KeySessionMsg::Sweep => {
                 state.sweep(now);
@@ -159,7 +171,8 @@ impl Actor for KeySession {
                 }
             }
             KeySessionMsg::Snapshot(reply) => {
-                let _ = reply.send(SessionSnapshot { live_keys: state.keys.len(), nonces: state.nonces.len() });
+                let live_keys = state.keys.values().filter(|e| **e > now).count();
+                let _ = reply.send(SessionSnapshot { live_keys, nonces: state.nonces.len() });
             }
         }
         Ok(())

@@ -1,6 +1,7 @@
 //! Validator key sessions: who holds which symmetric key, and which nonces were already used.
 
 pub mod key_session;
+pub mod live_keys;
 pub mod registry;
 
 use std::time::Duration;
@@ -12,10 +13,8 @@ pub struct SessionSettings {
     pub key_ttl: Duration,
     /// Extra life past the TTL, because the validator starts its own clock a little after ours.
     pub key_grace: Duration,
-    /// How long a nonce is remembered: the replay window plus the timestamp skew allowance, so that
-    /// every timestamp we accept is covered by replay protection.
-    pub nonce_window: Duration,
-    /// Nonces remembered per validator before further exchanges are refused (bounded memory).
+    /// Nonces remembered per validator (each for as long as the front door asks: until its
+    /// timestamp leaves the accepted window) before further exchanges are refused (bounded memory).
     pub max_nonces: usize,
     /// Live keys kept per validator; the oldest is dropped past this.
     pub max_keys: usize,
@@ -27,7 +26,6 @@ impl Default for SessionSettings {
         Self {
             key_ttl: Duration::from_secs(3600),
             key_grace: Duration::from_secs(60),
-            nonce_window: Duration::from_secs(30 + 300),
             max_nonces: 4096,
             max_keys: 64,
             sweep_every: key_session::DEFAULT_SWEEP_EVERY,

@@ -1,6 +1,7 @@
-//! The key registry: spawns and supervises one [`KeySession`] per validator hotkey, and keeps a
-//! read index (hotkey → session) that request handlers consult without a round trip through the
-//! registry's mailbox. Only the registry writes the index.
+//! The key registry: spawns and supervises one [`KeySession`] per validator hotkey, and owns the two
+//! read-only views request handlers consult without a round trip through its mailbox: the session
+//! index (hotkey → session) and the [`LiveKeys`] map (written by the sessions it supervises).
+//! Only the registry writes the index.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use dashmap::DashMap;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use super::key_session::{KeySession, KeySessionArgs, KeySessionMsg, SessionSnapshot, StoreError};
+use super::live_keys::LiveKeys;
 use super::SessionSettings;
 use crate::protocol::fernet_codec::FernetKey;
 
@@ -27,19 +29,20 @@ pub struct KeyRegistry;
 pub struct KeyRegistryState {
     settings: SessionSettings,
     index: SessionIndex,
+    live: LiveKeys,
 }
 
 impl Actor for KeyRegistry {
     type Msg = KeyRegistryMsg;
     type State = KeyRegistryState;
-    type Arguments = (SessionSettings, SessionIndex);
+    type Arguments = (SessionSettings, SessionIndex, LiveKeys);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        (settings, index): Self::Arguments,
+        (settings, index, live): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(KeyRegistryState { settings, index })
+        Ok(KeyRegistryState { settings, index, live })
     }
 
     async fn handle(
@@ -54,7 +57,11 @@ impl Actor for KeyRegistry {
                     let _ = reply.send(Ok(existing.clone()));
                     return Ok(());
                 }
-                let args = KeySessionArgs { hotkey: hotkey.clone(), settings: state.settings.clone() };
+                let args = KeySessionArgs {
+                    hotkey: hotkey.clone(),
+                    settings: state.settings.clone(),
+                    live: state.live.clone(),
+                };
                 match Actor::spawn_linked(None, KeySession, args, myself.get_cell()).await {
                     Ok((session, _)) => {
                         state.index.insert(hotkey, session.clone());
@@ -86,7 +93,15 @@ impl Actor for KeyRegistry {
             _ => None,
         };
         if let Some(cell) = gone {
-            state.index.retain(|_, session| session.get_id() != cell.get_id());
+            let live = &state.live;
+            state.index.retain(|hotkey, session| {
+                let keep = session.get_id() != cell.get_id();
+                if !keep {
+                    // A crashed session never ran its cleanup: its keys go with it.
+                    live.remove_validator(hotkey);
+                }
+                keep
+            });
         }
         Ok(())
     }
@@ -101,16 +116,24 @@ pub enum KeyStoreError {
     Unavailable(String),
 }
 
-/// The handle the HTTP layer uses: cheap to clone, one per process.
+/// The handle the front door uses: cheap to clone, one per process.
 #[derive(Clone)]
 pub struct KeyStore {
     registry: ActorRef<KeyRegistryMsg>,
     index: SessionIndex,
+    live: LiveKeys,
 }
 
 impl KeyStore {
-    pub fn new(registry: ActorRef<KeyRegistryMsg>, index: SessionIndex) -> Self {
-        Self { registry, index }
+    /// Spawns a registry (unsupervised: for tests; the graph links it under its root).
+    pub async fn spawn(settings: SessionSettings) -> Result<Self, ractor::SpawnErr> {
+        let (index, live) = (SessionIndex::default(), LiveKeys::default());
+        let (registry, _) = Actor::spawn(None, KeyRegistry, (settings, index.clone(), live.clone())).await?;
+        Ok(Self::new(registry, index, live))
+    }
+
+    pub fn new(registry: ActorRef<KeyRegistryMsg>, index: SessionIndex, live: LiveKeys) -> Self {
+        Self { registry, index, live }
     }
 
     fn existing(&self, hotkey: &str) -> Option<ActorRef<KeySessionMsg>> {
@@ -131,48 +154,48 @@ impl KeyStore {
         .map_err(KeyStoreError::Unavailable)
     }
 
-    /// The live key for (hotkey, uuid). A validator without a session simply has no key.
-    pub async fn lookup(&self, hotkey: &str, uuid: &str) -> Option<FernetKey> {
-        let session = self.existing(hotkey)?;
-        let uuid = uuid.to_string();
-        ractor::call_t!(session, |reply| KeySessionMsg::Lookup { uuid, reply }, CALL_TIMEOUT.as_millis() as u64)
-            .ok()
-            .flatten()
+    /// The live key for (hotkey, uuid): a map read, no mailbox.
+    pub fn lookup(&self, hotkey: &str, uuid: &str) -> Option<FernetKey> {
+        self.live.get(hotkey, uuid)
     }
 
-    /// Whether the validator already used `nonce` inside the replay window.
-    pub async fn nonce_seen(&self, hotkey: &str, nonce: &str) -> bool {
-        let Some(session) = self.existing(hotkey) else {
-            return false;
-        };
-        let nonce = nonce.to_string();
-        ractor::call_t!(session, |reply| KeySessionMsg::NonceSeen { nonce, reply }, CALL_TIMEOUT.as_millis() as u64)
-            .unwrap_or(false)
-    }
-
-    /// Records the nonce and stores the key under (hotkey, uuid).
-    pub async fn store(&self, hotkey: &str, uuid: &str, nonce: &str, key: FernetKey) -> Result<(), KeyStoreError> {
+    /// Marks `nonce` used by `hotkey` for `remember_for`; a nonce already used is refused.
+    pub async fn spend_nonce(&self, hotkey: &str, nonce: &str, remember_for: Duration) -> Result<(), KeyStoreError> {
         // A session may stop (idle) between the index read and our call: then ask the registry again.
         for _ in 0..2 {
             let session = self.session_for(hotkey).await?;
-            let (uuid, nonce, key) = (uuid.to_string(), nonce.to_string(), key.clone());
+            let nonce = nonce.to_string();
             match ractor::call_t!(
                 session,
-                |reply| KeySessionMsg::Store { uuid, nonce, key, reply },
+                |reply| KeySessionMsg::SpendNonce { nonce, remember_for, reply },
                 CALL_TIMEOUT.as_millis() as u64
             ) {
                 Ok(result) => return result.map_err(KeyStoreError::from),
+                Err(ractor::RactorErr::Timeout) => {
+                    return Err(KeyStoreError::Unavailable("key session did not answer in time".into()))
+                }
                 Err(_) => {
                     self.index.retain(|_, s| s.get_id() != session.get_id());
-                    continue;
                 }
             }
         }
         Err(KeyStoreError::Unavailable("key session stopped twice in a row".into()))
     }
 
-    /// Drops every key a validator holds.
+    /// Makes `key` live under (hotkey, uuid). Call after [`Self::spend_nonce`] succeeded: a session
+    /// holding a fresh nonce does not stop as idle, so this reaches the same session.
+    pub async fn store_key(&self, hotkey: &str, uuid: &str, key: FernetKey) -> Result<(), KeyStoreError> {
+        let session = self.session_for(hotkey).await?;
+        let uuid = uuid.to_string();
+        ractor::call_t!(session, |reply| KeySessionMsg::StoreKey { uuid, key, reply }, CALL_TIMEOUT.as_millis() as u64)
+            .map_err(|e| KeyStoreError::Unavailable(e.to_string()))
+    }
+
+    /// Drops every key a validator holds. The keys stop reading as live at once (a validator that
+    /// lost its permit must not get one more challenge through); the session forgets them when it
+    /// handles the message.
     pub fn revoke(&self, hotkey: &str) {
+        self.live.remove_validator(hotkey);
         if let Some(s) = self.existing(hotkey) {
             let _ = s.cast(KeySessionMsg::Revoke);
         }

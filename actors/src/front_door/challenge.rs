@@ -1,0 +1,228 @@
+//! `answer_challenge`: decrypt, generate, encrypt — within the deadline.
+//!
+//! Order of checks as the Python miner (and so as the validator expects): authorization (403), a
+//! ready worker (503), a live key (401 with our public key), a valid token (401), then the challenge
+//! itself (422 when malformed).
+//!
+//! Mailbox hops per challenge — counted as actor messages that await a reply on the request's path:
+//! 1. the front door → the scheduler (`Submit`: admission and the pick, decided once there), and
+//! 2. the scheduler → the chosen backend worker (`Generate`).
+//!
+//! Everything else is a read or a function call: the readiness check reads the scheduler's
+//! published status (a `watch`), the key is read from [`crate::session::live_keys::LiveKeys`], and
+//! Fernet both ways is a plain call (microseconds on a challenge-sized token).
+
+use std::time::Instant;
+
+use dashmap::DashMap;
+
+use crate::graph::MinerGraph;
+use crate::inference::request::{BackendError, GenerationRequest};
+use crate::protocol::fernet_codec::FernetError;
+use crate::protocol::messages::{echo_timing, unix_time_f64, ChallengeReply, ChallengeRequest, Usage};
+use crate::scheduler::ScheduleError;
+
+/// Why a challenge was not answered. Statuses follow PROTOCOL.md (mapped in `src/http/error.rs`):
+/// 401 makes the validator re-handshake, so only key problems get one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChallengeError {
+    #[error("Validator hotkey not recognized.")]
+    Forbidden,
+    #[error("Symmetric key not found or expired. Re-handshake required.")]
+    UnknownKey { public_key: String },
+    #[error("Failed to decrypt challenge payload: {0}. Re-handshake required.")]
+    BadToken(FernetError),
+    /// The challenge decrypted but is not one we can answer (422, never 400).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// Over a rate limit: 429 with the hint.
+    #[error("rate limit exceeded; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    /// Full: retry after the hint.
+    #[error("{reason}")]
+    Busy { reason: String, retry_after_secs: u64 },
+    /// No worker, admission closed, or something internal timed out.
+    #[error("{reason}")]
+    Unavailable { reason: String, retry_after_secs: u64 },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ChallengeError {
+    /// The `loosh_challenges_total` label.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Forbidden => "unauthorized",
+            Self::UnknownKey { .. } => "unknown_key",
+            Self::BadToken(_) => "bad_token",
+            Self::Unprocessable(_) => "bad_request",
+            Self::Busy { .. } => "busy",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Internal(_) => "error",
+        }
+    }
+}
+
+/// One validator's slot in the per-validator in-flight count, released on drop (whatever path the
+/// challenge leaves by).
+struct ValidatorSlot<'a> {
+    counts: &'a DashMap<String, usize>,
+    hotkey: String,
+}
+
+impl Drop for ValidatorSlot<'_> {
+    fn drop(&mut self) {
+        if let Some(mut n) = self.counts.get_mut(&self.hotkey) {
+            *n = n.saturating_sub(1);
+        }
+        self.counts.remove_if(&self.hotkey, |_, n| *n == 0);
+    }
+}
+
+impl MinerGraph {
+    /// The checks that need no body: authorization, then a ready worker. Routes call it before
+    /// reading the body so that a refused caller costs no upload; `answer_challenge` repeats it.
+    pub fn check_caller(&self, hotkey: &str) -> Result<(), ChallengeError> {
+        if !self.auth.is_allowed(hotkey) {
+            return Err(ChallengeError::Forbidden);
+        }
+        let status = self.status_now();
+        if !status.admission_open || status.ready_workers == 0 {
+            let reason = status.availability().err().unwrap_or("no backend worker is ready");
+            return Err(ChallengeError::Unavailable { reason: reason.into(), retry_after_secs: 5 });
+        }
+        Ok(())
+    }
+
+    /// Answers one encrypted challenge: returns the Fernet token of the reply JSON. Records the
+    /// outcome and latency in the metrics.
+    ///
+    /// Two mailbox hops, counted as actor messages awaited on the challenge's path: the scheduler
+    /// (`Submit`, where admission is decided once) and the worker it picks (`Generate`). The
+    /// readiness check, the key lookup and Fernet both ways are reads and function calls.
+    pub async fn answer_challenge(
+        &self,
+        hotkey: &str,
+        uuid: &str,
+        token: &[u8],
+        arrival: Instant,
+    ) -> Result<Vec<u8>, ChallengeError> {
+        let result = self.answer_challenge_inner(hotkey, uuid, token, arrival).await;
+        let outcome = result.as_ref().map_or_else(ChallengeError::outcome, |_| "ok");
+        self.metrics.challenges.with_label_values(&[outcome]).inc();
+        self.metrics.challenge_latency.observe(arrival.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn answer_challenge_inner(
+        &self,
+        hotkey: &str,
+        uuid: &str,
+        token: &[u8],
+        arrival: Instant,
+    ) -> Result<Vec<u8>, ChallengeError> {
+        self.check_caller(hotkey)?;
+        let key = self
+            .keys
+            .lookup(hotkey, uuid)
+            .ok_or_else(|| ChallengeError::UnknownKey { public_key: self.rsa.public_pem().to_string() })?;
+        // The key was found: the hotkey is now a verified identity, with a budget of its own.
+        self.check_hotkey_rate(hotkey).map_err(|retry_after_secs| ChallengeError::RateLimited { retry_after_secs })?;
+        let plaintext = key.decrypt(token, self.door.fernet_ttl_secs).map_err(ChallengeError::BadToken)?;
+        let request = parse_challenge(&plaintext)?;
+        let _slot = self.take_validator_slot(hotkey)?;
+        let reply = self.answer_request(request, arrival).await?;
+        let json =
+            serde_json::to_vec(&reply).map_err(|e| ChallengeError::Internal(format!("reply serialisation: {e}")))?;
+        Ok(key.encrypt(&json).into_bytes())
+    }
+
+    /// Answers a plain-JSON challenge (the legacy `/inference`): no key, no Fernet.
+    pub async fn answer_plain(&self, body: &[u8], arrival: Instant) -> Result<ChallengeReply, ChallengeError> {
+        let request = parse_challenge(body)?;
+        self.answer_request(request, arrival).await
+    }
+
+    fn take_validator_slot(&self, hotkey: &str) -> Result<ValidatorSlot<'_>, ChallengeError> {
+        let cap = self.door.max_in_flight_per_validator;
+        let mut n = self.validator_in_flight.entry(hotkey.to_string()).or_insert(0);
+        if *n >= cap {
+            return Err(ChallengeError::Busy {
+                reason: format!("this validator already has {cap} challenges in flight"),
+                retry_after_secs: 1,
+            });
+        }
+        *n += 1;
+        drop(n);
+        Ok(ValidatorSlot { counts: &self.validator_in_flight, hotkey: hotkey.to_string() })
+    }
+
+    /// Runs the challenge through the scheduler and builds the reply with the timing echo.
+    async fn answer_request(&self, req: ChallengeRequest, arrival: Instant) -> Result<ChallengeReply, ChallengeError> {
+        let messages = req
+            .conversation()
+            .ok_or_else(|| ChallengeError::Unprocessable("challenge has neither `messages` nor `prompt`".into()))?;
+        let s = &self.door;
+        let temperature = req.temperature.unwrap_or(s.default_temperature);
+        let top_p = req.top_p.unwrap_or(s.default_top_p);
+        if !temperature.is_finite() || temperature < 0.0 || !top_p.is_finite() || top_p <= 0.0 || top_p > 1.0 {
+            return Err(ChallengeError::Unprocessable("temperature must be >= 0 and top_p in (0, 1]".into()));
+        }
+        let generation = GenerationRequest {
+            messages,
+            tools: req.tools.clone(),
+            tool_choice: req.tool_choice.clone(),
+            max_tokens: req.max_tokens.unwrap_or(s.default_max_tokens).max(1),
+            temperature,
+            top_p,
+            stop: req.stop_strings(),
+            deadline: arrival + s.deadline,
+        };
+        let inference_start = unix_time_f64();
+        let gen = self.generate(generation).await.map_err(|e| match e {
+            ScheduleError::Busy { retry_after_secs, .. } => {
+                ChallengeError::Busy { reason: e.to_string(), retry_after_secs }
+            }
+            ScheduleError::NoWorker | ScheduleError::Closed => {
+                ChallengeError::Unavailable { reason: e.to_string(), retry_after_secs: 5 }
+            }
+            ScheduleError::Backend(BackendError::PromptTooLong { .. } | BackendError::Template(_)) => {
+                ChallengeError::Unprocessable(e.to_string())
+            }
+            other => ChallengeError::Internal(other.to_string()),
+        })?;
+        let inference_end = unix_time_f64();
+
+        let m = &self.metrics;
+        m.tokens_generated.inc_by(u64::from(gen.completion_tokens));
+        m.prompt_tokens.inc_by(u64::from(gen.prompt_tokens));
+        if gen.cut_by_deadline {
+            m.deadline_cuts.inc();
+        }
+        if let Some(first) = gen.first_token_at {
+            m.time_to_first_token.observe(first.saturating_duration_since(arrival).as_secs_f64());
+        }
+
+        Ok(ChallengeReply {
+            response_text: gen.text,
+            response_time_ms: arrival.elapsed().as_millis() as u64,
+            tool_calls: if gen.tool_calls.is_empty() { None } else { Some(gen.tool_calls) },
+            finish_reason: gen.finish_reason.as_str().to_string(),
+            usage: Usage {
+                prompt_tokens: gen.prompt_tokens,
+                completion_tokens: gen.completion_tokens,
+                total_tokens: gen.prompt_tokens + gen.completion_tokens,
+            },
+            correlation_id: req.correlation_id.clone(),
+            metadata: echo_timing(req.metadata.as_ref(), inference_start, inference_end, unix_time_f64()),
+        })
+    }
+}
+
+/// Parses the challenge JSON; anything malformed is a 422 (a 400 would make the validator
+/// re-handshake for nothing).
+fn parse_challenge(plaintext: &[u8]) -> Result<ChallengeRequest, ChallengeError> {
+    serde_json::from_slice(plaintext)
+        .map_err(|e| ChallengeError::Unprocessable(format!("challenge is not valid JSON: {e}")))
+}
