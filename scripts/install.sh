@@ -136,22 +136,25 @@ if [ "$WANT_TEST" -eq 1 ]; then
     "$ROOT/.venv/bin/python3" "$ROOT/scripts/make_tiny_model.py" "$MODEL_DIR/$MODEL_FILE" "$TINY.part"
     mv "$TINY.part" "$TINY"
     echo "$tiny_stamp" >"$TINY.stamp"
+    say "model: made $TINY (random weights, SmolLM2's tokenizer and template)"
   fi
   say "model: $TINY"
 
   # 4d. The local subtensor chain: chopsticks and the Node.js it runs on, from scripts/chain's lock file.
+  # --ignore-scripts: the one native addon (sqlite3, for chopsticks' optional --db) would otherwise be
+  # compiled against whatever Node.js headers this machine has; the chain runs without it.
   if ! command -v npm >/dev/null 2>&1; then
     say "apt: installing npm"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
   fi
-  chain_dir="$CACHE/chain/$(cat "$ROOT/scripts/chain/package.json" "$ROOT/scripts/chain/package-lock.json" | sha256sum | cut -c1-16)"
+  chain_dir="$CACHE/chain/$(cat "$ROOT/scripts/chain/package.json" "$ROOT/scripts/chain/package-lock.json" - <<<"npm ci --ignore-scripts" | sha256sum | cut -c1-16)"
   if [ ! -f "$chain_dir/.installed" ]; then
-    say "chain: npm ci of chopsticks into $chain_dir (a few minutes, once)"
+    say "chain: npm ci of chopsticks into $chain_dir (once)"
     rm -rf "$chain_dir"
     mkdir -p "$chain_dir"
     cp "$ROOT/scripts/chain/package.json" "$ROOT/scripts/chain/package-lock.json" "$chain_dir/"
-    (cd "$chain_dir" && npm ci --no-audit --no-fund --loglevel=error >"$chain_dir/install.log" 2>&1) || {
+    (cd "$chain_dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >"$chain_dir/install.log" 2>&1) || {
       echo "install.sh: npm ci of the chain kit failed; see $chain_dir/install.log" >&2; exit 1; }
     touch "$chain_dir/.installed"
   fi

@@ -71,7 +71,6 @@ def main(src: str, out: str) -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    print(f"[install] model: made {out} (vocab {n_vocab}, {N_LAYER} layers of {N_EMBD}, random weights)")
 
 
 if __name__ == "__main__":

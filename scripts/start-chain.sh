@@ -10,7 +10,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 port="${1:-9944}"
-chain_dir="$HOME/.cache/loosh-miner/chain/$(cat "$ROOT/scripts/chain/package.json" "$ROOT/scripts/chain/package-lock.json" | sha256sum | cut -c1-16)"
+chain_dir="$HOME/.cache/loosh-miner/chain/$(cat "$ROOT/scripts/chain/package.json" "$ROOT/scripts/chain/package-lock.json" - <<<"npm ci --ignore-scripts" | sha256sum | cut -c1-16)"
 chopsticks="$chain_dir/node_modules/@acala-network/chopsticks/chopsticks.cjs"
 if [ ! -f "$chain_dir/.installed" ] || [ ! -f "$chopsticks" ]; then
   echo "start-chain: chopsticks is not installed in $chain_dir: run scripts/install.sh --test" >&2
