@@ -145,6 +145,9 @@ pub async fn openai(model: PathBuf, requests: usize, max_tokens: u32) -> anyhow:
             "2048",
             "--model_alias",
             "m",
+            // Queue concurrent requests instead of ending the one in progress.
+            "--interrupt_requests",
+            "false",
         ])
         .args(["--port", &port.to_string()])
         .arg("--model")

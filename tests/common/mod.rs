@@ -164,6 +164,8 @@ impl LlamaCppPythonServer {
         let child = std::process::Command::new(python())
             .args(["-m", "llama_cpp.server", "--host", "127.0.0.1", "--n_threads", "1", "--n_ctx", "2048"])
             .args(["--port", &port.to_string(), "--model_alias", Self::ALIAS])
+            // Queue concurrent requests (the worker runs two) instead of ending the one in progress.
+            .args(["--interrupt_requests", "false"])
             .arg("--model")
             .arg(model)
             .stdout(log.reopen().unwrap())
