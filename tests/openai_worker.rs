@@ -131,3 +131,24 @@ async fn a_server_that_crashes_is_named_in_the_failure_with_its_signal_and_log()
     assert!(message.contains("Uvicorn running on"), "the tail of the server's log is shown: {message}");
     assert!(message.contains("stream broke"), "and the request's own error: {message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_health_probe_cuts_a_streaming_answer_short() {
+    // As llama-cpp-python's server runs by default, it ends the stream in progress as soon as
+    // another request waits for the model: a health probe sent mid-stream would cut the answer.
+    let server = LlamaCppPythonServer::start_with(&tiny_model(), free_port(), &["--interrupt_requests", "true"]);
+    server.ready().await;
+    let mut spec = openai_worker("api0", &server.base_url(), LlamaCppPythonServer::ALIAS);
+    if let loosh_actors::backend_worker::EngineSpec::OpenAi(o) = &mut spec.engine {
+        o.health_every = Duration::from_millis(20);
+    }
+    let g = graph(vec![spec], 1, fast_restarts(3)).await;
+    wait_for("the worker to probe its server", READY, || async { ready_workers(&g).await == 1 }).await;
+
+    let mut req = request("Write a very long story about the sea.", 256, Duration::from_secs(60));
+    req.temperature = 0.0;
+    let gen = server.expect_ok(g.generate(req).await).await;
+    assert_eq!((gen.finish_reason, gen.completion_tokens), (FinishReason::Length, 256), "{gen:?}");
+    assert!(!gen.cut_by_deadline);
+    g.stop();
+}

@@ -160,12 +160,18 @@ impl LlamaCppPythonServer {
     pub const ALIAS: &'static str = "smollm2";
 
     pub fn start(model: &std::path::Path, port: u16) -> Self {
+        Self::start_with(model, port, &[])
+    }
+
+    /// With more server options; later ones win over the defaults above them.
+    pub fn start_with(model: &std::path::Path, port: u16, extra: &[&str]) -> Self {
         let log = tempfile::Builder::new().prefix("llama-cpp-python-").suffix(".log").tempfile().unwrap();
         let child = std::process::Command::new(python())
             .args(["-m", "llama_cpp.server", "--host", "127.0.0.1", "--n_threads", "1", "--n_ctx", "2048"])
             .args(["--port", &port.to_string(), "--model_alias", Self::ALIAS])
             // Queue concurrent requests (the worker runs two) instead of ending the one in progress.
             .args(["--interrupt_requests", "false"])
+            .args(extra)
             .arg("--model")
             .arg(model)
             .stdout(log.reopen().unwrap())
