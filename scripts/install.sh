@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what loosh-miner needs on a Debian/Ubuntu machine: the C/C++ build tools llama.cpp needs,
 # Rust (when missing), and the SmolLM2-135M-Instruct GGUF that the quick start serves.
-#   --test      also the Python packages the tests use (into ./.venv): the validator-side client's
-#               cryptography + substrate-interface, and llama-cpp-python's OpenAI server
+#   --test      also what the tests use: the pinned Python environment of tests/requirements.txt
+#               (into ./.venv) with llama-cpp-python's OpenAI server built portably, the tiny test
+#               model, and chopsticks for the local chain (scripts/chain); all cached
 #   --no-model  skip the model (container builds mount their own)
 # Used by the quick start, the test command, CI and the Docker images alike.
 set -euo pipefail
@@ -20,6 +21,8 @@ for arg in "$@"; do
     *) echo "install.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
+# The tests' tiny model is made from SmolLM2's tokenizer, and the openai tests serve SmolLM2 itself.
+if [ "$WANT_TEST" -eq 1 ]; then WANT_MODEL=1; fi
 
 say() { printf '[install] %s\n' "$*"; }
 SUDO=""
@@ -76,21 +79,84 @@ PY
   fi
 fi
 
-# 4. Test-only Python packages for the validator-side interop client.
+# 4. The test environment, the same on every machine: nothing here depends on what is beside the
+#    clone, and every version is pinned.
 if [ "$WANT_TEST" -eq 1 ]; then
-  if [ ! -x "$ROOT/.venv/bin/python3" ]; then
+  CACHE="$HOME/.cache/loosh-miner"
+  mkdir -p "$CACHE"
+
+  # 4a. llama-cpp-python (a real third-party OpenAI-compatible server for the openai worker's tests).
+  # PyPI ships it as source, and its default build uses llama.cpp's native CPU flags: built on an
+  # AMX/AVX-512 machine it crashed on its first generation. So it is built here once, portably (at
+  # most AVX2/FMA/F16C/BMI2, whichever this CPU has; never AVX-512 or AMX), into a wheel directory
+  # keyed by version and flags; a change of either builds again.
+  LCP_VERSION="0.3.36"
+  cmake_args="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF"
+  for f in sse4_2:SSE42 avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2; do
+    if grep -qw "${f%%:*}" /proc/cpuinfo 2>/dev/null; then on=ON; else on=OFF; fi
+    cmake_args+=" -DGGML_${f##*:}=$on"
+  done
+  for f in AVX_VNNI AVX512 AVX512_VBMI AVX512_VNNI AVX512_BF16 AMX_TILE AMX_INT8 AMX_BF16; do
+    cmake_args+=" -DGGML_$f=OFF"
+  done
+  key="$(printf '%s\n' "$LCP_VERSION" "$cmake_args" "$(sha256sum <"$ROOT/tests/build-requirements.txt")" | sha256sum | cut -c1-16)"
+  wheel_dir="$CACHE/wheels/llama-cpp-python-$LCP_VERSION-$key"
+  if ! compgen -G "$wheel_dir/llama_cpp_python-$LCP_VERSION-*.whl" >/dev/null; then
+    say "python: building llama-cpp-python $LCP_VERSION portably ($cmake_args); minutes, once"
+    build="$(mktemp -d)"
+    python3 -m venv "$build/venv"
+    "$build/venv/bin/python3" -m pip install -q --disable-pip-version-check --no-deps -r "$ROOT/tests/build-requirements.txt"
+    CMAKE_ARGS="$cmake_args" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$build/venv/bin/python3" -m pip wheel -q \
+      --disable-pip-version-check --no-cache-dir --no-deps --no-build-isolation -w "$build/wheels" \
+      "llama-cpp-python==$LCP_VERSION"
+    mkdir -p "$(dirname "$wheel_dir")"
+    rm -rf "$wheel_dir"
+    mv "$build/wheels" "$wheel_dir"
+    rm -rf "$build"
+  fi
+
+  # 4b. The Python test environment, every package pinned in tests/requirements.txt; a change of
+  # that file or of the wheel makes a fresh .venv.
+  stamp="$(sha256sum <"$ROOT/tests/requirements.txt" | cut -c1-16)-$key"
+  if [ "$(cat "$ROOT/.venv/.loosh-stamp" 2>/dev/null)" != "$stamp" ]; then
+    say "python: installing tests/requirements.txt into a fresh .venv"
+    rm -rf "$ROOT/.venv"
     python3 -m venv "$ROOT/.venv"
+    "$ROOT/.venv/bin/python3" -m pip install -q --disable-pip-version-check --no-deps \
+      --only-binary llama-cpp-python --find-links "$wheel_dir" -r "$ROOT/tests/requirements.txt"
+    "$ROOT/.venv/bin/python3" -m pip check
+    echo "$stamp" >"$ROOT/.venv/.loosh-stamp"
   fi
-  if ! "$ROOT/.venv/bin/python3" -c "import cryptography, substrateinterface" >/dev/null 2>&1; then
-    say "python: installing cryptography and substrate-interface into .venv"
-    "$ROOT/.venv/bin/python3" -m pip install -q --disable-pip-version-check cryptography substrate-interface
+  say "python: .venv $("$ROOT/.venv/bin/python3" -c 'import cryptography, llama_cpp; print("cryptography", cryptography.__version__, "llama-cpp-python", llama_cpp.__version__)')"
+
+  # 4c. The tiny random-weight model the fast tests run (SmolLM2's tokenizer and template, 2 layers).
+  TINY="$MODEL_DIR/tiny-smollm-tok.gguf"
+  tiny_stamp="$(cat "$ROOT/scripts/make_tiny_model.py" "$ROOT/tests/requirements.txt" | sha256sum | cut -c1-16)"
+  if [ ! -f "$TINY" ] || [ "$(cat "$TINY.stamp" 2>/dev/null)" != "$tiny_stamp" ]; then
+    "$ROOT/.venv/bin/python3" "$ROOT/scripts/make_tiny_model.py" "$MODEL_DIR/$MODEL_FILE" "$TINY.part"
+    mv "$TINY.part" "$TINY"
+    echo "$tiny_stamp" >"$TINY.stamp"
+    say "model: made $TINY (random weights, SmolLM2's tokenizer and template)"
   fi
-  # A real third-party OpenAI-compatible server for the openai worker's tests. PyPI ships it as
-  # source: the first install compiles llama.cpp (minutes); pip's wheel cache makes later ones instant.
-  if ! "$ROOT/.venv/bin/python3" -c "import llama_cpp.server" >/dev/null 2>&1; then
-    say "python: installing llama-cpp-python[server]==0.3.36 into .venv (builds llama.cpp the first time)"
-    CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$ROOT/.venv/bin/python3" -m pip install -q --disable-pip-version-check \
-      "llama-cpp-python[server]==0.3.36"
+  say "model: $TINY"
+
+  # 4d. The local subtensor chain: chopsticks and the Node.js it runs on, from scripts/chain's lock file.
+  # --ignore-scripts: the one native addon (sqlite3, for chopsticks' optional --db) would otherwise be
+  # compiled against whatever Node.js headers this machine has; the chain runs without it.
+  if ! command -v npm >/dev/null 2>&1; then
+    say "apt: installing npm"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
   fi
-  say "python: $("$ROOT/.venv/bin/python3" -c 'import cryptography, substrateinterface, llama_cpp; print("cryptography", cryptography.__version__, "+ substrate-interface + llama-cpp-python", llama_cpp.__version__)')"
+  chain_dir="$CACHE/chain/$(cat "$ROOT/scripts/chain/package.json" "$ROOT/scripts/chain/package-lock.json" - <<<"npm ci --ignore-scripts" | sha256sum | cut -c1-16)"
+  if [ ! -f "$chain_dir/.installed" ]; then
+    say "chain: npm ci of chopsticks into $chain_dir (once)"
+    rm -rf "$chain_dir"
+    mkdir -p "$chain_dir"
+    cp "$ROOT/scripts/chain/package.json" "$ROOT/scripts/chain/package-lock.json" "$chain_dir/"
+    (cd "$chain_dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >"$chain_dir/install.log" 2>&1) || {
+      echo "install.sh: npm ci of the chain kit failed; see $chain_dir/install.log" >&2; exit 1; }
+    touch "$chain_dir/.installed"
+  fi
+  say "chain: chopsticks in $chain_dir"
 fi

@@ -16,7 +16,7 @@ const LOAD: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_challenge_asking_far_more_tokens_than_the_deadline_allows_returns_in_time_cut_at_length() {
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let g = graph(vec![cpu_worker("cpu0", model, 8192)], 4, fast_restarts(3)).await;
     wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
 
@@ -37,7 +37,7 @@ async fn a_challenge_asking_far_more_tokens_than_the_deadline_allows_returns_in_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_tokens_is_clamped_to_the_context_left_after_the_prompt() {
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     // llama.cpp pads the context to a multiple of 256, so ask for exactly 256.
     let g = graph(vec![cpu_worker("cpu0", model, 256)], 4, fast_restarts(3)).await;
     wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
@@ -52,7 +52,7 @@ async fn max_tokens_is_clamped_to_the_context_left_after_the_prompt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prompt_longer_than_the_context_is_refused_with_a_clear_error() {
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let g = graph(vec![cpu_worker("cpu0", model, 256)], 4, fast_restarts(3)).await;
     wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
     let long = "word ".repeat(600);
@@ -70,7 +70,7 @@ async fn a_prompt_longer_than_the_context_is_refused_with_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_challenges_spread_over_two_workers_and_all_complete() {
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let g = graph(vec![cpu_worker("cpu0", model.clone(), 1024), cpu_worker("cpu1", model, 1024)], 16, fast_restarts(3))
         .await;
     wait_for("both workers to load", LOAD, || async { ready_workers(&g).await == 2 }).await;
@@ -92,7 +92,7 @@ async fn concurrent_challenges_spread_over_two_workers_and_all_complete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_miner_refuses_at_once_with_a_retry_hint() {
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let g = graph(vec![cpu_worker("cpu0", model, 8192)], 1, fast_restarts(3)).await;
     wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
 
@@ -111,7 +111,7 @@ async fn a_full_miner_refuses_at_once_with_a_retry_hint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_worker_is_restarted_while_its_sibling_keeps_answering() {
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let g =
         graph(vec![cpu_worker("cpu0", model.clone(), 512), cpu_worker("cpu1", model, 512)], 8, fast_restarts(3)).await;
     wait_for("both workers to load", LOAD, || async { ready_workers(&g).await == 2 }).await;
@@ -137,7 +137,7 @@ async fn a_crashed_worker_is_restarted_while_its_sibling_keeps_answering() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_restart_intensity_limit_stops_a_crash_loop_and_availability_turns_false() {
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("model.gguf");
     std::fs::copy(&model, &copy).unwrap();
@@ -178,7 +178,7 @@ async fn smollm2_answers_a_factual_question_sensibly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_worker_generates_several_challenges_at_once_by_continuous_batching() {
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let g = graph(vec![embedded_worker("cpu0", model, 512, 4)], 8, fast_restarts(1)).await;
     wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
     let mut tasks = Vec::new();
@@ -203,7 +203,7 @@ async fn one_worker_generates_several_challenges_at_once_by_continuous_batching(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_show_each_workers_step_time_by_phase_and_its_tokens() {
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let g = graph(vec![embedded_worker("cpu0", model, 512, 2)], 4, fast_restarts(1)).await;
     wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
     let gen = g.generate(request("Say something.", 12, Duration::from_secs(50))).await.unwrap();
@@ -228,7 +228,7 @@ async fn metrics_show_each_workers_step_time_by_phase_and_its_tokens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_spreads_challenges_over_workers() {
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let workers = (0..3).map(|i| cpu_worker(&format!("cpu{i}"), model.clone(), 512)).collect();
     let g = graph(workers, 12, fast_restarts(1)).await;
     wait_for("three workers to load", LOAD, || async { ready_workers(&g).await == 3 }).await;
@@ -252,7 +252,7 @@ async fn routing_spreads_challenges_over_workers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_challenge_on_a_worker_that_dies_is_re_dispatched_to_a_sibling() {
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let g = graph(vec![cpu_worker("cpu0", model.clone(), 8192), cpu_worker("cpu1", model, 8192)], 8, fast_restarts(3))
         .await;
     wait_for("both workers to load", LOAD, || async { ready_workers(&g).await == 2 }).await;
@@ -284,7 +284,7 @@ async fn a_challenge_on_a_worker_that_dies_is_re_dispatched_to_a_sibling() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_root_restarts_a_crashed_worker_supervisor_and_its_workers() {
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let g = graph(vec![cpu_worker("cpu0", model, 512)], 4, fast_restarts(3)).await;
     wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
     let first = g.supervisor.get();

@@ -1,9 +1,10 @@
-//! Against a real subtensor runtime (the shared chain kit: spec 218 under chopsticks, on loopback):
-//! registration, `post-ip`, the heartbeat's axon re-post and rate limit, chain-backed validator
-//! authorization through the real miner binary, and a chain outage.
+//! Against a real subtensor runtime (spec 218 under chopsticks, on loopback, started by
+//! scripts/start-chain.sh): registration, `post-ip`, the heartbeat's axon re-post and rate limit,
+//! chain-backed validator authorization through the real miner binary, and a chain outage.
 //!
-//! `scripts/test.sh` starts one chain and exports `LOOSH_TEST_CHAIN_URL`; the outage test starts its
-//! own so that it can stop it. Without the kit these tests skip, saying so.
+//! `scripts/test.sh` starts one chain for the run and exports `LOOSH_TEST_CHAIN_URL`; without it
+//! (a plain `cargo test`) each test starts a chain of its own. The outage test always starts its
+//! own, so that it can stop it.
 
 mod common;
 
@@ -24,17 +25,29 @@ use subxt::utils::{AccountId32, MultiAddress};
 
 const NETUID: u16 = 1;
 
-fn chain_url() -> Option<String> {
-    match std::env::var("LOOSH_TEST_CHAIN_URL") {
-        Ok(url) => Some(url),
-        Err(_) => {
-            eprintln!("SKIP: LOOSH_TEST_CHAIN_URL is not set (scripts/test.sh starts the shared chain kit when ../shared/chain exists)");
-            None
+/// The chain a test runs against: the one `scripts/test.sh` started, or one of the test's own.
+enum TestChain {
+    Shared(String),
+    Own(OwnChain),
+}
+
+impl TestChain {
+    fn get() -> Self {
+        match std::env::var("LOOSH_TEST_CHAIN_URL") {
+            Ok(url) => Self::Shared(url),
+            Err(_) => Self::Own(OwnChain::start(free_port())),
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Self::Shared(url) => url.clone(),
+            Self::Own(own) => own.url.clone(),
         }
     }
 }
 
-/// A chain of the test's own, started with the kit's script; killed on drop.
+/// A chain of the test's own, started with scripts/start-chain.sh; killed on drop.
 struct OwnChain {
     url: String,
     pid: i32,
@@ -42,17 +55,13 @@ struct OwnChain {
 }
 
 impl OwnChain {
-    fn start(port: u16) -> Option<Self> {
-        let script = shared_dir()?.join("chain/start-chain.sh");
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .arg(port.to_string())
-            .output()
-            .expect("start-chain.sh runs");
+    fn start(port: u16) -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/start-chain.sh");
+        let out = std::process::Command::new("bash").arg(script).arg(port.to_string()).output().expect("bash runs");
         assert!(out.status.success(), "start-chain.sh failed: {}", String::from_utf8_lossy(&out.stderr));
         let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let (url, pid) = line.split_once(' ').expect("`URL PID`");
-        Some(Self { url: url.into(), pid: pid.parse().unwrap(), port })
+        Self { url: url.into(), pid: pid.parse().unwrap(), port }
     }
 
     fn stop(&mut self) {
@@ -163,7 +172,8 @@ fn wait_metric(miner: &MinerProcess, name: &str, what: &str, ok: impl Fn(f64) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_post_ip_and_the_heartbeats_axon_repost_against_a_real_chain() {
-    let Some(url) = chain_url() else { return };
+    let test_chain = TestChain::get();
+    let url = test_chain.url();
     let chain = ChainClient::connect(&url).await.unwrap();
     let (seed, miner) = new_hotkey();
     assert_eq!(chain.uid_of(NETUID, miner.account_id()).await.unwrap(), None, "a fresh hotkey is not registered");
@@ -187,28 +197,26 @@ async fn registration_post_ip_and_the_heartbeats_axon_repost_against_a_real_chai
     assert_eq!(axon.addr(), Some(("10.0.0.2".parse().unwrap(), 8091)));
 
     // doctor sees the same: reachable chain, registered, the axon as configured, the worker's model.
-    if let Some(model) = tiny_model() {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_loosh-miner"))
-            .arg("doctor")
-            .env_clear()
-            .env("HOME", home.path())
-            .env("SUBTENSOR_ADDRESS", &url)
-            .env("NETUID", "1")
-            .env("AXON_EXTERNAL_IP", "10.0.0.2")
-            .env("AXON_EXTERNAL_PORT", "8091")
-            .env("MODEL_PATH", &model)
-            .current_dir(home.path())
-            .output()
-            .unwrap();
-        let report = String::from_utf8_lossy(&out.stdout);
-        for line in
-            ["ok    wallet", "ok    chain", &format!("ok    registered   uid {uid}"), "ok    axon", "ok    worker"]
-        {
-            assert!(report.lines().any(|l| l.starts_with(line)), "{line:?} missing from:\n{report}");
-        }
-        // The kit's chain clock is pinned, not the wall clock: doctor must notice and name the fix.
-        assert!(report.lines().any(|l| l.contains("clock") && (l.starts_with("ok") || l.contains("NTP"))), "{report}");
+    let model = tiny_model();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loosh-miner"))
+        .arg("doctor")
+        .env_clear()
+        .env("HOME", home.path())
+        .env("SUBTENSOR_ADDRESS", &url)
+        .env("NETUID", "1")
+        .env("AXON_EXTERNAL_IP", "10.0.0.2")
+        .env("AXON_EXTERNAL_PORT", "8091")
+        .env("MODEL_PATH", &model)
+        .current_dir(home.path())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    for line in ["ok    wallet", "ok    chain", &format!("ok    registered   uid {uid}"), "ok    axon", "ok    worker"]
+    {
+        assert!(report.lines().any(|l| l.starts_with(line)), "{line:?} missing from:\n{report}");
     }
+    // The test chain's clock is pinned, not the wall clock: doctor must notice and name the fix.
+    assert!(report.lines().any(|l| l.contains("clock") && (l.starts_with("ok") || l.contains("NTP"))), "{report}");
 
     // The heartbeat wants another address; the chain's rate limit refuses it first...
     set_storage(&chain, json!({"SubtensorModule": {"ServingRateLimit": [[[NETUID], 10_000]]}})).await;
@@ -267,8 +275,9 @@ async fn registration_post_ip_and_the_heartbeats_axon_repost_against_a_real_chai
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permitted_validator_is_served_and_a_plain_neuron_gets_403() {
-    let Some(url) = chain_url() else { return };
-    let Some(model) = tiny_model() else { return };
+    let test_chain = TestChain::get();
+    let url = test_chain.url();
+    let model = tiny_model();
     let chain = ChainClient::connect(&url).await.unwrap();
     let (miner_seed, miner) = new_hotkey();
     let (validator_seed, validator) = new_hotkey();
@@ -308,12 +317,9 @@ async fn a_permitted_validator_is_served_and_a_plain_neuron_gets_403() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_miner_keeps_serving_through_a_chain_outage_and_reconnects() {
-    if chain_url().is_none() {
-        return;
-    }
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let port = free_port();
-    let Some(mut own) = OwnChain::start(port) else { return };
+    let mut own = OwnChain::start(port);
     let chain = ChainClient::connect(&own.url).await.unwrap();
     let (miner_seed, miner) = new_hotkey();
     let (validator_seed, validator) = new_hotkey();
@@ -337,7 +343,7 @@ async fn the_miner_keeps_serving_through_a_chain_outage_and_reconnects() {
     fresh.handshake().await.expect("the validator set survives the outage");
     assert!(process.metric("loosh_chain_outages_total").is_some_and(|v| v >= 1.0));
 
-    let restarted = OwnChain::start(port).expect("the chain restarts");
+    let restarted = OwnChain::start(port);
     wait_metric(&process, "loosh_chain_connected", "the reconnection", |v| v == 1.0);
     drop(restarted);
     drop(process);

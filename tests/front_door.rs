@@ -47,7 +47,7 @@ fn metric(miner: &MinerProcess, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_key_exchange_gets_400_whatever_its_ciphertext_and_costs_no_rsa() {
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let miner = MinerProcess::start(&model, true, &[]);
     let pem = public_pem(&miner).await;
     let validator = Hotkey::ephemeral();
@@ -75,7 +75,7 @@ async fn a_replayed_key_exchange_gets_400_whatever_its_ciphertext_and_costs_no_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_exchanges_are_named_precisely_and_cost_no_rsa() {
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let miner = MinerProcess::start(&model, true, &[]);
     let pem = public_pem(&miner).await;
     let validator = Hotkey::ephemeral();
@@ -112,7 +112,7 @@ async fn malformed_exchanges_are_named_precisely_and_cost_no_rsa() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_miner_answers_503_with_retry_after_and_one_validator_cannot_take_every_slot() {
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let miner = MinerProcess::start(
         &model,
         true,
@@ -173,7 +173,7 @@ async fn a_full_miner_answers_503_with_retry_after_and_one_validator_cannot_take
 
 #[test]
 fn stalled_bodies_and_headers_are_dropped_while_an_honest_validator_is_served() {
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let miner = MinerProcess::start(
         &model,
         true,
@@ -226,7 +226,7 @@ fn stalled_bodies_and_headers_are_dropped_while_an_honest_validator_is_served() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_answer_429_with_retry_after_per_ip_and_per_verified_validator() {
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let validator = Hotkey::ephemeral();
     let miner = MinerProcess::start(
         &model,
@@ -266,7 +266,7 @@ async fn rate_limits_answer_429_with_retry_after_per_ip_and_per_verified_validat
 
 #[test]
 fn no_secret_reaches_the_start_up_log() {
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     // An OpenAI-compatible worker (nothing listens there) beside the embedded one: its spec, key
     // included, is what the start-up log prints for each worker.
     let workers = r#"[{"kind": "embedded"}, {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-test-do-not-print-4242"}]"#;

@@ -64,7 +64,7 @@ async fn availability_is_honest_while_no_worker_can_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_legacy_inference_endpoint_is_off_by_default_and_whitelisted_when_on() {
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let validator = Hotkey::ephemeral();
     let auth = ValidatorAuth::new(true, [validator.ss58().to_string()]);
     let g = graph_with_auth(vec![cpu_worker("cpu0", model, 512)], 4, fast_restarts(1), auth).await;
@@ -106,7 +106,7 @@ async fn the_legacy_inference_endpoint_is_off_by_default_and_whitelisted_when_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rust_validator_client_re_handshakes_after_the_miner_forgets_its_key() {
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let g = graph(vec![cpu_worker("cpu0", model, 512)], 4, fast_restarts(1)).await;
     wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
     let n = node(&g, HttpSettings::default());

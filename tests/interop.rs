@@ -16,9 +16,7 @@ fn start_miner(model: &std::path::Path, extra: &[(&str, &str)]) -> common::Miner
 
 #[test]
 fn a_python_validator_client_following_protocol_md_gets_correct_answers_and_errors() {
-    let Some(model) = common::tiny_model() else {
-        return;
-    };
+    let model = common::tiny_model();
     let miner = start_miner(
         &model,
         &[
@@ -60,9 +58,7 @@ fn a_python_validator_client_following_protocol_md_gets_correct_answers_and_erro
 
 #[test]
 fn the_probe_command_checks_a_running_miner_end_to_end() {
-    let Some(model) = common::tiny_model() else {
-        return;
-    };
+    let model = common::tiny_model();
     let miner = start_miner(&model, &[]);
     let out = Command::new(env!("CARGO_BIN_EXE_loosh-miner"))
         .args(["probe", &miner.url, "--max-tokens", "8"])

@@ -24,7 +24,7 @@ async fn an_openai_worker_streams_a_sensible_answer_and_honours_tools_and_histor
 
     let mut req = request("What is the capital of France? Answer in one short sentence.", 48, Duration::from_secs(50));
     req.temperature = 0.0;
-    let gen = g.generate(req).await.unwrap();
+    let gen = server.expect_ok(g.generate(req).await).await;
     assert!(gen.text.to_lowercase().contains("paris"), "{:?}", gen.text);
     assert_eq!(gen.finish_reason, FinishReason::Stop);
     assert!(gen.completion_tokens > 0 && gen.first_token_at.is_some());
@@ -42,7 +42,7 @@ async fn an_openai_worker_streams_a_sensible_answer_and_honours_tools_and_histor
     ]);
     req.tool_choice = Some(json!("auto"));
     req.temperature = 0.0; // greedy: the check is about the request, not the sample
-    let gen = g.generate(req).await.unwrap();
+    let gen = server.expect_ok(g.generate(req).await).await;
     assert!(gen.completion_tokens <= 24, "{gen:?}");
     assert!(
         matches!(gen.finish_reason, FinishReason::Stop | FinishReason::Length | FinishReason::ToolCalls),
@@ -56,7 +56,7 @@ async fn an_openai_worker_streams_a_sensible_answer_and_honours_tools_and_histor
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_cuts_a_streamed_answer_and_returns_what_arrived() {
     // The tiny random-weight model almost never stops by itself: the deadline has to stop it.
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let server = LlamaCppPythonServer::start(&model, free_port());
     server.ready().await;
     let g =
@@ -65,7 +65,7 @@ async fn the_deadline_cuts_a_streamed_answer_and_returns_what_arrived() {
 
     let req = request("Write a very long story about the sea.", 12_288, Duration::from_millis(1000));
     let deadline = req.deadline;
-    let gen = g.generate(req).await.unwrap();
+    let gen = server.expect_ok(g.generate(req).await).await;
     assert_eq!(gen.finish_reason, FinishReason::Length);
     assert!(gen.cut_by_deadline);
     assert!(gen.completion_tokens > 0 && !gen.text.is_empty(), "what arrived is kept: {gen:?}");
@@ -108,8 +108,47 @@ async fn a_server_killed_mid_request_fails_fast_and_the_worker_recovers_when_it_
     server.restart();
     server.ready().await;
     wait_for("the worker to come back by itself", READY, || async { ready_workers(&g).await == 1 }).await;
-    let gen = g.generate(request("Say hi", 8, Duration::from_secs(30))).await.unwrap();
+    let gen = server.expect_ok(g.generate(request("Say hi", 8, Duration::from_secs(30))).await).await;
     assert!(gen.completion_tokens > 0);
     assert!(g.workers().await[0].restarts >= 1);
+    g.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_crashes_is_named_in_the_failure_with_its_signal_and_log() {
+    // What a segfault in the server looks like to the test: its request fails with a broken stream.
+    let server = LlamaCppPythonServer::start(&tiny_model(), free_port());
+    server.ready().await;
+    assert_eq!(server.exited(), None, "a running server has not exited");
+    server.signal("SEGV");
+    let failure = tokio::spawn(async move {
+        server.expect_ok(Err::<(), _>("stream broke: error decoding response body")).await;
+    })
+    .await
+    .expect_err("a request that failed under a crashed server fails the test");
+    let message = *failure.into_panic().downcast::<String>().unwrap();
+    assert!(message.starts_with("llama-cpp-python server exited with signal 11"), "{message}");
+    assert!(message.contains("Uvicorn running on"), "the tail of the server's log is shown: {message}");
+    assert!(message.contains("stream broke"), "and the request's own error: {message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_health_probe_cuts_a_streaming_answer_short() {
+    // As llama-cpp-python's server runs by default, it ends the stream in progress as soon as
+    // another request waits for the model: a health probe sent mid-stream would cut the answer.
+    let server = LlamaCppPythonServer::start_with(&tiny_model(), free_port(), &["--interrupt_requests", "true"]);
+    server.ready().await;
+    let mut spec = openai_worker("api0", &server.base_url(), LlamaCppPythonServer::ALIAS);
+    if let loosh_actors::backend_worker::EngineSpec::OpenAi(o) = &mut spec.engine {
+        o.health_every = Duration::from_millis(20);
+    }
+    let g = graph(vec![spec], 1, fast_restarts(3)).await;
+    wait_for("the worker to probe its server", READY, || async { ready_workers(&g).await == 1 }).await;
+
+    let mut req = request("Write a very long story about the sea.", 256, Duration::from_secs(60));
+    req.temperature = 0.0;
+    let gen = server.expect_ok(g.generate(req).await).await;
+    assert_eq!((gen.finish_reason, gen.completion_tokens), (FinishReason::Length, 256), "{gen:?}");
+    assert!(!gen.cut_by_deadline);
     g.stop();
 }

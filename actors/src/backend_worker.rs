@@ -410,6 +410,13 @@ impl Actor for BackendWorker {
                 });
             }
             WorkerMsg::HealthCheck => {
+                // A request streaming from the server already shows it alive, and a probe then can
+                // do harm: llama-cpp-python's server (interrupt_requests, its default) ends the
+                // stream in progress as soon as another request, a probe included, waits for the
+                // model. A dead server still shows: the stream breaks, and the next probe fails.
+                if state.stats.active.load(Ordering::Relaxed) > 0 {
+                    return Ok(());
+                }
                 if let Engine::OpenAi { client } = &state.engine {
                     let (client, me) = (client.clone(), myself.clone());
                     tokio::spawn(async move {

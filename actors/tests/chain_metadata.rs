@@ -1,7 +1,7 @@
 //! The storage entries and the call the miner uses resolve, with the shapes it decodes them as,
 //! in three runtimes' metadata: the local test runtime (spec 218, V14 and V15), a newer devnet
 //! (spec 240) and current mainnet finney (V16). A mainnet node will not fail at start on a shape
-//! change we could have seen. Skips where `../shared/chain` is absent.
+//! change we could have seen. The metadata files are in tests/fixtures/chain/metadata.
 
 use std::path::PathBuf;
 
@@ -10,14 +10,8 @@ use subxt::ext::scale_type_resolver::TypeResolver;
 use subxt::metadata::Metadata;
 
 fn metadata_files() -> Vec<(String, Metadata)> {
-    let dir = std::env::var_os("LOOSH_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
-        .join("chain/metadata");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        eprintln!("SKIP: {} not found (the chain kit exists only in this project's sessions and CI)", dir.display());
-        return Vec::new();
-    };
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/chain/metadata");
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let mut files: Vec<_> =
         entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "scale")).collect();
     files.sort();

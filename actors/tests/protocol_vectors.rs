@@ -1,5 +1,5 @@
 //! The protocol checked against vectors recorded from the Loosh validator's own client code
-//! (`../shared/vectors`). Skips, saying so, where that folder is absent (outside this project's CI).
+//! (tests/fixtures/vectors, with its provenance in tests/fixtures/README.md).
 
 use std::path::PathBuf;
 
@@ -10,21 +10,10 @@ use loosh_actors::protocol::rsa_keys::MinerRsaKey;
 use loosh_actors::protocol::signature::verify_sr25519;
 use serde_json::Value;
 
-fn vectors() -> Option<Value> {
-    let dir = std::env::var_os("LOOSH_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-    let path = dir.join("vectors/loosh-protocol-vectors.json");
-    match std::fs::read(&path) {
-        Ok(bytes) => Some(serde_json::from_slice(&bytes).expect("vectors parse")),
-        Err(_) => {
-            eprintln!(
-                "SKIP: {} not found (the shared protocol vectors exist only in this project's sessions and CI)",
-                path.display()
-            );
-            None
-        }
-    }
+fn vectors() -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/vectors/loosh-protocol-vectors.json");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).expect("vectors parse")
 }
 
 /// The clock the recordings were made at: every recorded token is checked as of then.
@@ -34,7 +23,7 @@ fn recorded_now(v: &Value) -> u64 {
 
 #[test]
 fn recorded_key_exchanges_verify_and_unwrap_to_the_recorded_key() {
-    let Some(v) = vectors() else { return };
+    let v = vectors();
     let rsa = MinerRsaKey::from_pkcs8_pem(v["miner_rsa_private_key_pkcs8_pem"].as_str().unwrap()).unwrap();
     assert_eq!(rsa.public_pem(), v["miner_rsa_public_key_pem"].as_str().unwrap());
     for ke in v["key_exchanges"].as_array().unwrap() {
@@ -51,7 +40,7 @@ fn recorded_key_exchanges_verify_and_unwrap_to_the_recorded_key() {
 
 #[test]
 fn recorded_signatures_verify_exactly_when_valid() {
-    let Some(v) = vectors() else { return };
+    let v = vectors();
     let validator = v["validator_ss58"].as_str().unwrap();
     for case in v["signatures"].as_array().unwrap() {
         let expected = case["signature_valid"].as_bool().unwrap();
@@ -79,7 +68,7 @@ fn recorded_signatures_verify_exactly_when_valid() {
 
 #[test]
 fn recorded_challenges_decrypt_and_recorded_replies_parse() {
-    let Some(v) = vectors() else { return };
+    let v = vectors();
     let now = recorded_now(&v);
     for c in v["challenges"].as_array().unwrap() {
         let key = FernetKey::from_key_text(c["fernet_key"].as_str().unwrap()).unwrap();
@@ -99,7 +88,7 @@ fn recorded_challenges_decrypt_and_recorded_replies_parse() {
 
 #[test]
 fn recorded_fernet_cases_are_accepted_or_refused_as_recorded() {
-    let Some(v) = vectors() else { return };
+    let v = vectors();
     for case in v["fernet"].as_array().unwrap() {
         let key = FernetKey::from_key_text(case["key"].as_str().unwrap()).unwrap();
         let result = key.decrypt_at(
@@ -116,7 +105,7 @@ fn recorded_fernet_cases_are_accepted_or_refused_as_recorded() {
 
 #[test]
 fn python_float_repr_matches_recorded_cpython() {
-    let Some(v) = vectors() else { return };
+    let v = vectors();
     for pair in v["python_float_repr"].as_array().unwrap() {
         assert_eq!(python_float_repr(pair[0].as_f64().unwrap()), pair[1].as_str().unwrap());
     }

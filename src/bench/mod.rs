@@ -132,7 +132,7 @@ enum BenchKind {
     /// Metagraph sync time and size for a subnet of N neurons written into a local chain
     /// (chopsticks `dev_setStorage`), against one plain storage read as the reference.
     Metagraph {
-        /// ws:// URL of a local chain started with the shared kit.
+        /// ws:// URL of a local chain (scripts/start-chain.sh).
         #[arg(long)]
         chain: String,
         #[arg(long, default_value_t = 256)]

