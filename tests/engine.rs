@@ -102,3 +102,28 @@ fn a_challenge_admitted_while_another_is_generating_shares_its_prefix_and_answer
     assert_eq!(answer(&answers, 2).text, answer(&reference, 2).text);
     assert_eq!(answers.len(), 2);
 }
+
+/// Sampling a step's sequences in parallel (the GPU default) draws each sequence's token from its
+/// own logits: with greedy sampling, four sequences decoded together answer exactly as they do
+/// when sampled one after another.
+#[test]
+fn sequences_sampled_in_parallel_answer_as_when_sampled_in_order() {
+    let plain = spec(false, 4);
+    let model = load_model(&plain).unwrap();
+    let questions =
+        ["What is the capital of France?", "Name three primary colours.", "Count to five.", "What is two plus two?"];
+    let run = |parallel: bool| {
+        let mut engine = EmbeddedEngine::new(&model, &plain).unwrap();
+        engine.set_parallel_sampling(parallel);
+        for (tag, q) in questions.iter().enumerate() {
+            engine.admit(challenge(q), tag).unwrap();
+        }
+        let mut answers = Vec::new();
+        drain(&mut engine, &mut answers);
+        answers.sort_by_key(|(tag, _)| *tag);
+        answers.into_iter().map(|(_, g)| (g.text, g.completion_tokens)).collect::<Vec<_>>()
+    };
+    let (in_order, parallel) = (run(false), run(true));
+    assert_eq!(in_order.len(), 4);
+    assert_eq!(parallel, in_order);
+}

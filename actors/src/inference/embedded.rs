@@ -188,6 +188,8 @@ pub struct EmbeddedEngine<'m, T> {
     /// generation: what a new prompt's prefix is matched against.
     cached: Vec<Vec<LlamaToken>>,
     prefix_cache: bool,
+    /// Sample the sequences of a step in parallel; see [`Self::sample_all`].
+    parallel_sampling: bool,
     sizing: String,
     /// Smoothed seconds per decode step, to stop one step before a deadline rather than after.
     secs_per_step: f64,
@@ -321,6 +323,7 @@ impl<'m, T> EmbeddedEngine<'m, T> {
             slots,
             cached: vec![Vec::new(); n_parallel as usize],
             prefix_cache: spec.prefix_cache,
+            parallel_sampling: spec.gpu_layers > 0,
             secs_per_step: 0.0,
             stats: StepStats::default(),
             sizing,
@@ -508,15 +511,15 @@ impl<'m, T> EmbeddedEngine<'m, T> {
             return done;
         }
 
+        let sampling = Instant::now();
+        let sampled = self.sample_all();
+        let now = Instant::now();
+        self.stats.sampling += now - sampling;
+        self.stats.tokens += sampled.len() as u64;
+
         let vocab = self.model.vocab();
-        for i in 0..self.slots.len() {
+        for (i, token) in sampled {
             let Some(slot) = self.slots[i].as_mut() else { continue };
-            let Some(at) = slot.logits_at else { continue };
-            let sampling = Instant::now();
-            let token = LlamaToken::new(slot.sampler.sample(self.ctx.get_logits_ith(at)) as i32);
-            let now = Instant::now();
-            self.stats.sampling += now - sampling;
-            self.stats.tokens += 1;
             slot.first_token_at.get_or_insert(now);
             let finish = if vocab.is_eog(token) {
                 Some(FinishReason::Stop)
@@ -541,6 +544,40 @@ impl<'m, T> EmbeddedEngine<'m, T> {
         let dt = started.elapsed().as_secs_f64();
         self.secs_per_step = if self.secs_per_step == 0.0 { dt } else { 0.8 * self.secs_per_step + 0.2 * dt };
         done
+    }
+
+    /// Samples the next token of every sequence that has logits this step, as (slot, token).
+    ///
+    /// On a GPU engine the sequences are sampled in parallel: the CPU cores idle while the GPU
+    /// decodes, and sampling them one after another would make the next decode wait for the sum
+    /// (16 sequences x ~0.1 ms at a 152k vocabulary). On a CPU engine llama.cpp's own threads are
+    /// still spinning right after a decode, so the sequences are sampled in order on this thread.
+    fn sample_all(&mut self) -> Vec<(usize, LlamaToken)> {
+        let ctx = &self.ctx;
+        let jobs: Vec<(usize, &mut TokenSampler, &[f32])> = self
+            .slots
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, slot)| {
+                let slot = slot.as_mut()?;
+                let at = slot.logits_at?;
+                Some((i, &mut slot.sampler, ctx.get_logits_ith(at)))
+            })
+            .collect();
+        let draw = |(i, sampler, logits): (usize, &mut TokenSampler, &[f32])| {
+            (i, LlamaToken::new(sampler.sample(logits) as i32))
+        };
+        if self.parallel_sampling && jobs.len() > 1 {
+            use rayon::prelude::*;
+            jobs.into_par_iter().map(draw).collect()
+        } else {
+            jobs.into_iter().map(draw).collect()
+        }
+    }
+
+    /// Samples a step's sequences in parallel (the default on GPU engines) or in order.
+    pub fn set_parallel_sampling(&mut self, on: bool) {
+        self.parallel_sampling = on;
     }
 
     fn finish(
