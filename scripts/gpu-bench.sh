@@ -6,7 +6,7 @@
 # split, first-token time with a cached 2,000-token system prompt; then `--dev` on the GPU,
 # a probe, SIGTERM and the exit code (0 expected).
 #
-# On the GPU machine, from the project root after ../shared/gpu/pack.sh:
+# On the GPU machine, from the project root after `../shared/gpu/pack.sh --features bench`:
 #   GPU_LOG_DIR=$PWD/gpu-logs bash .gpu/device.sh "bash $PWD/scripts/gpu-bench.sh"
 # (device.sh runs it in the directory holding ./loosh-miner, m8b.gguf and m8p.gguf).
 # On a CPU, to check the script itself: MINER=target/release/loosh-miner DEVICE=cpu MODELS="mid.gguf"

@@ -3,9 +3,10 @@
 //!
 //! A request's path: `http::challenge` (route, authorization, body limit) → the graph's key store
 //! (`loosh_actors::session`) → challenge crypto → scheduler → backend worker → back out through
-//! `http::answer` and `http::error`. `node` spawns it all; `validator_client` speaks the protocol
+//! the front door and `http::error`. `node` spawns it all; `validator_client` speaks the protocol
 //! from the validator's side for `probe`, `bench` and the tests.
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod chain;
 pub mod config;

@@ -6,9 +6,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use loosh_actors::authorization::ValidatorAuth;
 use loosh_actors::protocol::signature::Hotkey;
+#[cfg(feature = "bench")]
+use loosh_miner::bench;
 use loosh_miner::config::{Config, Source};
 use loosh_miner::node::{Node, NodeParts};
-use loosh_miner::{bench, chain, logging, probe, wallet, workers};
+use loosh_miner::{chain, logging, probe, wallet, workers};
 
 #[derive(Parser)]
 #[command(name = "loosh-miner", version, about = "Bittensor subnet 78 (Loosh) miner")]
@@ -45,7 +47,8 @@ enum Command {
     },
     /// Check wallet, chain, registration, axon, clock and workers; one line each, with the fix.
     Doctor,
-    /// Measure the miner against references in the same run.
+    /// Measure the miner against references in the same run (built with `--features bench`).
+    #[cfg(feature = "bench")]
     Bench(bench::BenchArgs),
 }
 
@@ -69,6 +72,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        #[cfg(feature = "bench")]
         Command::Bench(args) => bench::run(args),
         Command::Doctor => {
             let cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
