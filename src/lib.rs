@@ -1,10 +1,11 @@
 //! loosh-miner, the node: configuration, the operator's hotkey, the HTTP surface and the wiring
 //! that connects them to the actor graph in the `loosh-actors` crate.
 //!
-//! A request's path: `http::challenge` (route, authorization, body limit) → the graph's key store
-//! (`loosh_actors::session`) → challenge crypto → scheduler → backend worker → back out through
-//! the front door and `http::error`. `node` spawns it all; `validator_client` speaks the protocol
-//! from the validator's side for `probe`, `bench` and the tests.
+//! A request's path: `http::challenge` (route, headers, body limits) → the engine's front door
+//! (`loosh_actors::front_door`: live key, Fernet, admission) → scheduler → backend worker → back
+//! out through the front door, with each refusal mapped to HTTP in `http::error`. `node` spawns it
+//! all; `validator_client` speaks the protocol from the validator's side for `probe`, `bench` and
+//! the tests.
 
 #[cfg(feature = "bench")]
 pub mod bench;
