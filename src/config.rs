@@ -79,6 +79,9 @@ pub struct Config {
     pub llama_threads: i32,
     pub llama_gpu_layers: u32,
     pub llama_batch: u32,
+    /// `ENGINE_STALL_SECONDS`: an embedded engine step running longer than this (with work in
+    /// flight) fails its worker, which restarts.
+    pub engine_stall_after: Duration,
     /// Challenges one embedded worker generates at once (continuous batching); 0 = automatic: as
     /// many as the GPU's free memory holds next to the model, 4 on a CPU.
     pub llama_parallel: u32,
@@ -349,6 +352,10 @@ impl Config {
                 "a number of layers",
             )?,
             llama_batch: src.parse("LLAMA_BATCH", 512, "a number of tokens")?,
+            // Bounded both ways (NaN and infinity included): from_secs_f64 would panic on them.
+            engine_stall_after: Duration::from_secs_f64(
+                src.parse::<f64>("ENGINE_STALL_SECONDS", 30.0, "a number of seconds")?.max(0.05).min(86_400.0),
+            ),
             llama_parallel: src.parse("LLAMA_PARALLEL", 0, "a number of sequences (0 = automatic)")?,
             workers: match (src.get("WORKERS"), src.get("WORKERS_FILE")) {
                 (Some(text), _) => Some(crate::workers::parse_workers(text)?),

@@ -77,9 +77,16 @@ pub enum WorkerMsg {
     /// Periodic (and after a failed request) check that a remote server still answers.
     HealthCheck,
     HealthResult(Result<(), BackendError>),
-    /// Test hook: makes the actor panic, as an unexpected engine state would. Public because the
-    /// integration tests and operators' chaos drills use it; nothing in the node sends it.
+    /// Periodic check that the engine thread's current step has not stalled (embedded workers).
+    CheckStall,
+    /// Test hook: makes the actor panic, as an unexpected engine state would. Compiled only with
+    /// the `test-hooks` feature (the tests and `bench recovery`); nothing in the node sends it.
+    #[cfg(feature = "test-hooks")]
     CrashForTest,
+    /// Test hook: the engine thread stops making progress at its next step while work is in
+    /// flight, as a hung decode would, until this worker actor is gone. Exercises the watchdog.
+    #[cfg(feature = "test-hooks")]
+    StallForTest,
 }
 
 type ReplyPort = RpcReplyPort<Result<Generation, BackendError>>;
@@ -150,6 +157,36 @@ pub struct WorkerState {
     n_parallel: usize,
     stats: Arc<EngineStats>,
     health_failures: u32,
+    /// How long one engine step may run while work is in flight before the worker is failed.
+    stall_after: Duration,
+    /// `loosh_engine_stalls_total` for this worker.
+    stalls: prometheus::IntCounter,
+    /// Lets a test-stalled engine thread go once this actor is gone, so a test leaks no thread.
+    #[cfg(feature = "test-hooks")]
+    _release_stall: ReleaseStall,
+}
+
+/// Ends a [`WorkerMsg::StallForTest`] stall when the worker's state is dropped (the actor stopped).
+#[cfg(feature = "test-hooks")]
+struct ReleaseStall(Arc<EngineStats>);
+
+#[cfg(feature = "test-hooks")]
+impl Drop for ReleaseStall {
+    fn drop(&mut self) {
+        self.0.stall_for_test.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Milliseconds since the first call in this process, never 0 (0 means "not in a step").
+fn now_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// How often a worker looks at its engine's step clock: often enough to notice a stall soon after
+/// `stall_after`, rarely enough to cost nothing.
+fn stall_check_every(stall_after: Duration) -> Duration {
+    (stall_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
 }
 
 /// Consecutive failed health checks after which a remote worker restarts (and re-probes with backoff).
@@ -181,6 +218,11 @@ struct EngineStats {
     active: AtomicUsize,
     peak_active: AtomicUsize,
     steps: Mutex<StepStats>,
+    /// [`now_ms`] when the engine thread began its current admit-and-step round with work in
+    /// flight; 0 between rounds and while idle. The actor's watchdog reads it.
+    step_started_ms: AtomicU64,
+    #[cfg(feature = "test-hooks")]
+    stall_for_test: std::sync::atomic::AtomicBool,
 }
 
 /// One worker's step-time series in `/metrics`, resolved once.
@@ -291,6 +333,7 @@ fn engine_loop(
                 Err(mpsc::TryRecvError::Disconnected) => open = false,
             }
         }
+        stats.step_started_ms.store(now_ms(), Ordering::Relaxed);
         while engine.has_free_slot() {
             let Some(job) = waiting.pop_front() else { break };
             if let Err((reply, e)) = engine.admit(job.request, job.reply) {
@@ -300,7 +343,14 @@ fn engine_loop(
         let active = engine.active();
         stats.active.store(active, Ordering::Relaxed);
         stats.peak_active.fetch_max(active, Ordering::Relaxed);
-        for (reply, result) in engine.step() {
+        #[cfg(feature = "test-hooks")]
+        while active > 0 && stats.stall_for_test.load(Ordering::Relaxed) {
+            // A hung decode, as far as the watchdog can tell; released when the actor is gone.
+            thread::park_timeout(Duration::from_millis(20));
+        }
+        let finished = engine.step();
+        stats.step_started_ms.store(0, Ordering::Relaxed);
+        for (reply, result) in finished {
             stats.served.fetch_add(1, Ordering::Relaxed);
             let _ = reply.send(result);
         }
@@ -330,13 +380,15 @@ impl Actor for BackendWorker {
         let name = spec.name.clone();
         let mut n_parallel = spec.parallel();
         let stats = Arc::new(EngineStats::default());
+        let mut stall_after = Duration::MAX;
         let engine = match spec.engine {
             EngineSpec::Embedded(engine_spec) => {
+                stall_after = engine_spec.stall_after;
                 let (jobs_tx, jobs_rx) = mpsc::channel();
                 let (ready_tx, ready_rx) = oneshot::channel();
                 let args = EngineThread {
                     spec: engine_spec,
-                    worker: myself,
+                    worker: myself.clone(),
                     jobs: jobs_rx,
                     ready: ready_tx,
                     stats: stats.clone(),
@@ -352,6 +404,7 @@ impl Actor for BackendWorker {
                     sizing = %info.sizing, native_tools = info.native_tools, "embedded worker ready"
                 );
                 n_parallel = info.n_parallel;
+                myself.send_interval(stall_check_every(stall_after), || WorkerMsg::CheckStall);
                 Engine::Embedded { jobs: jobs_tx }
             }
             EngineSpec::OpenAi(api_spec) => {
@@ -367,7 +420,18 @@ impl Actor for BackendWorker {
                 Engine::OpenAi { client }
             }
         };
-        Ok(WorkerState { name, engine, n_parallel, stats, health_failures: 0 })
+        let stalls = metrics.engine_stalls.with_label_values(&[&name]);
+        Ok(WorkerState {
+            name,
+            engine,
+            n_parallel,
+            #[cfg(feature = "test-hooks")]
+            _release_stall: ReleaseStall(stats.clone()),
+            stats,
+            health_failures: 0,
+            stall_after,
+            stalls,
+        })
     }
 
     async fn handle(
@@ -437,7 +501,29 @@ impl Actor for BackendWorker {
             WorkerMsg::EngineExited { reason } => {
                 return Err(format!("worker {}: {reason}", state.name).into());
             }
+            WorkerMsg::CheckStall => {
+                let started = state.stats.step_started_ms.load(Ordering::Relaxed);
+                let stalled = Duration::from_millis(now_ms().saturating_sub(started));
+                if started != 0 && stalled > state.stall_after {
+                    // The thread cannot be killed; failing the actor drops its job queue, and the
+                    // supervisor starts a fresh engine beside it. Challenges the hung step holds
+                    // end at their deadline (the scheduler's wait), as with any silent worker.
+                    state.stalls.inc();
+                    tracing::error!(worker = %state.name, stalled_s = stalled.as_secs_f64(), limit_s = state.stall_after.as_secs_f64(),
+                        "engine step stalled (ENGINE_STALL_SECONDS); failing the worker so that it restarts");
+                    return Err(format!(
+                        "worker {}: engine step stalled for {:.1} s (limit {:.1} s)",
+                        state.name,
+                        stalled.as_secs_f64(),
+                        state.stall_after.as_secs_f64()
+                    )
+                    .into());
+                }
+            }
+            #[cfg(feature = "test-hooks")]
             WorkerMsg::CrashForTest => panic!("worker {}: crash requested by a test", state.name),
+            #[cfg(feature = "test-hooks")]
+            WorkerMsg::StallForTest => state.stats.stall_for_test.store(true, Ordering::Relaxed),
         }
         Ok(())
     }
