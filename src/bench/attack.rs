@@ -52,6 +52,7 @@ pub struct AttackPlan {
 
 /// Latencies of honest rounds and how many failed.
 struct Honest {
+    rounds: usize,
     p50_ms: f64,
     p99_ms: f64,
     errors: usize,
@@ -63,11 +64,11 @@ pub async fn attack(plan: AttackPlan) -> anyhow::Result<()> {
     let addr = node.addr;
     let url = format!("http://{addr}");
     println!(
-        "attack bench: honest validator = key exchange + one-token challenge, {} rounds per line; model {}",
+        "attack bench: honest validator = key exchange + one-token challenge, one after another (at least {} rounds, and for as long as each attack lasts); model {}",
         plan.honest,
         plan.model.display()
     );
-    let alone = honest_rounds(&url, plan.honest).await?;
+    let alone = honest_rounds::<()>(&url, plan.honest, None).await?;
     println!(
         "alone:           honest p50 {:7.1} ms p99 {:7.1} ms, errors {}",
         alone.p50_ms, alone.p99_ms, alone.errors
@@ -76,34 +77,35 @@ pub async fn attack(plan: AttackPlan) -> anyhow::Result<()> {
     // (a) Replay flood.
     let rsa_before = graph.metrics.rsa_operations.get();
     let replay = tokio::spawn(replay_flood(url.clone(), plan.replays, plan.concurrency));
-    let honest = honest_rounds(&url, plan.honest).await?;
+    let honest = honest_rounds(&url, plan.honest, Some(&replay)).await?;
     let statuses = replay.await??;
     // Each honest round's key exchange is one RSA operation of its own.
-    let rsa_for_flood = (graph.metrics.rsa_operations.get() - rsa_before).saturating_sub(plan.honest as u64);
+    let rsa_for_flood =
+        (graph.metrics.rsa_operations.get() - rsa_before).saturating_sub((honest.rounds + honest.errors) as u64);
     println!(
-        "replay flood:    honest p50 {:7.1} ms p99 {:7.1} ms (alone p99 {:.1} ms), errors {}; {} replays of one signed exchange: RSA ops {rsa_for_flood}, statuses {}",
-        honest.p50_ms, honest.p99_ms, alone.p99_ms, honest.errors, plan.replays, show(&statuses)
+        "replay flood:    honest p50 {:7.1} ms p99 {:7.1} ms (alone p99 {:.1} ms), {} rounds, errors {}; {} replays of one signed exchange: RSA ops {rsa_for_flood}, statuses {}",
+        honest.p50_ms, honest.p99_ms, alone.p99_ms, honest.rounds, honest.errors, plan.replays, show(&statuses)
     );
 
     // (b) Stalled bodies.
     let stall = tokio::spawn(stalled_bodies(addr, plan.stalled, plan.stall_window));
-    let honest = honest_rounds(&url, plan.honest).await?;
+    let honest = honest_rounds(&url, plan.honest, Some(&stall)).await?;
     let (dropped, slowest, refused) = stall.await??;
     println!(
-        "stalled bodies:  honest p50 {:7.1} ms p99 {:7.1} ms (alone p99 {:.1} ms), errors {}; {} connections announcing 2 MiB, a byte per 2 s: {dropped} dropped within {} s (slowest after {:.1} s, {refused} refused at connect)",
-        honest.p50_ms, honest.p99_ms, alone.p99_ms, honest.errors, plan.stalled, plan.stall_window.as_secs(), slowest.as_secs_f64()
+        "stalled bodies:  honest p50 {:7.1} ms p99 {:7.1} ms (alone p99 {:.1} ms), {} rounds, errors {}; {} connections announcing 2 MiB, a byte per 2 s: {dropped} dropped within {} s (slowest after {:.1} s, {refused} refused at connect)",
+        honest.p50_ms, honest.p99_ms, alone.p99_ms, honest.rounds, honest.errors, plan.stalled, plan.stall_window.as_secs(), slowest.as_secs_f64()
     );
 
     // (c) Malformed flood.
     let flood = tokio::spawn(malformed_flood(addr, plan.malformed, plan.concurrency));
-    let honest = honest_rounds(&url, plan.honest).await?;
+    let honest = honest_rounds(&url, plan.honest, Some(&flood)).await?;
     let statuses = flood.await??;
     let server_errors: usize =
         statuses.iter().filter(|(s, _)| s.starts_with('5') && s.as_str() != "503").map(|(_, n)| n).sum();
     let alive = ValidatorClient::new(&url, Hotkey::ephemeral()).availability().await.is_ok();
     println!(
-        "malformed flood: honest p50 {:7.1} ms p99 {:7.1} ms (alone p99 {:.1} ms), errors {}; {} requests: 5xx (not 503) {server_errors}, miner answering after: {alive}, statuses {}",
-        honest.p50_ms, honest.p99_ms, alone.p99_ms, honest.errors, plan.malformed, show(&statuses)
+        "malformed flood: honest p50 {:7.1} ms p99 {:7.1} ms (alone p99 {:.1} ms), {} rounds, errors {}; {} requests: 5xx (not 503) {server_errors}, miner answering after: {alive}, statuses {}",
+        honest.p50_ms, honest.p99_ms, alone.p99_ms, honest.rounds, honest.errors, plan.malformed, show(&statuses)
     );
     stop(graph, node).await;
     Ok(())
@@ -113,14 +115,17 @@ fn show(counts: &BTreeMap<String, usize>) -> String {
     counts.iter().map(|(s, n)| format!("{s}×{n}")).collect::<Vec<_>>().join(" ")
 }
 
-/// `n` honest rounds one after another: a fresh key exchange, then a one-token challenge.
-async fn honest_rounds(url: &str, n: usize) -> anyhow::Result<Honest> {
+/// Honest rounds one after another (a fresh key exchange, then a one-token challenge): at least
+/// `n`, and while `attack` (when given) is still running, so that the figures cover all of it.
+async fn honest_rounds<T>(url: &str, n: usize, attack: Option<&tokio::task::JoinHandle<T>>) -> anyhow::Result<Honest> {
     let mut client = ValidatorClient::new(url, Hotkey::ephemeral());
     client.fetch_public_key().await?;
     let body = challenge_body("Say hi", 1, 0.7);
-    let (mut lat, mut errors) = (Vec::with_capacity(n), 0);
+    let (mut lat, mut errors) = (Vec::new(), 0);
     let began = Instant::now();
-    for _ in 0..n {
+    let mut round = 0;
+    while round < n || attack.is_some_and(|a| !a.is_finished()) {
+        round += 1;
         let t = Instant::now();
         let ok = match client.handshake().await {
             Ok(()) => client.challenge_once(&body).await.is_ok(),
@@ -133,8 +138,9 @@ async fn honest_rounds(url: &str, n: usize) -> anyhow::Result<Honest> {
         }
     }
     anyhow::ensure!(!lat.is_empty(), "no honest round succeeded");
+    let rounds = lat.len();
     let s = stats(lat, began.elapsed());
-    Ok(Honest { p50_ms: s.p50_ms, p99_ms: s.p99_ms, errors })
+    Ok(Honest { rounds, p50_ms: s.p50_ms, p99_ms: s.p99_ms, errors })
 }
 
 /// Sends one signed key exchange (it succeeds), then `n` copies with random ciphertexts.
@@ -280,7 +286,8 @@ fn malformed_request(rng: &mut impl Rng, addr: SocketAddr) -> Vec<u8> {
         "/nope",
         "/fiber/challenge?x=%ff",
     ];
-    const METHODS: &[&str] = &["POST", "GET", "PUT", "DELETE"];
+    // Mostly POST, the methods the protocol's routes take, so most requests reach a handler.
+    const METHODS: &[&str] = &["POST", "POST", "POST", "POST", "GET", "PUT"];
     let seeds: [Vec<u8>; 6] = [
         format!(
             r#"{{"encrypted_symmetric_key":"00","symmetric_key_uuid":"u","timestamp":{},"nonce":"n","signature":"0x{}","validator_hotkey_ss58":"{}"}}"#,
