@@ -352,10 +352,15 @@ impl Config {
                 "a number of layers",
             )?,
             llama_batch: src.parse("LLAMA_BATCH", 512, "a number of tokens")?,
-            // Bounded both ways (NaN and infinity included): from_secs_f64 would panic on them.
-            engine_stall_after: Duration::from_secs_f64(
-                src.parse::<f64>("ENGINE_STALL_SECONDS", 30.0, "a number of seconds")?.max(0.05).min(86_400.0),
-            ),
+            engine_stall_after: {
+                let secs: f64 = src.parse("ENGINE_STALL_SECONDS", 30.0, "a number of seconds")?;
+                // try_from: NaN, negative and infinite values are errors, not a panic.
+                Duration::try_from_secs_f64(secs).ok().filter(|d| !d.is_zero()).ok_or_else(|| ConfigError {
+                    var: "ENGINE_STALL_SECONDS",
+                    value: secs.to_string(),
+                    expected: "a number of seconds above 0".into(),
+                })?
+            },
             llama_parallel: src.parse("LLAMA_PARALLEL", 0, "a number of sequences (0 = automatic)")?,
             workers: match (src.get("WORKERS"), src.get("WORKERS_FILE")) {
                 (Some(text), _) => Some(crate::workers::parse_workers(text)?),
