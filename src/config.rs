@@ -573,6 +573,18 @@ mod tests {
     }
 
     #[test]
+    fn the_engine_stall_limit_defaults_to_30_s_and_refuses_values_that_are_not_a_duration() {
+        let c = Config::from_source(&Source::from_pairs([])).unwrap();
+        assert_eq!(c.engine_stall_after, Duration::from_secs(30));
+        let c = Config::from_source(&Source::from_pairs([("ENGINE_STALL_SECONDS", "2.5")])).unwrap();
+        assert_eq!(c.engine_stall_after, Duration::from_millis(2500));
+        for bad in ["0", "-1", "NaN", "inf", "soon"] {
+            let err = Config::from_source(&Source::from_pairs([("ENGINE_STALL_SECONDS", bad)])).unwrap_err();
+            assert_eq!(err.var, "ENGINE_STALL_SECONDS", "{bad}");
+        }
+    }
+
+    #[test]
     fn unsupported_but_accepted_variables_are_reported() {
         let c = Config::from_source(&Source::from_pairs([("AXON_PORT", "8089"), ("VLLM_MAX_NUM_SEQS", "64")])).unwrap();
         let names: Vec<_> = c.unused_settings.iter().map(|(k, _)| k.as_str()).collect();
