@@ -2,8 +2,9 @@
 //!
 //! The worker owns an OS thread that owns the engine (model + context) and generates up to
 //! `n_parallel` challenges at once by continuous batching; the actor only forwards jobs to that
-//! thread and watches it. If the thread dies (a panic inside the engine), the actor
-//! fails so that the [`crate::worker_supervisor`] restarts it with a fresh engine. Spawned and
+//! thread and watches it. If the thread dies (a panic inside the engine), or a step runs past
+//! `stall_after` while work is in flight (a hung decode: the watchdog, `ENGINE_STALL_SECONDS`),
+//! the actor fails so that the [`crate::worker_supervisor`] restarts it with a fresh engine. Spawned and
 //! linked by the supervisor; receives work from the [`crate::scheduler`].
 
 use std::collections::VecDeque;
