@@ -90,7 +90,9 @@ pub enum WorkerMsg {
     StallForTest,
 }
 
-type ReplyPort = RpcReplyPort<Result<Generation, BackendError>>;
+/// Where the engine thread puts one job's result: a task of the actor's forwards it to the
+/// scheduler's reply port, or answers `WorkerGone` first if the watchdog finds the engine stalled.
+type ReplyPort = oneshot::Sender<Result<Generation, BackendError>>;
 
 struct Job {
     request: GenerationRequest,
@@ -162,6 +164,9 @@ pub struct WorkerState {
     stall_after: Duration,
     /// `loosh_engine_stalls_total` for this worker.
     stalls: prometheus::IntCounter,
+    /// Turned true by the watchdog: every job the hung engine holds is answered `WorkerGone` at
+    /// once (the scheduler re-dispatches it to a sibling when the deadline leaves room).
+    stalled: tokio::sync::watch::Sender<bool>,
     /// Lets a test-stalled engine thread go once this actor is gone, so a test leaks no thread.
     #[cfg(feature = "test-hooks")]
     _release_stall: ReleaseStall,
@@ -351,13 +356,14 @@ fn engine_loop(
         }
         let finished = engine.step();
         stats.step_started_ms.store(0, Ordering::Relaxed);
-        for (reply, result) in finished {
-            stats.served.fetch_add(1, Ordering::Relaxed);
-            let _ = reply.send(result);
-        }
+        // Counters first, answers after: whoever holds an answer sees its tokens counted.
         let now = engine.stats();
         *stats.steps.lock().unwrap_or_else(|e| e.into_inner()) = now;
         metrics.publish(now, engine.active() == 0 && waiting.is_empty());
+        stats.served.fetch_add(finished.len() as u64, Ordering::Relaxed);
+        for (reply, result) in finished {
+            let _ = reply.send(result);
+        }
         if !open && engine.active() == 0 && waiting.is_empty() {
             break;
         }
@@ -432,6 +438,7 @@ impl Actor for BackendWorker {
             health_failures: 0,
             stall_after,
             stalls,
+            stalled: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -444,10 +451,27 @@ impl Actor for BackendWorker {
         match message {
             WorkerMsg::Generate { request, reply } => match &state.engine {
                 Engine::Embedded { jobs } => {
-                    if let Err(mpsc::SendError(job)) = jobs.send(Job { request, reply }) {
-                        let _ = job.reply.send(Err(BackendError::WorkerGone));
+                    let (done, result) = oneshot::channel();
+                    if jobs.send(Job { request, reply: done }).is_err() {
+                        let _ = reply.send(Err(BackendError::WorkerGone));
                         return Err(format!("worker {}: engine thread is gone", state.name).into());
                     }
+                    let mut stalled = state.stalled.subscribe();
+                    tokio::spawn(async move {
+                        // Only a stall ends the wait early. A crashed actor (the watch closed) leaves
+                        // a healthy engine thread that still answers its jobs.
+                        let stall = async {
+                            if stalled.wait_for(|s| *s).await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        };
+                        let result = tokio::select! {
+                            biased;
+                            () = stall => Err(BackendError::WorkerGone),
+                            r = result => r.unwrap_or(Err(BackendError::WorkerGone)),
+                        };
+                        let _ = reply.send(result);
+                    });
                 }
                 Engine::OpenAi { client } => {
                     let (client, stats, me) = (client.clone(), state.stats.clone(), myself.clone());
@@ -507,8 +531,9 @@ impl Actor for BackendWorker {
                 let stalled = Duration::from_millis(now_ms().saturating_sub(started));
                 if started != 0 && stalled > state.stall_after {
                     // The thread cannot be killed; failing the actor drops its job queue, and the
-                    // supervisor starts a fresh engine beside it. Challenges the hung step holds
-                    // end at their deadline (the scheduler's wait), as with any silent worker.
+                    // supervisor starts a fresh engine beside it. The challenges the hung step
+                    // holds are answered WorkerGone now, as a dead worker's are.
+                    state.stalled.send_replace(true);
                     state.stalls.inc();
                     tracing::error!(worker = %state.name, stalled_s = stalled.as_secs_f64(), limit_s = state.stall_after.as_secs_f64(),
                         "engine step stalled (ENGINE_STALL_SECONDS); failing the worker so that it restarts");
