@@ -79,6 +79,9 @@ pub struct Config {
     pub llama_threads: i32,
     pub llama_gpu_layers: u32,
     pub llama_batch: u32,
+    /// `ENGINE_STALL_SECONDS`: an embedded engine step running longer than this (with work in
+    /// flight) fails its worker, which restarts.
+    pub engine_stall_after: Duration,
     /// Challenges one embedded worker generates at once (continuous batching); 0 = automatic: as
     /// many as the GPU's free memory holds next to the model, 4 on a CPU.
     pub llama_parallel: u32,
@@ -349,6 +352,15 @@ impl Config {
                 "a number of layers",
             )?,
             llama_batch: src.parse("LLAMA_BATCH", 512, "a number of tokens")?,
+            engine_stall_after: {
+                let secs: f64 = src.parse("ENGINE_STALL_SECONDS", 30.0, "a number of seconds")?;
+                // try_from: NaN, negative and infinite values are errors, not a panic.
+                Duration::try_from_secs_f64(secs).ok().filter(|d| !d.is_zero()).ok_or_else(|| ConfigError {
+                    var: "ENGINE_STALL_SECONDS",
+                    value: secs.to_string(),
+                    expected: "a number of seconds above 0".into(),
+                })?
+            },
             llama_parallel: src.parse("LLAMA_PARALLEL", 0, "a number of sequences (0 = automatic)")?,
             workers: match (src.get("WORKERS"), src.get("WORKERS_FILE")) {
                 (Some(text), _) => Some(crate::workers::parse_workers(text)?),
@@ -558,6 +570,18 @@ mod tests {
         assert!(!c.allow_all_when_empty);
         let local = Config::from_source(&Source::from_pairs([("SUBTENSOR_NETWORK", "local")])).unwrap();
         assert!(!local.allow_all_when_empty, "allow-all is an explicit opt-in on every network");
+    }
+
+    #[test]
+    fn the_engine_stall_limit_defaults_to_30_s_and_refuses_values_that_are_not_a_duration() {
+        let c = Config::from_source(&Source::from_pairs([])).unwrap();
+        assert_eq!(c.engine_stall_after, Duration::from_secs(30));
+        let c = Config::from_source(&Source::from_pairs([("ENGINE_STALL_SECONDS", "2.5")])).unwrap();
+        assert_eq!(c.engine_stall_after, Duration::from_millis(2500));
+        for bad in ["0", "-1", "NaN", "inf", "soon"] {
+            let err = Config::from_source(&Source::from_pairs([("ENGINE_STALL_SECONDS", bad)])).unwrap_err();
+            assert_eq!(err.var, "ENGINE_STALL_SECONDS", "{bad}");
+        }
     }
 
     #[test]

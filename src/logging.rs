@@ -20,8 +20,12 @@ fn level(name: &str) -> &'static str {
 
 pub fn init(log_level: &str, log_file: Option<&std::path::Path>) -> LogGuard {
     // RUST_LOG, when set, wins (for per-module debugging); llama.cpp's chatter stays at warn.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{},llama_cpp_2=warn,llama-cpp-2=warn", level(log_level))));
+    // actix-http's HTTP/1 dispatcher logs an ERROR for every request a peer garbles ("stream
+    // error: request parse error"): anyone could fill the log with them (`bench attack`'s
+    // malformed flood wrote hundreds), so they are off; the peer still gets its 400.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!("{},llama_cpp_2=warn,llama-cpp-2=warn,actix_http::h1::dispatcher=off", level(log_level)))
+    });
     let stdout = fmt::layer().with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     let (file_layer, guard) = match log_file {
         Some(path) => {

@@ -126,6 +126,7 @@ pub fn worker_specs(cfg: &Config, gpus: &[(usize, String)]) -> Result<Vec<Worker
                 n_batch: cfg.llama_batch,
                 n_parallel: n_parallel.unwrap_or(cfg.llama_parallel),
                 prefix_cache: prefix_cache.unwrap_or(true),
+                stall_after: cfg.engine_stall_after,
             }),
         })
     };

@@ -297,3 +297,40 @@ async fn the_root_restarts_a_crashed_worker_supervisor_and_its_workers() {
     assert!(g.generate(request("back?", 4, Duration::from_secs(30))).await.is_ok());
     g.stop();
 }
+
+/// The watchdog: an engine whose step stops making progress while a challenge is in flight (a
+/// hung decode, emulated by the `StallForTest` hook) fails its worker and the challenge it holds,
+/// and the supervisor restarts the worker with a fresh engine that answers again. The limit is short here so the test is quick;
+/// nothing below is timed: it waits for the restart, then for an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_engine_is_failed_by_the_watchdog_and_its_restart_answers() {
+    use loosh_actors::backend_worker::EngineSpec;
+    let mut worker = cpu_worker("cpu0", tiny_model(), 512);
+    let EngineSpec::Embedded(engine) = &mut worker.engine else { unreachable!() };
+    engine.stall_after = Duration::from_secs(2);
+    let g = graph(vec![worker], 4, fast_restarts(3)).await;
+    wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
+
+    let victim = g.worker_ref("cpu0").await.expect("cpu0 is running");
+    victim.cast(WorkerMsg::StallForTest).unwrap();
+    let stuck = g.clone();
+    let held = tokio::spawn(async move { stuck.generate(request("stall here", 4, Duration::from_secs(50))).await });
+    wait_for("the watchdog to fail cpu0", LOAD, || async {
+        g.workers().await.iter().any(|w| w.name == "cpu0" && w.restarts == 1)
+    })
+    .await;
+    wait_for("cpu0 to be back", LOAD, || async { ready_workers(&g).await == 1 }).await;
+    let fresh = g.worker_ref("cpu0").await.unwrap();
+    assert_ne!(fresh.get_id(), victim.get_id(), "a new actor took its place");
+    assert!(g.generate(request("awake?", 4, Duration::from_secs(50))).await.is_ok(), "the restarted worker answers");
+    let metrics = g.metrics.render();
+    assert!(metrics.contains("loosh_engine_stalls_total{worker=\"cpu0\"} 1"), "{metrics}");
+    assert!(metrics.contains("loosh_worker_restarts_total{worker=\"cpu0\"} 1"), "{metrics}");
+    // The challenge the hung engine held was failed as a dead worker's is (no sibling to take it
+    // here), not left to its deadline nor answered by the stalled engine once let go.
+    match held.await.unwrap() {
+        Err(ScheduleError::Backend(BackendError::WorkerGone)) => {}
+        other => panic!("expected the held challenge to fail with WorkerGone, got {other:?}"),
+    }
+    g.stop();
+}

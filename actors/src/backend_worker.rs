@@ -2,8 +2,9 @@
 //!
 //! The worker owns an OS thread that owns the engine (model + context) and generates up to
 //! `n_parallel` challenges at once by continuous batching; the actor only forwards jobs to that
-//! thread and watches it. If the thread dies (a panic inside the engine), the actor
-//! fails so that the [`crate::worker_supervisor`] restarts it with a fresh engine. Spawned and
+//! thread and watches it. If the thread dies (a panic inside the engine), or a step runs past
+//! `stall_after` while work is in flight (a hung decode: the watchdog, `ENGINE_STALL_SECONDS`),
+//! the actor fails so that the [`crate::worker_supervisor`] restarts it with a fresh engine. Spawned and
 //! linked by the supervisor; receives work from the [`crate::scheduler`].
 
 use std::collections::VecDeque;
@@ -77,12 +78,21 @@ pub enum WorkerMsg {
     /// Periodic (and after a failed request) check that a remote server still answers.
     HealthCheck,
     HealthResult(Result<(), BackendError>),
-    /// Test hook: makes the actor panic, as an unexpected engine state would. Public because the
-    /// integration tests and operators' chaos drills use it; nothing in the node sends it.
+    /// Periodic check that the engine thread's current step has not stalled (embedded workers).
+    CheckStall,
+    /// Test hook: makes the actor panic, as an unexpected engine state would. Compiled only with
+    /// the `test-hooks` feature (the tests and `bench recovery`); nothing in the node sends it.
+    #[cfg(feature = "test-hooks")]
     CrashForTest,
+    /// Test hook: the engine thread stops making progress at its next step while work is in
+    /// flight, as a hung decode would, until this worker actor is gone. Exercises the watchdog.
+    #[cfg(feature = "test-hooks")]
+    StallForTest,
 }
 
-type ReplyPort = RpcReplyPort<Result<Generation, BackendError>>;
+/// Where the engine thread puts one job's result: a task of the actor's forwards it to the
+/// scheduler's reply port, or answers `WorkerGone` first if the watchdog finds the engine stalled.
+type ReplyPort = oneshot::Sender<Result<Generation, BackendError>>;
 
 struct Job {
     request: GenerationRequest,
@@ -150,6 +160,39 @@ pub struct WorkerState {
     n_parallel: usize,
     stats: Arc<EngineStats>,
     health_failures: u32,
+    /// How long one engine step may run while work is in flight before the worker is failed.
+    stall_after: Duration,
+    /// `loosh_engine_stalls_total` for this worker.
+    stalls: prometheus::IntCounter,
+    /// Turned true by the watchdog: every job the hung engine holds is answered `WorkerGone` at
+    /// once (the scheduler re-dispatches it to a sibling when the deadline leaves room).
+    stalled: tokio::sync::watch::Sender<bool>,
+    /// Lets a test-stalled engine thread go once this actor is gone, so a test leaks no thread.
+    #[cfg(feature = "test-hooks")]
+    _release_stall: ReleaseStall,
+}
+
+/// Ends a [`WorkerMsg::StallForTest`] stall when the worker's state is dropped (the actor stopped).
+#[cfg(feature = "test-hooks")]
+struct ReleaseStall(Arc<EngineStats>);
+
+#[cfg(feature = "test-hooks")]
+impl Drop for ReleaseStall {
+    fn drop(&mut self) {
+        self.0.stall_for_test.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Milliseconds since the first call in this process, never 0 (0 means "not in a step").
+fn now_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// How often a worker looks at its engine's step clock: often enough to notice a stall soon after
+/// `stall_after`, rarely enough to cost nothing.
+fn stall_check_every(stall_after: Duration) -> Duration {
+    (stall_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
 }
 
 /// Consecutive failed health checks after which a remote worker restarts (and re-probes with backoff).
@@ -181,6 +224,11 @@ struct EngineStats {
     active: AtomicUsize,
     peak_active: AtomicUsize,
     steps: Mutex<StepStats>,
+    /// [`now_ms`] when the engine thread began its current admit-and-step round with work in
+    /// flight; 0 between rounds and while idle. The actor's watchdog reads it.
+    step_started_ms: AtomicU64,
+    #[cfg(feature = "test-hooks")]
+    stall_for_test: std::sync::atomic::AtomicBool,
 }
 
 /// One worker's step-time series in `/metrics`, resolved once.
@@ -291,6 +339,7 @@ fn engine_loop(
                 Err(mpsc::TryRecvError::Disconnected) => open = false,
             }
         }
+        stats.step_started_ms.store(now_ms(), Ordering::Relaxed);
         while engine.has_free_slot() {
             let Some(job) = waiting.pop_front() else { break };
             if let Err((reply, e)) = engine.admit(job.request, job.reply) {
@@ -300,13 +349,21 @@ fn engine_loop(
         let active = engine.active();
         stats.active.store(active, Ordering::Relaxed);
         stats.peak_active.fetch_max(active, Ordering::Relaxed);
-        for (reply, result) in engine.step() {
-            stats.served.fetch_add(1, Ordering::Relaxed);
-            let _ = reply.send(result);
+        #[cfg(feature = "test-hooks")]
+        while active > 0 && stats.stall_for_test.load(Ordering::Relaxed) {
+            // A hung decode, as far as the watchdog can tell; released when the actor is gone.
+            thread::park_timeout(Duration::from_millis(20));
         }
+        let finished = engine.step();
+        stats.step_started_ms.store(0, Ordering::Relaxed);
+        // Counters first, answers after: whoever holds an answer sees its tokens counted.
         let now = engine.stats();
         *stats.steps.lock().unwrap_or_else(|e| e.into_inner()) = now;
         metrics.publish(now, engine.active() == 0 && waiting.is_empty());
+        stats.served.fetch_add(finished.len() as u64, Ordering::Relaxed);
+        for (reply, result) in finished {
+            let _ = reply.send(result);
+        }
         if !open && engine.active() == 0 && waiting.is_empty() {
             break;
         }
@@ -330,13 +387,15 @@ impl Actor for BackendWorker {
         let name = spec.name.clone();
         let mut n_parallel = spec.parallel();
         let stats = Arc::new(EngineStats::default());
+        let mut stall_after = Duration::MAX;
         let engine = match spec.engine {
             EngineSpec::Embedded(engine_spec) => {
+                stall_after = engine_spec.stall_after;
                 let (jobs_tx, jobs_rx) = mpsc::channel();
                 let (ready_tx, ready_rx) = oneshot::channel();
                 let args = EngineThread {
                     spec: engine_spec,
-                    worker: myself,
+                    worker: myself.clone(),
                     jobs: jobs_rx,
                     ready: ready_tx,
                     stats: stats.clone(),
@@ -352,6 +411,7 @@ impl Actor for BackendWorker {
                     sizing = %info.sizing, native_tools = info.native_tools, "embedded worker ready"
                 );
                 n_parallel = info.n_parallel;
+                myself.send_interval(stall_check_every(stall_after), || WorkerMsg::CheckStall);
                 Engine::Embedded { jobs: jobs_tx }
             }
             EngineSpec::OpenAi(api_spec) => {
@@ -367,7 +427,19 @@ impl Actor for BackendWorker {
                 Engine::OpenAi { client }
             }
         };
-        Ok(WorkerState { name, engine, n_parallel, stats, health_failures: 0 })
+        let stalls = metrics.engine_stalls.with_label_values(&[&name]);
+        Ok(WorkerState {
+            name,
+            engine,
+            n_parallel,
+            #[cfg(feature = "test-hooks")]
+            _release_stall: ReleaseStall(stats.clone()),
+            stats,
+            health_failures: 0,
+            stall_after,
+            stalls,
+            stalled: tokio::sync::watch::Sender::new(false),
+        })
     }
 
     async fn handle(
@@ -379,10 +451,27 @@ impl Actor for BackendWorker {
         match message {
             WorkerMsg::Generate { request, reply } => match &state.engine {
                 Engine::Embedded { jobs } => {
-                    if let Err(mpsc::SendError(job)) = jobs.send(Job { request, reply }) {
-                        let _ = job.reply.send(Err(BackendError::WorkerGone));
+                    let (done, result) = oneshot::channel();
+                    if jobs.send(Job { request, reply: done }).is_err() {
+                        let _ = reply.send(Err(BackendError::WorkerGone));
                         return Err(format!("worker {}: engine thread is gone", state.name).into());
                     }
+                    let mut stalled = state.stalled.subscribe();
+                    tokio::spawn(async move {
+                        // Only a stall ends the wait early. A crashed actor (the watch closed) leaves
+                        // a healthy engine thread that still answers its jobs.
+                        let stall = async {
+                            if stalled.wait_for(|s| *s).await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        };
+                        let result = tokio::select! {
+                            biased;
+                            () = stall => Err(BackendError::WorkerGone),
+                            r = result => r.unwrap_or(Err(BackendError::WorkerGone)),
+                        };
+                        let _ = reply.send(result);
+                    });
                 }
                 Engine::OpenAi { client } => {
                     let (client, stats, me) = (client.clone(), state.stats.clone(), myself.clone());
@@ -437,7 +526,30 @@ impl Actor for BackendWorker {
             WorkerMsg::EngineExited { reason } => {
                 return Err(format!("worker {}: {reason}", state.name).into());
             }
+            WorkerMsg::CheckStall => {
+                let started = state.stats.step_started_ms.load(Ordering::Relaxed);
+                let stalled = Duration::from_millis(now_ms().saturating_sub(started));
+                if started != 0 && stalled > state.stall_after {
+                    // The thread cannot be killed; failing the actor drops its job queue, and the
+                    // supervisor starts a fresh engine beside it. The challenges the hung step
+                    // holds are answered WorkerGone now, as a dead worker's are.
+                    state.stalled.send_replace(true);
+                    state.stalls.inc();
+                    tracing::error!(worker = %state.name, stalled_s = stalled.as_secs_f64(), limit_s = state.stall_after.as_secs_f64(),
+                        "engine step stalled (ENGINE_STALL_SECONDS); failing the worker so that it restarts");
+                    return Err(format!(
+                        "worker {}: engine step stalled for {:.1} s (limit {:.1} s)",
+                        state.name,
+                        stalled.as_secs_f64(),
+                        state.stall_after.as_secs_f64()
+                    )
+                    .into());
+                }
+            }
+            #[cfg(feature = "test-hooks")]
             WorkerMsg::CrashForTest => panic!("worker {}: crash requested by a test", state.name),
+            #[cfg(feature = "test-hooks")]
+            WorkerMsg::StallForTest => state.stats.stall_for_test.store(true, Ordering::Relaxed),
         }
         Ok(())
     }

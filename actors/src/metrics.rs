@@ -28,6 +28,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub workers_ready: IntGauge,
     pub worker_restarts: IntCounterVec,
+    /// Embedded engines failed by the watchdog because a step stalled.
+    pub engine_stalls: IntCounterVec,
     /// 1 while a worker is permanently down (restart intensity exceeded).
     pub worker_down: IntGaugeVec,
     pub key_sessions: IntGauge,
@@ -108,6 +110,11 @@ impl Metrics {
                 &["worker"],
             )
             .unwrap(),
+            engine_stalls: IntCounterVec::new(
+                Opts::new("loosh_engine_stalls_total", "Embedded engines failed because a step stalled"),
+                &["worker"],
+            )
+            .unwrap(),
             worker_down: IntGaugeVec::new(
                 Opts::new("loosh_worker_down", "1 while a worker stays down after exceeding its restart intensity"),
                 &["worker"],
@@ -175,7 +182,7 @@ impl Metrics {
         for c in [&m.engine_steps, &m.engine_tokens, &m.engine_reused_prompt_tokens] {
             m.registry.register(Box::new(c.clone())).unwrap();
         }
-        for c in [&m.challenges, &m.handshakes, &m.worker_restarts] {
+        for c in [&m.challenges, &m.handshakes, &m.worker_restarts, &m.engine_stalls] {
             m.registry.register(Box::new(c.clone())).unwrap();
         }
         m.registry.register(Box::new(m.rejected_requests.clone())).unwrap();

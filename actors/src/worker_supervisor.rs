@@ -84,6 +84,7 @@ pub enum SupervisorMsg {
         reply: RpcReplyPort<Option<ActorRef<WorkerMsg>>>,
     },
     /// Test hook: makes the supervisor itself panic, so the root's restart of it can be exercised.
+    #[cfg(feature = "test-hooks")]
     CrashForTest,
 }
 
@@ -221,6 +222,7 @@ impl Actor for WorkerSupervisor {
                     .collect();
                 let _ = reply.send(status);
             }
+            #[cfg(feature = "test-hooks")]
             SupervisorMsg::CrashForTest => panic!("worker supervisor: crash requested by a test"),
             SupervisorMsg::WorkerRef { name, reply } => {
                 let actor = state.children.iter().find(|c| c.spec.name == name).and_then(|c| c.actor.clone());

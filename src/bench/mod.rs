@@ -10,6 +10,9 @@
 //! - `batching` and `workers` (in `workers`): one worker's continuous batching against llama.cpp's
 //!   own batched decoding, and scaling over workers.
 //!
+//! - `attack` (in `attack`): issue 9's attacks on a local miner, with an honest validator's
+//!   latency during each against its latency alone.
+//!
 //! The engine benchmarks take `--device cpu|gpuN`, `--threads`, `--parallel` and `--inflight`, and
 //! print where each step's time went (decode, sampling, the rest).
 
@@ -35,6 +38,7 @@ use crate::config::{Config, Source};
 use crate::node::{Node, NodeParts};
 use crate::validator_client::{challenge_body, ValidatorClient};
 
+mod attack;
 mod reference;
 mod sampling;
 mod workers;
@@ -122,6 +126,32 @@ enum BenchKind {
         #[arg(long, default_value_t = 16)]
         max_tokens: u32,
     },
+    /// Issue 9's attacks against a local miner (replayed key exchange, stalled bodies, malformed
+    /// flood), each with an honest validator's p50/p99 during it against its p50/p99 alone.
+    Attack {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        threads: i32,
+        /// Honest key exchange + challenge rounds per measurement.
+        #[arg(long, default_value_t = 20)]
+        honest: usize,
+        /// Replays of one signed key exchange, with random ciphertexts.
+        #[arg(long, default_value_t = 3000)]
+        replays: usize,
+        /// Connections announcing a 2 MiB body and sending a byte every 2 s.
+        #[arg(long, default_value_t = 200)]
+        stalled: usize,
+        /// Seconds a stalled connection may live before it counts as not dropped.
+        #[arg(long, default_value_t = 30)]
+        stall_window: u64,
+        /// Malformed or mutated requests.
+        #[arg(long, default_value_t = 5000)]
+        malformed: usize,
+        /// Attack requests in flight at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
     /// Time from a worker crash to the first challenge answered by its replacement.
     Recovery {
         #[arg(long)]
@@ -205,7 +235,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             rt.block_on(workers::batching(engine, parallel, challenges, max_tokens, !no_reference))
         }
         BenchKind::Openai { model, requests, max_tokens } => rt.block_on(workers::openai(model, requests, max_tokens)),
+        BenchKind::Attack { model, threads, honest, replays, stalled, stall_window, malformed, concurrency } => rt
+            .block_on(attack::attack(attack::AttackPlan {
+                model,
+                threads,
+                honest,
+                replays,
+                stalled,
+                stall_window: Duration::from_secs(stall_window),
+                malformed,
+                concurrency,
+            })),
+        #[cfg(feature = "test-hooks")]
         BenchKind::Recovery { model, runs } => rt.block_on(workers::recovery(model, runs)),
+        #[cfg(not(feature = "test-hooks"))]
+        BenchKind::Recovery { .. } => {
+            anyhow::bail!("bench recovery crashes a worker on purpose: build with `--features test-hooks`")
+        }
         BenchKind::Metagraph { chain, neurons, runs, netuid } => rt.block_on(metagraph(chain, neurons, runs, netuid)),
         BenchKind::Sampling { draws } => sampling::sampling(draws),
         BenchKind::Inference { model, runs, max_tokens, threads, device, parallel, inflight, direct, prompt } => {

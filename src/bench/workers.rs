@@ -282,6 +282,9 @@ pub async fn openai(model: PathBuf, requests: usize, max_tokens: u32) -> anyhow:
     Ok(())
 }
 
+/// Needs the `test-hooks` feature (it crashes a worker on purpose): `cargo run --release
+/// --features test-hooks -- bench recovery`.
+#[cfg(feature = "test-hooks")]
 pub async fn recovery(model: PathBuf, runs: usize) -> anyhow::Result<()> {
     let engine = EngineBench {
         model: model.clone(),

@@ -58,6 +58,7 @@ pub fn cpu_worker(name: &str, model: PathBuf, n_ctx: u32) -> WorkerSpec {
             n_batch: 256,
             n_parallel: 1,
             prefix_cache: true,
+            stall_after: loosh_actors::inference::embedded::DEFAULT_STALL_AFTER,
         }),
     }
 }

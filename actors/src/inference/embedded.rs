@@ -47,7 +47,13 @@ pub struct EmbeddedSpec {
     /// Reuse the KV of a prompt prefix already in the cache (validators repeat their system
     /// prompts) instead of prefilling it again.
     pub prefix_cache: bool,
+    /// A step (admission with its prefill, then one decode) running longer than this while work is
+    /// in flight means the engine hung: its worker fails and restarts. Far beyond any sane step.
+    pub stall_after: Duration,
 }
+
+/// The default of [`EmbeddedSpec::stall_after`] (`ENGINE_STALL_SECONDS`).
+pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(30);
 
 /// Sequences per CPU worker when `n_parallel` is automatic: a CPU's matrix work grows with the
 /// batch, so more than a few sequences stop paying.
