@@ -20,7 +20,11 @@ async fn a_challenge_asking_far_more_tokens_than_the_deadline_allows_returns_in_
     let g = graph(vec![cpu_worker("cpu0", model, 8192)], 4, fast_restarts(3)).await;
     wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
 
-    let req = request("Tell me everything.", 12_288, Duration::from_millis(1500));
+    // Greedy: the random-weight model's draws could otherwise hit an end-of-generation token
+    // before the deadline (a few in 49k, over thousands of tokens), and the cut under test is the
+    // deadline's.
+    let mut req = request("Tell me everything.", 12_288, Duration::from_millis(1500));
+    req.temperature = 0.0;
     let deadline = req.deadline;
     let gen = g.generate(req).await.expect("an answer, not an error");
     assert_eq!(gen.finish_reason, FinishReason::Length);

@@ -63,7 +63,9 @@ async fn the_deadline_cuts_a_streamed_answer_and_returns_what_arrived() {
         graph(vec![openai_worker("api0", &server.base_url(), LlamaCppPythonServer::ALIAS)], 4, fast_restarts(3)).await;
     wait_for("the worker to probe its server", READY, || async { ready_workers(&g).await == 1 }).await;
 
-    let req = request("Write a very long story about the sea.", 12_288, Duration::from_millis(1000));
+    // Greedy, so that no chance end-of-generation token ends it before the deadline does.
+    let mut req = request("Write a very long story about the sea.", 12_288, Duration::from_millis(1000));
+    req.temperature = 0.0;
     let deadline = req.deadline;
     let gen = server.expect_ok(g.generate(req).await).await;
     assert_eq!(gen.finish_reason, FinishReason::Length);
