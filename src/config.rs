@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+/// Which backend workers the node runs (`WORKERS`, or what the Python miner's variables imply).
+pub mod workers;
+
 /// A variable that is set but wrong; the message names it and what it accepts.
 #[derive(Debug, Error)]
 #[error("{var}={value:?}: {expected}")]
@@ -86,7 +89,7 @@ pub struct Config {
     /// many as the GPU's free memory holds next to the model, 4 on a CPU.
     pub llama_parallel: u32,
     /// `WORKERS` / `WORKERS_FILE`: the explicit worker list, when given.
-    pub workers: Option<Vec<crate::workers::WorkerConfig>>,
+    pub workers: Option<Vec<crate::config::workers::WorkerConfig>>,
     pub vllm_api_base: String,
     pub ollama_base_url: String,
     pub ollama_timeout: Duration,
@@ -363,14 +366,14 @@ impl Config {
             },
             llama_parallel: src.parse("LLAMA_PARALLEL", 0, "a number of sequences (0 = automatic)")?,
             workers: match (src.get("WORKERS"), src.get("WORKERS_FILE")) {
-                (Some(text), _) => Some(crate::workers::parse_workers(text)?),
+                (Some(text), _) => Some(crate::config::workers::parse_workers(text)?),
                 (None, Some(path)) => {
                     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
                         var: "WORKERS_FILE",
                         value: path.into(),
                         expected: format!("a readable JSON file ({e})"),
                     })?;
-                    Some(crate::workers::parse_workers(&text)?)
+                    Some(crate::config::workers::parse_workers(&text)?)
                 }
                 (None, None) => None,
             },
@@ -426,7 +429,7 @@ impl Config {
     }
 
     /// Checks that need the whole picture (hotkeys that parse, URLs); the workers are checked when
-    /// their specs are built ([`crate::workers::worker_specs`]).
+    /// their specs are built ([`crate::config::workers::worker_specs`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
         for h in &self.validator_hotkeys {
             if loosh_actors::protocol::signature::ss58_decode(h).is_err() {
@@ -599,8 +602,8 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().var, "CHALLENGE_API_URL");
         let c = Config::from_source(&Source::from_pairs([])).unwrap();
         assert!(c.validate().is_ok());
-        assert_eq!(crate::workers::worker_specs(&c, &[]).unwrap_err().var, "MODEL_PATH");
+        assert_eq!(crate::config::workers::worker_specs(&c, &[]).unwrap_err().var, "MODEL_PATH");
         let c = Config::from_source(&Source::from_pairs([("MODEL_PATH", "/nonexistent.gguf")])).unwrap();
-        assert_eq!(crate::workers::worker_specs(&c, &[]).unwrap_err().var, "MODEL_PATH");
+        assert_eq!(crate::config::workers::worker_specs(&c, &[]).unwrap_err().var, "MODEL_PATH");
     }
 }

@@ -110,7 +110,7 @@ pub async fn run(cfg: &Config) -> bool {
     }
 
     let gpus = loosh_actors::inference::embedded::gpu_devices();
-    match crate::workers::worker_specs(cfg, &gpus) {
+    match crate::config::workers::worker_specs(cfg, &gpus) {
         Err(e) => r.fail("workers", e),
         Ok(specs) => {
             for spec in specs {

@@ -18,4 +18,3 @@ pub mod node;
 pub mod probe;
 pub mod validator_client;
 pub mod wallet;
-pub mod workers;

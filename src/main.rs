@@ -8,9 +8,10 @@ use loosh_actors::authorization::ValidatorAuth;
 use loosh_actors::protocol::signature::Hotkey;
 #[cfg(feature = "bench")]
 use loosh_miner::bench;
+use loosh_miner::config::workers;
 use loosh_miner::config::{Config, Source};
 use loosh_miner::node::{Node, NodeParts};
-use loosh_miner::{chain, logging, probe, wallet, workers};
+use loosh_miner::{chain, logging, probe, wallet};
 
 #[derive(Parser)]
 #[command(name = "loosh-miner", version, about = "Bittensor subnet 78 (Loosh) miner")]

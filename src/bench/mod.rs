@@ -291,7 +291,7 @@ pub(crate) fn bench_config_with(
 }
 
 pub(crate) async fn start(cfg: &Config) -> anyhow::Result<(MinerGraph, Node)> {
-    let specs = crate::workers::worker_specs(cfg, &[])?;
+    let specs = crate::config::workers::worker_specs(cfg, &[])?;
     let want = specs.len();
     let parts = NodeParts {
         hotkey: Hotkey::ephemeral(),
