@@ -107,7 +107,7 @@ pub async fn attack(plan: AttackPlan) -> anyhow::Result<()> {
         "malformed flood: honest p50 {:7.1} ms p99 {:7.1} ms (alone p99 {:.1} ms), {} rounds, errors {}; {} requests: 5xx (not 503) {server_errors}, miner answering after: {alive}, statuses {}",
         honest.p50_ms, honest.p99_ms, alone.p99_ms, honest.rounds, honest.errors, plan.malformed, show(&statuses)
     );
-    stop(graph, node).await;
+    stop(node).await;
     Ok(())
 }
 

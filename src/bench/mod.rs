@@ -310,11 +310,10 @@ pub(crate) async fn start(cfg: &Config) -> anyhow::Result<(MinerGraph, Node)> {
     Ok((graph, node))
 }
 
-/// Stops the node and the graph and waits for the engines to free their models (a GPU model
-/// freed at process exit aborts it; the next level of a benchmark needs the memory).
-pub(crate) async fn stop(graph: MinerGraph, node: Node) {
+/// Stops the node (and with it the graph) and waits for the engines to free their models (a GPU
+/// model freed at process exit aborts it; the next level of a benchmark needs the memory).
+pub(crate) async fn stop(node: Node) {
     node.stop().await;
-    graph.stop();
     let _ = tokio::task::spawn_blocking(|| wait_for_engines(Duration::from_secs(60))).await;
 }
 
@@ -421,8 +420,7 @@ async fn protocol(model: PathBuf, levels: Vec<usize>, requests: usize, threads: 
         );
     }
     println!("(latencies in ms; overhead = full p50 - direct p50)");
-    node.stop().await;
-    graph.stop();
+    stop(node).await;
     Ok(())
 }
 
@@ -531,7 +529,7 @@ async fn inference(
     println!("median: direct {dt:.1} tok/s, miner {mt:.1} tok/s (ratio {:.3}); ttft direct {df:.1} ms, via actor graph {gf:.1} ms ({:+.1} ms)", mt / dt, gf - df);
     println!("miner steps: {}", step_stats(&graph, "w0").await.since(&before).summary());
     prefix_reuse(&graph).await?;
-    stop(graph, node).await;
+    stop(node).await;
     Ok(())
 }
 

@@ -93,7 +93,7 @@ pub async fn scaling(engine: EngineBench, counts: Vec<usize>, n: usize, parallel
             tps / base_tps
         );
         println!("  w0 {}", step_stats(&graph, "w0").await.summary());
-        stop(graph, node).await;
+        stop(node).await;
     }
     Ok(())
 }
@@ -131,7 +131,7 @@ pub async fn batching(
             tps / base_tps
         );
         println!("  miner {}", snap.steps.summary());
-        stop(graph, node).await;
+        stop(node).await;
         if reference {
             let seqs = (p as usize).min(engine.inflight) as u32;
             let spec = engine.device.spec(&engine.model, engine.threads);
@@ -233,7 +233,7 @@ pub async fn openai(model: PathBuf, requests: usize, max_tokens: u32) -> anyhow:
         &json!([{"kind": "openai", "name": "api0", "base_url": base, "model": "m", "n_parallel": 1}]),
     )?;
     let cfg = bench_config_with(&model, 1, 8, &[("WORKERS", workers.as_str())])?;
-    let (graph, node) = start(&cfg).await?;
+    let (_, node) = start(&cfg).await?;
     let mut client = ValidatorClient::new(&format!("http://{}", node.addr), Hotkey::ephemeral());
     client.handshake().await?;
     let body = challenge_body("Say something.", max_tokens, 0.7);
@@ -276,8 +276,7 @@ pub async fn openai(model: PathBuf, requests: usize, max_tokens: u32) -> anyhow:
         m.p50_ms, m.p99_ms
     );
     println!("  overhead:             p50 {:+7.2} ms  p99 {:+7.2} ms", m.p50_ms - d.p50_ms, m.p99_ms - d.p99_ms);
-    node.stop().await;
-    graph.stop();
+    stop(node).await;
     drop(server);
     Ok(())
 }
@@ -322,7 +321,6 @@ pub async fn recovery(model: PathBuf, runs: usize) -> anyhow::Result<()> {
         "median {:.1} ms over {runs} crashes (backoff grows 1 s, 2 s, 4 s ... within the restart window)",
         times[times.len() / 2].as_secs_f64() * 1e3
     );
-    node.stop().await;
-    graph.stop();
+    stop(node).await;
     Ok(())
 }
