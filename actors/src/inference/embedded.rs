@@ -97,7 +97,7 @@ pub struct StepStats {
 }
 
 impl StepStats {
-    /// Adds `other - before` (counters only grow).
+    /// What accumulated since `before` (counters only grow).
     pub fn since(&self, before: &StepStats) -> StepStats {
         StepStats {
             steps: self.steps - before.steps,
