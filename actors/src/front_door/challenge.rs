@@ -17,7 +17,8 @@ use std::time::Instant;
 use dashmap::DashMap;
 
 use crate::graph::MinerGraph;
-use crate::inference::request::{BackendError, GenerationRequest};
+use crate::inference::request::{BackendError, Generation, GenerationRequest, JobControl};
+use crate::inference::tool_calls::describe_tool_calls;
 use crate::protocol::fernet_codec::FernetError;
 use crate::protocol::messages::{echo_timing, unix_time_f64, ChallengeReply, ChallengeRequest, Usage};
 use crate::scheduler::ScheduleError;
@@ -44,6 +45,9 @@ pub enum ChallengeError {
     /// No worker, admission closed, or something internal timed out.
     #[error("{reason}")]
     Unavailable { reason: String, retry_after_secs: u64 },
+    /// The challenge ran but produced no text to answer with: never an empty 200.
+    #[error("{0}")]
+    NoAnswer(#[from] NoAnswer),
     #[error("{0}")]
     Internal(String),
 }
@@ -59,9 +63,51 @@ impl ChallengeError {
             Self::Busy { .. } => "busy",
             Self::RateLimited { .. } => "rate_limited",
             Self::Unavailable { .. } => "unavailable",
+            Self::NoAnswer(_) => "no_answer",
             Self::Internal(_) => "error",
         }
     }
+}
+
+/// Why a challenge that ran has no text.
+///
+/// An empty `response_text` in a 200 is scored: 0 when the miner answers alone (relevance under
+/// 0.20), outside the consensus otherwise, and either way a sample in the moving average. A
+/// non-200 other than 400/401 makes the validator's client raise, log and return `None` for this
+/// miner, and `None` is skipped: no sample, the average untouched (400/401 would make it drop its
+/// key, re-handshake and send the challenge again, to be late again). So no text is an error
+/// status, mapped in `src/http/error.rs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NoAnswer {
+    /// No token by the deadline (a backend that sent nothing in time, a job that only got a
+    /// sequence at its deadline).
+    #[error("no token was generated before the challenge deadline")]
+    NoToken,
+    /// The model ended its answer without any text (and tool-call text is off).
+    #[error("the model produced an empty answer")]
+    Empty,
+}
+
+impl NoAnswer {
+    /// The `loosh_no_answer_total` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            NoAnswer::NoToken => "no_token",
+            NoAnswer::Empty => "empty",
+        }
+    }
+}
+
+/// The text to answer with: the model's, else a statement of its tool calls (when `tool_call_text`),
+/// else why there is none.
+pub fn answer_text(gen: &Generation, tool_call_text: bool) -> Result<String, NoAnswer> {
+    if !gen.text.trim().is_empty() {
+        return Ok(gen.text.clone());
+    }
+    if tool_call_text && !gen.tool_calls.is_empty() {
+        return Ok(describe_tool_calls(&gen.tool_calls));
+    }
+    Err(if gen.first_token_at.is_none() { NoAnswer::NoToken } else { NoAnswer::Empty })
 }
 
 /// One validator's slot in the per-validator in-flight count, released on drop (whatever path the
@@ -178,10 +224,11 @@ impl MinerGraph {
             top_p,
             stop: req.stop_strings(),
             deadline: arrival + s.deadline,
+            control: JobControl::default(),
         };
         let inference_start = unix_time_f64();
         let gen = self.generate(generation).await.map_err(|e| match e {
-            ScheduleError::Busy { retry_after_secs, .. } => {
+            ScheduleError::Busy { retry_after_secs, .. } | ScheduleError::TooLate { retry_after_secs } => {
                 ChallengeError::Busy { reason: e.to_string(), retry_after_secs }
             }
             ScheduleError::NoWorker | ScheduleError::Closed => {
@@ -203,9 +250,12 @@ impl MinerGraph {
         if let Some(first) = gen.first_token_at {
             m.time_to_first_token.observe(first.saturating_duration_since(arrival).as_secs_f64());
         }
+        let response_text = answer_text(&gen, s.tool_call_text).inspect_err(|why| {
+            m.no_answer.with_label_values(&[why.label()]).inc();
+        })?;
 
         Ok(ChallengeReply {
-            response_text: gen.text,
+            response_text,
             response_time_ms: arrival.elapsed().as_millis() as u64,
             tool_calls: if gen.tool_calls.is_empty() { None } else { Some(gen.tool_calls) },
             finish_reason: gen.finish_reason.as_str().to_string(),
