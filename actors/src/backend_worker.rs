@@ -466,9 +466,17 @@ impl Actor for BackendWorker {
                     let job = match job {
                         Some(job) if !state.first_token_delay.is_zero() => {
                             let (jobs, delay) = (jobs.clone(), state.first_token_delay);
+                            let control = job.request.control.clone();
                             tokio::spawn(async move {
-                                tokio::time::sleep(delay).await;
-                                let _ = jobs.send(job);
+                                tokio::select! {
+                                    () = tokio::time::sleep(delay) => {
+                                        let _ = jobs.send(job);
+                                    }
+                                    // Cancelled while held back: the sequence was never taken.
+                                    () = control.wait_cancelled() => {
+                                        let _ = job.reply.send(Err(BackendError::Cancelled));
+                                    }
+                                }
                             });
                             None
                         }

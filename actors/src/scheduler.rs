@@ -471,7 +471,8 @@ impl Run {
     }
 
     /// Awaits `first`; if it has no token after `after`, asks the scheduler for an idle sibling
-    /// and races a fresh attempt there.
+    /// and races a fresh attempt there. With no sibling idle, it asks again every `after` while
+    /// the first attempt still has no token.
     async fn hedged(
         &self,
         mut first: Attempt,
@@ -480,25 +481,31 @@ impl Run {
         after: Duration,
     ) -> Result<Generation, ScheduleError> {
         let control = first.control.clone();
-        let ended = tokio::select! {
-            biased;
-            () = control.wait_first_token() => None,
-            ended = &mut first.handle => Some(ended),
-            () = tokio::time::sleep(after) => None,
-        };
-        if let Some(ended) = ended {
-            return ended.unwrap_or(Err(ScheduleError::Backend(BackendError::WorkerGone)));
-        }
-        if control.has_first_token() {
-            return crate::hedging::single(first).await;
-        }
-        let second = request.new_attempt();
-        let asked = self
-            .scheduler
-            .call(|r| SchedulerMsg::Hedge { first: first_worker.to_string(), request: second.clone(), reply: r }, None)
-            .await;
-        let Ok(ractor::rpc::CallResult::Success(Some(dispatch))) = asked else {
-            return crate::hedging::single(first).await;
+        let (dispatch, second) = loop {
+            let ended = tokio::select! {
+                biased;
+                () = control.wait_first_token() => None,
+                ended = &mut first.handle => Some(ended),
+                () = tokio::time::sleep(after) => None,
+            };
+            if let Some(ended) = ended {
+                return ended.unwrap_or(Err(ScheduleError::Backend(BackendError::WorkerGone)));
+            }
+            if control.has_first_token() {
+                return crate::hedging::single(first).await;
+            }
+            let second = request.new_attempt();
+            let first_name = first_worker.to_string();
+            let asked = self
+                .scheduler
+                .call(|r| SchedulerMsg::Hedge { first: first_name, request: second.clone(), reply: r }, None)
+                .await;
+            match asked {
+                Ok(ractor::rpc::CallResult::Success(Some(dispatch))) => break (dispatch, second),
+                Ok(ractor::rpc::CallResult::Success(None)) => continue,
+                // The scheduler is gone: no hedge, the first attempt is all there is.
+                _ => return crate::hedging::single(first).await,
+            }
         };
         tracing::debug!(first = %first_worker, hedge = %dispatch.name, after_ms = after.as_millis() as u64, "first token late; hedging");
         self.metrics.hedges.inc();

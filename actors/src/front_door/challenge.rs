@@ -12,7 +12,7 @@
 //! published status (a `watch`), the key is read from [`crate::session::live_keys::LiveKeys`], and
 //! Fernet both ways is a plain call (microseconds on a challenge-sized token).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
@@ -108,6 +108,15 @@ pub fn answer_text(gen: &Generation, tool_call_text: bool) -> Result<String, NoA
         return Ok(describe_tool_calls(&gen.tool_calls));
     }
     Err(if gen.first_token_at.is_none() { NoAnswer::NoToken } else { NoAnswer::Empty })
+}
+
+/// Time kept back from a challenge's deadline for carrying its answer out: the hop back from the
+/// engine, the reply JSON, Fernet and the HTTP write. An engine stops one step before the
+/// deadline it is given, and a step of a small model is a millisecond: without this margin the
+/// answer is ready at the deadline and leaves just after it. A twentieth of the deadline, at most
+/// half a second.
+pub fn reply_margin(deadline: Duration) -> Duration {
+    (deadline / 20).min(Duration::from_millis(500))
 }
 
 /// One validator's slot in the per-validator in-flight count, released on drop (whatever path the
@@ -223,7 +232,7 @@ impl MinerGraph {
             temperature,
             top_p,
             stop: req.stop_strings(),
-            deadline: arrival + s.deadline,
+            deadline: arrival + s.deadline.saturating_sub(reply_margin(s.deadline)),
             control: JobControl::default(),
         };
         let inference_start = unix_time_f64();
