@@ -149,6 +149,34 @@ async fn seven_validators_under_mixed_load_get_text_or_a_prompt_refusal_never_an
     g.stop();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenge_without_a_token_by_its_deadline_gets_504_not_an_empty_200() {
+    let deadline = Duration::from_secs(2);
+    let g = spawn(
+        vec![embedded_worker("cpu0", tiny_model(), 512, 1)],
+        SchedulerSettings::default(),
+        DoorSettings { deadline, ..DoorSettings::default() },
+    )
+    .await;
+    wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
+    // The job reaches the engine only after its deadline: the engine cuts it with nothing.
+    g.worker_ref("cpu0").await.expect("up").cast(WorkerMsg::SlowFirstTokenForTest(deadline * 2)).unwrap();
+    let node =
+        HttpNode::start(g.clone(), Hotkey::ephemeral().ss58().into(), HttpSettings::default(), "127.0.0.1", 0, 1)
+            .unwrap();
+    let mut client = ValidatorClient::new(&format!("http://{}", node.addr), Hotkey::ephemeral());
+    match client.challenge(&challenge_body("Say something.", 16, 0.7)).await {
+        Err(ClientError::Status { status: 504, body, .. }) => {
+            assert!(body.contains("no token was generated before the challenge deadline"), "{body}")
+        }
+        other => panic!("expected 504, got {other:?}"),
+    }
+    assert_eq!(g.metrics.no_answer.with_label_values(&["no_token"]).get(), 1);
+    assert_eq!(g.metrics.challenges.with_label_values(&["no_answer"]).get(), 1);
+    node.stop().await;
+    g.stop();
+}
+
 /// Short greedy challenges, `n` at once; returns each one's time to first token.
 async fn round(g: &MinerGraph, n: usize) -> Vec<Duration> {
     let mut tasks = Vec::new();

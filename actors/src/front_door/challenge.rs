@@ -285,3 +285,51 @@ fn parse_challenge(plaintext: &[u8]) -> Result<ChallengeRequest, ChallengeError>
     serde_json::from_slice(plaintext)
         .map_err(|e| ChallengeError::Unprocessable(format!("challenge is not valid JSON: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inference::request::FinishReason;
+    use crate::inference::tool_calls::extract_tool_calls;
+
+    fn generation(text: &str, first_token: bool) -> Generation {
+        let now = Instant::now();
+        let (text, tool_calls) = extract_tool_calls(text);
+        Generation {
+            text,
+            tool_calls,
+            finish_reason: FinishReason::Stop,
+            prompt_tokens: 5,
+            completion_tokens: u32::from(first_token),
+            first_token_at: first_token.then_some(now),
+            started_at: now,
+            finished_at: now,
+            cut_by_deadline: false,
+        }
+    }
+
+    #[test]
+    fn no_text_is_never_an_answer() {
+        assert_eq!(answer_text(&generation("", false), true), Err(NoAnswer::NoToken));
+        assert_eq!(answer_text(&generation("  \n", true), true), Err(NoAnswer::Empty));
+        assert_eq!(answer_text(&generation("Paris.", true), true).as_deref(), Ok("Paris."));
+    }
+
+    #[test]
+    fn an_answer_that_is_only_tool_calls_states_them_unless_turned_off() {
+        let only_calls = generation(
+            "<tool_call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}</tool_call>",
+            true,
+        );
+        let text = answer_text(&only_calls, true).expect("stated");
+        assert!(text.contains("get_weather") && text.contains("Paris"), "{text}");
+        assert_eq!(only_calls.tool_calls.len(), 1, "the tool calls stay as they are");
+        assert_eq!(answer_text(&only_calls, false), Err(NoAnswer::Empty));
+    }
+
+    #[test]
+    fn the_reply_margin_is_a_twentieth_of_the_deadline_at_most_half_a_second() {
+        assert_eq!(reply_margin(Duration::from_secs(4)), Duration::from_millis(200));
+        assert_eq!(reply_margin(Duration::from_secs(50)), Duration::from_millis(500));
+    }
+}
