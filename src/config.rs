@@ -534,6 +534,16 @@ impl Config {
                 self.max_concurrent_requests
             ),
             format!(
+                "answering: time-aware admission {} (useful answer: {} tokens), hedging {} (after {} x median first token, at least {} ms), tool-call text {}, OpenAI context {}",
+                if self.time_aware_admission { "on" } else { "off" },
+                self.admission_min_tokens,
+                if self.hedging { "on" } else { "off" },
+                self.hedge_after_factor,
+                self.hedge_min.as_millis(),
+                if self.tool_call_text { "on" } else { "off" },
+                self.openai_max_model_len.map_or("as reported".to_string(), |n| format!("{n} tokens unless reported")),
+            ),
+            format!(
                 "fiber: key ttl {} s (+{} s grace), replay window {} s + {} s timestamp skew",
                 self.fiber_key_ttl.as_secs(),
                 self.fiber_key_grace.as_secs(),
