@@ -91,7 +91,7 @@ fn workers_json(plan: &AnsweringPlan) -> anyhow::Result<String> {
     let model = plan.model.to_str().ok_or_else(|| anyhow::anyhow!("model path is not UTF-8"))?;
     let worker = |name: &str| {
         serde_json::json!({"kind": "embedded", "name": name, "device": "cpu", "model": model,
-            "n_ctx": 2048 * plan.parallel, "n_parallel": plan.parallel, "threads": 1})
+            "n_ctx": 2048, "n_parallel": plan.parallel, "threads": 1})
     };
     Ok(serde_json::json!([worker("cpu0"), worker("cpu1")]).to_string())
 }
@@ -151,7 +151,8 @@ async fn mixed_load(plan: &AnsweringPlan, time_aware: bool, hedging: bool) -> an
 }
 
 /// One worker slowed to its first token (test hook): time to first token of short challenges,
-/// four at a time, without and with hedging.
+/// eight at a time (more than the fast worker's sequences, so that the slow one gets some),
+/// without and with hedging.
 #[cfg(feature = "test-hooks")]
 async fn slowed_worker(plan: &AnsweringPlan) -> anyhow::Result<()> {
     use loosh_actors::backend_worker::WorkerMsg;
@@ -159,7 +160,7 @@ async fn slowed_worker(plan: &AnsweringPlan) -> anyhow::Result<()> {
 
     let slow = Duration::from_secs(3);
     println!(
-        "\nslowed worker: cpu1's first token held back {} ms; {} rounds of 4 short challenges at once",
+        "\nslowed worker: cpu1's first token held back {} ms; {} rounds of 8 short challenges at once",
         slow.as_millis(),
         plan.rounds
     );
@@ -175,7 +176,7 @@ async fn slowed_worker(plan: &AnsweringPlan) -> anyhow::Result<()> {
         let (graph, node) = start(&cfg).await?;
         let round = |graph: loosh_actors::graph::MinerGraph| async move {
             let mut tasks = Vec::new();
-            for i in 0..4 {
+            for i in 0..8 {
                 let g = graph.clone();
                 tasks.push(tokio::spawn(async move {
                     let req = GenerationRequest::one_turn(
