@@ -89,9 +89,10 @@ pub async fn answering(plan: AnsweringPlan) -> anyhow::Result<()> {
 
 fn workers_json(plan: &AnsweringPlan) -> anyhow::Result<String> {
     let model = plan.model.to_str().ok_or_else(|| anyhow::anyhow!("model path is not UTF-8"))?;
+    // Context enough that a 12,288-token challenge runs to the deadline, as on a real model.
     let worker = |name: &str| {
         serde_json::json!({"kind": "embedded", "name": name, "device": "cpu", "model": model,
-            "n_ctx": 2048, "n_parallel": plan.parallel, "threads": 1})
+            "n_ctx": 8192, "n_parallel": plan.parallel, "threads": 1})
     };
     Ok(serde_json::json!([worker("cpu0"), worker("cpu1")]).to_string())
 }
