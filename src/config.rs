@@ -621,6 +621,23 @@ mod tests {
     }
 
     #[test]
+    fn answering_settings_default_on_and_bad_values_name_the_variable() {
+        let c = Config::from_source(&Source::from_pairs([])).unwrap();
+        assert!(c.time_aware_admission && c.hedging && c.tool_call_text);
+        assert_eq!((c.admission_min_tokens, c.hedge_after_factor, c.hedge_min), (48, 3.0, Duration::from_millis(500)));
+        assert_eq!(c.openai_max_model_len, None);
+        let c = Config::from_source(&Source::from_pairs([("OPENAI_MAX_MODEL_LEN", "32768"), ("HEDGING", "false")]))
+            .unwrap();
+        assert_eq!((c.openai_max_model_len, c.hedging), (Some(32768), false));
+        for (var, value) in
+            [("HEDGE_AFTER_FACTOR", "0.5"), ("HEDGE_AFTER_FACTOR", "NaN"), ("TIME_AWARE_ADMISSION", "maybe")]
+        {
+            let err = Config::from_source(&Source::from_pairs([(var, value)])).unwrap_err();
+            assert_eq!(err.var, var, "{value}");
+        }
+    }
+
+    #[test]
     fn the_engine_stall_limit_defaults_to_30_s_and_refuses_values_that_are_not_a_duration() {
         let c = Config::from_source(&Source::from_pairs([])).unwrap();
         assert_eq!(c.engine_stall_after, Duration::from_secs(30));

@@ -242,6 +242,21 @@ mod tests {
     }
 
     #[test]
+    fn an_openai_workers_context_length_comes_from_its_entry_else_openai_max_model_len() {
+        let workers = r#"[{"kind":"openai","base_url":"http://a:8000/v1","max_model_len":16384},{"kind":"openai","base_url":"http://b:8000/v1"}]"#;
+        let c = cfg(&[("WORKERS", workers), ("OPENAI_MAX_MODEL_LEN", "4096")]);
+        let lens: Vec<Option<u32>> = worker_specs(&c, &[])
+            .unwrap()
+            .iter()
+            .map(|w| match &w.engine {
+                EngineSpec::OpenAi(o) => o.max_model_len,
+                EngineSpec::Embedded(_) => panic!("openai workers only"),
+            })
+            .collect();
+        assert_eq!(lens, [Some(16384), Some(4096)]);
+    }
+
+    #[test]
     fn embedded_gets_one_worker_per_gpu_or_one_cpu_worker() {
         let model = tempfile::NamedTempFile::new().unwrap();
         let path = model.path().to_str().unwrap();
