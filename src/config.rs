@@ -97,6 +97,21 @@ pub struct Config {
     pub openai_api_key: Option<loosh_actors::protocol::secret::Secret>,
     pub challenge_deadline: Duration,
     pub max_concurrent_requests: usize,
+    /// `OPENAI_MAX_MODEL_LEN`: the context length of OpenAI-compatible servers that do not report
+    /// one in `GET /models` (llama-cpp-python, Ollama); `max_tokens` is clamped to it.
+    pub openai_max_model_len: Option<u32>,
+    /// `TOOL_CALL_TEXT`: an answer that is only tool calls also states them in `response_text`
+    /// (the validator reads only the text).
+    pub tool_call_text: bool,
+    /// `TIME_AWARE_ADMISSION`: refuse at once a challenge no worker can start in time to answer usefully.
+    pub time_aware_admission: bool,
+    /// `ADMISSION_MIN_TOKENS`: the tokens a useful answer needs before the deadline.
+    pub admission_min_tokens: u32,
+    /// `HEDGING`: race a challenge whose first token is late on an idle sibling.
+    pub hedging: bool,
+    /// `HEDGE_AFTER_FACTOR` x the median recent time to first token, at least `HEDGE_MIN_MS`.
+    pub hedge_after_factor: f64,
+    pub hedge_min: Duration,
     // Protocol
     pub fiber_key_ttl: Duration,
     pub fiber_key_grace: Duration,
@@ -383,6 +398,26 @@ impl Config {
             openai_api_key: src.get("OPENAI_API_KEY").map(loosh_actors::protocol::secret::Secret::new),
             challenge_deadline: Duration::from_millis(deadline_ms),
             max_concurrent_requests: max_concurrent,
+            openai_max_model_len: match src.parse("OPENAI_MAX_MODEL_LEN", 0u32, "a number of tokens (0 = unknown)")? {
+                0 => None,
+                n => Some(n),
+            },
+            tool_call_text: src.boolean("TOOL_CALL_TEXT", true)?,
+            time_aware_admission: src.boolean("TIME_AWARE_ADMISSION", true)?,
+            admission_min_tokens: src.parse("ADMISSION_MIN_TOKENS", 48, "a number of tokens")?,
+            hedging: src.boolean("HEDGING", true)?,
+            hedge_after_factor: {
+                let f: f64 = src.parse("HEDGE_AFTER_FACTOR", 3.0, "a number of at least 1")?;
+                if !(f >= 1.0 && f.is_finite()) {
+                    return Err(ConfigError {
+                        var: "HEDGE_AFTER_FACTOR",
+                        value: f.to_string(),
+                        expected: "a number of at least 1".into(),
+                    });
+                }
+                f
+            },
+            hedge_min: Duration::from_millis(src.parse("HEDGE_MIN_MS", 500, "milliseconds")?),
             fiber_key_ttl: ttl,
             fiber_key_grace: src.secs("FIBER_KEY_GRACE_SECONDS", 60)?,
             fiber_handshake_timeout: src.secs("FIBER_HANDSHAKE_TIMEOUT_SECONDS", 30)?,
@@ -499,6 +534,16 @@ impl Config {
                 self.max_concurrent_requests
             ),
             format!(
+                "answering: time-aware admission {} (useful answer: {} tokens), hedging {} (after {} x median first token, at least {} ms), tool-call text {}, OpenAI context {}",
+                if self.time_aware_admission { "on" } else { "off" },
+                self.admission_min_tokens,
+                if self.hedging { "on" } else { "off" },
+                self.hedge_after_factor,
+                self.hedge_min.as_millis(),
+                if self.tool_call_text { "on" } else { "off" },
+                self.openai_max_model_len.map_or("as reported".to_string(), |n| format!("{n} tokens unless reported")),
+            ),
+            format!(
                 "fiber: key ttl {} s (+{} s grace), replay window {} s + {} s timestamp skew",
                 self.fiber_key_ttl.as_secs(),
                 self.fiber_key_grace.as_secs(),
@@ -573,6 +618,23 @@ mod tests {
         assert!(!c.allow_all_when_empty);
         let local = Config::from_source(&Source::from_pairs([("SUBTENSOR_NETWORK", "local")])).unwrap();
         assert!(!local.allow_all_when_empty, "allow-all is an explicit opt-in on every network");
+    }
+
+    #[test]
+    fn answering_settings_default_on_and_bad_values_name_the_variable() {
+        let c = Config::from_source(&Source::from_pairs([])).unwrap();
+        assert!(c.time_aware_admission && c.hedging && c.tool_call_text);
+        assert_eq!((c.admission_min_tokens, c.hedge_after_factor, c.hedge_min), (48, 3.0, Duration::from_millis(500)));
+        assert_eq!(c.openai_max_model_len, None);
+        let c = Config::from_source(&Source::from_pairs([("OPENAI_MAX_MODEL_LEN", "32768"), ("HEDGING", "false")]))
+            .unwrap();
+        assert_eq!((c.openai_max_model_len, c.hedging), (Some(32768), false));
+        for (var, value) in
+            [("HEDGE_AFTER_FACTOR", "0.5"), ("HEDGE_AFTER_FACTOR", "NaN"), ("TIME_AWARE_ADMISSION", "maybe")]
+        {
+            let err = Config::from_source(&Source::from_pairs([(var, value)])).unwrap_err();
+            assert_eq!(err.var, var, "{value}");
+        }
     }
 
     #[test]

@@ -8,12 +8,14 @@ use std::time::Instant;
 
 use actix_web::dev::ServerHandle;
 use actix_web::web;
+use loosh_actors::admission::AdmissionSettings;
 use loosh_actors::authorization::ValidatorAuth;
 use loosh_actors::backend_worker::WorkerSpec;
 use loosh_actors::chain::challenge_api::ChallengeApiArgs;
 use loosh_actors::chain::heartbeat::HeartbeatArgs;
 use loosh_actors::front_door::DoorSettings;
 use loosh_actors::graph::{GraphConfig, MinerGraph};
+use loosh_actors::hedging::HedgeSettings;
 use loosh_actors::protocol::rsa_keys::MinerRsaKey;
 use loosh_actors::protocol::signature::Hotkey;
 use loosh_actors::scheduler::SchedulerSettings;
@@ -41,6 +43,7 @@ pub fn door_settings(cfg: &Config) -> DoorSettings {
         verify_slots: cfg.verify_slots,
         max_in_flight_per_validator: cfg.max_in_flight_per_validator,
         rate_limits: cfg.rate_limit_enabled.unwrap_or(true).then(|| cfg.rate_limits.clone()),
+        tool_call_text: cfg.tool_call_text,
     }
 }
 
@@ -70,6 +73,11 @@ pub async fn spawn_graph(
         scheduler: SchedulerSettings {
             max_in_flight: cfg.max_concurrent_requests,
             max_queue_per_worker: cfg.max_concurrent_requests,
+            admission: AdmissionSettings {
+                enabled: cfg.time_aware_admission,
+                min_useful_tokens: cfg.admission_min_tokens,
+            },
+            hedge: HedgeSettings { enabled: cfg.hedging, factor: cfg.hedge_after_factor, min_after: cfg.hedge_min },
             ..SchedulerSettings::default()
         },
         restart: RestartPolicy::default(),

@@ -98,6 +98,7 @@ fn client(base_url: String) -> OpenAiClient {
         api_key: None,
         request_timeout: Duration::from_secs(3600),
         health_every: Duration::from_secs(3600),
+        max_model_len: None,
     })
     .unwrap()
 }

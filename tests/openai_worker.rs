@@ -154,3 +154,40 @@ async fn no_health_probe_cuts_a_streaming_answer_short() {
     assert!(!gen.cut_by_deadline);
     g.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_tokens_is_clamped_to_the_context_the_server_has_left_after_the_prompt() {
+    use loosh_actors::inference::openai::{estimate_prompt_tokens, OpenAiClient, OpenAiSpec};
+    let n_ctx = 512;
+    let server = LlamaCppPythonServer::start_with(&tiny_model(), free_port(), &["--n_ctx", &n_ctx.to_string()]);
+    server.ready().await;
+    let client = OpenAiClient::new(OpenAiSpec {
+        base_url: server.base_url(),
+        model: LlamaCppPythonServer::ALIAS.into(),
+        n_parallel: 1,
+        api_key: None,
+        request_timeout: Duration::from_secs(120),
+        health_every: Duration::from_secs(3600),
+        max_model_len: Some(n_ctx),
+    })
+    .unwrap();
+    server.expect_ok(client.health().await).await;
+    assert_eq!(client.context_len(), Some(n_ctx), "llama-cpp-python reports no length: the setting stands");
+
+    // The validator's 12,288 tokens, on a 512-token server: sent as what is left after the prompt.
+    let mut req =
+        request("Tell me about the sea, the ships and the harbours of the north.", 12_288, Duration::from_secs(60));
+    req.temperature = 0.0;
+    let clamped = client.clamped_max_tokens(&req).unwrap();
+    assert_eq!(clamped, n_ctx - estimate_prompt_tokens(&req));
+    let gen = server.expect_ok(client.chat(&req).await).await;
+    assert!(gen.prompt_tokens <= estimate_prompt_tokens(&req), "the estimate errs on the long side: {gen:?}");
+    assert!(gen.completion_tokens > 0 && gen.completion_tokens <= clamped, "{gen:?}");
+
+    // A prompt that cannot fit is refused here as too long (422), not sent for the server to fail.
+    let long = request(&"harbour ".repeat(400), 12_288, Duration::from_secs(60));
+    match client.chat(&long).await {
+        Err(BackendError::PromptTooLong { n_ctx: 512, .. }) => {}
+        other => panic!("expected PromptTooLong, got {other:?}"),
+    }
+}

@@ -88,6 +88,10 @@ pub enum WorkerMsg {
     /// flight, as a hung decode would, until this worker actor is gone. Exercises the watchdog.
     #[cfg(feature = "test-hooks")]
     StallForTest,
+    /// Test hook: every job this worker gets from now on reaches its engine this much later, as
+    /// on a device slow to start (a long prefill ahead, throttling). Exercises hedging.
+    #[cfg(feature = "test-hooks")]
+    SlowFirstTokenForTest(Duration),
 }
 
 /// Where the engine thread puts one job's result: a task of the actor's forwards it to the
@@ -170,6 +174,9 @@ pub struct WorkerState {
     /// Lets a test-stalled engine thread go once this actor is gone, so a test leaks no thread.
     #[cfg(feature = "test-hooks")]
     _release_stall: ReleaseStall,
+    /// Set by [`WorkerMsg::SlowFirstTokenForTest`].
+    #[cfg(feature = "test-hooks")]
+    first_token_delay: Duration,
 }
 
 /// Ends a [`WorkerMsg::StallForTest`] stall when the worker's state is dropped (the actor stopped).
@@ -434,6 +441,8 @@ impl Actor for BackendWorker {
             n_parallel,
             #[cfg(feature = "test-hooks")]
             _release_stall: ReleaseStall(stats.clone()),
+            #[cfg(feature = "test-hooks")]
+            first_token_delay: Duration::ZERO,
             stats,
             health_failures: 0,
             stall_after,
@@ -452,7 +461,28 @@ impl Actor for BackendWorker {
             WorkerMsg::Generate { request, reply } => match &state.engine {
                 Engine::Embedded { jobs } => {
                     let (done, result) = oneshot::channel();
-                    if jobs.send(Job { request, reply: done }).is_err() {
+                    let job = Some(Job { request, reply: done });
+                    #[cfg(feature = "test-hooks")]
+                    let job = match job {
+                        Some(job) if !state.first_token_delay.is_zero() => {
+                            let (jobs, delay) = (jobs.clone(), state.first_token_delay);
+                            let control = job.request.control.clone();
+                            tokio::spawn(async move {
+                                tokio::select! {
+                                    () = tokio::time::sleep(delay) => {
+                                        let _ = jobs.send(job);
+                                    }
+                                    // Cancelled while held back: the sequence was never taken.
+                                    () = control.wait_cancelled() => {
+                                        let _ = job.reply.send(Err(BackendError::Cancelled));
+                                    }
+                                }
+                            });
+                            None
+                        }
+                        job => job,
+                    };
+                    if job.is_some_and(|job| jobs.send(job).is_err()) {
                         let _ = reply.send(Err(BackendError::WorkerGone));
                         return Err(format!("worker {}: engine thread is gone", state.name).into());
                     }
@@ -550,6 +580,8 @@ impl Actor for BackendWorker {
             WorkerMsg::CrashForTest => panic!("worker {}: crash requested by a test", state.name),
             #[cfg(feature = "test-hooks")]
             WorkerMsg::StallForTest => state.stats.stall_for_test.store(true, Ordering::Relaxed),
+            #[cfg(feature = "test-hooks")]
+            WorkerMsg::SlowFirstTokenForTest(delay) => state.first_token_delay = delay,
         }
         Ok(())
     }

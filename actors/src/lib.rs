@@ -5,8 +5,9 @@
 //!    (`authorization.rs`), readiness (the scheduler's published status), the validator's key read
 //!    from `session/live_keys.rs`, Fernet decrypt (`protocol/fernet_codec.rs`, a function call), the
 //!    challenge JSON (`protocol/messages.rs`).
-//! 2. `scheduler.rs` — admission (capacity, decided once, with a `Retry-After` hint) and the pick of
-//!    a worker: mailbox hop 1.
+//! 2. `scheduler.rs` — admission (capacity and time, `admission.rs`, decided once, with a
+//!    `Retry-After` hint) and the pick of a worker: mailbox hop 1; a late first token is raced on an
+//!    idle sibling (`hedging.rs`).
 //! 3. `backend_worker.rs` — one engine per device, under `worker_supervisor.rs`: hop 2; the work
 //!    itself is in `inference/` (chat template, llama.cpp or an OpenAI-compatible server, tool calls).
 //! 4. back in `front_door/challenge.rs` — the reply JSON with the timing echo, Fernet encrypt.
@@ -18,11 +19,13 @@
 //! `graph.rs` spawns it all under one root; `chain/` keeps the allowed validator set current;
 //! `metrics.rs` is what `/metrics` shows.
 
+pub mod admission;
 pub mod authorization;
 pub mod backend_worker;
 pub mod chain;
 pub mod front_door;
 pub mod graph;
+pub mod hedging;
 pub mod inference;
 pub mod metrics;
 pub mod protocol;

@@ -25,6 +25,16 @@ pub struct Metrics {
     pub prompt_tokens: IntCounter,
     /// Generations stopped by the deadline rather than the model or max_tokens.
     pub deadline_cuts: IntCounter,
+    /// Challenges answered with an error instead of an empty 200, by reason: `no_token` (none by
+    /// the deadline) or `empty` (the model ended without text).
+    pub no_answer: IntCounterVec,
+    /// Challenges refused at admission, by reason: `full` (no queue room) or `too_late` (no worker
+    /// can start it in time to produce a useful answer before its deadline).
+    pub admission_refusals: IntCounterVec,
+    /// Second attempts started on an idle worker because the first token was late.
+    pub hedges: IntCounter,
+    /// Hedged challenges by which attempt produced the first token: `first` or `hedge`.
+    pub hedge_wins: IntCounterVec,
     pub in_flight: IntGauge,
     pub workers_ready: IntGauge,
     pub worker_restarts: IntCounterVec,
@@ -101,6 +111,23 @@ impl Metrics {
             deadline_cuts: IntCounter::new(
                 "loosh_deadline_cuts_total",
                 "Generations cut short by the challenge deadline",
+            )
+            .unwrap(),
+            no_answer: IntCounterVec::new(
+                Opts::new("loosh_no_answer_total", "Challenges refused for want of text instead of an empty 200"),
+                &["reason"],
+            )
+            .unwrap(),
+            admission_refusals: IntCounterVec::new(
+                Opts::new("loosh_admission_refusals_total", "Challenges refused at admission, by reason"),
+                &["reason"],
+            )
+            .unwrap(),
+            hedges: IntCounter::new("loosh_hedges_total", "Challenges raced on a second worker (late first token)")
+                .unwrap(),
+            hedge_wins: IntCounterVec::new(
+                Opts::new("loosh_hedge_wins_total", "Hedged challenges by the attempt that won"),
+                &["winner"],
             )
             .unwrap(),
             in_flight: IntGauge::new("loosh_challenges_in_flight", "Challenges admitted and not yet answered").unwrap(),
@@ -182,14 +209,22 @@ impl Metrics {
         for c in [&m.engine_steps, &m.engine_tokens, &m.engine_reused_prompt_tokens] {
             m.registry.register(Box::new(c.clone())).unwrap();
         }
-        for c in [&m.challenges, &m.handshakes, &m.worker_restarts, &m.engine_stalls] {
+        for c in [
+            &m.challenges,
+            &m.handshakes,
+            &m.worker_restarts,
+            &m.engine_stalls,
+            &m.no_answer,
+            &m.admission_refusals,
+            &m.hedge_wins,
+        ] {
             m.registry.register(Box::new(c.clone())).unwrap();
         }
         m.registry.register(Box::new(m.rejected_requests.clone())).unwrap();
         m.registry.register(Box::new(m.rate_limited.clone())).unwrap();
         m.registry.register(Box::new(m.challenge_latency.clone())).unwrap();
         m.registry.register(Box::new(m.time_to_first_token.clone())).unwrap();
-        for c in [&m.tokens_generated, &m.prompt_tokens, &m.deadline_cuts, &m.rsa_operations] {
+        for c in [&m.tokens_generated, &m.prompt_tokens, &m.deadline_cuts, &m.rsa_operations, &m.hedges] {
             m.registry.register(Box::new(c.clone())).unwrap();
         }
         for g in [&m.in_flight, &m.workers_ready, &m.key_sessions] {
@@ -212,8 +247,27 @@ impl Metrics {
             m.registry.register(Box::new(g.clone())).unwrap();
         }
         // Make the common outcomes visible at zero, so dashboards and alerts see the series from the start.
-        for o in ["ok", "unauthorized", "unknown_key", "bad_token", "bad_request", "busy", "unavailable", "error"] {
+        for o in [
+            "ok",
+            "unauthorized",
+            "unknown_key",
+            "bad_token",
+            "bad_request",
+            "busy",
+            "unavailable",
+            "no_answer",
+            "error",
+        ] {
             m.challenges.with_label_values(&[o]);
+        }
+        for r in ["no_token", "empty"] {
+            m.no_answer.with_label_values(&[r]);
+        }
+        for r in ["full", "too_late"] {
+            m.admission_refusals.with_label_values(&[r]);
+        }
+        for w in ["first", "hedge"] {
+            m.hedge_wins.with_label_values(&[w]);
         }
         for o in [
             "ok",

@@ -1,21 +1,25 @@
 //! The scheduler: admits challenges and routes each to a ready backend worker.
 //!
 //! Admission is bounded (`MAX_CONCURRENT_REQUESTS` in flight across the node, and a per-worker
-//! queue bound): when full, a challenge is refused at once with a retry hint, never parked until
-//! the validator gives up. Among ready workers it picks the one expected to finish first (queue
-//! depth over its parallel sequences, times its measured time per challenge). A challenge whose
-//! worker dies is re-dispatched once to a sibling when its deadline leaves room. The supervisor
-//! tells it which workers are up. Its status is published on a `watch` channel after every message,
-//! so `/availability` and the front door's readiness check read it without a mailbox round trip.
+//! queue bound) and knows time ([`crate::admission`]): a challenge that no worker can start in
+//! time to answer usefully before its deadline is refused at once with a retry hint, never parked
+//! until it comes back empty. Among ready workers it picks the one expected to have a useful
+//! answer first. A challenge whose first token is late is hedged on an idle sibling
+//! ([`crate::hedging`]); one whose worker dies is re-dispatched once to a sibling when its
+//! deadline leaves room. The supervisor tells it which workers are up. Its status is published on
+//! a `watch` channel after every message, so `/availability` and the front door's readiness check
+//! read it without a mailbox round trip.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::watch;
 
+use crate::admission::{expected_end, expected_start, AdmissionSettings, Pace, PaceSample};
 use crate::backend_worker::WorkerMsg;
+use crate::hedging::{Attempt, HedgeSettings, RecentTtft};
 use crate::inference::request::{BackendError, Generation, GenerationRequest};
 use crate::metrics::Metrics;
 
@@ -26,6 +30,9 @@ pub enum ScheduleError {
     NoWorker,
     #[error("the miner is at capacity ({in_flight} challenges in flight)")]
     Busy { in_flight: usize, retry_after_secs: u64 },
+    /// No worker could start the challenge in time to produce a useful answer before its deadline.
+    #[error("no worker can start this challenge in time to answer it before its deadline")]
+    TooLate { retry_after_secs: u64 },
     #[error("admission is closed (the miner is shutting down)")]
     Closed,
     #[error(transparent)]
@@ -49,11 +56,21 @@ pub enum SchedulerMsg {
     WorkerDown {
         name: String,
     },
+    /// A challenge's first token is late: start `request` (a fresh attempt of it) on a worker
+    /// other than `first` that has a free sequence, if there is one.
+    Hedge {
+        first: String,
+        request: GenerationRequest,
+        reply: RpcReplyPort<Option<Dispatch>>,
+    },
     /// A dispatched generation ended (either way); frees its slot.
     Done {
         name: String,
         worker: ActorId,
+        job: u64,
         elapsed: Duration,
+        /// What the attempt measured of the worker's pace (`None` when it failed).
+        pace: Option<PaceSample>,
     },
     SetAdmission(bool),
     Status(RpcReplyPort<SchedulerStatus>),
@@ -98,6 +115,8 @@ pub struct SchedulerSettings {
     pub deadline_slack: Duration,
     /// A challenge whose worker died is re-dispatched to a sibling only with this much time left.
     pub redispatch_min_left: Duration,
+    pub admission: AdmissionSettings,
+    pub hedge: HedgeSettings,
 }
 
 impl Default for SchedulerSettings {
@@ -107,17 +126,41 @@ impl Default for SchedulerSettings {
             max_queue_per_worker: 10,
             deadline_slack: Duration::from_secs(5),
             redispatch_min_left: Duration::from_secs(5),
+            admission: AdmissionSettings::default(),
+            hedge: HedgeSettings::default(),
         }
     }
+}
+
+/// A job placed on a worker: what the dispatching task needs to run it there.
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    pub name: String,
+    pub actor: ActorRef<WorkerMsg>,
+    pub job: u64,
+    /// The job got a free sequence at once (its time to first token measures the worker).
+    pub started_free: bool,
 }
 
 struct Slot {
     actor: ActorRef<WorkerMsg>,
     /// Sequences the worker generates at once.
     parallel: usize,
-    queued: usize,
+    /// The jobs this worker holds (running or waiting), by id, with their expected end.
+    jobs: HashMap<u64, Instant>,
     /// Smoothed seconds per generation on this worker, for the retry hint.
     avg_secs: f64,
+    pace: Pace,
+}
+
+impl Slot {
+    fn queued(&self) -> usize {
+        self.jobs.len()
+    }
+
+    fn expected_start(&self, now: Instant) -> Instant {
+        expected_start(now, self.jobs.values().copied(), self.parallel)
+    }
 }
 
 pub struct Scheduler;
@@ -129,6 +172,16 @@ pub struct SchedulerState {
     in_flight: usize,
     admission_open: bool,
     published: watch::Sender<SchedulerStatus>,
+    next_job: u64,
+    recent_ttft: RecentTtft,
+}
+
+/// Why no worker was picked.
+enum NoPick {
+    /// Every worker's queue is full.
+    Full,
+    /// Some worker has room, but none can start in time; retry after this long.
+    TooLate(Duration),
 }
 
 impl SchedulerState {
@@ -141,19 +194,49 @@ impl SchedulerState {
         }
     }
 
-    /// The ready worker expected to finish a new challenge first: its queue in rounds of
-    /// `parallel`, times its measured time per challenge. Full workers and `avoid` are skipped.
-    fn pick(&self, avoid: Option<&str>) -> Option<String> {
+    /// The ready worker expected to have a useful answer to `request` first: when it would get a
+    /// sequence, plus its time to the first [`AdmissionSettings::min_useful_tokens`]. Full workers
+    /// and `avoid` are skipped; with time-aware admission, so are measured workers that could
+    /// not produce them before the deadline (unmeasured ones are trusted).
+    fn pick(&self, request: &GenerationRequest, avoid: Option<&str>, now: Instant) -> Result<String, NoPick> {
         let max_queue = self.settings.max_queue_per_worker;
-        self.workers
-            .iter()
-            .filter(|(name, s)| s.queued < s.parallel + max_queue && Some(name.as_str()) != avoid)
-            .map(|(name, s)| {
-                let rounds = (s.queued + 1) as f64 / s.parallel as f64;
-                (name, rounds * s.avg_secs.max(1e-3), rounds)
-            })
-            .min_by(|a, b| a.1.total_cmp(&b.1).then(a.2.total_cmp(&b.2)))
-            .map(|(name, _, _)| name.clone())
+        let useful_tokens = self.settings.admission.min_useful_tokens.min(request.max_tokens).max(1);
+        let mut earliest_start: Option<Instant> = None;
+        let mut best: Option<(&String, Instant, f64)> = None;
+        for (name, s) in &self.workers {
+            if s.queued() >= s.parallel + max_queue || Some(name.as_str()) == avoid {
+                continue;
+            }
+            let start = s.expected_start(now);
+            earliest_start = Some(earliest_start.map_or(start, |e| e.min(start)));
+            let useful_at = s.pace.time_to(useful_tokens).map(|d| start + d);
+            if self.settings.admission.enabled && useful_at.is_some_and(|t| t > request.deadline) {
+                continue;
+            }
+            let at = useful_at.unwrap_or(start);
+            let load = (s.queued() + 1) as f64 / s.parallel as f64;
+            if best.is_none_or(|(_, t, l)| (at, load) < (t, l)) {
+                best = Some((name, at, load));
+            }
+        }
+        match (best, earliest_start) {
+            (Some((name, _, _)), _) => Ok(name.clone()),
+            (None, Some(start)) => Err(NoPick::TooLate(start.saturating_duration_since(now))),
+            (None, None) => Err(NoPick::Full),
+        }
+    }
+
+    /// Places a job for `request` on worker `name`.
+    fn place(&mut self, name: &str, request: &GenerationRequest, now: Instant) -> Dispatch {
+        let job = self.next_job;
+        self.next_job += 1;
+        let slot = self.workers.get_mut(name).expect("placed on a ready worker");
+        let started_free = slot.queued() < slot.parallel;
+        let start = slot.expected_start(now);
+        slot.jobs.insert(job, expected_end(start, &slot.pace, request.max_tokens, request.deadline));
+        self.in_flight += 1;
+        self.metrics.in_flight.set(self.in_flight as i64);
+        Dispatch { name: name.to_string(), actor: slot.actor.clone(), job, started_free }
     }
 
     fn retry_after_secs(&self) -> u64 {
@@ -180,6 +263,8 @@ impl Actor for Scheduler {
             in_flight: 0,
             admission_open: true,
             published,
+            next_job: 0,
+            recent_ttft: RecentTtft::default(),
         };
         state.published.send_replace(state.status());
         Ok(state)
@@ -206,39 +291,49 @@ impl Actor for Scheduler {
                     let _ = reply.send(Err(ScheduleError::NoWorker));
                     return Ok(());
                 }
-                let pick = state.pick(avoid.as_deref()).filter(|_| state.in_flight < state.settings.max_in_flight);
-                let Some(name) = pick else {
-                    let err =
-                        ScheduleError::Busy { in_flight: state.in_flight, retry_after_secs: state.retry_after_secs() };
-                    let _ = reply.send(Err(err));
-                    return Ok(());
+                let now = Instant::now();
+                let pick = if state.in_flight < state.settings.max_in_flight {
+                    state.pick(&request, avoid.as_deref(), now)
+                } else {
+                    Err(NoPick::Full)
                 };
-                let slot = state.workers.get_mut(&name).expect("picked from the map");
-                slot.queued += 1;
-                state.in_flight += 1;
-                state.metrics.in_flight.set(state.in_flight as i64);
-                let worker = slot.actor.clone();
-                let worker_id = worker.get_id();
-                let wait = request.deadline.saturating_duration_since(Instant::now()) + state.settings.deadline_slack;
+                let name = match pick {
+                    Ok(name) => name,
+                    Err(NoPick::Full) => {
+                        state.metrics.admission_refusals.with_label_values(&["full"]).inc();
+                        let err = ScheduleError::Busy {
+                            in_flight: state.in_flight,
+                            retry_after_secs: state.retry_after_secs(),
+                        };
+                        let _ = reply.send(Err(err));
+                        return Ok(());
+                    }
+                    Err(NoPick::TooLate(free_in)) => {
+                        state.metrics.admission_refusals.with_label_values(&["too_late"]).inc();
+                        let retry_after_secs = free_in.as_secs_f64().ceil().clamp(1.0, 30.0) as u64;
+                        let _ = reply.send(Err(ScheduleError::TooLate { retry_after_secs }));
+                        return Ok(());
+                    }
+                };
+                let dispatch = state.place(&name, &request, now);
+                let hedge_after =
+                    if state.workers.len() > 1 { state.recent_ttft.hedge_after(&state.settings.hedge) } else { None };
+                let run = Run {
+                    scheduler: myself.clone(),
+                    metrics: state.metrics.clone(),
+                    deadline_slack: state.settings.deadline_slack,
+                };
                 let redispatch_min_left = state.settings.redispatch_min_left;
                 let first_attempt = avoid.is_none();
-                let started = Instant::now();
                 tokio::spawn(async move {
-                    let retry_copy = first_attempt.then(|| request.clone());
                     let deadline = request.deadline;
-                    let result = match worker.call(|r| WorkerMsg::Generate { request, reply: r }, Some(wait)).await {
-                        Ok(ractor::rpc::CallResult::Success(Ok(g))) => Ok(g),
-                        Ok(ractor::rpc::CallResult::Success(Err(e))) => Err(ScheduleError::Backend(e)),
-                        Ok(ractor::rpc::CallResult::Timeout) => Err(ScheduleError::Timeout),
-                        Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
-                            Err(ScheduleError::Backend(BackendError::WorkerGone))
-                        }
+                    let retry_copy = first_attempt.then(|| request.new_attempt());
+                    let first = run.launch(dispatch.clone(), request.clone());
+                    let result = match hedge_after {
+                        Some(after) => run.hedged(first, &dispatch.name, &request, after).await,
+                        None => crate::hedging::single(first).await,
                     };
-                    let _ = myself.cast(SchedulerMsg::Done {
-                        name: name.clone(),
-                        worker: worker_id,
-                        elapsed: started.elapsed(),
-                    });
+                    let name = dispatch.name;
                     let worker_died = matches!(
                         result,
                         Err(ScheduleError::Backend(BackendError::WorkerGone | BackendError::Unreachable(_)))
@@ -251,10 +346,13 @@ impl Actor for Scheduler {
                         {
                             tracing::warn!(worker = %name, "worker failed mid-challenge; re-dispatching to a sibling");
                             let avoid = Some(name);
-                            match myself.call(|r| SchedulerMsg::Submit { request, reply: r, avoid }, None).await {
+                            match run.scheduler.call(|r| SchedulerMsg::Submit { request, reply: r, avoid }, None).await
+                            {
                                 // No sibling could take it: the first worker's failure is the real story.
                                 Ok(ractor::rpc::CallResult::Success(Err(
-                                    ScheduleError::Busy { .. } | ScheduleError::NoWorker,
+                                    ScheduleError::Busy { .. }
+                                    | ScheduleError::NoWorker
+                                    | ScheduleError::TooLate { .. },
                                 ))) => {
                                     let _ = reply.send(result);
                                 }
@@ -272,29 +370,60 @@ impl Actor for Scheduler {
                     }
                 });
             }
+            SchedulerMsg::Hedge { first, request, reply } => {
+                let now = Instant::now();
+                // Only onto a free sequence: a hedge must never wait, nor delay other work.
+                let idle = state
+                    .workers
+                    .iter()
+                    .filter(|(name, s)| **name != first && s.queued() < s.parallel)
+                    .min_by_key(|(_, s)| (s.pace.ttft_secs().map(|t| (t * 1e6) as u64), s.queued()))
+                    .map(|(name, _)| name.clone());
+                let dispatch = match idle {
+                    Some(name) if state.admission_open && state.in_flight < state.settings.max_in_flight => {
+                        Some(state.place(&name, &request, now))
+                    }
+                    _ => None,
+                };
+                let _ = reply.send(dispatch);
+            }
             SchedulerMsg::WorkerUp { name, actor, parallel } => {
                 tracing::info!(worker = %name, parallel, "worker joined the schedule");
-                state.workers.insert(name, Slot { actor, parallel: parallel.max(1), queued: 0, avg_secs: 0.0 });
+                let slot = Slot {
+                    actor,
+                    parallel: parallel.max(1),
+                    jobs: HashMap::new(),
+                    avg_secs: 0.0,
+                    pace: Pace::default(),
+                };
+                state.workers.insert(name, slot);
                 state.metrics.workers_ready.set(state.workers.len() as i64);
             }
             SchedulerMsg::WorkerDown { name } => {
                 if let Some(slot) = state.workers.remove(&name) {
                     // Its in-flight work fails on its own (the reply ports drop); release the slots now.
-                    state.in_flight = state.in_flight.saturating_sub(slot.queued);
-                    tracing::warn!(worker = %name, lost = slot.queued, "worker left the schedule");
+                    state.in_flight = state.in_flight.saturating_sub(slot.queued());
+                    tracing::warn!(worker = %name, lost = slot.queued(), "worker left the schedule");
                 }
                 state.metrics.workers_ready.set(state.workers.len() as i64);
                 state.metrics.in_flight.set(state.in_flight as i64);
             }
-            SchedulerMsg::Done { name, worker, elapsed } => {
+            SchedulerMsg::Done { name, worker, job, elapsed, pace } => {
                 // A worker that went down already released its slots, and a restarted one under the
                 // same name starts from zero: only the instance that took the job frees it.
                 if let Some(slot) = state.workers.get_mut(&name).filter(|s| s.actor.get_id() == worker) {
-                    slot.queued = slot.queued.saturating_sub(1);
-                    let secs = elapsed.as_secs_f64();
-                    slot.avg_secs = if slot.avg_secs == 0.0 { secs } else { 0.8 * slot.avg_secs + 0.2 * secs };
-                    state.in_flight = state.in_flight.saturating_sub(1);
-                    state.metrics.in_flight.set(state.in_flight as i64);
+                    if slot.jobs.remove(&job).is_some() {
+                        let secs = elapsed.as_secs_f64();
+                        slot.avg_secs = if slot.avg_secs == 0.0 { secs } else { 0.8 * slot.avg_secs + 0.2 * secs };
+                        state.in_flight = state.in_flight.saturating_sub(1);
+                        state.metrics.in_flight.set(state.in_flight as i64);
+                    }
+                    if let Some(sample) = pace {
+                        slot.pace.record(sample);
+                        if let Some(ttft) = sample.ttft {
+                            state.recent_ttft.push(ttft);
+                        }
+                    }
                 }
             }
             SchedulerMsg::SetAdmission(open) => state.admission_open = open,
@@ -305,5 +434,82 @@ impl Actor for Scheduler {
         let now = state.status();
         state.published.send_if_modified(|s| std::mem::replace(s, now.clone()) != now);
         Ok(())
+    }
+}
+
+/// What a challenge's dispatching task needs to run its attempts.
+struct Run {
+    scheduler: ActorRef<SchedulerMsg>,
+    metrics: Arc<Metrics>,
+    deadline_slack: Duration,
+}
+
+impl Run {
+    /// Runs one attempt on its worker in a task of its own, which frees the worker's slot (and
+    /// reports what it measured) when the attempt ends, whether or not anyone still awaits it.
+    fn launch(&self, dispatch: Dispatch, request: GenerationRequest) -> Attempt {
+        let control = request.control.clone();
+        let scheduler = self.scheduler.clone();
+        let wait = request.deadline.saturating_duration_since(Instant::now()) + self.deadline_slack;
+        let handle = tokio::spawn(async move {
+            let Dispatch { name, actor, job, started_free } = dispatch;
+            let worker = actor.get_id();
+            let dispatched = Instant::now();
+            let result = match actor.call(|r| WorkerMsg::Generate { request, reply: r }, Some(wait)).await {
+                Ok(ractor::rpc::CallResult::Success(Ok(g))) => Ok(g),
+                Ok(ractor::rpc::CallResult::Success(Err(e))) => Err(ScheduleError::Backend(e)),
+                Ok(ractor::rpc::CallResult::Timeout) => Err(ScheduleError::Timeout),
+                Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
+                    Err(ScheduleError::Backend(BackendError::WorkerGone))
+                }
+            };
+            let pace = result.as_ref().ok().map(|g| PaceSample::of(g, dispatched, started_free));
+            let _ = scheduler.cast(SchedulerMsg::Done { name, worker, job, elapsed: dispatched.elapsed(), pace });
+            result
+        });
+        Attempt { control, handle }
+    }
+
+    /// Awaits `first`; if it has no token after `after`, asks the scheduler for an idle sibling
+    /// and races a fresh attempt there. With no sibling idle, it asks again every `after` while
+    /// the first attempt still has no token.
+    async fn hedged(
+        &self,
+        mut first: Attempt,
+        first_worker: &str,
+        request: &GenerationRequest,
+        after: Duration,
+    ) -> Result<Generation, ScheduleError> {
+        let control = first.control.clone();
+        let (dispatch, second) = loop {
+            let ended = tokio::select! {
+                biased;
+                () = control.wait_first_token() => None,
+                ended = &mut first.handle => Some(ended),
+                () = tokio::time::sleep(after) => None,
+            };
+            if let Some(ended) = ended {
+                return ended.unwrap_or(Err(ScheduleError::Backend(BackendError::WorkerGone)));
+            }
+            if control.has_first_token() {
+                return crate::hedging::single(first).await;
+            }
+            let second = request.new_attempt();
+            let first_name = first_worker.to_string();
+            let asked = self
+                .scheduler
+                .call(|r| SchedulerMsg::Hedge { first: first_name, request: second.clone(), reply: r }, None)
+                .await;
+            match asked {
+                Ok(ractor::rpc::CallResult::Success(Some(dispatch))) => break (dispatch, second),
+                Ok(ractor::rpc::CallResult::Success(None)) => continue,
+                // The scheduler is gone: no hedge, the first attempt is all there is.
+                _ => return crate::hedging::single(first).await,
+            }
+        };
+        tracing::debug!(first = %first_worker, hedge = %dispatch.name, after_ms = after.as_millis() as u64, "first token late; hedging");
+        self.metrics.hedges.inc();
+        let hedge = self.launch(dispatch, second);
+        crate::hedging::race(first, hedge, &self.metrics).await
     }
 }

@@ -12,6 +12,9 @@
 //!
 //! - `attack` (in `attack`): issue 9's attacks on a local miner, with an honest validator's
 //!   latency during each against its latency alone.
+//! - `answering` (in `answering`): seven validators' mixed load with slot-count admission and no
+//!   hedging against time-aware admission and hedging: challenge time, shares answered, refused
+//!   and cut; with `test-hooks`, time to first token with a slowed worker, without and with hedging.
 //!
 //! The engine benchmarks take `--device cpu|gpuN`, `--threads`, `--parallel` and `--inflight`, and
 //! print where each step's time went (decode, sampling, the rest).
@@ -38,6 +41,7 @@ use crate::config::{Config, Source};
 use crate::node::{Node, NodeParts};
 use crate::validator_client::{challenge_body, ValidatorClient};
 
+mod answering;
 mod attack;
 mod reference;
 mod sampling;
@@ -152,6 +156,25 @@ enum BenchKind {
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },
+    /// Seven validators' mixed load on two CPU workers with a short deadline: slot-count admission
+    /// without hedging against time-aware admission with hedging, same run.
+    Answering {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 7)]
+        validators: usize,
+        /// Challenges each validator sends, one after another.
+        #[arg(long, default_value_t = 8)]
+        rounds: usize,
+        #[arg(long, default_value_t = 4000)]
+        deadline_ms: u64,
+        /// Tokens of a short challenge (the others ask for the validator's 12,288).
+        #[arg(long, default_value_t = 64)]
+        short_tokens: u32,
+        /// Sequences each worker generates at once.
+        #[arg(long, default_value_t = 2)]
+        parallel: u32,
+    },
     /// Time from a worker crash to the first challenge answered by its replacement.
     Recovery {
         #[arg(long)]
@@ -246,6 +269,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 malformed,
                 concurrency,
             })),
+        BenchKind::Answering { model, validators, rounds, deadline_ms, short_tokens, parallel } => {
+            rt.block_on(answering::answering(answering::AnsweringPlan {
+                model,
+                validators,
+                rounds,
+                deadline_ms,
+                short_tokens,
+                parallel,
+            }))
+        }
         #[cfg(feature = "test-hooks")]
         BenchKind::Recovery { model, runs } => rt.block_on(workers::recovery(model, runs)),
         #[cfg(not(feature = "test-hooks"))]

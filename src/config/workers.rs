@@ -60,6 +60,10 @@ pub enum WorkerConfig {
         n_parallel: Option<u32>,
         #[serde(default)]
         api_key: Option<Secret>,
+        /// The server's context length when its `GET /models` does not report one; defaults to
+        /// `OPENAI_MAX_MODEL_LEN`.
+        #[serde(default)]
+        max_model_len: Option<u32>,
     },
 }
 
@@ -134,7 +138,8 @@ pub fn worker_specs(cfg: &Config, gpus: &[(usize, String)]) -> Result<Vec<Worker
                   base_url: &str,
                   model: Option<String>,
                   n_parallel: Option<u32>,
-                  api_key: Option<Secret>|
+                  api_key: Option<Secret>,
+                  max_model_len: Option<u32>|
      -> Result<WorkerSpec, ConfigError> {
         if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
             return Err(ConfigError {
@@ -153,6 +158,7 @@ pub fn worker_specs(cfg: &Config, gpus: &[(usize, String)]) -> Result<Vec<Worker
                 api_key: api_key.or_else(|| cfg.openai_api_key.clone()),
                 request_timeout: cfg.ollama_timeout,
                 health_every: Duration::from_secs(10),
+                max_model_len: max_model_len.or(cfg.openai_max_model_len),
             }),
         })
     };
@@ -175,9 +181,14 @@ pub fn worker_specs(cfg: &Config, gpus: &[(usize, String)]) -> Result<Vec<Worker
                     let name = name.unwrap_or_else(|| device.map_or(format!("cpu{i}"), |d| format!("gpu{d}")));
                     embedded(name, device, model, n_ctx, n_parallel, threads, gpu_layers, prefix_cache)?
                 }
-                WorkerConfig::Openai { name, base_url, model, n_parallel, api_key } => {
-                    openai(name.unwrap_or_else(|| format!("openai{i}")), &base_url, model, n_parallel, api_key)?
-                }
+                WorkerConfig::Openai { name, base_url, model, n_parallel, api_key, max_model_len } => openai(
+                    name.unwrap_or_else(|| format!("openai{i}")),
+                    &base_url,
+                    model,
+                    n_parallel,
+                    api_key,
+                    max_model_len,
+                )?,
             };
             if specs.iter().any(|s: &WorkerSpec| s.name == spec.name) {
                 return Err(ConfigError { var: "WORKERS", value: spec.name, expected: "unique worker names".into() });
@@ -187,8 +198,10 @@ pub fn worker_specs(cfg: &Config, gpus: &[(usize, String)]) -> Result<Vec<Worker
         return Ok(specs);
     }
     match cfg.llm_backend {
-        LlmBackend::Vllm => Ok(vec![openai("vllm0".into(), &with_v1(&cfg.vllm_api_base), None, None, None)?]),
-        LlmBackend::Ollama => Ok(vec![openai("ollama0".into(), &with_v1(&cfg.ollama_base_url), None, None, None)?]),
+        LlmBackend::Vllm => Ok(vec![openai("vllm0".into(), &with_v1(&cfg.vllm_api_base), None, None, None, None)?]),
+        LlmBackend::Ollama => {
+            Ok(vec![openai("ollama0".into(), &with_v1(&cfg.ollama_base_url), None, None, None, None)?])
+        }
         LlmBackend::Embedded if !gpus.is_empty() => gpus
             .iter()
             .map(|(index, _)| embedded(format!("gpu{index}"), Some(*index), None, None, None, None, None, None))
@@ -226,6 +239,21 @@ mod tests {
         let EngineSpec::OpenAi(o) = &specs[0].engine else { panic!() };
         assert_eq!(o.base_url, "http://localhost:11434/v1");
         assert_eq!(o.request_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn an_openai_workers_context_length_comes_from_its_entry_else_openai_max_model_len() {
+        let workers = r#"[{"kind":"openai","base_url":"http://a:8000/v1","max_model_len":16384},{"kind":"openai","base_url":"http://b:8000/v1"}]"#;
+        let c = cfg(&[("WORKERS", workers), ("OPENAI_MAX_MODEL_LEN", "4096")]);
+        let lens: Vec<Option<u32>> = worker_specs(&c, &[])
+            .unwrap()
+            .iter()
+            .map(|w| match &w.engine {
+                EngineSpec::OpenAi(o) => o.max_model_len,
+                EngineSpec::Embedded(_) => panic!("openai workers only"),
+            })
+            .collect();
+        assert_eq!(lens, [Some(16384), Some(4096)]);
     }
 
     #[test]

@@ -3,10 +3,16 @@
 //! Statuses follow what the validator does with them (PROTOCOL.md): 401 and 400 make it drop its key
 //! and re-handshake, so a malformed challenge gets 422, never 400, and an internal timeout gets 503,
 //! never 401. Every 503 and 429 carries `Retry-After`.
+//!
+//! A challenge that ran but has no text gets 504 (no token by the deadline) or 502 (the model
+//! ended with nothing), never an empty 200: the validator scores an empty 200 (a 0, or outside
+//! the consensus) and folds it into its moving average, while any 5xx makes its client give up on
+//! this challenge for this miner, which adds no sample. 504 and 502 say which side failed: the
+//! backend behind the miner, not the miner's admission (503).
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
-use loosh_actors::front_door::challenge::ChallengeError;
+use loosh_actors::front_door::challenge::{ChallengeError, NoAnswer};
 use loosh_actors::front_door::key_exchange::KeyExchangeError;
 use serde_json::json;
 
@@ -60,6 +66,8 @@ impl ResponseError for ApiError {
                 ChallengeError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 ChallengeError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
                 ChallengeError::Busy { .. } | ChallengeError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                ChallengeError::NoAnswer(NoAnswer::NoToken) => StatusCode::GATEWAY_TIMEOUT,
+                ChallengeError::NoAnswer(NoAnswer::Empty) => StatusCode::BAD_GATEWAY,
                 ChallengeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::KeyExchange(e) => match e {

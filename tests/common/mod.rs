@@ -141,6 +141,7 @@ pub fn openai_worker(name: &str, base_url: &str, model: &str) -> WorkerSpec {
             api_key: None,
             request_timeout: Duration::from_secs(120),
             health_every: Duration::from_millis(500),
+            max_model_len: None,
         }),
     }
 }

@@ -12,12 +12,13 @@
 //! published status (a `watch`), the key is read from [`crate::session::live_keys::LiveKeys`], and
 //! Fernet both ways is a plain call (microseconds on a challenge-sized token).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
 use crate::graph::MinerGraph;
-use crate::inference::request::{BackendError, GenerationRequest};
+use crate::inference::request::{BackendError, Generation, GenerationRequest, JobControl};
+use crate::inference::tool_calls::describe_tool_calls;
 use crate::protocol::fernet_codec::FernetError;
 use crate::protocol::messages::{echo_timing, unix_time_f64, ChallengeReply, ChallengeRequest, Usage};
 use crate::scheduler::ScheduleError;
@@ -44,6 +45,9 @@ pub enum ChallengeError {
     /// No worker, admission closed, or something internal timed out.
     #[error("{reason}")]
     Unavailable { reason: String, retry_after_secs: u64 },
+    /// The challenge ran but produced no text to answer with: never an empty 200.
+    #[error("{0}")]
+    NoAnswer(#[from] NoAnswer),
     #[error("{0}")]
     Internal(String),
 }
@@ -59,9 +63,60 @@ impl ChallengeError {
             Self::Busy { .. } => "busy",
             Self::RateLimited { .. } => "rate_limited",
             Self::Unavailable { .. } => "unavailable",
+            Self::NoAnswer(_) => "no_answer",
             Self::Internal(_) => "error",
         }
     }
+}
+
+/// Why a challenge that ran has no text.
+///
+/// An empty `response_text` in a 200 is scored: 0 when the miner answers alone (relevance under
+/// 0.20), outside the consensus otherwise, and either way a sample in the moving average. A
+/// non-200 other than 400/401 makes the validator's client raise, log and return `None` for this
+/// miner, and `None` is skipped: no sample, the average untouched (400/401 would make it drop its
+/// key, re-handshake and send the challenge again, to be late again). So no text is an error
+/// status, mapped in `src/http/error.rs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NoAnswer {
+    /// No token by the deadline (a backend that sent nothing in time, a job that only got a
+    /// sequence at its deadline).
+    #[error("no token was generated before the challenge deadline")]
+    NoToken,
+    /// The model ended its answer without any text (and tool-call text is off).
+    #[error("the model produced an empty answer")]
+    Empty,
+}
+
+impl NoAnswer {
+    /// The `loosh_no_answer_total` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            NoAnswer::NoToken => "no_token",
+            NoAnswer::Empty => "empty",
+        }
+    }
+}
+
+/// The text to answer with: the model's, else a statement of its tool calls (when `tool_call_text`),
+/// else why there is none.
+pub fn answer_text(gen: &Generation, tool_call_text: bool) -> Result<String, NoAnswer> {
+    if !gen.text.trim().is_empty() {
+        return Ok(gen.text.clone());
+    }
+    if tool_call_text && !gen.tool_calls.is_empty() {
+        return Ok(describe_tool_calls(&gen.tool_calls));
+    }
+    Err(if gen.first_token_at.is_none() { NoAnswer::NoToken } else { NoAnswer::Empty })
+}
+
+/// Time kept back from a challenge's deadline for carrying its answer out: the hop back from the
+/// engine, the reply JSON, Fernet and the HTTP write. An engine stops one step before the
+/// deadline it is given, and a step of a small model is a millisecond: without this margin the
+/// answer is ready at the deadline and leaves just after it. A twentieth of the deadline, at most
+/// half a second.
+pub fn reply_margin(deadline: Duration) -> Duration {
+    (deadline / 20).min(Duration::from_millis(500))
 }
 
 /// One validator's slot in the per-validator in-flight count, released on drop (whatever path the
@@ -177,11 +232,12 @@ impl MinerGraph {
             temperature,
             top_p,
             stop: req.stop_strings(),
-            deadline: arrival + s.deadline,
+            deadline: arrival + s.deadline.saturating_sub(reply_margin(s.deadline)),
+            control: JobControl::default(),
         };
         let inference_start = unix_time_f64();
         let gen = self.generate(generation).await.map_err(|e| match e {
-            ScheduleError::Busy { retry_after_secs, .. } => {
+            ScheduleError::Busy { retry_after_secs, .. } | ScheduleError::TooLate { retry_after_secs } => {
                 ChallengeError::Busy { reason: e.to_string(), retry_after_secs }
             }
             ScheduleError::NoWorker | ScheduleError::Closed => {
@@ -203,9 +259,12 @@ impl MinerGraph {
         if let Some(first) = gen.first_token_at {
             m.time_to_first_token.observe(first.saturating_duration_since(arrival).as_secs_f64());
         }
+        let response_text = answer_text(&gen, s.tool_call_text).inspect_err(|why| {
+            m.no_answer.with_label_values(&[why.label()]).inc();
+        })?;
 
         Ok(ChallengeReply {
-            response_text: gen.text,
+            response_text,
             response_time_ms: arrival.elapsed().as_millis() as u64,
             tool_calls: if gen.tool_calls.is_empty() { None } else { Some(gen.tool_calls) },
             finish_reason: gen.finish_reason.as_str().to_string(),
@@ -225,4 +284,52 @@ impl MinerGraph {
 fn parse_challenge(plaintext: &[u8]) -> Result<ChallengeRequest, ChallengeError> {
     serde_json::from_slice(plaintext)
         .map_err(|e| ChallengeError::Unprocessable(format!("challenge is not valid JSON: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inference::request::FinishReason;
+    use crate::inference::tool_calls::extract_tool_calls;
+
+    fn generation(text: &str, first_token: bool) -> Generation {
+        let now = Instant::now();
+        let (text, tool_calls) = extract_tool_calls(text);
+        Generation {
+            text,
+            tool_calls,
+            finish_reason: FinishReason::Stop,
+            prompt_tokens: 5,
+            completion_tokens: u32::from(first_token),
+            first_token_at: first_token.then_some(now),
+            started_at: now,
+            finished_at: now,
+            cut_by_deadline: false,
+        }
+    }
+
+    #[test]
+    fn no_text_is_never_an_answer() {
+        assert_eq!(answer_text(&generation("", false), true), Err(NoAnswer::NoToken));
+        assert_eq!(answer_text(&generation("  \n", true), true), Err(NoAnswer::Empty));
+        assert_eq!(answer_text(&generation("Paris.", true), true).as_deref(), Ok("Paris."));
+    }
+
+    #[test]
+    fn an_answer_that_is_only_tool_calls_states_them_unless_turned_off() {
+        let only_calls = generation(
+            "<tool_call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}</tool_call>",
+            true,
+        );
+        let text = answer_text(&only_calls, true).expect("stated");
+        assert!(text.contains("get_weather") && text.contains("Paris"), "{text}");
+        assert_eq!(only_calls.tool_calls.len(), 1, "the tool calls stay as they are");
+        assert_eq!(answer_text(&only_calls, false), Err(NoAnswer::Empty));
+    }
+
+    #[test]
+    fn the_reply_margin_is_a_twentieth_of_the_deadline_at_most_half_a_second() {
+        assert_eq!(reply_margin(Duration::from_secs(4)), Duration::from_millis(200));
+        assert_eq!(reply_margin(Duration::from_secs(50)), Duration::from_millis(500));
+    }
 }

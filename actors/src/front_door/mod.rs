@@ -41,6 +41,8 @@ pub struct DoorSettings {
     pub max_in_flight_per_validator: usize,
     /// `None`: no rate limits (local development).
     pub rate_limits: Option<rate_limit::RateLimitSettings>,
+    /// `TOOL_CALL_TEXT`: an answer that is only tool calls states them in `response_text`.
+    pub tool_call_text: bool,
 }
 
 impl Default for DoorSettings {
@@ -57,6 +59,7 @@ impl Default for DoorSettings {
             verify_slots: 4,
             max_in_flight_per_validator: usize::MAX,
             rate_limits: None,
+            tool_call_text: true,
         }
     }
 }

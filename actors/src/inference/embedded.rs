@@ -21,7 +21,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
 use super::chat_template::{ChatTemplate, CHATML_TEMPLATE};
-use super::request::{BackendError, FinishReason, Generation, GenerationRequest};
+use super::request::{BackendError, FinishReason, Generation, GenerationRequest, JobControl};
 use super::sampler::TokenSampler;
 use super::tool_calls::extract_tool_calls;
 
@@ -173,6 +173,8 @@ struct Slot<T> {
     completion: u32,
     first_token_at: Option<Instant>,
     started_at: Instant,
+    /// The scheduler's signals for this attempt (first token out, cancel in).
+    control: JobControl,
 }
 
 /// A loaded model and one context holding up to `n_parallel` sequences, decoded together
@@ -396,6 +398,7 @@ impl<'m, T> EmbeddedEngine<'m, T> {
             completion: 0,
             first_token_at: None,
             started_at,
+            control: req.control,
         });
         self.stats.rest += started_at.elapsed();
         Ok(())
@@ -456,9 +459,14 @@ impl<'m, T> EmbeddedEngine<'m, T> {
         let now = Instant::now();
         let margin = Duration::from_secs_f64((self.secs_per_step * 2.0).min(1.0));
 
-        // Sequences whose deadline would pass during this step stop now, with what they have.
+        // Sequences whose deadline would pass during this step stop now, with what they have;
+        // cancelled ones (a hedge lost the race) stop too, freeing their sequence.
         for i in 0..self.slots.len() {
-            if self.slots[i].as_ref().is_some_and(|s| now + margin >= s.deadline) {
+            if self.slots[i].as_ref().is_some_and(|s| s.control.is_cancelled()) {
+                let slot = self.slots[i].take().expect("checked");
+                let (tag, _) = self.finish(slot, FinishReason::Length, false);
+                done.push((tag, Err(BackendError::Cancelled)));
+            } else if self.slots[i].as_ref().is_some_and(|s| now + margin >= s.deadline) {
                 let slot = self.slots[i].take().expect("checked");
                 done.push(self.finish(slot, FinishReason::Length, true));
             }
@@ -526,7 +534,10 @@ impl<'m, T> EmbeddedEngine<'m, T> {
         let vocab = self.model.vocab();
         for (i, token) in sampled {
             let Some(slot) = self.slots[i].as_mut() else { continue };
-            slot.first_token_at.get_or_insert(now);
+            if slot.first_token_at.is_none() {
+                slot.first_token_at = Some(now);
+                slot.control.first_token();
+            }
             let finish = if vocab.is_eog(token) {
                 Some(FinishReason::Stop)
             } else {

