@@ -11,7 +11,12 @@
 //!    `m` (monotone in the logit, so a bucket holds a contiguous range of the sorted order);
 //! 3. a mass histogram of the buckets, walked from the top until it holds `top_p * S`: the
 //!    nucleus' boundary lies in that bucket, and only its members (a few hundred tokens at most on
-//!    Gaussian logits) are sorted to find the exact cut;
+//!    Gaussian logits) are sorted to find the exact cut. The histogram is the one scattered pass,
+//!    so it covers only a *window* of buckets: every 16th token, binned before pass 2, estimates
+//!    where the boundary lies; pass 2 also sums the exact mass above the window and through it,
+//!    and when `top_p * S` falls between the two, the boundary is provably inside and only the
+//!    window's tokens (a few percent of the vocabulary) are binned. When the sample misled, the
+//!    whole histogram is built instead: the estimate only ever costs time, never exactness;
 //! 4. the draw, by rejection when the temperature is at most 1 (the validator's 0.7): propose a
 //!    token in proportion to `e_i` (block sums make that a binary search and one 64-token walk),
 //!    reject it outside the nucleus, accept it with probability `e_i^(1/t - 1)` — exactly the
@@ -60,13 +65,45 @@ pub struct TokenSampler {
     block_sums: Vec<f32>,
     /// Running totals of `block_sums`, for the proposals' binary search.
     prefix: Vec<f64>,
-    buckets: Vec<u32>,
+    /// Each token's bucket (u16: 4096 buckets, half the memory traffic of u32).
+    buckets: Vec<u16>,
     hist: Vec<f64>,
+    /// The subsample's bucket counts, for the window estimate.
+    counts: Vec<u32>,
     /// The boundary bucket's members: (logit, token, mass).
     members: Vec<(f32, u32, f32)>,
     positions: Vec<u32>,
     /// `MAX_PROPOSALS`; tests set 0 to exercise the full pass.
     max_proposals: usize,
+    /// Estimate a window before binning; tests turn it off to exercise the full histogram.
+    windowed: bool,
+    /// How the last nucleus was found, for tests.
+    last_path: NucleusPath,
+}
+
+/// How `nucleus` found the boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NucleusPath {
+    /// top_p of 1: nothing to find.
+    Everything,
+    /// Inside the estimated window (the common case).
+    Window,
+    /// The whole histogram: small vocabularies, or the estimate missed.
+    Full,
+}
+
+/// Tokens between the subsample's members when estimating the window (one per cache line).
+const STRIDE: usize = 16;
+/// Below this many tokens the whole histogram is cheap enough; the estimate would not pay.
+const MIN_WINDOWED: usize = 8192;
+
+/// What pass 2 sums, in f64 across blocks: all of `exp(x - max)`, the part in buckets before the
+/// window, and the part through its last bucket.
+#[derive(Debug, Clone, Copy, Default)]
+struct Masses {
+    total: f64,
+    before: f64,
+    through: f64,
 }
 
 /// Where the nucleus ends: every token with a higher logit is in, and among tokens with exactly
@@ -115,9 +152,12 @@ impl TokenSampler {
             prefix: Vec::new(),
             buckets: Vec::new(),
             hist: Vec::with_capacity(2 * BUCKETS),
+            counts: Vec::with_capacity(BUCKETS),
             members: Vec::new(),
             positions: Vec::new(),
             max_proposals: MAX_PROPOSALS,
+            windowed: true,
+            last_path: NucleusPath::Everything,
         }
     }
 
@@ -199,14 +239,85 @@ impl TokenSampler {
         self.weights.resize(n, 0.0);
         self.members.clear();
         if self.top_p >= 1.0 {
+            self.last_path = NucleusPath::Everything;
             return Some((max, Cut::EVERYTHING));
         }
         self.buckets.resize(n, 0);
         let scale = (BUCKETS - 1) as f32 / (max - min).clamp(1e-6, MAX_SPAN);
-        let sum =
-            exp_and_buckets(self.fast, logits, max, scale, &mut self.weights, &mut self.buckets, &mut self.block_sums);
+        let window =
+            if self.windowed && n >= MIN_WINDOWED { self.estimate_window(logits, max, scale) } else { None };
+        let (from, to) = window.unwrap_or((0, BUCKETS as u32 - 1));
+        let masses = exp_and_buckets(
+            self.fast,
+            logits,
+            max,
+            scale,
+            (from, to),
+            &mut self.weights,
+            &mut self.buckets,
+            &mut self.block_sums,
+        );
+        let target = f64::from(self.top_p) * masses.total;
+        // The boundary is inside the window exactly when the mass before it falls short of the
+        // target and the mass through it reaches it.
+        if window.is_some() && masses.before < target && target <= masses.through {
+            window_histogram(self.fast, &self.buckets, &self.weights, from, to, &mut self.hist);
+            if let Some(cut) = self.find_cut(logits, target, (from as usize, to as usize), masses.before) {
+                self.last_path = NucleusPath::Window;
+                return Some((max, cut));
+            }
+        }
+        self.last_path = NucleusPath::Full;
         mass_histogram(&self.buckets, &self.weights, &mut self.hist);
-        self.find_cut(logits, f64::from(self.top_p) * sum).map(|cut| (max, cut))
+        self.find_cut(logits, target, (0, BUCKETS - 1), 0.0).map(|cut| (max, cut))
+    }
+
+    /// Where the nucleus probably ends, as a window of buckets `(from, to)`, from every
+    /// `STRIDE`-th token: their counts per bucket times the bucket's weight `exp(-b / scale)`
+    /// estimate the mass, and the window spans the buckets where the estimated cumulative share
+    /// lies within `top_p` ± 4 standard errors of the sample (Kish's effective size: a peaked
+    /// distribution, whose mass sits in a few tokens the sample may miss, gets a wide window).
+    /// The window never reaches below `max + ln((1 - top_p) / n)`: tokens there weigh less than
+    /// `(1 - top_p) / n` each, so all of them together less than `1 - top_p` of the mass (the
+    /// maximum alone weighs 1), and the nucleus ends above them.
+    fn estimate_window(&mut self, logits: &[f32], max: f32, scale: f32) -> Option<(u32, u32)> {
+        self.counts.clear();
+        self.counts.resize(BUCKETS, 0);
+        for &x in logits.iter().step_by(STRIDE) {
+            self.counts[usize::from(bucket_of(x, max, scale)) & (BUCKETS - 1)] += 1;
+        }
+        let ratio = (-1.0 / f64::from(scale)).exp();
+        let (mut weight, mut total, mut squares) = (1.0f64, 0.0f64, 0.0f64);
+        for &c in &self.counts {
+            let mass = f64::from(c) * weight;
+            total += mass;
+            squares += mass * weight;
+            weight *= ratio;
+        }
+        if !(total > 0.0 && squares > 0.0) {
+            return None;
+        }
+        let p = f64::from(self.top_p);
+        let effective = total * total / squares;
+        let delta = 4.0 * (p * (1.0 - p) / effective).sqrt() + 0.002;
+        let (start, end) = ((p - delta) * total, (p + delta) * total);
+        let (mut from, mut to) = (None, BUCKETS as u32 - 1);
+        let (mut weight, mut cumulative) = (1.0f64, 0.0f64);
+        for (b, &c) in self.counts.iter().enumerate() {
+            cumulative += f64::from(c) * weight;
+            weight *= ratio;
+            if from.is_none() && cumulative >= start {
+                from = Some(b as u32);
+            }
+            if cumulative >= end {
+                to = b as u32;
+                break;
+            }
+        }
+        let floor = max + ((1.0 - p) / logits.len() as f64).ln() as f32;
+        let to = to.min(u32::from(bucket_of(floor, max, scale)));
+        let from = from.unwrap_or(0).min(to);
+        Some((from, to))
     }
 
     /// Rejection sampling, for temperatures up to 1: propose a token from `exp(x - max)` over the
@@ -263,20 +374,21 @@ impl TokenSampler {
         total > 0.0 && total.is_finite()
     }
 
-    /// Walks the histogram from the top to the bucket where the mass reaches `target`, then sorts
-    /// that bucket's members to find the exact boundary token. Float rounding can put the boundary
-    /// one bucket further than the histogram said; the walk then continues there.
-    fn find_cut(&mut self, logits: &[f32], target: f64) -> Option<Cut> {
-        let mut above = 0.0f64;
-        let mut bucket = 0;
-        while bucket < BUCKETS {
-            if above + self.hist[bucket] < target && bucket + 1 < BUCKETS {
+    /// Walks the histogram over the buckets `range` (inclusive), starting with the mass `above`
+    /// the range, to the bucket where the mass reaches `target`, then sorts that bucket's members
+    /// to find the exact boundary token. Float rounding can put the boundary one bucket further
+    /// than the histogram said; the walk then continues there. None when a window (a range that
+    /// does not end at the last bucket) runs out first: the caller then builds the whole histogram.
+    fn find_cut(&mut self, logits: &[f32], target: f64, range: (usize, usize), mut above: f64) -> Option<Cut> {
+        let (mut bucket, end) = range;
+        while bucket <= end {
+            if above + self.hist[bucket] < target && bucket < end {
                 above += self.hist[bucket];
                 bucket += 1;
                 continue;
             }
             self.positions.clear();
-            positions_in_bucket(self.fast, &self.buckets, bucket as u32, &mut self.positions);
+            positions_in_bucket(self.fast, &self.buckets, bucket as u16, &mut self.positions);
             self.members.clear();
             self.members.extend(self.positions.iter().map(|&i| (logits[i as usize], i, self.weights[i as usize])));
             self.members.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -337,34 +449,53 @@ fn max_min(fast: bool, x: &[f32]) -> (f32, f32) {
     })
 }
 
+/// Pass 2: `e_i = exp(x_i - max)` into `e`, each token's bucket into `buckets`, the sums of `e`
+/// per `BLOCK` into `block_sums`, and the masses: total, before the window's first bucket, and
+/// through its last.
+#[allow(clippy::too_many_arguments)]
 fn exp_and_buckets(
     fast: bool,
     x: &[f32],
     max: f32,
     scale: f32,
+    window: (u32, u32),
     e: &mut [f32],
-    buckets: &mut [u32],
+    buckets: &mut [u16],
     block_sums: &mut Vec<f32>,
-) -> f64 {
+) -> Masses {
     #[cfg(target_arch = "x86_64")]
     if fast {
         // SAFETY: as in `max_min`; `nucleus` sized `e` and `buckets` to `x`.
-        return unsafe { avx2::exp_and_buckets(x, max, scale, e, buckets, block_sums) };
+        return unsafe { avx2::exp_and_buckets(x, max, scale, window, e, buckets, block_sums) };
     }
     let _ = fast;
     block_sums.clear();
-    let mut sum = 0.0f64;
+    let mut masses = Masses::default();
     for ((xb, eb), bb) in x.chunks(BLOCK).zip(e.chunks_mut(BLOCK)).zip(buckets.chunks_mut(BLOCK)) {
-        let mut block = 0.0f32;
-        for ((&v, ev), bv) in xb.iter().zip(eb.iter_mut()).zip(bb.iter_mut()) {
-            *ev = exp_neg(v - max);
-            block += *ev;
-            *bv = bucket_of(v, max, scale);
-        }
-        block_sums.push(block);
-        sum += f64::from(block);
+        let block = exp_and_buckets_scalar(xb, max, scale, window, eb, bb);
+        block_sums.push(block.total as f32);
+        masses.total += block.total;
+        masses.before += block.before;
+        masses.through += block.through;
     }
-    sum
+    masses
+}
+
+/// Pass 2 over one block, one token at a time (f32 sums, as the vector pass).
+fn exp_and_buckets_scalar(x: &[f32], max: f32, scale: f32, window: (u32, u32), e: &mut [f32], b: &mut [u16]) -> Masses {
+    let (mut total, mut before, mut through) = (0.0f32, 0.0f32, 0.0f32);
+    for ((&v, ev), bv) in x.iter().zip(e.iter_mut()).zip(b.iter_mut()) {
+        *ev = exp_neg(v - max);
+        *bv = bucket_of(v, max, scale);
+        total += *ev;
+        if u32::from(*bv) < window.0 {
+            before += *ev;
+        }
+        if u32::from(*bv) <= window.1 {
+            through += *ev;
+        }
+    }
+    Masses { total: f64::from(total), before: f64::from(before), through: f64::from(through) }
 }
 
 fn temperature_weights(
@@ -388,7 +519,7 @@ fn temperature_weights(
     }
 }
 
-fn positions_in_bucket(fast: bool, buckets: &[u32], bucket: u32, out: &mut Vec<u32>) {
+fn positions_in_bucket(fast: bool, buckets: &[u16], bucket: u16, out: &mut Vec<u32>) {
     #[cfg(target_arch = "x86_64")]
     if fast {
         // SAFETY: as in `max_min`.
@@ -401,7 +532,7 @@ fn positions_in_bucket(fast: bool, buckets: &[u32], bucket: u32, out: &mut Vec<u
 /// The mass of each bucket into `hist`. The one scattered pass of the sampler: two histograms,
 /// even and odd tokens, so consecutive tokens in the same bucket do not wait on each other's
 /// store; then folded into one.
-fn mass_histogram(buckets: &[u32], e: &[f32], hist: &mut Vec<f64>) {
+fn mass_histogram(buckets: &[u16], e: &[f32], hist: &mut Vec<f64>) {
     hist.clear();
     hist.resize(2 * BUCKETS, 0.0);
     let (even, odd) = hist.split_at_mut(BUCKETS);
@@ -422,6 +553,24 @@ fn mass_histogram(buckets: &[u32], e: &[f32], hist: &mut Vec<f64>) {
     hist.truncate(BUCKETS);
 }
 
+/// The mass of the window's buckets `from..=to` into `hist` (the others stay 0): the histogram of
+/// the few percent of tokens near the boundary, found 16 buckets at a time by the vector path.
+fn window_histogram(fast: bool, buckets: &[u16], e: &[f32], from: u32, to: u32, hist: &mut Vec<f64>) {
+    hist.clear();
+    hist.resize(BUCKETS, 0.0);
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: as in `max_min`; `buckets` and `e` have the same length (`nucleus`).
+        return unsafe { avx2::window_histogram(buckets, e, from as u16, to as u16, hist) };
+    }
+    let _ = fast;
+    for (&b, &w) in buckets.iter().zip(e) {
+        if (from..=to).contains(&u32::from(b)) {
+            hist[usize::from(b) & (BUCKETS - 1)] += f64::from(w);
+        }
+    }
+}
+
 /// One block of temperature weights (0 below the cut); returns their sum.
 fn temperature_weights_scalar(x: &[f32], max: f32, inv_t: f32, cut: f32, w: &mut [f32]) -> f32 {
     let mut sum = 0.0;
@@ -434,10 +583,10 @@ fn temperature_weights_scalar(x: &[f32], max: f32, inv_t: f32, cut: f32, w: &mut
 
 /// A token's bucket: 0 at the maximum, one per `1 / scale` logits below it, rounded to nearest
 /// (monotone in the logit); the far tail and NaN share the last bucket.
-fn bucket_of(v: f32, max: f32, scale: f32) -> u32 {
+fn bucket_of(v: f32, max: f32, scale: f32) -> u16 {
     let q = (max - v) * scale;
     let q = if q < (BUCKETS - 1) as f32 { q } else { (BUCKETS - 1) as f32 };
-    q.round_ties_even() as u32
+    q.round_ties_even() as u16
 }
 
 /// `exp(x)` for `x <= 0` by Cody–Waite range reduction and Cephes' `expf` polynomial (~1-2 ulp);
@@ -585,17 +734,21 @@ mod tests {
     /// (a temperature off by 1 % moves probabilities by far more).
     const PROB_TOLERANCE: f64 = 1e-5;
 
-    /// The nucleus and the probabilities of one sampler path against the full-sort reference.
-    fn check_against_reference(fast: bool) {
+    /// The nucleus and the probabilities of one sampler path against the full-sort reference;
+    /// `windowed` false forces the whole histogram. Returns how each case's nucleus was found.
+    fn check_against_reference(fast: bool, windowed: bool) -> Vec<(String, NucleusPath)> {
+        let mut paths = Vec::new();
         for (what, logits) in cases() {
             for top_p in [0.95f32, 0.5] {
                 let reference = Reference::new(&logits, top_p);
                 for temperature in [0.7f32, 1.0] {
                     let mut sampler = TokenSampler::with_seed(temperature, top_p, 7);
                     sampler.fast &= fast;
+                    sampler.windowed = windowed;
                     let got = sampler.distribution(&logits);
                     let ids: Vec<u32> = got.iter().map(|&(i, _)| i).collect();
                     let what = format!("{what}, top_p {top_p}, t {temperature}, fast {}", sampler.fast);
+                    paths.push((what.clone(), sampler.last_path));
                     // Our masses are summed in f64 from f32 terms within 2 ulp: 1e-6 of slack.
                     reference.assert_nucleus(&logits, &ids, top_p, 1e-6, &what);
                     if ids.len() == reference.nucleus {
@@ -608,16 +761,49 @@ mod tests {
                 }
             }
         }
+        paths
     }
 
     #[test]
     fn the_nucleus_and_its_probabilities_match_a_full_sort() {
-        check_against_reference(true);
+        let paths = check_against_reference(true, true);
+        // The cheap path is the one these realistic shapes take: the estimated window held the
+        // boundary every time, so its exactness is what the comparisons above proved.
+        for (what, path) in paths {
+            assert_eq!(path, NucleusPath::Window, "{what}");
+        }
+    }
+
+    #[test]
+    fn the_whole_histogram_matches_a_full_sort_too() {
+        for (what, path) in check_against_reference(true, false) {
+            assert_eq!(path, NucleusPath::Full, "{what}");
+        }
     }
 
     #[test]
     fn the_portable_path_matches_a_full_sort_too() {
-        check_against_reference(false);
+        check_against_reference(false, true);
+        check_against_reference(false, false);
+    }
+
+    #[test]
+    fn a_subsample_that_misleads_costs_the_whole_histogram_never_exactness() {
+        // Every 16th token (the subsample) sits high, the rest low and many: the sample puts the
+        // boundary among the high tokens, while most of the mass, and the boundary, is below.
+        let mut logits = gaussian(151_936, 1.0, 11);
+        for (i, x) in logits.iter_mut().enumerate() {
+            *x += if i % STRIDE == 0 { 6.0 } else { 0.0 };
+        }
+        for fast in [true, false] {
+            let top_p = 0.95;
+            let reference = Reference::new(&logits, top_p);
+            let mut sampler = TokenSampler::with_seed(0.7, top_p, 3);
+            sampler.fast &= fast;
+            let ids: Vec<u32> = sampler.distribution(&logits).iter().map(|&(i, _)| i).collect();
+            assert_eq!(sampler.last_path, NucleusPath::Full, "fast {fast}");
+            reference.assert_nucleus(&logits, &ids, top_p, 1e-6, &format!("misleading sample, fast {fast}"));
+        }
     }
 
     #[test]

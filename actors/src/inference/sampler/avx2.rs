@@ -8,7 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{exp_neg, BLOCK, BUCKETS, EXP_FLOOR};
+use super::{Masses, BLOCK, BUCKETS, EXP_FLOOR};
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
@@ -76,8 +76,8 @@ pub(super) unsafe fn max_min(x: &[f32]) -> (f32, f32) {
     (max, min)
 }
 
-/// `e_i = exp(x_i - max)` into `e`, each token's bucket into `buckets`, the sums of `e` per
-/// `BLOCK` into `block_sums`; returns `sum e_i` (f64).
+/// Pass 2: `e_i = exp(x_i - max)` into `e`, each token's bucket into `buckets`, the sums of `e`
+/// per `BLOCK` into `block_sums`, and the masses (total, before the window, through it).
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; `e` and `buckets` are as long as `x`.
@@ -86,48 +86,55 @@ pub(super) unsafe fn exp_and_buckets(
     x: &[f32],
     max: f32,
     scale: f32,
+    window: (u32, u32),
     e: &mut [f32],
-    buckets: &mut [u32],
+    buckets: &mut [u16],
     block_sums: &mut Vec<f32>,
-) -> f64 {
+) -> Masses {
     block_sums.clear();
     let n = x.len() / BLOCK * BLOCK;
     let (maxv, scalev, last) = (_mm256_set1_ps(max), _mm256_set1_ps(scale), _mm256_set1_ps((BUCKETS - 1) as f32));
-    let mut sum = 0.0f64;
-    // f32 sums over one block (two chains, so the adds overlap), added to the f64 total per block:
-    // f32 over 64 terms loses ~1e-7, f32 over the whole vocabulary would lose ~1e-5.
+    let from = _mm256_set1_epi32(window.0 as i32);
+    let past = _mm256_set1_epi32(window.1 as i32 + 1);
+    let mut masses = Masses::default();
+    // f32 sums over one block, added to the f64 totals per block: f32 over 64 terms loses ~1e-7,
+    // f32 over the whole vocabulary would lose ~1e-5.
     for ((xb, eb), bb) in x[..n].chunks(BLOCK).zip(e[..n].chunks_mut(BLOCK)).zip(buckets[..n].chunks_mut(BLOCK)) {
-        let mut acc = [_mm256_setzero_ps(); 2];
-        for (j, ((xc, ec), bc)) in
-            xb.chunks_exact(8).zip(eb.chunks_exact_mut(8)).zip(bb.chunks_exact_mut(8)).enumerate()
-        {
+        let (mut total, mut before, mut through) = (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+        for ((xc, ec), bc) in xb.chunks_exact(8).zip(eb.chunks_exact_mut(8)).zip(bb.chunks_exact_mut(8)) {
             // SAFETY: each chunk holds exactly 8 elements.
             let v = unsafe { _mm256_loadu_ps(xc.as_ptr()) };
             let ev = exp8(_mm256_sub_ps(v, maxv));
             // SAFETY: as above.
             unsafe { _mm256_storeu_ps(ec.as_mut_ptr(), ev) };
-            acc[j & 1] = _mm256_add_ps(acc[j & 1], ev);
+            total = _mm256_add_ps(total, ev);
             // minps returns its second operand (the last bucket) for NaN; rounding to nearest
             // keeps the bucket monotone in the logit.
-            let q = _mm256_min_ps(_mm256_mul_ps(_mm256_sub_ps(maxv, v), scalev), last);
-            // SAFETY: as above; 8 u32 are 256 bits.
-            unsafe { _mm256_storeu_si256(bc.as_mut_ptr().cast(), _mm256_cvtps_epi32(q)) };
+            let q = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_mul_ps(_mm256_sub_ps(maxv, v), scalev), last));
+            let below_from = _mm256_castsi256_ps(_mm256_cmpgt_epi32(from, q));
+            let through_to = _mm256_castsi256_ps(_mm256_cmpgt_epi32(past, q));
+            before = _mm256_add_ps(before, _mm256_and_ps(ev, below_from));
+            through = _mm256_add_ps(through, _mm256_and_ps(ev, through_to));
+            // Buckets are at most 4095: packing to u16 loses nothing. packus works per 128-bit
+            // lane, so the two lanes' halves are gathered into the low 128 bits.
+            let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi32(q, q));
+            // SAFETY: as above; 8 u16 are 128 bits.
+            unsafe { _mm_storeu_si128(bc.as_mut_ptr().cast(), _mm256_castsi256_si128(packed)) };
         }
-        let block = hsum(_mm256_add_ps(acc[0], acc[1]));
+        let block = hsum(total);
         block_sums.push(block);
-        sum += f64::from(block);
+        masses.total += f64::from(block);
+        masses.before += f64::from(hsum(before));
+        masses.through += f64::from(hsum(through));
     }
     if n < x.len() {
-        let mut block = 0.0f32;
-        for ((&v, ev), bv) in x[n..].iter().zip(&mut e[n..]).zip(&mut buckets[n..]) {
-            *ev = exp_neg(v - max);
-            block += *ev;
-            *bv = super::bucket_of(v, max, scale);
-        }
-        block_sums.push(block);
-        sum += f64::from(block);
+        let tail = super::exp_and_buckets_scalar(&x[n..], max, scale, window, &mut e[n..], &mut buckets[n..]);
+        block_sums.push(tail.total as f32);
+        masses.total += tail.total;
+        masses.before += tail.before;
+        masses.through += tail.through;
     }
-    sum
+    masses
 }
 
 /// Temperature weights of the tokens at or above `cut` into `w` (0 elsewhere) and their sums per
@@ -165,28 +172,59 @@ pub(super) unsafe fn temperature_weights(
     }
 }
 
-/// Appends to `out` the positions whose bucket is `bucket`: 8 compares at a time, a scalar look
+/// Appends to `out` the positions whose bucket is `bucket`: 16 compares at a time, a scalar look
 /// only where one matched (a bucket holds a few hundred of 152k tokens).
 ///
 /// # Safety
 /// The CPU must support AVX2.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn positions_in_bucket(buckets: &[u32], bucket: u32, out: &mut Vec<u32>) {
-    let want = _mm256_set1_epi32(bucket as i32);
-    let chunks = buckets.chunks_exact(8);
+pub(super) unsafe fn positions_in_bucket(buckets: &[u16], bucket: u16, out: &mut Vec<u32>) {
+    let want = _mm256_set1_epi16(bucket as i16);
+    let chunks = buckets.chunks_exact(16);
     let tail_start = buckets.len() - chunks.remainder().len();
     for (c, chunk) in chunks.enumerate() {
-        // SAFETY: `chunk` holds exactly 8 u32.
+        // SAFETY: `chunk` holds exactly 16 u16.
         let v = unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) };
-        let mut hits = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(v, want))) as u32;
+        // Two mask bits per 16-bit lane: keep the even ones.
+        let mut hits = _mm256_movemask_epi8(_mm256_cmpeq_epi16(v, want)) as u32 & 0x5555_5555;
         while hits != 0 {
-            out.push((c * 8) as u32 + hits.trailing_zeros());
+            out.push((c * 16) as u32 + hits.trailing_zeros() / 2);
             hits &= hits - 1;
         }
     }
     for (i, &b) in buckets.iter().enumerate().skip(tail_start) {
         if b == bucket {
             out.push(i as u32);
+        }
+    }
+}
+
+/// Adds each token's mass to `hist` at its bucket when the bucket is within `from..=to`: 16
+/// range checks at a time (unsigned `b - from <= to - from`), a scalar add only for the window's
+/// members.
+///
+/// # Safety
+/// The CPU must support AVX2; `e` is as long as `buckets`, `hist` holds `BUCKETS` entries.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn window_histogram(buckets: &[u16], e: &[f32], from: u16, to: u16, hist: &mut [f64]) {
+    let (fromv, spanv) = (_mm256_set1_epi16(from as i16), _mm256_set1_epi16(to.wrapping_sub(from) as i16));
+    let chunks = buckets.chunks_exact(16);
+    let tail_start = buckets.len() - chunks.remainder().len();
+    for (c, chunk) in chunks.enumerate() {
+        // SAFETY: `chunk` holds exactly 16 u16.
+        let v = unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) };
+        let offset = _mm256_sub_epi16(v, fromv);
+        let inside = _mm256_cmpeq_epi16(_mm256_min_epu16(offset, spanv), offset);
+        let mut hits = _mm256_movemask_epi8(inside) as u32 & 0x5555_5555;
+        while hits != 0 {
+            let i = c * 16 + (hits.trailing_zeros() / 2) as usize;
+            hist[usize::from(buckets[i]) & (BUCKETS - 1)] += f64::from(e[i]);
+            hits &= hits - 1;
+        }
+    }
+    for (i, &b) in buckets.iter().enumerate().skip(tail_start) {
+        if (from..=to).contains(&b) {
+            hist[usize::from(b) & (BUCKETS - 1)] += f64::from(e[i]);
         }
     }
 }
