@@ -12,11 +12,12 @@
 //! 3. a mass histogram of the buckets, walked from the top until it holds `top_p * S`: the
 //!    nucleus' boundary lies in that bucket, and only its members (a few hundred tokens at most on
 //!    Gaussian logits) are sorted to find the exact cut. The histogram is the one scattered pass,
-//!    so it covers only a *window* of buckets: every 16th token, binned before pass 2, estimates
-//!    where the boundary lies; pass 2 also sums the exact mass above the window and through it,
-//!    and when `top_p * S` falls between the two, the boundary is provably inside and only the
-//!    window's tokens (a few percent of the vocabulary) are binned. When the sample misled, the
-//!    whole histogram is built instead: the estimate only ever costs time, never exactness;
+//!    so it covers only a *window* of buckets: every 16th token estimates where the boundary
+//!    lies, one vector pass over the buckets sums the exact mass before the window and through
+//!    it while binning the window's tokens (a few percent of the vocabulary), and when
+//!    `top_p * S` falls between the two masses the boundary is provably inside. When the sample
+//!    misled, the whole histogram is built instead: the estimate only ever costs time, never
+//!    exactness;
 //! 4. the draw, by rejection when the temperature is at most 1 (the validator's 0.7): propose a
 //!    token in proportion to `e_i` (block sums make that a binary search and one 64-token walk),
 //!    reject it outside the nucleus, accept it with probability `e_i^(1/t - 1)` — exactly the
@@ -68,8 +69,6 @@ pub struct TokenSampler {
     /// Each token's bucket (u16: 4096 buckets, half the memory traffic of u32).
     buckets: Vec<u16>,
     hist: Vec<f64>,
-    /// The subsample's bucket counts, for the window estimate.
-    counts: Vec<u32>,
     /// The boundary bucket's members: (logit, token, mass).
     members: Vec<(f32, u32, f32)>,
     positions: Vec<u32>,
@@ -97,11 +96,9 @@ const STRIDE: usize = 16;
 /// Below this many tokens the whole histogram is cheap enough; the estimate would not pay.
 const MIN_WINDOWED: usize = 8192;
 
-/// What pass 2 sums, in f64 across blocks: all of `exp(x - max)`, the part in buckets before the
-/// window, and the part through its last bucket.
+/// The exact masses around an estimated window: before its first bucket and through its last.
 #[derive(Debug, Clone, Copy, Default)]
 struct Masses {
-    total: f64,
     before: f64,
     through: f64,
 }
@@ -152,7 +149,6 @@ impl TokenSampler {
             prefix: Vec::new(),
             buckets: Vec::new(),
             hist: Vec::with_capacity(2 * BUCKETS),
-            counts: Vec::with_capacity(BUCKETS),
             members: Vec::new(),
             positions: Vec::new(),
             max_proposals: MAX_PROPOSALS,
@@ -244,27 +240,20 @@ impl TokenSampler {
         }
         self.buckets.resize(n, 0);
         let scale = (BUCKETS - 1) as f32 / (max - min).clamp(1e-6, MAX_SPAN);
-        let window =
-            if self.windowed && n >= MIN_WINDOWED { self.estimate_window(logits, max, scale) } else { None };
-        let (from, to) = window.unwrap_or((0, BUCKETS as u32 - 1));
-        let masses = exp_and_buckets(
-            self.fast,
-            logits,
-            max,
-            scale,
-            (from, to),
-            &mut self.weights,
-            &mut self.buckets,
-            &mut self.block_sums,
-        );
-        let target = f64::from(self.top_p) * masses.total;
-        // The boundary is inside the window exactly when the mass before it falls short of the
-        // target and the mass through it reaches it.
-        if window.is_some() && masses.before < target && target <= masses.through {
-            window_histogram(self.fast, &self.buckets, &self.weights, from, to, &mut self.hist);
-            if let Some(cut) = self.find_cut(logits, target, (from as usize, to as usize), masses.before) {
-                self.last_path = NucleusPath::Window;
-                return Some((max, cut));
+        let total =
+            exp_and_buckets(self.fast, logits, max, scale, &mut self.weights, &mut self.buckets, &mut self.block_sums);
+        let target = f64::from(self.top_p) * total;
+        if self.windowed && n >= MIN_WINDOWED {
+            if let Some((from, to)) = self.estimate_window(max, scale, total) {
+                let masses = window_histogram(self.fast, &self.buckets, &self.weights, from, to, &mut self.hist);
+                // The boundary is inside the window exactly when the mass before it falls short
+                // of the target and the mass through it reaches it.
+                if masses.before < target && target <= masses.through {
+                    if let Some(cut) = self.find_cut(logits, target, (from as usize, to as usize), masses.before) {
+                        self.last_path = NucleusPath::Window;
+                        return Some((max, cut));
+                    }
+                }
             }
         }
         self.last_path = NucleusPath::Full;
@@ -272,52 +261,52 @@ impl TokenSampler {
         self.find_cut(logits, target, (0, BUCKETS - 1), 0.0).map(|cut| (max, cut))
     }
 
-    /// Where the nucleus probably ends, as a window of buckets `(from, to)`, from every
-    /// `STRIDE`-th token: their counts per bucket times the bucket's weight `exp(-b / scale)`
-    /// estimate the mass, and the window spans the buckets where the estimated cumulative share
-    /// lies within `top_p` ± 4 standard errors of the sample (Kish's effective size: a peaked
-    /// distribution, whose mass sits in a few tokens the sample may miss, gets a wide window).
-    /// The window never reaches below `max + ln((1 - top_p) / n)`: tokens there weigh less than
-    /// `(1 - top_p) / n` each, so all of them together less than `1 - top_p` of the mass (the
-    /// maximum alone weighs 1), and the nucleus ends above them.
-    fn estimate_window(&mut self, logits: &[f32], max: f32, scale: f32) -> Option<(u32, u32)> {
-        self.counts.clear();
-        self.counts.resize(BUCKETS, 0);
-        for &x in logits.iter().step_by(STRIDE) {
-            self.counts[usize::from(bucket_of(x, max, scale)) & (BUCKETS - 1)] += 1;
-        }
-        let ratio = (-1.0 / f64::from(scale)).exp();
-        let (mut weight, mut total, mut squares) = (1.0f64, 0.0f64, 0.0f64);
-        for &c in &self.counts {
-            let mass = f64::from(c) * weight;
-            total += mass;
-            squares += mass * weight;
-            weight *= ratio;
-        }
-        if !(total > 0.0 && squares > 0.0) {
-            return None;
+    /// Where the nucleus probably ends, as a window of buckets `(from, to)`, estimated from every
+    /// `STRIDE`-th token's mass. It is estimated from the *tail*: the nucleus ends where the
+    /// mass below it drops to `(1 - top_p) * S`, and the tail is many light tokens, which a
+    /// sample measures well, while the few heavy tokens at the top, which a sample may miss, only
+    /// ever sit above the window. The window spans the buckets where the sampled tail is within
+    /// four standard errors (and 2 % of its target) of that mass. It never reaches below
+    /// `max + ln((1 - top_p) / n)`: tokens there weigh less than `(1 - top_p) / n` each, so all
+    /// together less than `1 - top_p` of the mass (the maximum alone weighs 1), and the nucleus
+    /// ends above them. None when the sample holds no tail at all.
+    fn estimate_window(&mut self, max: f32, scale: f32, total: f64) -> Option<(u32, u32)> {
+        let n = self.weights.len();
+        self.hist.clear();
+        self.hist.resize(2 * BUCKETS, 0.0);
+        let (mass, squares) = self.hist.split_at_mut(BUCKETS);
+        for i in (STRIDE / 2..n).step_by(STRIDE) {
+            let b = usize::from(self.buckets[i]) & (BUCKETS - 1);
+            let e = f64::from(self.weights[i]);
+            mass[b] += e;
+            squares[b] += e * e;
         }
         let p = f64::from(self.top_p);
-        let effective = total * total / squares;
-        let delta = 4.0 * (p * (1.0 - p) / effective).sqrt() + 0.002;
-        let (start, end) = ((p - delta) * total, (p + delta) * total);
-        let (mut from, mut to) = (None, BUCKETS as u32 - 1);
-        let (mut weight, mut cumulative) = (1.0f64, 0.0f64);
-        for (b, &c) in self.counts.iter().enumerate() {
-            cumulative += f64::from(c) * weight;
-            weight *= ratio;
-            if from.is_none() && cumulative >= start {
-                from = Some(b as u32);
+        let goal = (1.0 - p) * total;
+        let stride = STRIDE as f64;
+        // Walk up from the far tail: `tail` estimates the mass at and below the bucket, `var`
+        // its variance (each sampled token stands for `STRIDE`).
+        let (mut tail, mut var) = (0.0f64, 0.0f64);
+        let mut to = None;
+        let mut from = 0u32;
+        for b in (0..BUCKETS).rev() {
+            let below = tail;
+            tail += stride * mass[b];
+            var += stride * stride * squares[b];
+            let margin = 4.0 * var.sqrt() + 0.02 * goal;
+            // `to`: the deepest bucket whose estimated tail beyond it is surely within the goal.
+            if to.is_none() && below <= goal - margin && tail > goal - margin {
+                to = Some(b as u32);
             }
-            if cumulative >= end {
-                to = b as u32;
+            // `from`: the first bucket (walking up) whose estimated tail surely exceeds the goal.
+            if tail >= goal + margin {
+                from = b as u32;
                 break;
             }
         }
-        let floor = max + ((1.0 - p) / logits.len() as f64).ln() as f32;
-        let to = to.min(u32::from(bucket_of(floor, max, scale)));
-        let from = from.unwrap_or(0).min(to);
-        Some((from, to))
+        let floor = max + ((1.0 - p) / n as f64).ln() as f32;
+        let to = to.unwrap_or(BUCKETS as u32 - 1).min(u32::from(bucket_of(floor, max, scale)));
+        (from <= to).then_some((from, to))
     }
 
     /// Rejection sampling, for temperatures up to 1: propose a token from `exp(x - max)` over the
@@ -450,52 +439,41 @@ fn max_min(fast: bool, x: &[f32]) -> (f32, f32) {
 }
 
 /// Pass 2: `e_i = exp(x_i - max)` into `e`, each token's bucket into `buckets`, the sums of `e`
-/// per `BLOCK` into `block_sums`, and the masses: total, before the window's first bucket, and
-/// through its last.
-#[allow(clippy::too_many_arguments)]
+/// per `BLOCK` into `block_sums`; returns `sum e_i` (f64).
 fn exp_and_buckets(
     fast: bool,
     x: &[f32],
     max: f32,
     scale: f32,
-    window: (u32, u32),
     e: &mut [f32],
     buckets: &mut [u16],
     block_sums: &mut Vec<f32>,
-) -> Masses {
+) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if fast {
         // SAFETY: as in `max_min`; `nucleus` sized `e` and `buckets` to `x`.
-        return unsafe { avx2::exp_and_buckets(x, max, scale, window, e, buckets, block_sums) };
+        return unsafe { avx2::exp_and_buckets(x, max, scale, e, buckets, block_sums) };
     }
     let _ = fast;
     block_sums.clear();
-    let mut masses = Masses::default();
+    let mut sum = 0.0f64;
     for ((xb, eb), bb) in x.chunks(BLOCK).zip(e.chunks_mut(BLOCK)).zip(buckets.chunks_mut(BLOCK)) {
-        let block = exp_and_buckets_scalar(xb, max, scale, window, eb, bb);
-        block_sums.push(block.total as f32);
-        masses.total += block.total;
-        masses.before += block.before;
-        masses.through += block.through;
+        let block = exp_and_buckets_scalar(xb, max, scale, eb, bb);
+        block_sums.push(block);
+        sum += f64::from(block);
     }
-    masses
+    sum
 }
 
-/// Pass 2 over one block, one token at a time (f32 sums, as the vector pass).
-fn exp_and_buckets_scalar(x: &[f32], max: f32, scale: f32, window: (u32, u32), e: &mut [f32], b: &mut [u16]) -> Masses {
-    let (mut total, mut before, mut through) = (0.0f32, 0.0f32, 0.0f32);
+/// Pass 2 over one block, one token at a time; returns the block's sum (f32, as the vector pass).
+fn exp_and_buckets_scalar(x: &[f32], max: f32, scale: f32, e: &mut [f32], b: &mut [u16]) -> f32 {
+    let mut sum = 0.0f32;
     for ((&v, ev), bv) in x.iter().zip(e.iter_mut()).zip(b.iter_mut()) {
         *ev = exp_neg(v - max);
         *bv = bucket_of(v, max, scale);
-        total += *ev;
-        if u32::from(*bv) < window.0 {
-            before += *ev;
-        }
-        if u32::from(*bv) <= window.1 {
-            through += *ev;
-        }
+        sum += *ev;
     }
-    Masses { total: f64::from(total), before: f64::from(before), through: f64::from(through) }
+    sum
 }
 
 fn temperature_weights(
@@ -553,9 +531,11 @@ fn mass_histogram(buckets: &[u16], e: &[f32], hist: &mut Vec<f64>) {
     hist.truncate(BUCKETS);
 }
 
-/// The mass of the window's buckets `from..=to` into `hist` (the others stay 0): the histogram of
-/// the few percent of tokens near the boundary, found 16 buckets at a time by the vector path.
-fn window_histogram(fast: bool, buckets: &[u16], e: &[f32], from: u32, to: u32, hist: &mut Vec<f64>) {
+/// The mass of the window's buckets `from..=to` into `hist` (the others stay 0), and the exact
+/// masses before the window and through it, summed like pass 2's total (f32 within a block, f64
+/// across blocks) so the two compare with its target. The vector path finds the window's few
+/// percent of tokens 16 at a time.
+fn window_histogram(fast: bool, buckets: &[u16], e: &[f32], from: u32, to: u32, hist: &mut Vec<f64>) -> Masses {
     hist.clear();
     hist.resize(BUCKETS, 0.0);
     #[cfg(target_arch = "x86_64")]
@@ -564,11 +544,31 @@ fn window_histogram(fast: bool, buckets: &[u16], e: &[f32], from: u32, to: u32, 
         return unsafe { avx2::window_histogram(buckets, e, from as u16, to as u16, hist) };
     }
     let _ = fast;
+    let mut masses = Masses::default();
+    for (bb, eb) in buckets.chunks(BLOCK).zip(e.chunks(BLOCK)) {
+        let block = window_block_scalar(bb, eb, from, to, hist);
+        masses.before += block.before;
+        masses.through += block.through;
+    }
+    masses
+}
+
+/// One block of `window_histogram`, one token at a time.
+fn window_block_scalar(buckets: &[u16], e: &[f32], from: u32, to: u32, hist: &mut [f64]) -> Masses {
+    let (mut before, mut through) = (0.0f32, 0.0f32);
     for (&b, &w) in buckets.iter().zip(e) {
-        if (from..=to).contains(&u32::from(b)) {
-            hist[usize::from(b) & (BUCKETS - 1)] += f64::from(w);
+        let b32 = u32::from(b);
+        if b32 < from {
+            before += w;
+        }
+        if b32 <= to {
+            through += w;
+            if b32 >= from {
+                hist[usize::from(b) & (BUCKETS - 1)] += f64::from(w);
+            }
         }
     }
+    Masses { before: f64::from(before), through: f64::from(through) }
 }
 
 /// One block of temperature weights (0 below the cut); returns their sum.
@@ -793,7 +793,7 @@ mod tests {
         // boundary among the high tokens, while most of the mass, and the boundary, is below.
         let mut logits = gaussian(151_936, 1.0, 11);
         for (i, x) in logits.iter_mut().enumerate() {
-            *x += if i % STRIDE == 0 { 6.0 } else { 0.0 };
+            *x += if i % STRIDE == STRIDE / 2 { 6.0 } else { 0.0 };
         }
         for fast in [true, false] {
             let top_p = 0.95;

@@ -77,7 +77,7 @@ pub(super) unsafe fn max_min(x: &[f32]) -> (f32, f32) {
 }
 
 /// Pass 2: `e_i = exp(x_i - max)` into `e`, each token's bucket into `buckets`, the sums of `e`
-/// per `BLOCK` into `block_sums`, and the masses (total, before the window, through it).
+/// per `BLOCK` into `block_sums`; returns `sum e_i` (f64).
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; `e` and `buckets` are as long as `x`.
@@ -86,55 +86,46 @@ pub(super) unsafe fn exp_and_buckets(
     x: &[f32],
     max: f32,
     scale: f32,
-    window: (u32, u32),
     e: &mut [f32],
     buckets: &mut [u16],
     block_sums: &mut Vec<f32>,
-) -> Masses {
+) -> f64 {
     block_sums.clear();
     let n = x.len() / BLOCK * BLOCK;
     let (maxv, scalev, last) = (_mm256_set1_ps(max), _mm256_set1_ps(scale), _mm256_set1_ps((BUCKETS - 1) as f32));
-    let from = _mm256_set1_epi32(window.0 as i32);
-    let past = _mm256_set1_epi32(window.1 as i32 + 1);
-    let mut masses = Masses::default();
-    // f32 sums over one block, added to the f64 totals per block: f32 over 64 terms loses ~1e-7,
-    // f32 over the whole vocabulary would lose ~1e-5.
+    let mut sum = 0.0f64;
+    // f32 sums over one block (two chains, so the adds overlap), added to the f64 total per block:
+    // f32 over 64 terms loses ~1e-7, f32 over the whole vocabulary would lose ~1e-5.
     for ((xb, eb), bb) in x[..n].chunks(BLOCK).zip(e[..n].chunks_mut(BLOCK)).zip(buckets[..n].chunks_mut(BLOCK)) {
-        let (mut total, mut before, mut through) = (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
-        for ((xc, ec), bc) in xb.chunks_exact(8).zip(eb.chunks_exact_mut(8)).zip(bb.chunks_exact_mut(8)) {
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for (j, ((xc, ec), bc)) in
+            xb.chunks_exact(8).zip(eb.chunks_exact_mut(8)).zip(bb.chunks_exact_mut(8)).enumerate()
+        {
             // SAFETY: each chunk holds exactly 8 elements.
             let v = unsafe { _mm256_loadu_ps(xc.as_ptr()) };
             let ev = exp8(_mm256_sub_ps(v, maxv));
             // SAFETY: as above.
             unsafe { _mm256_storeu_ps(ec.as_mut_ptr(), ev) };
-            total = _mm256_add_ps(total, ev);
+            acc[j & 1] = _mm256_add_ps(acc[j & 1], ev);
             // minps returns its second operand (the last bucket) for NaN; rounding to nearest
             // keeps the bucket monotone in the logit.
             let q = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_mul_ps(_mm256_sub_ps(maxv, v), scalev), last));
-            let below_from = _mm256_castsi256_ps(_mm256_cmpgt_epi32(from, q));
-            let through_to = _mm256_castsi256_ps(_mm256_cmpgt_epi32(past, q));
-            before = _mm256_add_ps(before, _mm256_and_ps(ev, below_from));
-            through = _mm256_add_ps(through, _mm256_and_ps(ev, through_to));
             // Buckets are at most 4095: packing to u16 loses nothing. packus works per 128-bit
             // lane, so the two lanes' halves are gathered into the low 128 bits.
             let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi32(q, q));
             // SAFETY: as above; 8 u16 are 128 bits.
             unsafe { _mm_storeu_si128(bc.as_mut_ptr().cast(), _mm256_castsi256_si128(packed)) };
         }
-        let block = hsum(total);
+        let block = hsum(_mm256_add_ps(acc[0], acc[1]));
         block_sums.push(block);
-        masses.total += f64::from(block);
-        masses.before += f64::from(hsum(before));
-        masses.through += f64::from(hsum(through));
+        sum += f64::from(block);
     }
     if n < x.len() {
-        let tail = super::exp_and_buckets_scalar(&x[n..], max, scale, window, &mut e[n..], &mut buckets[n..]);
-        block_sums.push(tail.total as f32);
-        masses.total += tail.total;
-        masses.before += tail.before;
-        masses.through += tail.through;
+        let block = super::exp_and_buckets_scalar(&x[n..], max, scale, &mut e[n..], &mut buckets[n..]);
+        block_sums.push(block);
+        sum += f64::from(block);
     }
-    masses
+    sum
 }
 
 /// Temperature weights of the tokens at or above `cut` into `w` (0 elsewhere) and their sums per
@@ -199,32 +190,61 @@ pub(super) unsafe fn positions_in_bucket(buckets: &[u16], bucket: u16, out: &mut
     }
 }
 
-/// Adds each token's mass to `hist` at its bucket when the bucket is within `from..=to`: 16
-/// range checks at a time (unsigned `b - from <= to - from`), a scalar add only for the window's
-/// members.
+/// `super::window_histogram`, 16 tokens at a time: the masses before the window (bucket below
+/// `from`) and through it (bucket at most `to`) by masked sums, f32 within a 64-token block and
+/// f64 across blocks as pass 2 sums the total; a scalar add to `hist` only for the window's
+/// members (unsigned `b - from <= to - from`).
 ///
 /// # Safety
 /// The CPU must support AVX2; `e` is as long as `buckets`, `hist` holds `BUCKETS` entries.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn window_histogram(buckets: &[u16], e: &[f32], from: u16, to: u16, hist: &mut [f64]) {
-    let (fromv, spanv) = (_mm256_set1_epi16(from as i16), _mm256_set1_epi16(to.wrapping_sub(from) as i16));
-    let chunks = buckets.chunks_exact(16);
-    let tail_start = buckets.len() - chunks.remainder().len();
-    for (c, chunk) in chunks.enumerate() {
-        // SAFETY: `chunk` holds exactly 16 u16.
-        let v = unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) };
-        let offset = _mm256_sub_epi16(v, fromv);
-        let inside = _mm256_cmpeq_epi16(_mm256_min_epu16(offset, spanv), offset);
-        let mut hits = _mm256_movemask_epi8(inside) as u32 & 0x5555_5555;
-        while hits != 0 {
-            let i = c * 16 + (hits.trailing_zeros() / 2) as usize;
-            hist[usize::from(buckets[i]) & (BUCKETS - 1)] += f64::from(e[i]);
-            hits &= hits - 1;
+pub(super) unsafe fn window_histogram(buckets: &[u16], e: &[f32], from: u16, to: u16, hist: &mut [f64]) -> Masses {
+    let n = buckets.len() / BLOCK * BLOCK;
+    // Buckets are at most 4095, so signed 16-bit compares are exact.
+    let (fromv, pastv) = (_mm256_set1_epi16(from as i16), _mm256_set1_epi16(to as i16 + 1));
+    let spanv = _mm256_set1_epi16(to.wrapping_sub(from) as i16);
+    let mut masses = Masses::default();
+    for (block, (bb, eb)) in buckets[..n].chunks(BLOCK).zip(e[..n].chunks(BLOCK)).enumerate() {
+        let (mut before, mut through) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for (c, (bc, ec)) in bb.chunks_exact(16).zip(eb.chunks_exact(16)).enumerate() {
+            // SAFETY: `bc` holds exactly 16 u16, `ec` 16 f32 (two loads of 8).
+            let (v, lo, hi) = unsafe {
+                (
+                    _mm256_loadu_si256(bc.as_ptr().cast()),
+                    _mm256_loadu_ps(ec.as_ptr()),
+                    _mm256_loadu_ps(ec.as_ptr().add(8)),
+                )
+            };
+            let below = _mm256_cmpgt_epi16(fromv, v);
+            let within = _mm256_cmpgt_epi16(pastv, v);
+            // 16-bit masks widened to two 8-lane 32-bit masks, for the f32 masses.
+            let widen = |m: __m256i| {
+                (
+                    _mm256_castsi256_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(m))),
+                    _mm256_castsi256_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(m))),
+                )
+            };
+            let (b_lo, b_hi) = widen(below);
+            let (w_lo, w_hi) = widen(within);
+            before = _mm256_add_ps(before, _mm256_add_ps(_mm256_and_ps(lo, b_lo), _mm256_and_ps(hi, b_hi)));
+            through = _mm256_add_ps(through, _mm256_add_ps(_mm256_and_ps(lo, w_lo), _mm256_and_ps(hi, w_hi)));
+            let offset = _mm256_sub_epi16(v, fromv);
+            let inside = _mm256_cmpeq_epi16(_mm256_min_epu16(offset, spanv), offset);
+            // Two mask bits per 16-bit lane: keep the even ones.
+            let mut hits = _mm256_movemask_epi8(inside) as u32 & 0x5555_5555;
+            while hits != 0 {
+                let i = block * BLOCK + c * 16 + (hits.trailing_zeros() / 2) as usize;
+                hist[usize::from(buckets[i]) & (BUCKETS - 1)] += f64::from(e[i]);
+                hits &= hits - 1;
+            }
         }
+        masses.before += f64::from(hsum(before));
+        masses.through += f64::from(hsum(through));
     }
-    for (i, &b) in buckets.iter().enumerate().skip(tail_start) {
-        if (from..=to).contains(&b) {
-            hist[usize::from(b) & (BUCKETS - 1)] += f64::from(e[i]);
-        }
+    if n < buckets.len() {
+        let tail = super::window_block_scalar(&buckets[n..], &e[n..], u32::from(from), u32::from(to), hist);
+        masses.before += tail.before;
+        masses.through += tail.through;
     }
+    masses
 }
