@@ -72,6 +72,8 @@ pub struct TokenSampler {
     /// The boundary bucket's members: (logit, token, mass).
     members: Vec<(f32, u32, f32)>,
     positions: Vec<u32>,
+    /// The estimated window's tokens, in token order.
+    window: Vec<u32>,
     /// `MAX_PROPOSALS`; tests set 0 to exercise the full pass.
     max_proposals: usize,
     /// Estimate a window before binning; tests turn it off to exercise the full histogram.
@@ -151,6 +153,7 @@ impl TokenSampler {
             hist: Vec::with_capacity(2 * BUCKETS),
             members: Vec::new(),
             positions: Vec::new(),
+            window: Vec::new(),
             max_proposals: MAX_PROPOSALS,
             windowed: true,
             last_path: NucleusPath::Everything,
@@ -240,12 +243,30 @@ impl TokenSampler {
         }
         self.buckets.resize(n, 0);
         let scale = (BUCKETS - 1) as f32 / (max - min).clamp(1e-6, MAX_SPAN);
-        let total =
-            exp_and_buckets(self.fast, logits, max, scale, &mut self.weights, &mut self.buckets, &mut self.block_sums);
+        // Pass 2 also bins every STRIDE-th token's mass (and its square) for the estimate.
+        self.hist.clear();
+        self.hist.resize(2 * BUCKETS, 0.0);
+        let total = exp_and_buckets(
+            self.fast,
+            logits,
+            max,
+            scale,
+            &mut self.weights,
+            &mut self.buckets,
+            &mut self.block_sums,
+            &mut self.hist,
+        );
         let target = f64::from(self.top_p) * total;
         if self.windowed && n >= MIN_WINDOWED {
             if let Some((from, to)) = self.estimate_window(max, scale, total) {
-                let masses = window_histogram(self.fast, &self.buckets, &self.weights, from, to, &mut self.hist);
+                let masses = window_histogram(
+                    self.fast,
+                    &self.buckets,
+                    &self.weights,
+                    (from, to),
+                    &mut self.hist,
+                    &mut self.window,
+                );
                 // The boundary is inside the window exactly when the mass before it falls short
                 // of the target and the mass through it reaches it.
                 if masses.before < target && target <= masses.through {
@@ -270,17 +291,10 @@ impl TokenSampler {
     /// `max + ln((1 - top_p) / n)`: tokens there weigh less than `(1 - top_p) / n` each, so all
     /// together less than `1 - top_p` of the mass (the maximum alone weighs 1), and the nucleus
     /// ends above them. None when the sample holds no tail at all.
+    /// The sample is pass 2's (`hist`: masses, then squares, per bucket).
     fn estimate_window(&mut self, max: f32, scale: f32, total: f64) -> Option<(u32, u32)> {
         let n = self.weights.len();
-        self.hist.clear();
-        self.hist.resize(2 * BUCKETS, 0.0);
-        let (mass, squares) = self.hist.split_at_mut(BUCKETS);
-        for i in (STRIDE / 2..n).step_by(STRIDE) {
-            let b = usize::from(self.buckets[i]) & (BUCKETS - 1);
-            let e = f64::from(self.weights[i]);
-            mass[b] += e;
-            squares[b] += e * e;
-        }
+        let (mass, squares) = self.hist.split_at(BUCKETS);
         let p = f64::from(self.top_p);
         let goal = (1.0 - p) * total;
         let stride = STRIDE as f64;
@@ -377,7 +391,13 @@ impl TokenSampler {
                 continue;
             }
             self.positions.clear();
-            positions_in_bucket(self.fast, &self.buckets, bucket as u16, &mut self.positions);
+            if end < BUCKETS - 1 {
+                // A window: its list already holds the bucket's tokens.
+                let (buckets, want) = (&self.buckets, bucket as u16);
+                self.positions.extend(self.window.iter().filter(|&&i| buckets[i as usize] == want));
+            } else {
+                positions_in_bucket(self.fast, &self.buckets, bucket as u16, &mut self.positions);
+            }
             self.members.clear();
             self.members.extend(self.positions.iter().map(|&i| (logits[i as usize], i, self.weights[i as usize])));
             self.members.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -439,7 +459,10 @@ fn max_min(fast: bool, x: &[f32]) -> (f32, f32) {
 }
 
 /// Pass 2: `e_i = exp(x_i - max)` into `e`, each token's bucket into `buckets`, the sums of `e`
-/// per `BLOCK` into `block_sums`; returns `sum e_i` (f64).
+/// per `BLOCK` into `block_sums`, and the estimate's sample: the mass of every `STRIDE`-th token
+/// (from `STRIDE / 2`) added at its bucket in `sample[..BUCKETS]`, its square in
+/// `sample[BUCKETS..]`. Returns `sum e_i` (f64).
+#[allow(clippy::too_many_arguments)]
 fn exp_and_buckets(
     fast: bool,
     x: &[f32],
@@ -448,32 +471,45 @@ fn exp_and_buckets(
     e: &mut [f32],
     buckets: &mut [u16],
     block_sums: &mut Vec<f32>,
+    sample: &mut [f64],
 ) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if fast {
-        // SAFETY: as in `max_min`; `nucleus` sized `e` and `buckets` to `x`.
-        return unsafe { avx2::exp_and_buckets(x, max, scale, e, buckets, block_sums) };
+        // SAFETY: as in `max_min`; `nucleus` sized `e` and `buckets` to `x`, `sample` to 2 x BUCKETS.
+        return unsafe { avx2::exp_and_buckets(x, max, scale, e, buckets, block_sums, sample) };
     }
     let _ = fast;
     block_sums.clear();
     let mut sum = 0.0f64;
     for ((xb, eb), bb) in x.chunks(BLOCK).zip(e.chunks_mut(BLOCK)).zip(buckets.chunks_mut(BLOCK)) {
-        let block = exp_and_buckets_scalar(xb, max, scale, eb, bb);
+        let block = exp_and_buckets_scalar(xb, max, scale, eb, bb, sample);
         block_sums.push(block);
         sum += f64::from(block);
     }
     sum
 }
 
-/// Pass 2 over one block, one token at a time; returns the block's sum (f32, as the vector pass).
-fn exp_and_buckets_scalar(x: &[f32], max: f32, scale: f32, e: &mut [f32], b: &mut [u16]) -> f32 {
+/// Pass 2 over one block (whose start is a multiple of `STRIDE`), one token at a time; returns
+/// the block's sum (f32, as the vector pass).
+fn exp_and_buckets_scalar(x: &[f32], max: f32, scale: f32, e: &mut [f32], b: &mut [u16], sample: &mut [f64]) -> f32 {
     let mut sum = 0.0f32;
-    for ((&v, ev), bv) in x.iter().zip(e.iter_mut()).zip(b.iter_mut()) {
+    for (i, ((&v, ev), bv)) in x.iter().zip(e.iter_mut()).zip(b.iter_mut()).enumerate() {
         *ev = exp_neg(v - max);
         *bv = bucket_of(v, max, scale);
         sum += *ev;
+        if i % STRIDE == STRIDE / 2 {
+            add_to_sample(sample, *bv, *ev);
+        }
     }
     sum
+}
+
+/// One sampled token into the estimate's sample (see `exp_and_buckets`).
+#[inline]
+fn add_to_sample(sample: &mut [f64], bucket: u16, e: f32) {
+    let (b, e) = (usize::from(bucket) & (BUCKETS - 1), f64::from(e));
+    sample[b] += e;
+    sample[BUCKETS + b] += e * e;
 }
 
 fn temperature_weights(
@@ -531,44 +567,60 @@ fn mass_histogram(buckets: &[u16], e: &[f32], hist: &mut Vec<f64>) {
     hist.truncate(BUCKETS);
 }
 
-/// The mass of the window's buckets `from..=to` into `hist` (the others stay 0), and the exact
-/// masses before the window and through it, summed like pass 2's total (f32 within a block, f64
-/// across blocks) so the two compare with its target. The vector path finds the window's few
-/// percent of tokens 16 at a time.
-fn window_histogram(fast: bool, buckets: &[u16], e: &[f32], from: u32, to: u32, hist: &mut Vec<f64>) -> Masses {
+/// The window's tokens into `members` (token order), the mass of its buckets `from..=to` into
+/// `hist` (the others 0), and the exact masses before the window and through it, summed like pass
+/// 2's total (f32 within a block, f64 across blocks) so the two compare with its target.
+fn window_histogram(
+    fast: bool,
+    buckets: &[u16],
+    e: &[f32],
+    window: (u32, u32),
+    hist: &mut Vec<f64>,
+    members: &mut Vec<u32>,
+) -> Masses {
     hist.clear();
     hist.resize(BUCKETS, 0.0);
+    members.clear();
     #[cfg(target_arch = "x86_64")]
-    if fast {
+    let masses = if fast {
         // SAFETY: as in `max_min`; `buckets` and `e` have the same length (`nucleus`).
-        return unsafe { avx2::window_histogram(buckets, e, from as u16, to as u16, hist) };
-    }
-    let _ = fast;
-    let mut masses = Masses::default();
-    for (bb, eb) in buckets.chunks(BLOCK).zip(e.chunks(BLOCK)) {
-        let block = window_block_scalar(bb, eb, from, to, hist);
-        masses.before += block.before;
-        masses.through += block.through;
+        unsafe { avx2::window_masses(buckets, e, window.0 as u16, window.1 as u16, members) }
+    } else {
+        window_masses_scalar(buckets, e, window, members)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let masses = {
+        let _ = fast;
+        window_masses_scalar(buckets, e, window, members)
+    };
+    for &i in members.iter() {
+        let i = i as usize;
+        hist[usize::from(buckets[i]) & (BUCKETS - 1)] += f64::from(e[i]);
     }
     masses
 }
 
-/// One block of `window_histogram`, one token at a time.
-fn window_block_scalar(buckets: &[u16], e: &[f32], from: u32, to: u32, hist: &mut [f64]) -> Masses {
-    let (mut before, mut through) = (0.0f32, 0.0f32);
-    for (&b, &w) in buckets.iter().zip(e) {
-        let b32 = u32::from(b);
-        if b32 < from {
-            before += w;
-        }
-        if b32 <= to {
-            through += w;
-            if b32 >= from {
-                hist[usize::from(b) & (BUCKETS - 1)] += f64::from(w);
+/// `window_histogram`'s masses and members, one token at a time.
+fn window_masses_scalar(buckets: &[u16], e: &[f32], window: (u32, u32), members: &mut Vec<u32>) -> Masses {
+    let mut masses = Masses::default();
+    for (block, (bb, eb)) in buckets.chunks(BLOCK).zip(e.chunks(BLOCK)).enumerate() {
+        let (mut before, mut through) = (0.0f32, 0.0f32);
+        for (i, (&b, &w)) in bb.iter().zip(eb).enumerate() {
+            let b = u32::from(b);
+            if b < window.0 {
+                before += w;
+            }
+            if b <= window.1 {
+                through += w;
+                if b >= window.0 {
+                    members.push((block * BLOCK + i) as u32);
+                }
             }
         }
+        masses.before += f64::from(before);
+        masses.through += f64::from(through);
     }
-    Masses { before: f64::from(before), through: f64::from(through) }
+    masses
 }
 
 /// One block of temperature weights (0 below the cut); returns their sum.

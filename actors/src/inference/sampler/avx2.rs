@@ -8,7 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Masses, BLOCK, BUCKETS, EXP_FLOOR};
+use super::{Masses, BLOCK, BUCKETS, EXP_FLOOR, STRIDE};
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
@@ -77,7 +77,8 @@ pub(super) unsafe fn max_min(x: &[f32]) -> (f32, f32) {
 }
 
 /// Pass 2: `e_i = exp(x_i - max)` into `e`, each token's bucket into `buckets`, the sums of `e`
-/// per `BLOCK` into `block_sums`; returns `sum e_i` (f64).
+/// per `BLOCK` into `block_sums`, the estimate's sample (lane 0 of every other 8-token chunk:
+/// tokens `STRIDE / 2` modulo `STRIDE`) into `sample`; returns `sum e_i` (f64).
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; `e` and `buckets` are as long as `x`.
@@ -89,7 +90,9 @@ pub(super) unsafe fn exp_and_buckets(
     e: &mut [f32],
     buckets: &mut [u16],
     block_sums: &mut Vec<f32>,
+    sample: &mut [f64],
 ) -> f64 {
+    const _: () = assert!(STRIDE == 16 && BLOCK % STRIDE == 0);
     block_sums.clear();
     let n = x.len() / BLOCK * BLOCK;
     let (maxv, scalev, last) = (_mm256_set1_ps(max), _mm256_set1_ps(scale), _mm256_set1_ps((BUCKETS - 1) as f32));
@@ -115,13 +118,16 @@ pub(super) unsafe fn exp_and_buckets(
             let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi32(q, q));
             // SAFETY: as above; 8 u16 are 128 bits.
             unsafe { _mm_storeu_si128(bc.as_mut_ptr().cast(), _mm256_castsi256_si128(packed)) };
+            if j & 1 == 1 {
+                super::add_to_sample(sample, _mm256_cvtsi256_si32(q) as u16, _mm256_cvtss_f32(ev));
+            }
         }
         let block = hsum(_mm256_add_ps(acc[0], acc[1]));
         block_sums.push(block);
         sum += f64::from(block);
     }
     if n < x.len() {
-        let block = super::exp_and_buckets_scalar(&x[n..], max, scale, &mut e[n..], &mut buckets[n..]);
+        let block = super::exp_and_buckets_scalar(&x[n..], max, scale, &mut e[n..], &mut buckets[n..], sample);
         block_sums.push(block);
         sum += f64::from(block);
     }
@@ -190,19 +196,43 @@ pub(super) unsafe fn positions_in_bucket(buckets: &[u16], bucket: u16, out: &mut
     }
 }
 
-/// `super::window_histogram`, 16 tokens at a time: the masses before the window (bucket below
-/// `from`) and through it (bucket at most `to`) by masked sums, f32 within a 64-token block and
-/// f64 across blocks as pass 2 sums the total; a scalar add to `hist` only for the window's
-/// members (unsigned `b - from <= to - from`).
+/// For each 8-lane mask, the lanes to keep moved to the front (a permutation for
+/// `_mm256_permutevar8x32_epi32`): the window's members are appended without a branch per token.
+const COMPACT: [[u32; 8]; 256] = {
+    let mut table = [[0u32; 8]; 256];
+    let mut mask = 0;
+    while mask < 256 {
+        let (mut lane, mut kept) = (0, 0);
+        while lane < 8 {
+            if mask & (1 << lane) != 0 {
+                table[mask][kept] = lane as u32;
+                kept += 1;
+            }
+            lane += 1;
+        }
+        mask += 1;
+    }
+    table
+};
+
+/// `super::window_histogram`'s masses and members, 16 tokens at a time: the masses before the
+/// window (bucket below `from`) and through it (bucket at most `to`) by masked sums, f32 within a
+/// 64-token block and f64 across blocks as pass 2 sums the total; the members (unsigned
+/// `b - from <= to - from`) appended by a compacting permutation, 8 lanes at a time.
 ///
 /// # Safety
-/// The CPU must support AVX2; `e` is as long as `buckets`, `hist` holds `BUCKETS` entries.
+/// The CPU must support AVX2; `e` is as long as `buckets`.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn window_histogram(buckets: &[u16], e: &[f32], from: u16, to: u16, hist: &mut [f64]) -> Masses {
+pub(super) unsafe fn window_masses(buckets: &[u16], e: &[f32], from: u16, to: u16, members: &mut Vec<u32>) -> Masses {
     let n = buckets.len() / BLOCK * BLOCK;
+    // Room for a whole 8-lane store past the last member.
+    members.clear();
+    members.resize(buckets.len() + 8, 0);
+    let mut len = 0usize;
     // Buckets are at most 4095, so signed 16-bit compares are exact.
     let (fromv, pastv) = (_mm256_set1_epi16(from as i16), _mm256_set1_epi16(to as i16 + 1));
     let spanv = _mm256_set1_epi16(to.wrapping_sub(from) as i16);
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     let mut masses = Masses::default();
     for (block, (bb, eb)) in buckets[..n].chunks(BLOCK).zip(e[..n].chunks(BLOCK)).enumerate() {
         let (mut before, mut through) = (_mm256_setzero_ps(), _mm256_setzero_ps());
@@ -215,36 +245,44 @@ pub(super) unsafe fn window_histogram(buckets: &[u16], e: &[f32], from: u16, to:
                     _mm256_loadu_ps(ec.as_ptr().add(8)),
                 )
             };
-            let below = _mm256_cmpgt_epi16(fromv, v);
-            let within = _mm256_cmpgt_epi16(pastv, v);
             // 16-bit masks widened to two 8-lane 32-bit masks, for the f32 masses.
             let widen = |m: __m256i| {
                 (
-                    _mm256_castsi256_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(m))),
-                    _mm256_castsi256_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(m))),
+                    _mm256_cvtepi16_epi32(_mm256_castsi256_si128(m)),
+                    _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(m)),
                 )
             };
-            let (b_lo, b_hi) = widen(below);
-            let (w_lo, w_hi) = widen(within);
-            before = _mm256_add_ps(before, _mm256_add_ps(_mm256_and_ps(lo, b_lo), _mm256_and_ps(hi, b_hi)));
-            through = _mm256_add_ps(through, _mm256_add_ps(_mm256_and_ps(lo, w_lo), _mm256_and_ps(hi, w_hi)));
+            let (b_lo, b_hi) = widen(_mm256_cmpgt_epi16(fromv, v));
+            let (w_lo, w_hi) = widen(_mm256_cmpgt_epi16(pastv, v));
+            let masked = |x: __m256, m: __m256i| _mm256_and_ps(x, _mm256_castsi256_ps(m));
+            before = _mm256_add_ps(before, _mm256_add_ps(masked(lo, b_lo), masked(hi, b_hi)));
+            through = _mm256_add_ps(through, _mm256_add_ps(masked(lo, w_lo), masked(hi, w_hi)));
             let offset = _mm256_sub_epi16(v, fromv);
-            let inside = _mm256_cmpeq_epi16(_mm256_min_epu16(offset, spanv), offset);
-            // Two mask bits per 16-bit lane: keep the even ones.
-            let mut hits = _mm256_movemask_epi8(inside) as u32 & 0x5555_5555;
-            while hits != 0 {
-                let i = block * BLOCK + c * 16 + (hits.trailing_zeros() / 2) as usize;
-                hist[usize::from(buckets[i]) & (BUCKETS - 1)] += f64::from(e[i]);
-                hits &= hits - 1;
+            let (in_lo, in_hi) = widen(_mm256_cmpeq_epi16(_mm256_min_epu16(offset, spanv), offset));
+            let base = (block * BLOCK + c * 16) as i32;
+            for (half, inside) in [(0, in_lo), (8, in_hi)] {
+                let mask = _mm256_movemask_ps(_mm256_castsi256_ps(inside)) as usize;
+                let ids = _mm256_add_epi32(lanes, _mm256_set1_epi32(base + half));
+                // SAFETY: a table row is 8 u32; `len + 8 <= members.len()` since at most
+                // `buckets.len()` members are ever kept.
+                unsafe {
+                    let order = _mm256_loadu_si256(COMPACT[mask].as_ptr().cast());
+                    _mm256_storeu_si256(members.as_mut_ptr().add(len).cast(), _mm256_permutevar8x32_epi32(ids, order));
+                }
+                len += mask.count_ones() as usize;
             }
         }
         masses.before += f64::from(hsum(before));
         masses.through += f64::from(hsum(through));
     }
+    members.truncate(len);
     if n < buckets.len() {
-        let tail = super::window_block_scalar(&buckets[n..], &e[n..], u32::from(from), u32::from(to), hist);
-        masses.before += tail.before;
-        masses.through += tail.through;
+        let mut tail = Vec::new();
+        let masses_tail =
+            super::window_masses_scalar(&buckets[n..], &e[n..], (u32::from(from), u32::from(to)), &mut tail);
+        members.extend(tail.iter().map(|&i| i + n as u32));
+        masses.before += masses_tail.before;
+        masses.through += masses_tail.through;
     }
     masses
 }
