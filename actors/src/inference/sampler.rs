@@ -32,7 +32,7 @@
 //! in f32 within 64-token blocks and in f64 across them, llama.cpp sums in f32 in sorted order,
 //! so the two agree on the nucleus except for tokens whose cumulative mass lies within float
 //! rounding of `p` (~1e-6 here, up to ~1e-4 in llama.cpp at 152k tokens); the exponential is a
-//! polynomial within ~2 ulp of `expf`.
+//! polynomial within 3 ulp of `expf`.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -641,8 +641,18 @@ fn bucket_of(v: f32, max: f32, scale: f32) -> u16 {
     q.round_ties_even() as u16
 }
 
-/// `exp(x)` for `x <= 0` by Cody–Waite range reduction and Cephes' `expf` polynomial (~1-2 ulp);
-/// 0 below `EXP_FLOOR` and for NaN.
+/// The polynomial of `exp(r) = 1 + r + r^2 (C2 + C3 r + C4 r^2 + C5 r^3)` on
+/// `|r| <= ln(2) / 2`: a weighted least-squares fit to the relative error, within 1.7e-7 of
+/// `exp` in f32 (under 3 ulp; the tests allow 1e-5 on a probability and 1e-6 of mass at the
+/// nucleus' edge). One degree below Cephes' `expf`: two fewer multiply-adds per token in the pass
+/// every token goes through.
+const EXP_C2: f32 = 0.499_992_3;
+const EXP_C3: f32 = 0.166_671_14;
+const EXP_C4: f32 = 0.041_890_118;
+const EXP_C5: f32 = 0.008_312_528;
+
+/// `exp(x)` for `x <= 0` by Cody–Waite range reduction and the polynomial above (< 3 ulp); 0
+/// below `EXP_FLOOR` and for NaN.
 fn exp_neg(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
@@ -656,12 +666,10 @@ fn exp_neg(x: f32) -> f32 {
     let n = t - ROUND;
     let k = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let r = x - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
+    let mut p = EXP_C5;
+    p = p * r + EXP_C4;
+    p = p * r + EXP_C3;
+    p = p * r + EXP_C2;
     let y = p * r * r + r + 1.0;
     y * f32::from_bits((k.wrapping_add(127) as u32).wrapping_shl(23))
 }
@@ -781,7 +789,7 @@ mod tests {
     }
 
     /// Largest relative error allowed on a nucleus token's probability: the polynomial exp is
-    /// within ~2.4e-7 of the true value and the sums over 152k terms add rounding of the same
+    /// within ~1.7e-7 of the true value and the sums over 152k terms add rounding of the same
     /// order times a few hundred at most; 1e-5 leaves a wide margin yet catches any wrong weight
     /// (a temperature off by 1 % moves probabilities by far more).
     const PROB_TOLERANCE: f64 = 1e-5;
@@ -801,7 +809,7 @@ mod tests {
                     let ids: Vec<u32> = got.iter().map(|&(i, _)| i).collect();
                     let what = format!("{what}, top_p {top_p}, t {temperature}, fast {}", sampler.fast);
                     paths.push((what.clone(), sampler.last_path));
-                    // Our masses are summed in f64 from f32 terms within 2 ulp: 1e-6 of slack.
+                    // Our masses are summed in f64 from f32 terms within 3 ulp: 1e-6 of slack.
                     reference.assert_nucleus(&logits, &ids, top_p, 1e-6, &what);
                     if ids.len() == reference.nucleus {
                         let want = reference.probabilities(&logits, temperature);

@@ -29,12 +29,10 @@ fn exp8(x: __m256) -> __m256 {
     let k = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(round));
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), xc);
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
-    let mut p = _mm256_set1_ps(1.987_569_1e-4);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.398_199_9e-3));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.333_452e-3));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.166_579_6e-2));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.666_666_5e-1));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
+    let mut p = _mm256_set1_ps(super::EXP_C5);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(super::EXP_C4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(super::EXP_C3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(super::EXP_C2));
     let y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
     let scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(k, _mm256_set1_epi32(127))));
     _mm256_and_ps(_mm256_mul_ps(y, scale), keep)
@@ -95,32 +93,36 @@ pub(super) unsafe fn exp_and_buckets(
     const _: () = assert!(STRIDE == 16 && BLOCK % STRIDE == 0);
     block_sums.clear();
     let n = x.len() / BLOCK * BLOCK;
-    let (maxv, scalev, last) = (_mm256_set1_ps(max), _mm256_set1_ps(scale), _mm256_set1_ps((BUCKETS - 1) as f32));
+    let (maxv, neg_scale, last) = (_mm256_set1_ps(max), _mm256_set1_ps(-scale), _mm256_set1_ps((BUCKETS - 1) as f32));
     let mut sum = 0.0f64;
     // f32 sums over one block (two chains, so the adds overlap), added to the f64 total per block:
     // f32 over 64 terms loses ~1e-7, f32 over the whole vocabulary would lose ~1e-5.
     for ((xb, eb), bb) in x[..n].chunks(BLOCK).zip(e[..n].chunks_mut(BLOCK)).zip(buckets[..n].chunks_mut(BLOCK)) {
         let mut acc = [_mm256_setzero_ps(); 2];
-        for (j, ((xc, ec), bc)) in
-            xb.chunks_exact(8).zip(eb.chunks_exact_mut(8)).zip(bb.chunks_exact_mut(8)).enumerate()
-        {
-            // SAFETY: each chunk holds exactly 8 elements.
-            let v = unsafe { _mm256_loadu_ps(xc.as_ptr()) };
-            let ev = exp8(_mm256_sub_ps(v, maxv));
+        // 16 tokens a step: two vectors of 8, whose buckets pack into one 16-lane store.
+        for ((xc, ec), bc) in xb.chunks_exact(16).zip(eb.chunks_exact_mut(16)).zip(bb.chunks_exact_mut(16)) {
+            // SAFETY: each chunk holds exactly 16 elements (two vectors of 8 floats, 256 bits of u16).
+            let (v0, v1) = unsafe { (_mm256_loadu_ps(xc.as_ptr()), _mm256_loadu_ps(xc.as_ptr().add(8))) };
+            let (d0, d1) = (_mm256_sub_ps(v0, maxv), _mm256_sub_ps(v1, maxv));
+            let (e0, e1) = (exp8(d0), exp8(d1));
             // SAFETY: as above.
-            unsafe { _mm256_storeu_ps(ec.as_mut_ptr(), ev) };
-            acc[j & 1] = _mm256_add_ps(acc[j & 1], ev);
-            // minps returns its second operand (the last bucket) for NaN; rounding to nearest
-            // keeps the bucket monotone in the logit.
-            let q = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_mul_ps(_mm256_sub_ps(maxv, v), scalev), last));
-            // Buckets are at most 4095: packing to u16 loses nothing. packus works per 128-bit
-            // lane, so the two lanes' halves are gathered into the low 128 bits.
-            let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi32(q, q));
-            // SAFETY: as above; 8 u16 are 128 bits.
-            unsafe { _mm_storeu_si128(bc.as_mut_ptr().cast(), _mm256_castsi256_si128(packed)) };
-            if j & 1 == 1 {
-                super::add_to_sample(sample, _mm256_cvtsi256_si32(q) as u16, _mm256_cvtss_f32(ev));
+            unsafe {
+                _mm256_storeu_ps(ec.as_mut_ptr(), e0);
+                _mm256_storeu_ps(ec.as_mut_ptr().add(8), e1);
             }
+            acc[0] = _mm256_add_ps(acc[0], e0);
+            acc[1] = _mm256_add_ps(acc[1], e1);
+            // (max - v) * scale, as `bucket_of`; minps returns its second operand (the last
+            // bucket) for NaN; rounding to nearest keeps the bucket monotone in the logit.
+            let q0 = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_mul_ps(d0, neg_scale), last));
+            let q1 = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_mul_ps(d1, neg_scale), last));
+            // Buckets are at most 4095: packing to u16 loses nothing. packus interleaves the
+            // 128-bit lanes (q0 low, q1 low, q0 high, q1 high); the permute restores token order.
+            let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(q0, q1));
+            // SAFETY: as above.
+            unsafe { _mm256_storeu_si256(bc.as_mut_ptr().cast(), packed) };
+            // The sample: the token at STRIDE / 2, lane 0 of the second vector.
+            super::add_to_sample(sample, _mm256_cvtsi256_si32(q1) as u16, _mm256_cvtss_f32(e1));
         }
         let block = hsum(_mm256_add_ps(acc[0], acc[1]));
         block_sums.push(block);
