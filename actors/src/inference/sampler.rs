@@ -13,11 +13,11 @@
 //!    nucleus' boundary lies in that bucket, and only its members (a few hundred tokens at most on
 //!    Gaussian logits) are sorted to find the exact cut. The histogram is the one scattered pass,
 //!    so it covers only a *window* of buckets: every 16th token estimates where the boundary
-//!    lies, one vector pass over the buckets sums the exact mass before the window and through
-//!    it while binning the window's tokens (a few percent of the vocabulary), and when
-//!    `top_p * S` falls between the two masses the boundary is provably inside. When the sample
-//!    misled, the whole histogram is built instead: the estimate only ever costs time, never
-//!    exactness;
+//!    lies, one vector pass over the buckets sums the exact mass before the window while listing
+//!    the window's tokens (a few percent of the vocabulary), and when that mass falls short of
+//!    `top_p * S` and the walk through the window's histogram reaches it, the boundary is
+//!    provably inside. When the sample misled, the whole histogram is built instead: the
+//!    estimate only ever costs time, never exactness;
 //! 4. the draw, by rejection when the temperature is at most 1 (the validator's 0.7): propose a
 //!    token in proportion to `e_i` (block sums make that a binary search and one 64-token walk),
 //!    reject it outside the nucleus, accept it with probability `e_i^(1/t - 1)` — exactly the
@@ -97,13 +97,6 @@ enum NucleusPath {
 const STRIDE: usize = 16;
 /// Below this many tokens the whole histogram is cheap enough; the estimate would not pay.
 const MIN_WINDOWED: usize = 8192;
-
-/// The exact masses around an estimated window: before its first bucket and through its last.
-#[derive(Debug, Clone, Copy, Default)]
-struct Masses {
-    before: f64,
-    through: f64,
-}
 
 /// Where the nucleus ends: every token with a higher logit is in, and among tokens with exactly
 /// this logit those up to this id.
@@ -259,7 +252,7 @@ impl TokenSampler {
         let target = f64::from(self.top_p) * total;
         if self.windowed && n >= MIN_WINDOWED {
             if let Some((from, to)) = self.estimate_window(max, scale, total) {
-                let masses = window_histogram(
+                let before = window_histogram(
                     self.fast,
                     &self.buckets,
                     &self.weights,
@@ -268,9 +261,9 @@ impl TokenSampler {
                     &mut self.window,
                 );
                 // The boundary is inside the window exactly when the mass before it falls short
-                // of the target and the mass through it reaches it.
-                if masses.before < target && target <= masses.through {
-                    if let Some(cut) = self.find_cut(logits, target, (from as usize, to as usize), masses.before) {
+                // of the target and the walk through the window reaches it.
+                if before < target {
+                    if let Some(cut) = self.find_cut(logits, target, (from as usize, to as usize), before) {
                         self.last_path = NucleusPath::Window;
                         return Some((max, cut));
                     }
@@ -568,8 +561,8 @@ fn mass_histogram(buckets: &[u16], e: &[f32], hist: &mut Vec<f64>) {
 }
 
 /// The window's tokens into `members` (token order), the mass of its buckets `from..=to` into
-/// `hist` (the others 0), and the exact masses before the window and through it, summed like pass
-/// 2's total (f32 within a block, f64 across blocks) so the two compare with its target.
+/// `hist` (the others 0); returns the exact mass before the window, summed like pass 2's total
+/// (f32 within a block, f64 across blocks) so that it compares with its target.
 fn window_histogram(
     fast: bool,
     buckets: &[u16],
@@ -577,19 +570,19 @@ fn window_histogram(
     window: (u32, u32),
     hist: &mut Vec<f64>,
     members: &mut Vec<u32>,
-) -> Masses {
+) -> f64 {
     hist.clear();
     hist.resize(BUCKETS, 0.0);
     members.clear();
     #[cfg(target_arch = "x86_64")]
-    let masses = if fast {
+    let before = if fast {
         // SAFETY: as in `max_min`; `buckets` and `e` have the same length (`nucleus`).
         unsafe { avx2::window_masses(buckets, e, window.0 as u16, window.1 as u16, members) }
     } else {
         window_masses_scalar(buckets, e, window, members)
     };
     #[cfg(not(target_arch = "x86_64"))]
-    let masses = {
+    let before = {
         let _ = fast;
         window_masses_scalar(buckets, e, window, members)
     };
@@ -597,30 +590,25 @@ fn window_histogram(
         let i = i as usize;
         hist[usize::from(buckets[i]) & (BUCKETS - 1)] += f64::from(e[i]);
     }
-    masses
+    before
 }
 
-/// `window_histogram`'s masses and members, one token at a time.
-fn window_masses_scalar(buckets: &[u16], e: &[f32], window: (u32, u32), members: &mut Vec<u32>) -> Masses {
-    let mut masses = Masses::default();
+/// `window_histogram`'s mass before the window and its members, one token at a time.
+fn window_masses_scalar(buckets: &[u16], e: &[f32], window: (u32, u32), members: &mut Vec<u32>) -> f64 {
+    let mut before_window = 0.0f64;
     for (block, (bb, eb)) in buckets.chunks(BLOCK).zip(e.chunks(BLOCK)).enumerate() {
-        let (mut before, mut through) = (0.0f32, 0.0f32);
+        let mut before = 0.0f32;
         for (i, (&b, &w)) in bb.iter().zip(eb).enumerate() {
             let b = u32::from(b);
             if b < window.0 {
                 before += w;
-            }
-            if b <= window.1 {
-                through += w;
-                if b >= window.0 {
-                    members.push((block * BLOCK + i) as u32);
-                }
+            } else if b <= window.1 {
+                members.push((block * BLOCK + i) as u32);
             }
         }
-        masses.before += f64::from(before);
-        masses.through += f64::from(through);
+        before_window += f64::from(before);
     }
-    masses
+    before_window
 }
 
 /// One block of temperature weights (0 below the cut); returns their sum.

@@ -8,7 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Masses, BLOCK, BUCKETS, EXP_FLOOR, STRIDE};
+use super::{BLOCK, BUCKETS, EXP_FLOOR, STRIDE};
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
@@ -217,27 +217,27 @@ const COMPACT: [[u32; 8]; 256] = {
     table
 };
 
-/// `super::window_histogram`'s masses and members, 16 tokens at a time: the masses before the
-/// window (bucket below `from`) and through it (bucket at most `to`) by masked sums, f32 within a
-/// 64-token block and f64 across blocks as pass 2 sums the total; the members (unsigned
-/// `b - from <= to - from`) appended by a compacting permutation, 8 lanes at a time.
+/// `super::window_histogram`'s mass before the window (bucket below `from`) by a masked sum, f32
+/// within a 64-token block and f64 across blocks as pass 2 sums the total, and its members
+/// (unsigned `b - from <= to - from`), appended by a compacting permutation 8 lanes at a time,
+/// 16 tokens a step.
 ///
 /// # Safety
 /// The CPU must support AVX2; `e` is as long as `buckets`.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn window_masses(buckets: &[u16], e: &[f32], from: u16, to: u16, members: &mut Vec<u32>) -> Masses {
+pub(super) unsafe fn window_masses(buckets: &[u16], e: &[f32], from: u16, to: u16, members: &mut Vec<u32>) -> f64 {
     let n = buckets.len() / BLOCK * BLOCK;
     // Room for a whole 8-lane store past the last member.
     members.clear();
     members.resize(buckets.len() + 8, 0);
     let mut len = 0usize;
     // Buckets are at most 4095, so signed 16-bit compares are exact.
-    let (fromv, pastv) = (_mm256_set1_epi16(from as i16), _mm256_set1_epi16(to as i16 + 1));
+    let fromv = _mm256_set1_epi16(from as i16);
     let spanv = _mm256_set1_epi16(to.wrapping_sub(from) as i16);
     let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    let mut masses = Masses::default();
+    let mut before_window = 0.0f64;
     for (block, (bb, eb)) in buckets[..n].chunks(BLOCK).zip(e[..n].chunks(BLOCK)).enumerate() {
-        let (mut before, mut through) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut before = _mm256_setzero_ps();
         for (c, (bc, ec)) in bb.chunks_exact(16).zip(eb.chunks_exact(16)).enumerate() {
             // SAFETY: `bc` holds exactly 16 u16, `ec` 16 f32 (two loads of 8).
             let (v, lo, hi) = unsafe {
@@ -255,10 +255,8 @@ pub(super) unsafe fn window_masses(buckets: &[u16], e: &[f32], from: u16, to: u1
                 )
             };
             let (b_lo, b_hi) = widen(_mm256_cmpgt_epi16(fromv, v));
-            let (w_lo, w_hi) = widen(_mm256_cmpgt_epi16(pastv, v));
             let masked = |x: __m256, m: __m256i| _mm256_and_ps(x, _mm256_castsi256_ps(m));
             before = _mm256_add_ps(before, _mm256_add_ps(masked(lo, b_lo), masked(hi, b_hi)));
-            through = _mm256_add_ps(through, _mm256_add_ps(masked(lo, w_lo), masked(hi, w_hi)));
             let offset = _mm256_sub_epi16(v, fromv);
             let (in_lo, in_hi) = widen(_mm256_cmpeq_epi16(_mm256_min_epu16(offset, spanv), offset));
             let base = (block * BLOCK + c * 16) as i32;
@@ -274,17 +272,14 @@ pub(super) unsafe fn window_masses(buckets: &[u16], e: &[f32], from: u16, to: u1
                 len += mask.count_ones() as usize;
             }
         }
-        masses.before += f64::from(hsum(before));
-        masses.through += f64::from(hsum(through));
+        before_window += f64::from(hsum(before));
     }
     members.truncate(len);
     if n < buckets.len() {
         let mut tail = Vec::new();
-        let masses_tail =
+        before_window +=
             super::window_masses_scalar(&buckets[n..], &e[n..], (u32::from(from), u32::from(to)), &mut tail);
         members.extend(tail.iter().map(|&i| i + n as u32));
-        masses.before += masses_tail.before;
-        masses.through += masses_tail.through;
     }
-    masses
+    before_window
 }
