@@ -74,6 +74,8 @@ pub struct TokenSampler {
     positions: Vec<u32>,
     /// The estimated window's tokens, in token order.
     window: Vec<u32>,
+    /// Pass 2's sample for the estimate: mass per bucket, then squared mass per bucket.
+    sample: Vec<f32>,
     /// `MAX_PROPOSALS`; tests set 0 to exercise the full pass.
     max_proposals: usize,
     /// Estimate a window before binning; tests turn it off to exercise the full histogram.
@@ -147,6 +149,7 @@ impl TokenSampler {
             members: Vec::new(),
             positions: Vec::new(),
             window: Vec::new(),
+            sample: Vec::with_capacity(2 * BUCKETS),
             max_proposals: MAX_PROPOSALS,
             windowed: true,
             last_path: NucleusPath::Everything,
@@ -237,8 +240,8 @@ impl TokenSampler {
         self.buckets.resize(n, 0);
         let scale = (BUCKETS - 1) as f32 / (max - min).clamp(1e-6, MAX_SPAN);
         // Pass 2 also bins every STRIDE-th token's mass (and its square) for the estimate.
-        self.hist.clear();
-        self.hist.resize(2 * BUCKETS, 0.0);
+        self.sample.clear();
+        self.sample.resize(2 * BUCKETS, 0.0);
         let total = exp_and_buckets(
             self.fast,
             logits,
@@ -247,7 +250,7 @@ impl TokenSampler {
             &mut self.weights,
             &mut self.buckets,
             &mut self.block_sums,
-            &mut self.hist,
+            &mut self.sample,
         );
         let target = f64::from(self.top_p) * total;
         if self.windowed && n >= MIN_WINDOWED {
@@ -284,29 +287,35 @@ impl TokenSampler {
     /// `max + ln((1 - top_p) / n)`: tokens there weigh less than `(1 - top_p) / n` each, so all
     /// together less than `1 - top_p` of the mass (the maximum alone weighs 1), and the nucleus
     /// ends above them. None when the sample holds no tail at all.
-    /// The sample is pass 2's (`hist`: masses, then squares, per bucket).
+    /// The sample is pass 2's (`sample`: masses, then squares, per bucket).
     fn estimate_window(&mut self, max: f32, scale: f32, total: f64) -> Option<(u32, u32)> {
         let n = self.weights.len();
-        let (mass, squares) = self.hist.split_at(BUCKETS);
+        let (mass, squares) = self.sample.split_at(BUCKETS);
         let p = f64::from(self.top_p);
         let goal = (1.0 - p) * total;
         let stride = STRIDE as f64;
         // Walk up from the far tail: `tail` estimates the mass at and below the bucket, `var`
-        // its variance (each sampled token stands for `STRIDE`).
+        // its variance (each sampled token stands for `STRIDE`). The margin is
+        // `4 sqrt(var) + 2 % of the goal`; the comparisons with it are squared, so that the walk
+        // over 4,096 buckets takes no square root.
+        let (low, high) = (0.98 * goal, 1.02 * goal);
+        // `x >= 4 sqrt(var)`
+        let clears = |x: f64, var: f64| x >= 0.0 && x * x >= 16.0 * var;
         let (mut tail, mut var) = (0.0f64, 0.0f64);
         let mut to = None;
         let mut from = 0u32;
         for b in (0..BUCKETS).rev() {
             let below = tail;
-            tail += stride * mass[b];
-            var += stride * stride * squares[b];
-            let margin = 4.0 * var.sqrt() + 0.02 * goal;
-            // `to`: the deepest bucket whose estimated tail beyond it is surely within the goal.
-            if to.is_none() && below <= goal - margin && tail > goal - margin {
+            tail += stride * f64::from(mass[b]);
+            var += stride * stride * f64::from(squares[b]);
+            // `to`: the deepest bucket whose estimated tail beyond it is surely within the goal
+            // (`below <= goal - margin < tail`).
+            if to.is_none() && clears(low - below, var) && !clears(low - tail, var) {
                 to = Some(b as u32);
             }
-            // `from`: the first bucket (walking up) whose estimated tail surely exceeds the goal.
-            if tail >= goal + margin {
+            // `from`: the first bucket (walking up) whose estimated tail surely exceeds the goal
+            // (`tail >= goal + margin`).
+            if clears(tail - high, var) {
                 from = b as u32;
                 break;
             }
@@ -464,7 +473,7 @@ fn exp_and_buckets(
     e: &mut [f32],
     buckets: &mut [u16],
     block_sums: &mut Vec<f32>,
-    sample: &mut [f64],
+    sample: &mut [f32],
 ) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if fast {
@@ -484,7 +493,7 @@ fn exp_and_buckets(
 
 /// Pass 2 over one block (whose start is a multiple of `STRIDE`), one token at a time; returns
 /// the block's sum (f32, as the vector pass).
-fn exp_and_buckets_scalar(x: &[f32], max: f32, scale: f32, e: &mut [f32], b: &mut [u16], sample: &mut [f64]) -> f32 {
+fn exp_and_buckets_scalar(x: &[f32], max: f32, scale: f32, e: &mut [f32], b: &mut [u16], sample: &mut [f32]) -> f32 {
     let mut sum = 0.0f32;
     for (i, ((&v, ev), bv)) in x.iter().zip(e.iter_mut()).zip(b.iter_mut()).enumerate() {
         *ev = exp_neg(v - max);
@@ -499,8 +508,8 @@ fn exp_and_buckets_scalar(x: &[f32], max: f32, scale: f32, e: &mut [f32], b: &mu
 
 /// One sampled token into the estimate's sample (see `exp_and_buckets`).
 #[inline]
-fn add_to_sample(sample: &mut [f64], bucket: u16, e: f32) {
-    let (b, e) = (usize::from(bucket) & (BUCKETS - 1), f64::from(e));
+fn add_to_sample(sample: &mut [f32], bucket: u16, e: f32) {
+    let b = usize::from(bucket) & (BUCKETS - 1);
     sample[b] += e;
     sample[BUCKETS + b] += e * e;
 }
@@ -571,8 +580,9 @@ fn window_histogram(
     hist: &mut Vec<f64>,
     members: &mut Vec<u32>,
 ) -> f64 {
-    hist.clear();
+    // Only the window's buckets are read (`find_cut` walks `from..=to`).
     hist.resize(BUCKETS, 0.0);
+    hist[window.0 as usize..=window.1 as usize].fill(0.0);
     members.clear();
     #[cfg(target_arch = "x86_64")]
     let before = if fast {

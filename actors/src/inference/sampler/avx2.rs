@@ -88,7 +88,7 @@ pub(super) unsafe fn exp_and_buckets(
     e: &mut [f32],
     buckets: &mut [u16],
     block_sums: &mut Vec<f32>,
-    sample: &mut [f64],
+    sample: &mut [f32],
 ) -> f64 {
     const _: () = assert!(STRIDE == 16 && BLOCK % STRIDE == 0);
     block_sums.clear();
