@@ -227,9 +227,10 @@ const COMPACT: [[u32; 8]; 256] = {
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn window_masses(buckets: &[u16], e: &[f32], from: u16, to: u16, members: &mut Vec<u32>) -> f64 {
     let n = buckets.len() / BLOCK * BLOCK;
-    // Room for a whole 8-lane store past the last member.
+    // Room for a whole 8-lane store past the last member: at most `n` members are kept.
     members.clear();
-    members.resize(buckets.len() + 8, 0);
+    members.reserve(n + 8);
+    let members_at = members.as_mut_ptr();
     let mut len = 0usize;
     // Buckets are at most 4095, so signed 16-bit compares are exact.
     let fromv = _mm256_set1_epi16(from as i16);
@@ -263,18 +264,19 @@ pub(super) unsafe fn window_masses(buckets: &[u16], e: &[f32], from: u16, to: u1
             for (half, inside) in [(0, in_lo), (8, in_hi)] {
                 let mask = _mm256_movemask_ps(_mm256_castsi256_ps(inside)) as usize;
                 let ids = _mm256_add_epi32(lanes, _mm256_set1_epi32(base + half));
-                // SAFETY: a table row is 8 u32; `len + 8 <= members.len()` since at most
-                // `buckets.len()` members are ever kept.
+                // SAFETY: a table row is 8 u32; `len + 8` is within the reserved capacity since
+                // `len <= n` (lanes written past `len` are overwritten, or cut by `set_len`).
                 unsafe {
                     let order = _mm256_loadu_si256(COMPACT[mask].as_ptr().cast());
-                    _mm256_storeu_si256(members.as_mut_ptr().add(len).cast(), _mm256_permutevar8x32_epi32(ids, order));
+                    _mm256_storeu_si256(members_at.add(len).cast(), _mm256_permutevar8x32_epi32(ids, order));
                 }
                 len += mask.count_ones() as usize;
             }
         }
         before_window += f64::from(hsum(before));
     }
-    members.truncate(len);
+    // SAFETY: the first `len` entries were written above (plain integers).
+    unsafe { members.set_len(len) };
     if n < buckets.len() {
         let mut tail = Vec::new();
         before_window +=
