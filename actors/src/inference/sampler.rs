@@ -646,7 +646,7 @@ fn bucket_of(v: f32, max: f32, scale: f32) -> u16 {
 /// every token goes through.
 const EXP_C2: f32 = 0.499_992_3;
 const EXP_C3: f32 = 0.166_671_14;
-const EXP_C4: f32 = 0.041_890_118;
+const EXP_C4: f32 = 0.041_890_12;
 const EXP_C5: f32 = 0.008_312_528;
 
 /// `exp(x)` for `x <= 0` by Cody–Waite range reduction and the polynomial above (< 3 ulp); 0

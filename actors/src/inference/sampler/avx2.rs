@@ -90,7 +90,7 @@ pub(super) unsafe fn exp_and_buckets(
     block_sums: &mut Vec<f32>,
     sample: &mut [f32],
 ) -> f64 {
-    const _: () = assert!(STRIDE == 16 && BLOCK % STRIDE == 0);
+    const _: () = assert!(STRIDE == 16 && BLOCK.is_multiple_of(STRIDE));
     block_sums.clear();
     let n = x.len() / BLOCK * BLOCK;
     let (maxv, neg_scale, last) = (_mm256_set1_ps(max), _mm256_set1_ps(-scale), _mm256_set1_ps((BUCKETS - 1) as f32));
