@@ -104,6 +104,38 @@ fn a_challenge_admitted_while_another_is_generating_shares_its_prefix_and_answer
     assert_eq!(answers.len(), 2);
 }
 
+#[test]
+fn challenges_admitted_together_prefill_their_shared_system_prompt_once_and_answer_the_same() {
+    let (cached, plain) = (spec(true, 3), spec(false, 3));
+    let model = load_model(&cached).unwrap();
+    let questions = ["Name three primary colours.", "What is the capital of France?", "Count to five."];
+
+    let mut engine = EmbeddedEngine::new(&model, &plain).unwrap();
+    let mut reference = Vec::new();
+    for (tag, q) in questions.iter().enumerate() {
+        engine.admit(challenge(q), tag).unwrap();
+    }
+    drain(&mut engine, &mut reference);
+    let full = engine.stats();
+    drop(engine);
+
+    // A burst: all three arrive before any step. The first prefills the system prompt; the other
+    // two wait one step for it and share its cells instead of prefilling it in parallel.
+    let mut engine = EmbeddedEngine::new(&model, &cached).unwrap();
+    let mut answers = Vec::new();
+    for (tag, q) in questions.iter().enumerate() {
+        engine.admit(challenge(q), tag).unwrap();
+    }
+    assert_eq!(engine.stats().reused_prompt_tokens, 0, "nothing is cached at admission");
+    drain(&mut engine, &mut answers);
+    let shared = engine.stats();
+    for tag in 0..questions.len() {
+        assert_eq!(answer(&answers, tag).text, answer(&reference, tag).text, "challenge {tag}");
+    }
+    assert!(shared.reused_prompt_tokens > 2 * 200, "both later challenges shared the system prompt: {shared:?}");
+    assert_eq!(shared.prompt_tokens + shared.reused_prompt_tokens, full.prompt_tokens);
+}
+
 /// Sampling a step's sequences in parallel (the GPU default) draws each sequence's token from its
 /// own logits: with greedy sampling, four sequences decoded together answer exactly as they do
 /// when sampled one after another.

@@ -59,6 +59,10 @@ pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(30);
 /// batch, so more than a few sequences stop paying.
 pub const CPU_DEFAULT_PARALLEL: u32 = 4;
 
+/// A new sequence waits for a live one to prefill a shared prefix only when that saves at least
+/// this many tokens: for less, the step it waits costs more than the prefill.
+const MIN_SHARED_WAIT: usize = 16;
+
 /// At most this many sequences per context when sized automatically: llama.cpp's own batched
 /// decoding gains little beyond it, and each sequence's logits cost a host copy per step.
 const MAX_AUTO_PARALLEL: u32 = 64;
@@ -169,6 +173,10 @@ struct Slot<T> {
     pending: Option<LlamaToken>,
     /// Where this sequence's logits sit in the batch just decoded.
     logits_at: Option<i32>,
+    /// Waiting for a sequence admitted before it, whose prompt starts the same way, to prefill
+    /// that shared prefix, which this one then shares instead of prefilling it again (a burst of
+    /// challenges from one validator carries one system prompt).
+    waiting: bool,
     out: Vec<u8>,
     completion: u32,
     first_token_at: Option<Instant>,
@@ -380,6 +388,9 @@ impl<'m, T> EmbeddedEngine<'m, T> {
         }
         let (index, reused) = self.place(&prompt);
         self.stats.reused_prompt_tokens += reused as u64;
+        // A live sequence still prefilling a longer common prefix than the cache holds: wait for
+        // it rather than prefill the same tokens twice in parallel.
+        let waiting = self.prefix_cache && self.live_prefix(&prompt, index) >= reused + MIN_SHARED_WAIT;
         let seq = index as i32;
         self.slots[index] = Some(Slot {
             tag,
@@ -394,6 +405,7 @@ impl<'m, T> EmbeddedEngine<'m, T> {
             sampler: TokenSampler::new(req.temperature, req.top_p),
             pending: None,
             logits_at: None,
+            waiting,
             out: Vec::new(),
             completion: 0,
             first_token_at: None,
@@ -441,6 +453,60 @@ impl<'m, T> EmbeddedEngine<'m, T> {
         (index, best)
     }
 
+    /// The longest prefix of `prompt` (at most all but its last token) that a live sequence other
+    /// than `except` will hold once its own prefill is done (waiting sequences excluded: they wait
+    /// on another, and chains of waits would only delay).
+    fn live_prefix(&self, prompt: &[LlamaToken], except: usize) -> usize {
+        let limit = prompt.len().saturating_sub(1);
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != except)
+            .filter_map(|(_, s)| s.as_ref())
+            .filter(|s| !s.waiting && s.prefilled < s.prompt.len())
+            .map(|s| s.prompt.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(limit))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Starts the waiting sequences whose shared prefix is now in the cache (or whose source went
+    /// away): each takes the longest prefix any sequence holds, as at admission.
+    fn resume_waiting(&mut self) {
+        for i in 0..self.slots.len() {
+            let Some(slot) = self.slots[i].as_ref() else { continue };
+            if !slot.waiting {
+                continue;
+            }
+            let prompt = slot.prompt.clone();
+            let limit = prompt.len() - 1;
+            let common = |held: &[LlamaToken]| held.iter().zip(&prompt).take_while(|(a, b)| a == b).count().min(limit);
+            let cached = (0..self.cached.len())
+                .filter(|&j| j != i)
+                .map(|j| (j, common(&self.cached[j])))
+                .max_by_key(|&(_, n)| n);
+            let (source, best) = cached.unwrap_or((i, 0));
+            if self.live_prefix(&prompt, i) > best {
+                continue;
+            }
+            let own = common(&self.cached[i]);
+            let seq = i as u32;
+            let reused = if best > own {
+                let _ = self.ctx.clear_kv_cache_seq(Some(seq), None, None);
+                let _ = self.ctx.copy_kv_cache_seq(source as i32, seq as i32, Some(0), Some(best as u32));
+                self.cached[i] = self.cached[source][..best].to_vec();
+                best
+            } else {
+                own
+            };
+            // What admission counted as reused stays; the extra now shared is added.
+            let slot = self.slots[i].as_mut().expect("checked");
+            self.stats.reused_prompt_tokens += (reused - slot.prefilled.min(reused)) as u64;
+            slot.prefilled = reused;
+            slot.pos = reused as i32;
+            slot.waiting = false;
+        }
+    }
+
     /// One decode step over every active sequence; returns the generations that finished.
     pub fn step(&mut self) -> Vec<(T, Result<Generation, BackendError>)> {
         let step_started = Instant::now();
@@ -472,6 +538,9 @@ impl<'m, T> EmbeddedEngine<'m, T> {
             }
         }
 
+        if self.prefix_cache {
+            self.resume_waiting();
+        }
         self.batch.clear();
         // Generating sequences first: one token each, so generation never starves behind prompts.
         for slot in self.slots.iter_mut().flatten() {
@@ -486,7 +555,7 @@ impl<'m, T> EmbeddedEngine<'m, T> {
             }
         }
         // Then as much prompt as fits.
-        for slot in self.slots.iter_mut().flatten() {
+        for slot in self.slots.iter_mut().flatten().filter(|s| !s.waiting) {
             while slot.prefilled < slot.prompt.len() && (self.batch.n_tokens() as usize) < self.n_batch {
                 let last = slot.prefilled == slot.prompt.len() - 1;
                 let at = self.batch.n_tokens();
@@ -603,12 +672,14 @@ impl<'m, T> EmbeddedEngine<'m, T> {
         finish: FinishReason,
         cut_by_deadline: bool,
     ) -> (T, Result<Generation, BackendError>) {
-        if !self.prefix_cache {
-            let _ = self.ctx.clear_kv_cache_seq(Some(slot.seq as u32), None, None);
-            self.cached[slot.seq as usize].clear();
-        }
-        // With the prefix cache the sequence's KV stays: the next prompt that starts the same
-        // way (the validator's system prompt) picks it up in `place`.
+        let seq = slot.seq as u32;
+        // With the prefix cache the prompt's KV stays: the next prompt that starts the same way
+        // (the validator's system prompt) picks it up in `place`. The completion's goes: no
+        // prompt starts with another challenge's answer, and cells kept for nothing widen every
+        // step's attention over the unified cache.
+        let keep = if self.prefix_cache { slot.prefilled.min(slot.prompt.len()) } else { 0 };
+        let _ = self.ctx.clear_kv_cache_seq(Some(seq), Some(keep as u32), None);
+        self.cached[seq as usize].truncate(keep);
         let text = String::from_utf8_lossy(&slot.out).into_owned();
         let (text, tool_calls) = extract_tool_calls(&text);
         let finish_reason =
