@@ -100,16 +100,46 @@ impl Pace {
     }
 }
 
-/// When a new challenge would get a sequence on a worker with `parallel` sequences that holds jobs
-/// expected to end at `ends`: now if one is free, else when as many jobs have ended as there are
-/// jobs waiting ahead of it, plus one (continuous batching frees a sequence whenever any job ends).
-pub fn expected_start(now: Instant, ends: impl Iterator<Item = Instant>, parallel: usize) -> Instant {
-    let mut ends: Vec<Instant> = ends.collect();
-    if ends.len() < parallel.max(1) {
+/// A job a worker holds (running or waiting), as admission plans with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobPlan {
+    /// When the scheduler handed it to the worker.
+    pub placed: Instant,
+    pub max_tokens: u32,
+    pub deadline: Instant,
+}
+
+/// When a new challenge would get a sequence on a worker with `parallel` sequences holding `jobs`
+/// (in the order they were placed): the worker's sequences are replayed at its *current* pace, each
+/// job starting when it was placed or when a sequence frees, whichever is later, and ending after
+/// `max_tokens` or at its deadline (see [`expected_end`]). Replayed on every decision rather than
+/// fixed at placement, so that jobs placed before the worker was measured (planned to run to their
+/// deadlines) do not make it look busy for a minute once it is. Overdue jobs free their sequence
+/// now.
+pub fn expected_start<'a>(
+    now: Instant,
+    jobs: impl Iterator<Item = &'a JobPlan>,
+    parallel: usize,
+    pace: &Pace,
+) -> Instant {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let parallel = parallel.max(1);
+    // When each sequence frees, earliest first; an empty heap slot is a free sequence.
+    let mut free_at: BinaryHeap<Reverse<Instant>> = BinaryHeap::with_capacity(parallel + 1);
+    for job in jobs {
+        let start = if free_at.len() < parallel {
+            job.placed
+        } else {
+            let Reverse(freed) = free_at.pop().expect("parallel >= 1 entries");
+            job.placed.max(freed)
+        };
+        free_at.push(Reverse(expected_end(start, pace, job.max_tokens, job.deadline).max(now)));
+    }
+    if free_at.len() < parallel {
         return now;
     }
-    ends.sort_unstable();
-    ends[ends.len() - parallel.max(1)].max(now)
+    free_at.pop().map_or(now, |Reverse(t)| t.max(now))
 }
 
 /// When a job started at `start` is expected to end: after `max_tokens` at the worker's pace, or
@@ -153,10 +183,27 @@ mod tests {
     fn a_free_sequence_starts_now_and_a_full_worker_waits_for_the_jobs_ahead() {
         let now = Instant::now();
         let s = |n: u64| now + Duration::from_secs(n);
-        assert_eq!(expected_start(now, [s(30)].into_iter(), 2), now);
-        assert_eq!(expected_start(now, [s(30), s(10)].into_iter(), 2), s(10), "the first job to end frees a sequence");
-        assert_eq!(expected_start(now, [s(30), s(10), s(20)].into_iter(), 2), s(20), "one job waits ahead");
-        assert_eq!(expected_start(now, [now - Duration::from_secs(1), s(5)].into_iter(), 2), now, "overdue: now");
+        // 10 tokens a second, first token at once: a job of n x 10 + 1 tokens takes n seconds.
+        let pace = measured(0, 10.0);
+        let job = |secs: u64| JobPlan { placed: now, max_tokens: secs as u32 * 10 + 1, deadline: s(50) };
+        let start = |jobs: &[JobPlan]| expected_start(now, jobs.iter(), 2, &pace);
+        assert_eq!(start(&[job(30)]), now);
+        assert_eq!(start(&[job(30), job(10)]), s(10), "the first job to end frees a sequence");
+        assert_eq!(start(&[job(30), job(10), job(20)]), s(30), "one job waits ahead, for 10 s then 20 s");
+        let overdue = JobPlan { placed: now - Duration::from_secs(60), ..job(1) };
+        assert_eq!(start(&[overdue, job(5)]), now, "overdue: its sequence frees now");
+    }
+
+    #[test]
+    fn jobs_placed_before_the_worker_was_measured_are_replanned_at_its_pace() {
+        let now = Instant::now();
+        let jobs: Vec<JobPlan> =
+            (0..6).map(|_| JobPlan { placed: now, max_tokens: 21, deadline: now + Duration::from_secs(50) }).collect();
+        // Unmeasured: every job may run to its deadline.
+        assert_eq!(expected_start(now, jobs.iter(), 2, &Pace::default()), now + Duration::from_secs(50));
+        // Measured at 10 tokens/s: three rounds of 2 s each on two sequences, then a free one.
+        let start = expected_start(now, jobs.iter(), 2, &measured(0, 10.0));
+        assert_eq!(start, now + Duration::from_secs(6));
     }
 
     #[test]

@@ -10,14 +10,14 @@
 //! a `watch` channel after every message, so `/availability` and the front door's readiness check
 //! read it without a mailbox round trip.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::watch;
 
-use crate::admission::{expected_end, expected_start, AdmissionSettings, Pace, PaceSample};
+use crate::admission::{expected_start, AdmissionSettings, JobPlan, Pace, PaceSample};
 use crate::backend_worker::WorkerMsg;
 use crate::hedging::{Attempt, HedgeSettings, RecentTtft};
 use crate::inference::request::{BackendError, Generation, GenerationRequest};
@@ -146,8 +146,8 @@ struct Slot {
     actor: ActorRef<WorkerMsg>,
     /// Sequences the worker generates at once.
     parallel: usize,
-    /// The jobs this worker holds (running or waiting), by id, with their expected end.
-    jobs: HashMap<u64, Instant>,
+    /// The jobs this worker holds (running or waiting), by id (placement order), as planned.
+    jobs: BTreeMap<u64, JobPlan>,
     /// Smoothed seconds per generation on this worker, for the retry hint.
     avg_secs: f64,
     pace: Pace,
@@ -159,7 +159,7 @@ impl Slot {
     }
 
     fn expected_start(&self, now: Instant) -> Instant {
-        expected_start(now, self.jobs.values().copied(), self.parallel)
+        expected_start(now, self.jobs.values(), self.parallel, &self.pace)
     }
 }
 
@@ -232,8 +232,7 @@ impl SchedulerState {
         self.next_job += 1;
         let slot = self.workers.get_mut(name).expect("placed on a ready worker");
         let started_free = slot.queued() < slot.parallel;
-        let start = slot.expected_start(now);
-        slot.jobs.insert(job, expected_end(start, &slot.pace, request.max_tokens, request.deadline));
+        slot.jobs.insert(job, JobPlan { placed: now, max_tokens: request.max_tokens, deadline: request.deadline });
         self.in_flight += 1;
         self.metrics.in_flight.set(self.in_flight as i64);
         Dispatch { name: name.to_string(), actor: slot.actor.clone(), job, started_free }
@@ -392,7 +391,7 @@ impl Actor for Scheduler {
                 let slot = Slot {
                     actor,
                     parallel: parallel.max(1),
-                    jobs: HashMap::new(),
+                    jobs: BTreeMap::new(),
                     avg_secs: 0.0,
                     pace: Pace::default(),
                 };
