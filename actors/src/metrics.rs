@@ -30,6 +30,8 @@ pub struct Metrics {
     pub worker_restarts: IntCounterVec,
     /// Embedded engines failed by the watchdog because a step stalled.
     pub engine_stalls: IntCounterVec,
+    /// Engine child processes that died, by worker and reason (`exit N`, `signal N`: bounded).
+    pub engine_process_exits: IntCounterVec,
     /// 1 while a worker is permanently down (restart intensity exceeded).
     pub worker_down: IntGaugeVec,
     pub key_sessions: IntGauge,
@@ -115,6 +117,14 @@ impl Metrics {
                 &["worker"],
             )
             .unwrap(),
+            engine_process_exits: IntCounterVec::new(
+                Opts::new(
+                    "loosh_engine_process_exits_total",
+                    "Engine child processes that died, by reason (exit code or signal number)",
+                ),
+                &["worker", "reason"],
+            )
+            .unwrap(),
             worker_down: IntGaugeVec::new(
                 Opts::new("loosh_worker_down", "1 while a worker stays down after exceeding its restart intensity"),
                 &["worker"],
@@ -182,7 +192,7 @@ impl Metrics {
         for c in [&m.engine_steps, &m.engine_tokens, &m.engine_reused_prompt_tokens] {
             m.registry.register(Box::new(c.clone())).unwrap();
         }
-        for c in [&m.challenges, &m.handshakes, &m.worker_restarts, &m.engine_stalls] {
+        for c in [&m.challenges, &m.handshakes, &m.worker_restarts, &m.engine_stalls, &m.engine_process_exits] {
             m.registry.register(Box::new(c.clone())).unwrap();
         }
         m.registry.register(Box::new(m.rejected_requests.clone())).unwrap();

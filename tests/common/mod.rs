@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use loosh_actors::authorization::ValidatorAuth;
 use loosh_actors::backend_worker::{Device, EngineSpec, WorkerSpec};
+use loosh_actors::engine_host::EngineProcess;
 use loosh_actors::front_door::DoorSettings;
 use loosh_actors::graph::{GraphConfig, MinerGraph};
 use loosh_actors::inference::embedded::EmbeddedSpec;
@@ -60,7 +61,19 @@ pub fn cpu_worker(name: &str, model: PathBuf, n_ctx: u32) -> WorkerSpec {
             prefix_cache: true,
             stall_after: loosh_actors::inference::embedded::DEFAULT_STALL_AFTER,
         }),
+        process: EngineProcess::Thread,
     }
+}
+
+/// [`cpu_worker`] whose engine runs in a child process: the node's binary, which cargo builds for
+/// the integration tests (the test binary itself cannot be the child).
+pub fn child_worker(name: &str, model: PathBuf, n_ctx: u32) -> WorkerSpec {
+    WorkerSpec { process: engine_child(), ..cpu_worker(name, model, n_ctx) }
+}
+
+/// The child-process setting for tests: the node's binary as built for them.
+pub fn engine_child() -> EngineProcess {
+    EngineProcess::Child { exe: Some(PathBuf::from(env!("CARGO_BIN_EXE_loosh-miner"))) }
 }
 
 pub fn fast_restarts(max_restarts: usize) -> RestartPolicy {
@@ -142,6 +155,7 @@ pub fn openai_worker(name: &str, base_url: &str, model: &str) -> WorkerSpec {
             request_timeout: Duration::from_secs(120),
             health_every: Duration::from_millis(500),
         }),
+        process: EngineProcess::Thread,
     }
 }
 
