@@ -149,7 +149,7 @@ fn run(dev: bool) -> anyhow::Result<()> {
     }
     let specs = workers::worker_specs(&cfg, &gpus).context("invalid configuration")?;
     for spec in &specs {
-        tracing::info!(worker = %spec.name, device = %spec.device, engine = ?spec.engine, "worker configured");
+        tracing::info!(worker = %spec.name, device = %spec.device, engine = ?spec.engine, process = ?spec.process, "worker configured");
     }
     let parts = NodeParts { hotkey, workers: specs, auth, chain_url, listen: (cfg.api_host.clone(), cfg.api_port) };
     let node = actors.block_on(Node::start(&cfg, parts))?;

@@ -14,7 +14,7 @@ use loosh_actors::backend_worker::{WorkerMsg, WorkerSnapshot};
 use loosh_actors::graph::MinerGraph;
 use loosh_actors::inference::request::BackendError;
 use loosh_actors::scheduler::ScheduleError;
-use loosh_actors::worker_supervisor::WorkerPhase;
+use loosh_actors::worker_supervisor::{RestartPolicy, WorkerPhase};
 use ractor::ActorRef;
 
 const LOAD: Duration = Duration::from_secs(60);
@@ -29,11 +29,9 @@ async fn pid_of(g: &MinerGraph, name: &str) -> u32 {
 }
 
 /// Two child-process workers, loaded; their engine pids.
-async fn two_children() -> (MinerGraph, [u32; 2]) {
+async fn two_children(restart: RestartPolicy) -> (MinerGraph, [u32; 2]) {
     let model = tiny_model();
-    let g =
-        graph(vec![child_worker("cpu0", model.clone(), 8192), child_worker("cpu1", model, 8192)], 8, fast_restarts(3))
-            .await;
+    let g = graph(vec![child_worker("cpu0", model.clone(), 8192), child_worker("cpu1", model, 8192)], 8, restart).await;
     wait_for("both workers to load", LOAD, || async { ready_workers(&g).await == 2 }).await;
     let pids = [pid_of(&g, "cpu0").await, pid_of(&g, "cpu1").await];
     assert_eq!(children_of(std::process::id()).len(), 2, "one engine process per worker");
@@ -109,10 +107,34 @@ async fn stop_and_expect_no_child(g: MinerGraph, pids: &[u32]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_that_aborts_mid_generation_costs_one_worker_and_its_challenge_moves_to_the_sibling() {
-    let (g, pids) = two_children().await;
+    // A backoff long enough to read the worker's failure before it restarts.
+    let slow = RestartPolicy {
+        backoff_initial: Duration::from_secs(2),
+        backoff_max: Duration::from_secs(2),
+        ..fast_restarts(3)
+    };
+    let (g, pids) = two_children(slow).await;
     let (long, victim) = long_challenge_in_flight(&g).await;
     let victim_pid = pids[usize::from(victim == "cpu1")];
     g.worker_ref(&victim).await.unwrap().cast(WorkerMsg::AbortEngineForTest).unwrap();
+
+    // The failure names the signal and quotes the child's last stderr line.
+    let reason = Arc::new(std::sync::Mutex::new(String::new()));
+    wait_for("the worker to be restarting", LOAD, || {
+        let (g, victim, reason) = (g.clone(), victim.clone(), reason.clone());
+        async move {
+            g.workers().await.into_iter().any(|w| match w.phase {
+                WorkerPhase::Restarting { after_failure } if w.name == victim => {
+                    *reason.lock().unwrap() = after_failure;
+                    true
+                }
+                _ => false,
+            })
+        }
+    })
+    .await;
+    let reason = reason.lock().unwrap().clone();
+    assert!(reason.contains("killed by signal 6") && reason.contains("abort requested by a test"), "{reason}");
 
     let gen = long.await.unwrap().expect("the sibling answered the re-dispatched challenge");
     assert!(gen.completion_tokens > 0);
@@ -126,7 +148,7 @@ async fn an_engine_that_aborts_mid_generation_costs_one_worker_and_its_challenge
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_killed_with_sigkill_fails_its_challenge_cleanly_when_no_time_is_left_to_move_it() {
-    let (g, pids) = two_children().await;
+    let (g, pids) = two_children(fast_restarts(3)).await;
     let (long, victim) = long_challenge_in_flight(&g).await;
     let victim_pid = pids[usize::from(victim == "cpu1")];
     let sibling = if victim == "cpu0" { "cpu1" } else { "cpu0" };
@@ -237,4 +259,29 @@ fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
         assert!(std::time::Instant::now() < end, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The scheduler's and the operator's view of a child engine is the same as of a thread's: its
+/// step counters are in the worker's snapshot and in `/metrics` by the time its answer arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_engines_step_counters_reach_the_snapshot_and_metrics_before_its_answer() {
+    let mut worker = child_worker("cpu0", tiny_model(), 512);
+    if let loosh_actors::backend_worker::EngineSpec::Embedded(e) = &mut worker.engine {
+        e.n_parallel = 2;
+    }
+    let g = graph(vec![worker], 4, fast_restarts(1)).await;
+    wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
+    let gen = g.generate(request("Say something.", 12, Duration::from_secs(50))).await.unwrap();
+    let snap = snapshot(&g, "cpu0").await.unwrap();
+    assert_eq!((snap.served, snap.n_parallel, snap.active), (1, 2, 0), "{snap:?}");
+    assert_eq!(snap.steps.tokens, u64::from(gen.completion_tokens));
+    assert!(snap.steps.decode > Duration::ZERO && snap.steps.sampling > Duration::ZERO, "{snap:?}");
+    let text = g.metrics.render();
+    assert!(
+        text.contains(&format!("loosh_engine_tokens_total{{worker=\"cpu0\"}} {}", gen.completion_tokens)),
+        "{text}"
+    );
+    assert!(gen.first_token_at.is_some_and(|f| f >= gen.started_at && f <= gen.finished_at), "{gen:?}");
+    let pid = snap.engine_pid.unwrap();
+    stop_and_expect_no_child(g, &[pid]).await;
 }

@@ -304,8 +304,8 @@ mod tests {
             all.extend_from_slice(pairs);
             worker_specs(&cfg(&all), &gpus).unwrap().into_iter().map(|s| s.process).collect()
         };
-        let child = EngineProcess::Child { exe: None };
-        assert_eq!(process(&[]), [child.clone()], "a GPU worker by default");
+        let child = || EngineProcess::Child { exe: None };
+        assert_eq!(process(&[]), [child()], "a GPU worker by default");
         assert_eq!(process(&[("ENGINE_PROCESS", "never")]), [EngineProcess::Thread]);
         let mixed = format!(
             r#"[{{"kind":"embedded","device":"cpu","model":"{path}"}},
@@ -315,10 +315,10 @@ mod tests {
         );
         assert_eq!(
             process(&[("WORKERS", mixed.as_str())]),
-            [EngineProcess::Thread, child.clone(), EngineProcess::Thread, child.clone()]
+            [EngineProcess::Thread, child(), EngineProcess::Thread, child()]
         );
         let always = format!(r#"[{{"kind":"embedded","device":"cpu","model":"{path}"}}]"#);
-        assert_eq!(process(&[("WORKERS", always.as_str()), ("ENGINE_PROCESS", "always")]), [child]);
+        assert_eq!(process(&[("WORKERS", always.as_str()), ("ENGINE_PROCESS", "always")]), [child()]);
         let bad = format!(r#"[{{"kind":"embedded","model":"{path}","process":"fork"}}]"#);
         assert!(parse_workers(&bad).unwrap_err().expected.contains("unknown variant"));
     }
