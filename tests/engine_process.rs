@@ -249,7 +249,7 @@ fn engine_children_never_outlive_the_node_whether_it_is_stopped_or_killed() {
     node.signal("KILL");
     node.wait_exit(LOAD);
     // Orphaned, it would be re-parented and live on; it is killed with its parent instead.
-    wait_until("the engine process to die with the node", || !process_exists(children[0]));
+    wait_until("the engine process to die with the node", || !process_alive(children[0]));
 }
 
 /// Polls `check` (bounded) from a plain thread.

@@ -435,3 +435,11 @@ pub fn children_of(pid: u32) -> Vec<u32> {
 pub fn process_exists(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
+
+/// Whether a process with this pid exists and is not a zombie (dead, waiting for its parent,
+/// which for an orphan is whatever reaps orphans here).
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .is_some_and(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"))
+}

@@ -43,7 +43,10 @@ pub fn run_engine_child() -> i32 {
             return 2;
         }
     };
-    let mut out = BufWriter::new(io::stdout().lock());
+    let Some(frames) = take_stdout_for_frames() else {
+        return 1;
+    };
+    let mut out = BufWriter::new(frames);
     let model = match load_model(&spec) {
         Ok(m) => m,
         Err(e) => return report_failed_start(&mut out, e),
@@ -79,6 +82,22 @@ fn report_failed_start(out: &mut impl Write, e: BackendError) -> i32 {
 fn send(out: &mut impl Write, frame: &FromEngine) -> io::Result<()> {
     write_frame(out, frame)?;
     out.flush()
+}
+
+/// The frames get the original stdout to themselves; fd 1 then points at stderr, so that a stray
+/// `printf` in llama.cpp or a driver lands in the log instead of corrupting the frame stream.
+fn take_stdout_for_frames() -> Option<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: dup and dup2 on the process's own standard descriptors; the duplicate is owned by
+    // the File alone.
+    unsafe {
+        let frames = libc::dup(libc::STDOUT_FILENO);
+        if frames < 0 || libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) < 0 {
+            tracing::error!(error = %io::Error::last_os_error(), "cannot set stdout aside for the frames");
+            return None;
+        }
+        Some(std::fs::File::from_raw_fd(frames))
+    }
 }
 
 /// Asks the kernel to kill this process when its parent goes; false if the parent is already gone.

@@ -106,7 +106,8 @@ fn host(_live: LiveEngine, args: ChildArgs, ready: oneshot::Sender<Result<(Child
     command.arg(CHILD_SUBCOMMAND).env(PARENT_PID_VAR, std::process::id().to_string());
     if let Some(gpu) = spec.gpu_device {
         // The child sees only its own GPU, as device 0.
-        command.env("CUDA_VISIBLE_DEVICES", gpu.to_string());
+        let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+        command.env("CUDA_VISIBLE_DEVICES", only_device(visible.as_deref(), gpu));
         spec.gpu_device = Some(0);
     }
     command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -270,6 +271,16 @@ fn feed(
     }
 }
 
+/// `CUDA_VISIBLE_DEVICES` for a child that must see only the node's GPU number `gpu`: when the
+/// node itself sees a subset (`"2,3"`), its GPU 1 is the machine's 3, not 1.
+fn only_device(node_sees: Option<&str>, gpu: usize) -> String {
+    node_sees
+        .map(str::trim)
+        .filter(|list| !list.is_empty())
+        .and_then(|list| list.split(',').nth(gpu))
+        .map_or_else(|| gpu.to_string(), |d| d.trim().to_string())
+}
+
 /// The metric label (bounded: `exit N` or `signal N`) and the log's words for how a child ended.
 fn describe(status: ExitStatus) -> (String, String) {
     match (status.code(), status.signal()) {
@@ -292,6 +303,14 @@ fn describe(status: ExitStatus) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_child_sees_the_gpu_the_node_calls_n_even_when_the_node_sees_a_subset() {
+        assert_eq!(only_device(None, 1), "1");
+        assert_eq!(only_device(Some(""), 1), "1");
+        assert_eq!(only_device(Some("2,3"), 1), "3");
+        assert_eq!(only_device(Some("GPU-5f0c, GPU-77aa"), 1), "GPU-77aa");
+    }
 
     #[test]
     fn a_death_is_labelled_by_exit_code_or_signal_number() {
