@@ -206,18 +206,14 @@ fn host(_live: LiveEngine, args: ChildArgs, ready: oneshot::Sender<Result<(Child
     if let Ok(log) = log {
         let _ = log.join();
     }
-    let status = match status {
+    let (label, reason) = match status {
         Ok(s) if s.success() && broken.is_none() => {
             tracing::info!(worker = %name, pid, "engine process exited");
             return;
         }
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(worker = %name, pid, error = %e, "cannot reap the engine process");
-            ExitStatus::from_raw(0x7f00)
-        }
+        Ok(s) => describe(s),
+        Err(e) => ("unknown".to_string(), format!("ended, and could not be reaped ({e})")),
     };
-    let (label, reason) = describe(status);
     exits.with_label_values(&[&name, &label]).inc();
     let tail: Vec<String> = tail.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
     tracing::error!(worker = %name, pid, %reason, stderr = %tail.join("\n"), "engine process died");
