@@ -146,8 +146,7 @@ impl Drop for LiveEngine {
 
 /// Waits until every embedded engine thread has finished its sequences and freed its model, and
 /// every engine child process has done so and exited (their workers stopped: the graph is
-/// stopping), at most `timeout`. Returns whether they all
-/// did. Call before the process exits.
+/// stopping), at most `timeout`. Returns whether they all did. Call before the process exits.
 pub fn wait_for_engines(timeout: Duration) -> bool {
     let live = LIVE_ENGINES.lock().unwrap_or_else(|e| e.into_inner());
     let (live, _) = ENGINE_ENDED.wait_timeout_while(live, timeout, |n| *n > 0).unwrap_or_else(|e| e.into_inner());
@@ -378,10 +377,9 @@ impl Actor for BackendWorker {
         let mut n_parallel = spec.parallel();
         let stats = Arc::new(EngineStats::default());
         let mut stall_after = Duration::MAX;
-        let engine = match spec.engine {
-            EngineSpec::Embedded(engine_spec) if spec.process != EngineProcess::Thread => {
+        let engine = match (spec.engine, spec.process) {
+            (EngineSpec::Embedded(engine_spec), EngineProcess::Child { exe }) => {
                 stall_after = engine_spec.stall_after;
-                let EngineProcess::Child { exe } = spec.process else { unreachable!() };
                 let exe = match exe {
                     Some(exe) => exe,
                     None => std::env::current_exe()
@@ -405,7 +403,7 @@ impl Actor for BackendWorker {
                 myself.send_interval(stall_check_every(stall_after), || WorkerMsg::CheckStall);
                 Engine::Child(child)
             }
-            EngineSpec::Embedded(engine_spec) => {
+            (EngineSpec::Embedded(engine_spec), EngineProcess::Thread) => {
                 stall_after = engine_spec.stall_after;
                 let (jobs_tx, jobs_rx) = mpsc::channel();
                 let (ready_tx, ready_rx) = oneshot::channel();
@@ -430,7 +428,7 @@ impl Actor for BackendWorker {
                 myself.send_interval(stall_check_every(stall_after), || WorkerMsg::CheckStall);
                 Engine::Embedded { jobs: jobs_tx }
             }
-            EngineSpec::OpenAi(api_spec) => {
+            (EngineSpec::OpenAi(api_spec), _) => {
                 let client = OpenAiClient::new(api_spec)?;
                 // A worker is ready only once its server answers.
                 let models = client.health().await?;
