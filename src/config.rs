@@ -29,6 +29,18 @@ pub enum LlmBackend {
     Ollama,
 }
 
+/// Where embedded engines run by default (`ENGINE_PROCESS`); a worker's `"process"` overrides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineProcessPolicy {
+    /// GPU engines in a child process each (a CUDA abort costs one GPU, not the node); CPU
+    /// engines on a thread of the node.
+    Gpu,
+    /// Every embedded engine in a child process.
+    Always,
+    /// Every embedded engine on a thread of the node.
+    Never,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     // Network and wallet (the chain is not contacted yet; see `unused_settings`).
@@ -85,6 +97,11 @@ pub struct Config {
     /// `ENGINE_STALL_SECONDS`: an embedded engine step running longer than this (with work in
     /// flight) fails its worker, which restarts.
     pub engine_stall_after: Duration,
+    /// `ENGINE_PROCESS`: which embedded engines run in a child process of their own.
+    pub engine_process: EngineProcessPolicy,
+    /// `ENGINE_EXE`: the executable engine children run (`loosh-miner engine-child`); unset, the
+    /// node's own. Only tests and unusual installs set it.
+    pub engine_exe: Option<PathBuf>,
     /// Challenges one embedded worker generates at once (continuous batching); 0 = automatic: as
     /// many as the GPU's free memory holds next to the model, 4 on a CPU.
     pub llama_parallel: u32,
@@ -379,6 +396,19 @@ impl Config {
                     expected: "a number of seconds above 0".into(),
                 })?
             },
+            engine_process: match src.get("ENGINE_PROCESS").map(str::to_ascii_lowercase).as_deref() {
+                None | Some("gpu") => EngineProcessPolicy::Gpu,
+                Some("always") => EngineProcessPolicy::Always,
+                Some("never") => EngineProcessPolicy::Never,
+                Some(v) => {
+                    return Err(ConfigError {
+                        var: "ENGINE_PROCESS",
+                        value: v.into(),
+                        expected: "gpu, always or never".into(),
+                    })
+                }
+            },
+            engine_exe: src.get("ENGINE_EXE").map(PathBuf::from),
             llama_parallel: src.parse("LLAMA_PARALLEL", 0, "a number of sequences (0 = automatic)")?,
             workers: match (src.get("WORKERS"), src.get("WORKERS_FILE")) {
                 (Some(text), _) => Some(crate::config::workers::parse_workers(text)?),
@@ -635,6 +665,16 @@ mod tests {
             let err = Config::from_source(&Source::from_pairs([(var, value)])).unwrap_err();
             assert_eq!(err.var, var, "{value}");
         }
+    }
+
+    #[test]
+    fn engine_process_defaults_to_gpu_and_names_the_allowed_values_when_wrong() {
+        let c = Config::from_source(&Source::from_pairs([])).unwrap();
+        assert_eq!(c.engine_process, EngineProcessPolicy::Gpu);
+        let c = Config::from_source(&Source::from_pairs([("ENGINE_PROCESS", "Always")])).unwrap();
+        assert_eq!(c.engine_process, EngineProcessPolicy::Always);
+        let err = Config::from_source(&Source::from_pairs([("ENGINE_PROCESS", "sometimes")])).unwrap_err();
+        assert_eq!((err.var, err.expected.as_str()), ("ENGINE_PROCESS", "gpu, always or never"));
     }
 
     #[test]

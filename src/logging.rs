@@ -39,3 +39,14 @@ pub fn init(log_level: &str, log_file: Option<&std::path::Path>) -> LogGuard {
     let _ = tracing_subscriber::registry().with(filter).with(stdout).with(file_layer).try_init();
     LogGuard(guard)
 }
+
+/// An engine child's log: plain lines on stderr, no time (its worker logs each line with its own
+/// time and the worker's name). `LOG_LEVEL` and `RUST_LOG` apply as in the node.
+pub fn init_engine_child() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        let level = level(&std::env::var("LOG_LEVEL").unwrap_or_default());
+        EnvFilter::new(format!("{level},llama_cpp_2=warn,llama-cpp-2=warn"))
+    });
+    let stderr = fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(false).without_time();
+    let _ = tracing_subscriber::registry().with(filter).with(stderr).try_init();
+}

@@ -51,6 +51,10 @@ enum Command {
     /// Measure the miner against references in the same run (built with `--features bench`).
     #[cfg(feature = "bench")]
     Bench(bench::BenchArgs),
+    /// One embedded engine in a process of its own, driven by its worker over stdin/stdout
+    /// (started by the node; see `loosh_actors::engine_host`).
+    #[command(name = "engine-child", hide = true)]
+    EngineChild,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,6 +79,11 @@ fn main() -> anyhow::Result<()> {
         }
         #[cfg(feature = "bench")]
         Command::Bench(args) => bench::run(args),
+        Command::EngineChild => {
+            // Its log goes to stderr, which the worker re-logs under the worker's name.
+            logging::init_engine_child();
+            std::process::exit(loosh_actors::engine_host::child::run_engine_child());
+        }
         Command::Doctor => {
             let cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
             let _log_guard = logging::init("error", None);
@@ -140,7 +149,7 @@ fn run(dev: bool) -> anyhow::Result<()> {
     }
     let specs = workers::worker_specs(&cfg, &gpus).context("invalid configuration")?;
     for spec in &specs {
-        tracing::info!(worker = %spec.name, device = %spec.device, engine = ?spec.engine, "worker configured");
+        tracing::info!(worker = %spec.name, device = %spec.device, engine = ?spec.engine, process = ?spec.process, "worker configured");
     }
     let parts = NodeParts { hotkey, workers: specs, auth, chain_url, listen: (cfg.api_host.clone(), cfg.api_port) };
     let node = actors.block_on(Node::start(&cfg, parts))?;

@@ -1,13 +1,14 @@
 //! A backend worker: one inference engine on one device, behind a mailbox.
 //!
-//! The worker owns an OS thread that owns the engine (model + context) and generates up to
-//! `n_parallel` challenges at once by continuous batching; the actor only forwards jobs to that
-//! thread and watches it. If the thread dies (a panic inside the engine), or a step runs past
-//! `stall_after` while work is in flight (a hung decode: the watchdog, `ENGINE_STALL_SECONDS`),
-//! the actor fails so that the [`crate::worker_supervisor`] restarts it with a fresh engine. Spawned and
-//! linked by the supervisor; receives work from the [`crate::scheduler`].
+//! The worker owns an OS thread that owns the engine (model + context), or a child process that
+//! does (see [`crate::engine_host`]), which generates up to `n_parallel` challenges at once by
+//! continuous batching; the actor only forwards jobs to it and watches it. If the thread dies (a
+//! panic inside the engine), the child dies (an abort, a signal), or a step runs past
+//! `stall_after` while work is in flight (a hung decode: the watchdog, `ENGINE_STALL_SECONDS`;
+//! a hung child is killed), the actor fails so that the [`crate::worker_supervisor`] restarts it
+//! with a fresh engine. Spawned and linked by the supervisor; receives work from the
+//! [`crate::scheduler`].
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread;
@@ -16,6 +17,9 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
 
+use crate::engine_host::batching::{serve, Host, Job};
+use crate::engine_host::process::{self, ChildArgs, ChildEngine};
+use crate::engine_host::EngineProcess;
 use crate::inference::embedded::{load_model, EmbeddedEngine, EmbeddedSpec, ModelInfo, StepStats};
 use crate::inference::openai::{OpenAiClient, OpenAiSpec};
 use crate::inference::request::{BackendError, Generation, GenerationRequest};
@@ -53,6 +57,8 @@ pub struct WorkerSpec {
     pub name: String,
     pub device: Device,
     pub engine: EngineSpec,
+    /// Where an embedded engine runs (ignored for OpenAI-compatible servers).
+    pub process: EngineProcess,
 }
 
 impl WorkerSpec {
@@ -70,7 +76,8 @@ pub enum WorkerMsg {
         request: GenerationRequest,
         reply: RpcReplyPort<Result<Generation, BackendError>>,
     },
-    /// Sent by the engine thread's guard when the thread ends.
+    /// Sent by the engine thread's guard when the thread ends, or by a child's host thread when
+    /// the child dies.
     EngineExited {
         reason: String,
     },
@@ -92,16 +99,16 @@ pub enum WorkerMsg {
     /// on a device slow to start (a long prefill ahead, throttling). Exercises hedging.
     #[cfg(feature = "test-hooks")]
     SlowFirstTokenForTest(Duration),
+    /// Test hook: an engine child process calls `abort()` at its next step with work in flight,
+    /// as llama.cpp does on a CUDA error. Ignored (logged) by an engine on a thread: there it
+    /// would end the node.
+    #[cfg(feature = "test-hooks")]
+    AbortEngineForTest,
 }
 
 /// Where the engine thread puts one job's result: a task of the actor's forwards it to the
 /// scheduler's reply port, or answers `WorkerGone` first if the watchdog finds the engine stalled.
-type ReplyPort = oneshot::Sender<Result<Generation, BackendError>>;
-
-struct Job {
-    request: GenerationRequest,
-    reply: ReplyPort,
-}
+pub(crate) type ReplyPort = oneshot::Sender<Result<Generation, BackendError>>;
 
 /// What a worker has done, for tests, `/health` and the benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +120,8 @@ pub struct WorkerSnapshot {
     pub n_parallel: usize,
     /// Where an embedded engine's time went (zero for remote servers).
     pub steps: StepStats,
+    /// The engine child process, when the engine runs in one.
+    pub engine_pid: Option<u32>,
 }
 
 /// Embedded engine threads still running, process-wide. A GPU engine must free its context and
@@ -121,12 +130,12 @@ pub struct WorkerSnapshot {
 static LIVE_ENGINES: Mutex<usize> = Mutex::new(0);
 static ENGINE_ENDED: Condvar = Condvar::new();
 
-/// Counts one engine thread for [`wait_for_engines`]; dropped last on that thread, after the
-/// engine and the model.
-struct LiveEngine;
+/// Counts one engine thread (or child process host) for [`wait_for_engines`]; dropped last on
+/// that thread, after the engine and the model are freed (the child reaped).
+pub(crate) struct LiveEngine;
 
 impl LiveEngine {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         *LIVE_ENGINES.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         LiveEngine
     }
@@ -139,13 +148,37 @@ impl Drop for LiveEngine {
     }
 }
 
-/// Waits until every embedded engine thread has finished its sequences and freed its model
-/// (their workers stopped: the graph is stopping), at most `timeout`. Returns whether they all
-/// did. Call before the process exits.
+/// Waits until every embedded engine thread has finished its sequences and freed its model, and
+/// every engine child process has done so and exited (their workers stopped: the graph is
+/// stopping), at most `timeout`. Returns whether they all did. Call before the process exits.
 pub fn wait_for_engines(timeout: Duration) -> bool {
     let live = LIVE_ENGINES.lock().unwrap_or_else(|e| e.into_inner());
     let (live, _) = ENGINE_ENDED.wait_timeout_while(live, timeout, |n| *n > 0).unwrap_or_else(|e| e.into_inner());
     *live == 0
+}
+
+/// The slow-first-token test hook: with a delay, `job` reaches the engine that much later (or is
+/// answered `Cancelled` if its challenge is cancelled meanwhile) and None is returned; without,
+/// the job is handed back to be sent now.
+#[cfg(feature = "test-hooks")]
+fn held_back(jobs: &mpsc::Sender<Job<ReplyPort>>, job: Job<ReplyPort>, delay: Duration) -> Option<Job<ReplyPort>> {
+    if delay.is_zero() {
+        return Some(job);
+    }
+    let jobs = jobs.clone();
+    let control = job.request.control.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {
+                let _ = jobs.send(job);
+            }
+            // Cancelled while held back: the sequence was never taken.
+            () = control.wait_cancelled() => {
+                let _ = job.reply.send(Err(BackendError::Cancelled));
+            }
+        }
+    });
+    None
 }
 
 pub struct BackendWorker;
@@ -153,7 +186,9 @@ pub struct BackendWorker;
 /// The running engine behind a worker.
 enum Engine {
     /// Jobs go to the engine's own thread.
-    Embedded { jobs: mpsc::Sender<Job> },
+    Embedded { jobs: mpsc::Sender<Job<ReplyPort>> },
+    /// Jobs go to the engine's own process.
+    Child(ChildEngine),
     /// Jobs run as tasks against the server.
     OpenAi { client: OpenAiClient },
 }
@@ -191,7 +226,7 @@ impl Drop for ReleaseStall {
 }
 
 /// Milliseconds since the first call in this process, never 0 (0 means "not in a step").
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
@@ -226,20 +261,21 @@ impl Drop for ExitGuard {
 
 /// Counters the engine thread keeps for the actor's snapshot.
 #[derive(Default)]
-struct EngineStats {
-    served: AtomicU64,
-    active: AtomicUsize,
-    peak_active: AtomicUsize,
-    steps: Mutex<StepStats>,
+pub(crate) struct EngineStats {
+    pub(crate) served: AtomicU64,
+    pub(crate) active: AtomicUsize,
+    pub(crate) peak_active: AtomicUsize,
+    pub(crate) steps: Mutex<StepStats>,
     /// [`now_ms`] when the engine thread began its current admit-and-step round with work in
-    /// flight; 0 between rounds and while idle. The actor's watchdog reads it.
-    step_started_ms: AtomicU64,
+    /// flight (a child: when it last reported progress with work in flight); 0 between rounds
+    /// and while idle. The actor's watchdog reads it.
+    pub(crate) step_started_ms: AtomicU64,
     #[cfg(feature = "test-hooks")]
     stall_for_test: std::sync::atomic::AtomicBool,
 }
 
 /// One worker's step-time series in `/metrics`, resolved once.
-struct StepMetrics {
+pub(crate) struct StepMetrics {
     decode: prometheus::Counter,
     sampling: prometheus::Counter,
     rest: prometheus::Counter,
@@ -268,7 +304,7 @@ impl StepMetrics {
         }
     }
 
-    fn publish(&mut self, now: StepStats, idle: bool) {
+    pub(crate) fn publish(&mut self, now: StepStats, idle: bool) {
         let d = now.since(&self.published);
         self.published = now;
         self.decode.inc_by(d.decode.as_secs_f64());
@@ -291,7 +327,7 @@ impl StepMetrics {
 struct EngineThread {
     spec: EmbeddedSpec,
     worker: ActorRef<WorkerMsg>,
-    jobs: mpsc::Receiver<Job>,
+    jobs: mpsc::Receiver<Job<ReplyPort>>,
     ready: oneshot::Sender<Result<ModelInfo, BackendError>>,
     stats: Arc<EngineStats>,
     metrics: StepMetrics,
@@ -299,18 +335,7 @@ struct EngineThread {
 
 /// The engine thread's body. `_live` is dropped last, once the engine and the model are freed.
 fn engine_thread(_live: LiveEngine, args: EngineThread) {
-    let EngineThread { spec, worker, jobs, ready, stats, mut metrics } = args;
-    engine_loop(spec, worker, jobs, ready, stats, &mut metrics);
-}
-
-fn engine_loop(
-    spec: EmbeddedSpec,
-    worker: ActorRef<WorkerMsg>,
-    jobs: mpsc::Receiver<Job>,
-    ready: oneshot::Sender<Result<ModelInfo, BackendError>>,
-    stats: Arc<EngineStats>,
-    metrics: &mut StepMetrics,
-) {
+    let EngineThread { spec, worker, jobs, ready, stats, metrics } = args;
     let mut guard = ExitGuard { worker, clean: false };
     let model = match load_model(&spec) {
         Ok(m) => m,
@@ -329,55 +354,43 @@ fn engine_loop(
         }
     };
     let _ = ready.send(Ok(engine.info()));
-    let mut waiting: VecDeque<Job> = VecDeque::new();
-    let mut open = true;
-    loop {
-        // Idle: block for work. Busy: pick up whatever arrived without waiting.
-        if engine.active() == 0 && waiting.is_empty() {
-            match jobs.recv() {
-                Ok(job) => waiting.push_back(job),
-                Err(_) => break,
-            }
-        }
-        while open {
-            match jobs.try_recv() {
-                Ok(job) => waiting.push_back(job),
-                Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => open = false,
-            }
-        }
-        stats.step_started_ms.store(now_ms(), Ordering::Relaxed);
-        while engine.has_free_slot() {
-            let Some(job) = waiting.pop_front() else { break };
-            if let Err((reply, e)) = engine.admit(job.request, job.reply) {
-                let _ = reply.send(Err(e));
-            }
-        }
-        let active = engine.active();
-        stats.active.store(active, Ordering::Relaxed);
-        stats.peak_active.fetch_max(active, Ordering::Relaxed);
-        #[cfg(feature = "test-hooks")]
-        while active > 0 && stats.stall_for_test.load(Ordering::Relaxed) {
-            // A hung decode, as far as the watchdog can tell; released when the actor is gone.
-            thread::park_timeout(Duration::from_millis(20));
-        }
-        let finished = engine.step();
-        stats.step_started_ms.store(0, Ordering::Relaxed);
-        // Counters first, answers after: whoever holds an answer sees its tokens counted.
-        let now = engine.stats();
-        *stats.steps.lock().unwrap_or_else(|e| e.into_inner()) = now;
-        metrics.publish(now, engine.active() == 0 && waiting.is_empty());
-        stats.served.fetch_add(finished.len() as u64, Ordering::Relaxed);
-        for (reply, result) in finished {
-            let _ = reply.send(result);
-        }
-        if !open && engine.active() == 0 && waiting.is_empty() {
-            break;
-        }
-    }
+    serve(&mut engine, &jobs, &mut ThreadHost { stats: &stats, metrics });
     stats.active.store(0, Ordering::Relaxed);
     // The actor dropped its sender (worker stopped): a clean exit.
     guard.clean = true;
+}
+
+/// An engine on a thread of the node: counters straight into the actor's [`EngineStats`].
+struct ThreadHost<'s> {
+    stats: &'s EngineStats,
+    metrics: StepMetrics,
+}
+
+impl Host<ReplyPort> for ThreadHost<'_> {
+    fn round_starting(&mut self) {
+        self.stats.step_started_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    fn admitted(&mut self, active: usize) {
+        self.stats.active.store(active, Ordering::Relaxed);
+        self.stats.peak_active.fetch_max(active, Ordering::Relaxed);
+        #[cfg(feature = "test-hooks")]
+        while active > 0 && self.stats.stall_for_test.load(Ordering::Relaxed) {
+            // A hung decode, as far as the watchdog can tell; released when the actor is gone.
+            thread::park_timeout(Duration::from_millis(20));
+        }
+    }
+
+    fn stepped(&mut self, now: StepStats, _active: usize, idle: bool, finished: usize) {
+        self.stats.step_started_ms.store(0, Ordering::Relaxed);
+        *self.stats.steps.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        self.metrics.publish(now, idle);
+        self.stats.served.fetch_add(finished as u64, Ordering::Relaxed);
+    }
+
+    fn answer(&mut self, reply: ReplyPort, result: Result<Generation, BackendError>) {
+        let _ = reply.send(result);
+    }
 }
 
 impl Actor for BackendWorker {
@@ -395,8 +408,33 @@ impl Actor for BackendWorker {
         let mut n_parallel = spec.parallel();
         let stats = Arc::new(EngineStats::default());
         let mut stall_after = Duration::MAX;
-        let engine = match spec.engine {
-            EngineSpec::Embedded(engine_spec) => {
+        let engine = match (spec.engine, spec.process) {
+            (EngineSpec::Embedded(engine_spec), EngineProcess::Child { exe }) => {
+                stall_after = engine_spec.stall_after;
+                let exe = match exe {
+                    Some(exe) => exe,
+                    None => std::env::current_exe()
+                        .map_err(|e| BackendError::ModelLoad(format!("cannot find this executable: {e}")))?,
+                };
+                let (child, info) = process::start(ChildArgs {
+                    name: name.clone(),
+                    spec: engine_spec,
+                    exe,
+                    worker: myself.clone(),
+                    stats: stats.clone(),
+                    metrics: StepMetrics::new(&metrics, &name),
+                    exits: metrics.engine_process_exits.clone(),
+                })
+                .await?;
+                tracing::info!(
+                    worker = %name, pid = child.pid(), model = %info.description, n_ctx = info.n_ctx, n_parallel = info.n_parallel,
+                    sizing = %info.sizing, native_tools = info.native_tools, "embedded worker ready in its own process"
+                );
+                n_parallel = info.n_parallel;
+                myself.send_interval(stall_check_every(stall_after), || WorkerMsg::CheckStall);
+                Engine::Child(child)
+            }
+            (EngineSpec::Embedded(engine_spec), EngineProcess::Thread) => {
                 stall_after = engine_spec.stall_after;
                 let (jobs_tx, jobs_rx) = mpsc::channel();
                 let (ready_tx, ready_rx) = oneshot::channel();
@@ -421,7 +459,7 @@ impl Actor for BackendWorker {
                 myself.send_interval(stall_check_every(stall_after), || WorkerMsg::CheckStall);
                 Engine::Embedded { jobs: jobs_tx }
             }
-            EngineSpec::OpenAi(api_spec) => {
+            (EngineSpec::OpenAi(api_spec), _) => {
                 let client = OpenAiClient::new(api_spec)?;
                 // A worker is ready only once its server answers.
                 let models = client.health().await?;
@@ -459,32 +497,22 @@ impl Actor for BackendWorker {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             WorkerMsg::Generate { request, reply } => match &state.engine {
-                Engine::Embedded { jobs } => {
+                Engine::Embedded { .. } | Engine::Child(_) => {
                     let (done, result) = oneshot::channel();
-                    let job = Some(Job { request, reply: done });
-                    #[cfg(feature = "test-hooks")]
-                    let job = match job {
-                        Some(job) if !state.first_token_delay.is_zero() => {
-                            let (jobs, delay) = (jobs.clone(), state.first_token_delay);
-                            let control = job.request.control.clone();
-                            tokio::spawn(async move {
-                                tokio::select! {
-                                    () = tokio::time::sleep(delay) => {
-                                        let _ = jobs.send(job);
-                                    }
-                                    // Cancelled while held back: the sequence was never taken.
-                                    () = control.wait_cancelled() => {
-                                        let _ = job.reply.send(Err(BackendError::Cancelled));
-                                    }
-                                }
-                            });
-                            None
+                    let sent = match &state.engine {
+                        Engine::Embedded { jobs } => {
+                            let job = Some(Job { request, reply: done });
+                            #[cfg(feature = "test-hooks")]
+                            let job = job.and_then(|job| held_back(jobs, job, state.first_token_delay));
+                            job.is_none_or(|job| jobs.send(job).is_ok())
                         }
-                        job => job,
+                        // The slow-first-token hook holds jobs back only on engines in the node.
+                        Engine::Child(child) => child.submit(request, done).is_ok(),
+                        Engine::OpenAi { .. } => unreachable!(),
                     };
-                    if job.is_some_and(|job| jobs.send(job).is_err()) {
+                    if !sent {
                         let _ = reply.send(Err(BackendError::WorkerGone));
-                        return Err(format!("worker {}: engine thread is gone", state.name).into());
+                        return Err(format!("worker {}: engine is gone", state.name).into());
                     }
                     let mut stalled = state.stalled.subscribe();
                     tokio::spawn(async move {
@@ -526,6 +554,10 @@ impl Actor for BackendWorker {
                     peak_active: state.stats.peak_active.load(Ordering::Relaxed),
                     n_parallel: state.n_parallel,
                     steps: *state.stats.steps.lock().unwrap_or_else(|e| e.into_inner()),
+                    engine_pid: match &state.engine {
+                        Engine::Child(child) => Some(child.pid()),
+                        _ => None,
+                    },
                 });
             }
             WorkerMsg::HealthCheck => {
@@ -565,6 +597,10 @@ impl Actor for BackendWorker {
                     // holds are answered WorkerGone now, as a dead worker's are.
                     state.stalled.send_replace(true);
                     state.stalls.inc();
+                    if let Engine::Child(child) = &state.engine {
+                        // Unlike a thread, a hung process can be ended, and its memory with it.
+                        child.kill();
+                    }
                     tracing::error!(worker = %state.name, stalled_s = stalled.as_secs_f64(), limit_s = state.stall_after.as_secs_f64(),
                         "engine step stalled (ENGINE_STALL_SECONDS); failing the worker so that it restarts");
                     return Err(format!(
@@ -579,7 +615,15 @@ impl Actor for BackendWorker {
             #[cfg(feature = "test-hooks")]
             WorkerMsg::CrashForTest => panic!("worker {}: crash requested by a test", state.name),
             #[cfg(feature = "test-hooks")]
-            WorkerMsg::StallForTest => state.stats.stall_for_test.store(true, Ordering::Relaxed),
+            WorkerMsg::StallForTest => match &state.engine {
+                Engine::Child(child) => child.hook(crate::engine_host::frame::ToEngine::StallForTest),
+                _ => state.stats.stall_for_test.store(true, Ordering::Relaxed),
+            },
+            #[cfg(feature = "test-hooks")]
+            WorkerMsg::AbortEngineForTest => match &state.engine {
+                Engine::Child(child) => child.hook(crate::engine_host::frame::ToEngine::AbortForTest),
+                _ => tracing::warn!(worker = %state.name, "abort hook ignored: this engine runs in the node's process"),
+            },
             #[cfg(feature = "test-hooks")]
             WorkerMsg::SlowFirstTokenForTest(delay) => state.first_token_delay = delay,
         }

@@ -9,7 +9,8 @@
 //!    `Retry-After` hint) and the pick of a worker: mailbox hop 1; a late first token is raced on an
 //!    idle sibling (`hedging.rs`).
 //! 3. `backend_worker.rs` — one engine per device, under `worker_supervisor.rs`: hop 2; the work
-//!    itself is in `inference/` (chat template, llama.cpp or an OpenAI-compatible server, tool calls).
+//!    itself is in `inference/` (chat template, llama.cpp or an OpenAI-compatible server, tool calls),
+//!    and `engine_host/` runs an embedded engine on a thread or in a child process of its own.
 //! 4. back in `front_door/challenge.rs` — the reply JSON with the timing echo, Fernet encrypt.
 //!
 //! A key exchange: `front_door/key_exchange.rs` — shape, authorization, timestamp, sr25519
@@ -23,6 +24,7 @@ pub mod admission;
 pub mod authorization;
 pub mod backend_worker;
 pub mod chain;
+pub mod engine_host;
 pub mod front_door;
 pub mod graph;
 pub mod hedging;

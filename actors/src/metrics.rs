@@ -40,6 +40,8 @@ pub struct Metrics {
     pub worker_restarts: IntCounterVec,
     /// Embedded engines failed by the watchdog because a step stalled.
     pub engine_stalls: IntCounterVec,
+    /// Engine child processes that died, by worker and reason (`exit N`, `signal N`: bounded).
+    pub engine_process_exits: IntCounterVec,
     /// 1 while a worker is permanently down (restart intensity exceeded).
     pub worker_down: IntGaugeVec,
     pub key_sessions: IntGauge,
@@ -142,6 +144,14 @@ impl Metrics {
                 &["worker"],
             )
             .unwrap(),
+            engine_process_exits: IntCounterVec::new(
+                Opts::new(
+                    "loosh_engine_process_exits_total",
+                    "Engine child processes that died, by reason (exit code or signal number)",
+                ),
+                &["worker", "reason"],
+            )
+            .unwrap(),
             worker_down: IntGaugeVec::new(
                 Opts::new("loosh_worker_down", "1 while a worker stays down after exceeding its restart intensity"),
                 &["worker"],
@@ -214,6 +224,7 @@ impl Metrics {
             &m.handshakes,
             &m.worker_restarts,
             &m.engine_stalls,
+            &m.engine_process_exits,
             &m.no_answer,
             &m.admission_refusals,
             &m.hedge_wins,

@@ -10,6 +10,8 @@
 //! - `batching` and `workers` (in `workers`): one worker's continuous batching against llama.cpp's
 //!   own batched decoding, and scaling over workers.
 //!
+//! - `process` (in `process`): an engine in a child process against one on a thread (tokens/s,
+//!   first token), and the time from a child's death to its replacement's first answer.
 //! - `attack` (in `attack`): issue 9's attacks on a local miner, with an honest validator's
 //!   latency during each against its latency alone.
 //! - `answering` (in `answering`): seven validators' mixed load with slot-count admission and no
@@ -43,6 +45,7 @@ use crate::validator_client::{challenge_body, ValidatorClient};
 
 mod answering;
 mod attack;
+mod process;
 mod reference;
 mod sampling;
 mod workers;
@@ -175,6 +178,25 @@ enum BenchKind {
         #[arg(long, default_value_t = 2)]
         parallel: u32,
     },
+    /// An engine in a child process vs on a thread (tokens/s and first token, same requests),
+    /// then the time from a child's death (SIGKILL) to its replacement's first answer.
+    Process {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        #[arg(long, default_value_t = 128)]
+        max_tokens: u32,
+        #[arg(long, default_value_t = 1)]
+        threads: i32,
+        #[arg(long, default_value = "cpu")]
+        device: BenchDevice,
+        /// Children killed, one after another (the supervisor's backoff grows: 1 s, 2 s, 4 s).
+        #[arg(long, default_value_t = 3)]
+        deaths: usize,
+        #[arg(long, default_value = "Write a short story about a lighthouse keeper who finds a message in a bottle.")]
+        prompt: String,
+    },
     /// Time from a worker crash to the first challenge answered by its replacement.
     Recovery {
         #[arg(long)]
@@ -284,6 +306,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         #[cfg(not(feature = "test-hooks"))]
         BenchKind::Recovery { .. } => {
             anyhow::bail!("bench recovery crashes a worker on purpose: build with `--features test-hooks`")
+        }
+        BenchKind::Process { model, runs, max_tokens, threads, device, deaths, prompt } => {
+            rt.block_on(process::process(process::ProcessBench {
+                model,
+                device,
+                threads,
+                runs,
+                max_tokens,
+                deaths,
+                prompt,
+            }))
         }
         BenchKind::Metagraph { chain, neurons, runs, netuid } => rt.block_on(metagraph(chain, neurons, runs, netuid)),
         BenchKind::Sampling { draws } => sampling::sampling(draws),

@@ -7,7 +7,7 @@
 //! ```json
 //! [
 //!   {"kind": "embedded", "device": "gpu0", "model": "/models/qwen2.5-32b-q4_k_m.gguf", "n_ctx": 8192, "n_parallel": 4},
-//!   {"kind": "embedded", "device": "cpu", "model": "/models/small.gguf", "threads": 8},
+//!   {"kind": "embedded", "device": "cpu", "model": "/models/small.gguf", "threads": 8, "process": "child"},
 //!   {"kind": "openai", "base_url": "http://10.0.0.7:8000/v1", "model": "Qwen/Qwen2.5-32B-Instruct", "n_parallel": 16}
 //! ]
 //! ```
@@ -16,12 +16,23 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use loosh_actors::backend_worker::{Device, EngineSpec, WorkerSpec};
+use loosh_actors::engine_host::EngineProcess;
 use loosh_actors::inference::embedded::EmbeddedSpec;
 use loosh_actors::inference::openai::{with_v1, OpenAiSpec};
 use loosh_actors::protocol::secret::Secret;
 use serde::Deserialize;
 
-use crate::config::{Config, ConfigError, LlmBackend};
+use crate::config::{Config, ConfigError, EngineProcessPolicy, LlmBackend};
+
+/// Where one embedded worker's engine runs, overriding `ENGINE_PROCESS`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessChoice {
+    /// A child process of its own.
+    Child,
+    /// A thread of the node.
+    Thread,
+}
 
 /// One entry of `WORKERS`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -47,6 +58,9 @@ pub enum WorkerConfig {
         /// Reuse cached KV for repeated prompt prefixes (default true).
         #[serde(default)]
         prefix_cache: Option<bool>,
+        /// `child` or `thread`; defaults to what `ENGINE_PROCESS` says for this device.
+        #[serde(default)]
+        process: Option<ProcessChoice>,
     },
     #[serde(alias = "openai-compatible")]
     Openai {
@@ -101,7 +115,8 @@ pub fn worker_specs(cfg: &Config, gpus: &[(usize, String)]) -> Result<Vec<Worker
                     n_parallel: Option<u32>,
                     threads: Option<i32>,
                     gpu_layers: Option<u32>,
-                    prefix_cache: Option<bool>|
+                    prefix_cache: Option<bool>,
+                    process: Option<ProcessChoice>|
      -> Result<WorkerSpec, ConfigError> {
         let model_path = model.or_else(|| cfg.model_path.clone()).ok_or(ConfigError {
             var: "MODEL_PATH",
@@ -115,9 +130,20 @@ pub fn worker_specs(cfg: &Config, gpus: &[(usize, String)]) -> Result<Vec<Worker
                 expected: "an existing GGUF file".into(),
             });
         }
+        let in_child = match (process, cfg.engine_process) {
+            (Some(choice), _) => choice == ProcessChoice::Child,
+            (None, EngineProcessPolicy::Gpu) => device.is_some(),
+            (None, EngineProcessPolicy::Always) => true,
+            (None, EngineProcessPolicy::Never) => false,
+        };
         Ok(WorkerSpec {
             name,
             device: device.map_or(Device::Cpu, |d| Device::Gpu(d as u32)),
+            process: if in_child {
+                EngineProcess::Child { exe: cfg.engine_exe.clone() }
+            } else {
+                EngineProcess::Thread
+            },
             engine: EngineSpec::Embedded(EmbeddedSpec {
                 model_path,
                 n_ctx: n_ctx.unwrap_or(cfg.max_model_len),
@@ -160,6 +186,7 @@ pub fn worker_specs(cfg: &Config, gpus: &[(usize, String)]) -> Result<Vec<Worker
                 health_every: Duration::from_secs(10),
                 max_model_len: max_model_len.or(cfg.openai_max_model_len),
             }),
+            process: EngineProcess::Thread,
         })
     };
 
@@ -176,10 +203,11 @@ pub fn worker_specs(cfg: &Config, gpus: &[(usize, String)]) -> Result<Vec<Worker
                     threads,
                     gpu_layers,
                     prefix_cache,
+                    process,
                 } => {
                     let device = parse_device(device.as_deref())?;
                     let name = name.unwrap_or_else(|| device.map_or(format!("cpu{i}"), |d| format!("gpu{d}")));
-                    embedded(name, device, model, n_ctx, n_parallel, threads, gpu_layers, prefix_cache)?
+                    embedded(name, device, model, n_ctx, n_parallel, threads, gpu_layers, prefix_cache, process)?
                 }
                 WorkerConfig::Openai { name, base_url, model, n_parallel, api_key, max_model_len } => openai(
                     name.unwrap_or_else(|| format!("openai{i}")),
@@ -204,9 +232,9 @@ pub fn worker_specs(cfg: &Config, gpus: &[(usize, String)]) -> Result<Vec<Worker
         }
         LlmBackend::Embedded if !gpus.is_empty() => gpus
             .iter()
-            .map(|(index, _)| embedded(format!("gpu{index}"), Some(*index), None, None, None, None, None, None))
+            .map(|(index, _)| embedded(format!("gpu{index}"), Some(*index), None, None, None, None, None, None, None))
             .collect(),
-        LlmBackend::Embedded => Ok(vec![embedded("cpu0".into(), None, None, None, None, None, None, None)?]),
+        LlmBackend::Embedded => Ok(vec![embedded("cpu0".into(), None, None, None, None, None, None, None, None)?]),
     }
 }
 
@@ -292,5 +320,34 @@ mod tests {
             r#"[{{"kind":"embedded","name":"a","model":"{path}"}},{{"kind":"embedded","name":"a","model":"{path}"}}]"#
         );
         assert!(worker_specs(&cfg(&[("WORKERS", dup.as_str())]), &[]).unwrap_err().expected.contains("unique"));
+    }
+
+    #[test]
+    fn gpu_engines_run_in_a_child_process_by_default_and_a_worker_can_say_otherwise() {
+        let model = tempfile::NamedTempFile::new().unwrap();
+        let path = model.path().to_str().unwrap();
+        let gpus = [(0, "H100".to_string())];
+        let process = |pairs: &[(&str, &str)]| -> Vec<EngineProcess> {
+            let mut all = vec![("MODEL_PATH", path)];
+            all.extend_from_slice(pairs);
+            worker_specs(&cfg(&all), &gpus).unwrap().into_iter().map(|s| s.process).collect()
+        };
+        let child = || EngineProcess::Child { exe: None };
+        assert_eq!(process(&[]), [child()], "a GPU worker by default");
+        assert_eq!(process(&[("ENGINE_PROCESS", "never")]), [EngineProcess::Thread]);
+        let mixed = format!(
+            r#"[{{"kind":"embedded","device":"cpu","model":"{path}"}},
+               {{"kind":"embedded","device":"cpu","model":"{path}","process":"child"}},
+               {{"kind":"embedded","device":"gpu0","model":"{path}","process":"thread"}},
+               {{"kind":"embedded","device":"gpu0","name":"g","model":"{path}"}}]"#
+        );
+        assert_eq!(
+            process(&[("WORKERS", mixed.as_str())]),
+            [EngineProcess::Thread, child(), EngineProcess::Thread, child()]
+        );
+        let always = format!(r#"[{{"kind":"embedded","device":"cpu","model":"{path}"}}]"#);
+        assert_eq!(process(&[("WORKERS", always.as_str()), ("ENGINE_PROCESS", "always")]), [child()]);
+        let bad = format!(r#"[{{"kind":"embedded","model":"{path}","process":"fork"}}]"#);
+        assert!(parse_workers(&bad).unwrap_err().expected.contains("unknown variant"));
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use loosh_actors::authorization::ValidatorAuth;
 use loosh_actors::backend_worker::{Device, EngineSpec, WorkerSpec};
+use loosh_actors::engine_host::EngineProcess;
 use loosh_actors::front_door::DoorSettings;
 use loosh_actors::graph::{GraphConfig, MinerGraph};
 use loosh_actors::inference::embedded::EmbeddedSpec;
@@ -60,7 +61,19 @@ pub fn cpu_worker(name: &str, model: PathBuf, n_ctx: u32) -> WorkerSpec {
             prefix_cache: true,
             stall_after: loosh_actors::inference::embedded::DEFAULT_STALL_AFTER,
         }),
+        process: EngineProcess::Thread,
     }
+}
+
+/// [`cpu_worker`] whose engine runs in a child process: the node's binary, which cargo builds for
+/// the integration tests (the test binary itself cannot be the child).
+pub fn child_worker(name: &str, model: PathBuf, n_ctx: u32) -> WorkerSpec {
+    WorkerSpec { process: engine_child(), ..cpu_worker(name, model, n_ctx) }
+}
+
+/// The child-process setting for tests: the node's binary as built for them.
+pub fn engine_child() -> EngineProcess {
+    EngineProcess::Child { exe: Some(PathBuf::from(env!("CARGO_BIN_EXE_loosh-miner"))) }
 }
 
 pub fn fast_restarts(max_restarts: usize) -> RestartPolicy {
@@ -143,6 +156,7 @@ pub fn openai_worker(name: &str, base_url: &str, model: &str) -> WorkerSpec {
             health_every: Duration::from_millis(500),
             max_model_len: None,
         }),
+        process: EngineProcess::Thread,
     }
 }
 
@@ -353,6 +367,28 @@ impl MinerProcess {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (a name `kill` knows: TERM, KILL) to the miner.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{signal} {}", self.pid());
+    }
+
+    /// Waits (bounded) for the miner to exit; its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the miner can be waited for") {
+                return status;
+            }
+            assert!(Instant::now() < end, "the miner did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// A blocking GET of `path` over std; the whole HTTP response as text.
     pub fn get(&self, path: &str) -> Option<String> {
         Self::get_from(&self.url, path)
@@ -380,4 +416,31 @@ impl MinerProcess {
         body.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
     }
+}
+
+/// The processes whose parent is `pid` (from /proc; Linux).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            // /proc/P/stat: "P (comm) S PPID ...": the comm may hold spaces, so split after ')'.
+            std::fs::read_to_string(format!("/proc/{p}/stat")).ok().is_some_and(|stat| {
+                stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
+}
+
+/// Whether a process with this pid exists (a zombie included: not yet reaped).
+pub fn process_exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Whether a process with this pid exists and is not a zombie (dead, waiting for its parent,
+/// which for an orphan is whatever reaps orphans here).
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .is_some_and(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"))
 }

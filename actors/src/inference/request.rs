@@ -133,8 +133,8 @@ pub struct Generation {
     pub cut_by_deadline: bool,
 }
 
-/// Why a backend could not answer.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+/// Why a backend could not answer. Serde: an engine child process sends it to its worker.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BackendError {
     #[error("model failed to load: {0}")]
     ModelLoad(String),

@@ -1,0 +1,417 @@
+//! The framed protocol between a worker and its engine child process: one frame is a 4-byte
+//! little-endian length and that many bytes of JSON, on the child's stdin (to the engine) and
+//! stdout (from it). The child's stderr is its log, not part of the protocol.
+//!
+//! Instants do not cross a process boundary, so times travel as durations relative to the moment
+//! the frame is written: a request's deadline as time left, a generation's instants as time ago.
+//! A pipe between two processes on one machine adds microseconds to them, nothing more.
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::inference::embedded::{EmbeddedSpec, ModelInfo, StepStats};
+use crate::inference::request::{BackendError, FinishReason, Generation, GenerationRequest, JobControl};
+use crate::protocol::messages::{ChatMessage, ToolCall};
+
+/// No frame is larger: a challenge's messages fit in a few megabytes (the HTTP body cap is far
+/// below this), so a larger length means a corrupt stream, not a big request.
+pub const MAX_FRAME: usize = 64 << 20;
+
+/// Writes one frame (not flushed: the caller flushes once per batch of frames).
+pub fn write_frame<T: Serialize>(out: &mut impl Write, frame: &T) -> io::Result<()> {
+    let body = serde_json::to_vec(frame).map_err(io::Error::other)?;
+    out.write_all(&(body.len() as u32).to_le_bytes())?;
+    out.write_all(&body)
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream (the other side closed its end).
+pub fn read_frame<T: for<'de> Deserialize<'de>>(input: &mut impl Read) -> io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match input.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes exceeds {MAX_FRAME}")));
+    }
+    let mut body = vec![0u8; len];
+    input.read_exact(&mut body)?;
+    serde_json::from_slice(&body).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// What a worker sends its engine child.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToEngine {
+    /// The first frame: load this engine.
+    Start(WireSpec),
+    Job {
+        id: u64,
+        request: WireRequest,
+    },
+    /// The challenge behind this job no longer needs it (a hedge won elsewhere): stop it and free
+    /// its sequence, as the engine does on a thread.
+    Cancel {
+        id: u64,
+    },
+    /// Test hook: the child calls `abort()` at its next step with work in flight, as llama.cpp
+    /// does on a CUDA error.
+    #[cfg(feature = "test-hooks")]
+    AbortForTest,
+    /// Test hook: the child stops making progress at its next step with work in flight.
+    #[cfg(feature = "test-hooks")]
+    StallForTest,
+}
+
+/// What an engine child sends its worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromEngine {
+    /// Once, after loading (or failing to load) the model.
+    Ready(Result<WireInfo, BackendError>),
+    /// After a step (at most every [`STATS_EVERY`] while busy, and whenever work finishes or the
+    /// engine goes idle): the worker's view for the scheduler, `/metrics` and the watchdog.
+    Stats {
+        steps: WireStepStats,
+        active: usize,
+        busy: bool,
+    },
+    /// This job sampled its first token: hedging decides on it.
+    FirstToken {
+        id: u64,
+    },
+    Done {
+        id: u64,
+        result: Result<WireGeneration, BackendError>,
+    },
+}
+
+/// How often a busy child reports its step counters: the watchdog's clock and the tokens/s gauge
+/// need no finer grain, and a frame per step would cost a write per token.
+pub const STATS_EVERY: Duration = Duration::from_millis(100);
+
+/// [`EmbeddedSpec`] on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireSpec {
+    pub model_path: PathBuf,
+    pub n_ctx: u32,
+    pub threads: i32,
+    pub gpu_layers: u32,
+    pub gpu_device: Option<usize>,
+    pub n_batch: u32,
+    pub n_parallel: u32,
+    pub prefix_cache: bool,
+    pub stall_after_ms: u64,
+}
+
+impl From<&EmbeddedSpec> for WireSpec {
+    fn from(s: &EmbeddedSpec) -> Self {
+        let EmbeddedSpec {
+            model_path,
+            n_ctx,
+            threads,
+            gpu_layers,
+            gpu_device,
+            n_batch,
+            n_parallel,
+            prefix_cache,
+            stall_after,
+        } = s;
+        WireSpec {
+            model_path: model_path.clone(),
+            n_ctx: *n_ctx,
+            threads: *threads,
+            gpu_layers: *gpu_layers,
+            gpu_device: *gpu_device,
+            n_batch: *n_batch,
+            n_parallel: *n_parallel,
+            prefix_cache: *prefix_cache,
+            stall_after_ms: stall_after.as_millis().min(u64::MAX as u128) as u64,
+        }
+    }
+}
+
+impl From<WireSpec> for EmbeddedSpec {
+    fn from(s: WireSpec) -> Self {
+        EmbeddedSpec {
+            model_path: s.model_path,
+            n_ctx: s.n_ctx,
+            threads: s.threads,
+            gpu_layers: s.gpu_layers,
+            gpu_device: s.gpu_device,
+            n_batch: s.n_batch,
+            n_parallel: s.n_parallel,
+            prefix_cache: s.prefix_cache,
+            stall_after: Duration::from_millis(s.stall_after_ms),
+        }
+    }
+}
+
+/// [`ModelInfo`] on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireInfo {
+    pub description: String,
+    pub n_ctx: u32,
+    pub n_parallel: usize,
+    pub native_tools: bool,
+    pub sizing: String,
+}
+
+impl From<ModelInfo> for WireInfo {
+    fn from(i: ModelInfo) -> Self {
+        let ModelInfo { description, n_ctx, n_parallel, native_tools, sizing } = i;
+        WireInfo { description, n_ctx, n_parallel, native_tools, sizing }
+    }
+}
+
+impl From<WireInfo> for ModelInfo {
+    fn from(i: WireInfo) -> Self {
+        ModelInfo {
+            description: i.description,
+            n_ctx: i.n_ctx,
+            n_parallel: i.n_parallel,
+            native_tools: i.native_tools,
+            sizing: i.sizing,
+        }
+    }
+}
+
+/// [`GenerationRequest`] on the wire; the deadline as microseconds left.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireRequest {
+    pub messages: Vec<ChatMessage>,
+    pub tools: Option<Vec<Value>>,
+    pub tool_choice: Option<Value>,
+    pub max_tokens: u32,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub stop: Vec<String>,
+    pub deadline_in_us: u64,
+}
+
+impl WireRequest {
+    /// The request's control (cancel, first token) does not travel: the worker relays it as
+    /// `Cancel` and `FirstToken` frames.
+    pub fn new(r: GenerationRequest, now: Instant) -> Self {
+        // Destructured so that a field added to the request is a compile error here, not dropped.
+        let GenerationRequest {
+            messages,
+            tools,
+            tool_choice,
+            max_tokens,
+            temperature,
+            top_p,
+            stop,
+            deadline,
+            control: _,
+        } = r;
+        WireRequest {
+            messages,
+            tools,
+            tool_choice,
+            max_tokens,
+            temperature,
+            top_p,
+            stop,
+            deadline_in_us: micros(deadline.saturating_duration_since(now)),
+        }
+    }
+
+    pub fn into_request(self, now: Instant) -> GenerationRequest {
+        GenerationRequest {
+            messages: self.messages,
+            tools: self.tools,
+            tool_choice: self.tool_choice,
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            stop: self.stop,
+            deadline: now + Duration::from_micros(self.deadline_in_us),
+            control: JobControl::default(),
+        }
+    }
+}
+
+/// [`Generation`] on the wire; its instants as microseconds ago.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireGeneration {
+    pub text: String,
+    pub tool_calls: Vec<ToolCall>,
+    pub finish_reason: WireFinish,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub first_token_ago_us: Option<u64>,
+    pub started_ago_us: u64,
+    pub finished_ago_us: u64,
+    pub cut_by_deadline: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub enum WireFinish {
+    Stop,
+    Length,
+    ToolCalls,
+}
+
+impl WireGeneration {
+    pub fn new(g: Generation, now: Instant) -> Self {
+        let Generation {
+            text,
+            tool_calls,
+            finish_reason,
+            prompt_tokens,
+            completion_tokens,
+            first_token_at,
+            started_at,
+            finished_at,
+            cut_by_deadline,
+        } = g;
+        let ago = |t: Instant| micros(now.saturating_duration_since(t));
+        WireGeneration {
+            text,
+            tool_calls,
+            finish_reason: match finish_reason {
+                FinishReason::Stop => WireFinish::Stop,
+                FinishReason::Length => WireFinish::Length,
+                FinishReason::ToolCalls => WireFinish::ToolCalls,
+            },
+            prompt_tokens,
+            completion_tokens,
+            first_token_ago_us: first_token_at.map(ago),
+            started_ago_us: ago(started_at),
+            finished_ago_us: ago(finished_at),
+            cut_by_deadline,
+        }
+    }
+
+    pub fn into_generation(self, now: Instant) -> Generation {
+        let at = |us: u64| now.checked_sub(Duration::from_micros(us)).unwrap_or(now);
+        Generation {
+            text: self.text,
+            tool_calls: self.tool_calls,
+            finish_reason: match self.finish_reason {
+                WireFinish::Stop => FinishReason::Stop,
+                WireFinish::Length => FinishReason::Length,
+                WireFinish::ToolCalls => FinishReason::ToolCalls,
+            },
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            first_token_at: self.first_token_ago_us.map(at),
+            started_at: at(self.started_ago_us),
+            finished_at: at(self.finished_ago_us),
+            cut_by_deadline: self.cut_by_deadline,
+        }
+    }
+}
+
+/// [`StepStats`] on the wire, durations in nanoseconds.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct WireStepStats {
+    pub steps: u64,
+    pub decode_ns: u64,
+    pub sampling_ns: u64,
+    pub rest_ns: u64,
+    pub tokens: u64,
+    pub prompt_tokens: u64,
+    pub reused_prompt_tokens: u64,
+}
+
+impl From<StepStats> for WireStepStats {
+    fn from(s: StepStats) -> Self {
+        let StepStats { steps, decode, sampling, rest, tokens, prompt_tokens, reused_prompt_tokens } = s;
+        let ns = |d: Duration| d.as_nanos().min(u64::MAX as u128) as u64;
+        WireStepStats {
+            steps,
+            decode_ns: ns(decode),
+            sampling_ns: ns(sampling),
+            rest_ns: ns(rest),
+            tokens,
+            prompt_tokens,
+            reused_prompt_tokens,
+        }
+    }
+}
+
+impl From<WireStepStats> for StepStats {
+    fn from(s: WireStepStats) -> Self {
+        StepStats {
+            steps: s.steps,
+            decode: Duration::from_nanos(s.decode_ns),
+            sampling: Duration::from_nanos(s.sampling_ns),
+            rest: Duration::from_nanos(s.rest_ns),
+            tokens: s.tokens,
+            prompt_tokens: s.prompt_tokens,
+            reused_prompt_tokens: s.reused_prompt_tokens,
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros().min(u64::MAX as u128) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_a_stream_ends_cleanly_between_frames() {
+        let mut buf = Vec::new();
+        let now = Instant::now();
+        let request = GenerationRequest::one_turn("hello", 7, now + Duration::from_secs(3));
+        write_frame(&mut buf, &ToEngine::Job { id: 42, request: WireRequest::new(request.clone(), now) }).unwrap();
+        write_frame(&mut buf, &FromEngine::Ready(Err(BackendError::ModelLoad("no such file".into())))).unwrap();
+        let mut input = buf.as_slice();
+        let Some(ToEngine::Job { id, request: wire }) = read_frame(&mut input).unwrap() else { panic!("a job") };
+        let back = wire.into_request(now);
+        assert_eq!((id, back.messages, back.max_tokens, back.deadline), (42, request.messages, 7, request.deadline));
+        let ready: Option<FromEngine> = read_frame(&mut input).unwrap();
+        assert!(matches!(ready, Some(FromEngine::Ready(Err(BackendError::ModelLoad(m)))) if m == "no such file"));
+        assert!(read_frame::<FromEngine>(&mut input).unwrap().is_none(), "EOF between frames is a clean end");
+    }
+
+    #[test]
+    fn a_truncated_or_oversized_frame_is_an_error_not_a_panic() {
+        let mut buf = Vec::new();
+        write_frame(
+            &mut buf,
+            &ToEngine::Job {
+                id: 1,
+                request: WireRequest::new(GenerationRequest::one_turn("x", 1, Instant::now()), Instant::now()),
+            },
+        )
+        .unwrap();
+        let truncated = &buf[..buf.len() - 3];
+        assert_eq!(read_frame::<ToEngine>(&mut &truncated[..]).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        let huge = ((MAX_FRAME + 1) as u32).to_le_bytes();
+        assert_eq!(read_frame::<ToEngine>(&mut &huge[..]).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        let garbage = [3u8, 0, 0, 0, b'{', b'x', b'}'];
+        assert_eq!(read_frame::<ToEngine>(&mut &garbage[..]).unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn a_generations_instants_survive_the_trip_as_ages() {
+        let now = Instant::now();
+        let g = Generation {
+            text: "hi".into(),
+            tool_calls: vec![],
+            finish_reason: FinishReason::Length,
+            prompt_tokens: 3,
+            completion_tokens: 2,
+            first_token_at: Some(now - Duration::from_millis(5)),
+            started_at: now - Duration::from_millis(9),
+            finished_at: now,
+            cut_by_deadline: true,
+        };
+        let back = WireGeneration::new(g.clone(), now).into_generation(now);
+        assert_eq!(
+            (back.first_token_at, back.started_at, back.finished_at),
+            (g.first_token_at, g.started_at, g.finished_at)
+        );
+        assert_eq!((back.finish_reason, back.cut_by_deadline, back.text), (FinishReason::Length, true, g.text));
+    }
+}
