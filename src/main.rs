@@ -48,6 +48,9 @@ enum Command {
     },
     /// Check wallet, chain, registration, axon, clock and workers; one line each, with the fix.
     Doctor,
+    /// Print the configuration as resolved from the environment and `.env` (what each setting
+    /// means here, and where that differs from the Python miner), then exit; status 1 when invalid.
+    Config,
     /// Measure the miner against references in the same run (built with `--features bench`).
     #[cfg(feature = "bench")]
     Bench(bench::BenchArgs),
@@ -84,6 +87,17 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Config => {
+            let cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
+            cfg.validate().context("invalid configuration")?;
+            for line in cfg.summary() {
+                println!("{line}");
+            }
+            for line in cfg.python_differences() {
+                println!("differs from the Python miner: {line}");
+            }
+            Ok(())
+        }
         Command::PostIp { external_ip, external_port } => {
             let cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
             let _log_guard = logging::init(&cfg.log_level, cfg.log_file.as_deref());
@@ -106,8 +120,9 @@ fn run(dev: bool) -> anyhow::Result<()> {
     for line in cfg.summary() {
         tracing::info!("{line}");
     }
-    for (var, why) in &cfg.unused_settings {
-        tracing::warn!("{var} is set but not acted on by this build: {why}");
+    let differences = cfg.python_differences();
+    if !differences.is_empty() {
+        tracing::warn!("differs from the Python miner: {}", differences.join("; "));
     }
 
     let actors =

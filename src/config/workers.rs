@@ -1,5 +1,6 @@
 //! Which backend workers the node runs: the `WORKERS` list when given, else what the Python
-//! miner's variables imply (`LLM_BACKEND` with `VLLM_API_BASE` / `OLLAMA_BASE_URL` / `MODEL_PATH`),
+//! miner's variables imply (`LLM_BACKEND` with `VLLM_API_BASE` / `OLLAMA_BASE_URL` /
+//! `LLAMACPP_API_BASE` / `MODEL_PATH`),
 //! else one embedded worker per visible GPU, else one CPU worker.
 //!
 //! `WORKERS` (or the file named by `WORKERS_FILE`) is a JSON array, one object per worker:
@@ -189,6 +190,9 @@ pub fn worker_specs(cfg: &Config, gpus: &[(usize, String)]) -> Result<Vec<Worker
     match cfg.llm_backend {
         LlmBackend::Vllm => Ok(vec![openai("vllm0".into(), &with_v1(&cfg.vllm_api_base), None, None, None)?]),
         LlmBackend::Ollama => Ok(vec![openai("ollama0".into(), &with_v1(&cfg.ollama_base_url), None, None, None)?]),
+        LlmBackend::LlamaCppServer => {
+            Ok(vec![openai("llamacpp0".into(), &with_v1(&cfg.llamacpp_api_base), None, None, None)?])
+        }
         LlmBackend::Embedded if !gpus.is_empty() => gpus
             .iter()
             .map(|(index, _)| embedded(format!("gpu{index}"), Some(*index), None, None, None, None, None, None))
