@@ -124,7 +124,10 @@ pub struct Config {
     pub axon_external: Option<(std::net::IpAddr, u16)>,
     // Logs
     pub log_level: String,
-    pub log_file: Option<PathBuf>,
+    /// `LOG_FILE` (the file written), `LOG_ROTATION` and `LOG_MAX_FILES`.
+    pub log_file: Option<crate::logging::LogFile>,
+    /// `LOG_FORMAT=json`: one JSON object per line.
+    pub log_json: bool,
     /// Variables that were set but that this build does not act on yet: reported at start.
     pub unused_settings: Vec<(String, String)>,
 }
@@ -436,7 +439,28 @@ impl Config {
                 }
             },
             log_level: src.string("LOG_LEVEL", "INFO"),
-            log_file: src.get("LOG_FILE").map(PathBuf::from),
+            log_file: match src.get("LOG_FILE") {
+                None => None,
+                Some(path) => Some(crate::logging::LogFile {
+                    path: PathBuf::from(path),
+                    rotation: {
+                        let text = src.string("LOG_ROTATION", "daily");
+                        crate::logging::Rotation::parse(&text).ok_or_else(|| ConfigError {
+                            var: "LOG_ROTATION",
+                            value: text.clone(),
+                            expected: "daily, never, or a size such as 100MB".into(),
+                        })?
+                    },
+                    max_files: src.parse("LOG_MAX_FILES", 7, "a number of old files to keep")?,
+                }),
+            },
+            log_json: match src.string("LOG_FORMAT", "text").to_ascii_lowercase().as_str() {
+                "text" | "plain" => false,
+                "json" => true,
+                other => {
+                    return Err(ConfigError { var: "LOG_FORMAT", value: other.into(), expected: "text or json".into() })
+                }
+            },
             unused_settings,
         })
     }

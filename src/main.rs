@@ -80,7 +80,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Doctor => {
             let cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
-            let _log_guard = logging::init("error", None);
+            let _log_guard = logging::init_console("error");
             let rt = tokio::runtime::Runtime::new()?;
             if !rt.block_on(loosh_miner::doctor::run(&cfg)) {
                 std::process::exit(1);
@@ -100,7 +100,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::PostIp { external_ip, external_port } => {
             let cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
-            let _log_guard = logging::init(&cfg.log_level, cfg.log_file.as_deref());
+            let _log_guard = init_logs(&cfg)?;
             let hotkey = wallet::load_hotkey(&cfg.wallet_path)?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(chain::post_ip(&cfg, &hotkey, external_ip, external_port))?;
@@ -109,13 +109,18 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+fn init_logs(cfg: &Config) -> anyhow::Result<logging::LogGuard> {
+    logging::init(&cfg.log_level, cfg.log_file.as_ref(), cfg.log_json)
+        .with_context(|| format!("LOG_FILE={:?} cannot be opened", cfg.log_file.as_ref().map(|f| &f.path)))
+}
+
 fn run(dev: bool) -> anyhow::Result<()> {
     let mut cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
     if dev && cfg.rate_limit_enabled.is_none() {
         // Local development drives the node from one address far harder than any validator.
         cfg.rate_limit_enabled = Some(false);
     }
-    let _log_guard = logging::init(&cfg.log_level, cfg.log_file.as_deref());
+    let _log_guard = init_logs(&cfg)?;
     cfg.validate().context("invalid configuration")?;
     for line in cfg.summary() {
         tracing::info!("{line}");

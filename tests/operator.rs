@@ -5,6 +5,11 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::MinerProcess;
+use loosh_actors::protocol::signature::Hotkey;
+use loosh_miner::validator_client::{challenge_body, ValidatorClient};
 
 /// `loosh-miner <args>` with only `vars` set (and PATH, HOME), run in `dir` so that no `.env` of
 /// the developer's is read.
@@ -77,4 +82,90 @@ fn the_wallet_path_of_the_python_miners_docker_set_up_is_where_the_wallet_is_rea
         &[("WALLET_PATH", "/data/wallets"), ("WALLET_NAME", "cold"), ("HOTKEY_NAME", "hot")],
     );
     assert!(text(&out).contains("wallet /data/wallets/cold/hotkeys/hot"), "{}", text(&out));
+}
+
+/// Polls (bounded) until `path` holds `needle`: the file writer is asynchronous.
+fn wait_for_file_text(path: &Path, needle: &str) -> String {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(Instant::now() < end, "{} never held {needle:?}; it holds:\n{text}", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn log_file_is_the_file_written_and_rotation_keeps_log_max_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("logs/miner.log");
+    let log_text = log.to_str().unwrap();
+    // 1 KB files: the start-up lines alone fill several, so the oldest must have been dropped.
+    let miner = MinerProcess::start(
+        &common::tiny_model(),
+        true,
+        &[("LOG_FILE", log_text), ("LOG_ROTATION", "1KB"), ("LOG_MAX_FILES", "2")],
+    );
+    // Available means the worker joined the schedule; wait for that line to reach the files.
+    let all = || {
+        ["miner.log.2", "miner.log.1", "miner.log"]
+            .iter()
+            .map(|n| std::fs::read_to_string(dir.path().join("logs").join(n)).unwrap_or_default())
+            .collect::<String>()
+    };
+    let end = Instant::now() + Duration::from_secs(30);
+    while !all().contains("worker joined the schedule") {
+        assert!(Instant::now() < end, "the log files never held the last start-up line:\n{}", all());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let miner_stdout_first = miner.log.lock().unwrap()[0].clone();
+    drop(miner);
+    let mut names: Vec<String> = std::fs::read_dir(dir.path().join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["miner.log", "miner.log.1", "miner.log.2"]);
+    let mut kept = String::new();
+    for name in &names {
+        let text = std::fs::read_to_string(dir.path().join("logs").join(name)).unwrap();
+        assert!(text.len() <= 1024, "{name} has {} bytes, over LOG_ROTATION=1KB", text.len());
+        kept.push_str(&text);
+    }
+    // The first start-up line went to a file past LOG_MAX_FILES, deleted.
+    assert!(miner_stdout_first.contains("network: netuid"), "{miner_stdout_first}");
+    assert!(!kept.contains("network: netuid"), "the oldest file was kept:\n{kept}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_validator_worker_tokens_and_milliseconds_of_each_challenge() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("miner.log");
+    let miner = MinerProcess::start(
+        &common::tiny_model(),
+        true,
+        &[("LOG_FILE", log.to_str().unwrap()), ("LOG_FORMAT", "json")],
+    );
+    let validator = Hotkey::ephemeral();
+    let mut client = ValidatorClient::new(&miner.url, validator.clone());
+    client.handshake().await.unwrap();
+    let (reply, _) = client.challenge(&challenge_body("hello", 4, 0.0)).await.unwrap();
+
+    let text = wait_for_file_text(&log, "challenge answered");
+    let line = text.lines().find(|l| l.contains("challenge answered")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["message"], "challenge answered");
+    assert_eq!(v["worker"], "cpu0");
+    assert_eq!(v["tokens"], u64::from(reply.usage.completion_tokens));
+    assert!(v["ms"].is_u64(), "{line}");
+    let short: String = validator.ss58().chars().take(8).collect();
+    assert_eq!(v["span"]["validator"], short, "{line}");
+    // stdout is JSON too, line by line.
+    let stdout = miner.log.lock().unwrap().clone();
+    assert!(stdout.iter().any(|l| l.contains("challenge answered")));
+    for l in &stdout {
+        serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+    }
 }

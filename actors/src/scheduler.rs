@@ -227,7 +227,7 @@ impl Actor for Scheduler {
                     let retry_copy = first_attempt.then(|| request.clone());
                     let deadline = request.deadline;
                     let result = match worker.call(|r| WorkerMsg::Generate { request, reply: r }, Some(wait)).await {
-                        Ok(ractor::rpc::CallResult::Success(Ok(g))) => Ok(g),
+                        Ok(ractor::rpc::CallResult::Success(Ok(g))) => Ok(Generation { worker: name.clone(), ..g }),
                         Ok(ractor::rpc::CallResult::Success(Err(e))) => Err(ScheduleError::Backend(e)),
                         Ok(ractor::rpc::CallResult::Timeout) => Err(ScheduleError::Timeout),
                         Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {

@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use actix_web::{post, web, HttpRequest, HttpResponse};
+use tracing::Instrument;
 
 use super::body::read_limited;
 use super::error::{rate_limited, ApiError};
@@ -21,10 +22,18 @@ pub async fn challenge(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let arrival = Instant::now();
-    let result = handle(&state, &req, payload, arrival).await;
-    match &result {
-        Ok(_) => tracing::info!(ms = arrival.elapsed().as_millis() as u64, "challenge answered"),
-        Err(e) => log_refusal(&state, &req, e),
+    // Every line logged for this challenge (the "challenge answered" line with worker, tokens and
+    // milliseconds among them) names the validator: the first 8 characters of its hotkey, enough
+    // to tell validators apart and to grep for.
+    let validator: String = req
+        .headers()
+        .get(HOTKEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(String::new, |h| h.trim().chars().take(8).collect());
+    let span = tracing::info_span!("challenge", validator = %validator);
+    let result = handle(&state, &req, payload, arrival).instrument(span).await;
+    if let Err(e) = &result {
+        log_refusal(&state, &req, e);
     }
     result
 }

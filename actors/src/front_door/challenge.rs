@@ -203,6 +203,15 @@ impl MinerGraph {
         if let Some(first) = gen.first_token_at {
             m.time_to_first_token.observe(first.saturating_duration_since(arrival).as_secs_f64());
         }
+        // The route's span names the validator; this line adds what an operator asks next.
+        tracing::info!(
+            worker = %gen.worker,
+            prompt_tokens = gen.prompt_tokens,
+            tokens = gen.completion_tokens,
+            finish = gen.finish_reason.as_str(),
+            ms = arrival.elapsed().as_millis() as u64,
+            "challenge answered"
+        );
 
         Ok(ChallengeReply {
             response_text: gen.text,
