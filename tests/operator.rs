@@ -169,3 +169,32 @@ async fn json_logs_carry_the_validator_worker_tokens_and_milliseconds_of_each_ch
         serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"));
     }
 }
+
+#[test]
+fn doctor_reads_only_the_header_of_a_model_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // A sparse 1 TiB file that begins like a GGUF v3 model: reading it whole would not fit in memory.
+    let model = dir.path().join("huge.gguf");
+    let mut file = std::fs::File::create(&model).unwrap();
+    std::io::Write::write_all(&mut file, b"GGUF\x03\x00\x00\x00").unwrap();
+    file.set_len(1 << 40).unwrap();
+    drop(file);
+    let not_gguf = dir.path().join("notes.gguf");
+    std::fs::write(&not_gguf, "these are not weights").unwrap();
+    for (path, expected) in [
+        (&model, format!("ok    worker       cpu0 (cpu): {} (GGUF v3)", model.display())),
+        (&not_gguf, format!("FAIL  worker       cpu0: {} is not a GGUF file", not_gguf.display())),
+    ] {
+        let out = miner(
+            dir.path(),
+            &["doctor"],
+            &[
+                ("MODEL_PATH", path.to_str().unwrap()),
+                // Nothing listens there: the chain check fails at once instead of waiting.
+                ("SUBTENSOR_ADDRESS", "ws://127.0.0.1:1"),
+                ("BITTENSOR_WALLET_PATH", dir.path().to_str().unwrap()),
+            ],
+        );
+        assert!(text(&out).contains(&expected), "{}", text(&out));
+    }
+}
