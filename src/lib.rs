@@ -15,6 +15,7 @@ pub mod doctor;
 pub mod http;
 pub mod logging;
 pub mod node;
+pub mod ops_client;
 pub mod probe;
 pub mod validator_client;
 pub mod wallet;

@@ -11,7 +11,7 @@ use loosh_miner::bench;
 use loosh_miner::config::workers;
 use loosh_miner::config::{Config, Source};
 use loosh_miner::node::{Node, NodeParts};
-use loosh_miner::{chain, logging, probe, wallet};
+use loosh_miner::{chain, logging, ops_client, probe, wallet};
 
 #[derive(Parser)]
 #[command(name = "loosh-miner", version, about = "Bittensor subnet 78 (Loosh) miner")]
@@ -48,6 +48,9 @@ enum Command {
     },
     /// Check wallet, chain, registration, axon, clock and workers; one line each, with the fix.
     Doctor,
+    /// Ask the running miner's `/health` (where METRICS_HOST/METRICS_PORT say); exit status 0 when
+    /// it answers. Docker's HEALTHCHECK runs it.
+    Health,
     /// Print the configuration as resolved from the environment and `.env` (what each setting
     /// means here, and where that differs from the Python miner), then exit; status 1 when invalid.
     Config,
@@ -85,6 +88,13 @@ fn main() -> anyhow::Result<()> {
             if !rt.block_on(loosh_miner::doctor::run(&cfg)) {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Command::Health => {
+            let cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
+            let addr = ops_client::ops_address(&cfg)?;
+            let body = ops_client::get(&addr, "/health", std::time::Duration::from_secs(5))?;
+            println!("{body}");
             Ok(())
         }
         Command::Config => {

@@ -13,7 +13,7 @@ use loosh_miner::validator_client::{challenge_body, ValidatorClient};
 
 /// `loosh-miner <args>` with only `vars` set (and PATH, HOME), run in `dir` so that no `.env` of
 /// the developer's is read.
-fn miner(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
+fn run_miner(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_loosh-miner"));
     cmd.args(args)
         .env_clear()
@@ -33,13 +33,13 @@ fn text(out: &Output) -> String {
 #[test]
 fn llamacpp_without_a_model_file_is_the_python_miners_llama_cpp_server() {
     let dir = tempfile::tempdir().unwrap();
-    let out = miner(dir.path(), &["config"], &[("LLM_BACKEND", "llamacpp")]);
+    let out = run_miner(dir.path(), &["config"], &[("LLM_BACKEND", "llamacpp")]);
     assert!(out.status.success(), "{}", text(&out));
     let said = text(&out);
     assert!(said.contains("inference: llama.cpp server at http://localhost:8080/v1"), "{said}");
     assert!(!said.contains("differs from the Python miner"), "nothing differs here: {said}");
 
-    let out = miner(
+    let out = run_miner(
         dir.path(),
         &["config"],
         &[("LLM_BACKEND", "llamacpp"), ("LLAMACPP_API_BASE", "http://10.0.0.5:8080/v1")],
@@ -52,8 +52,11 @@ fn llamacpp_with_a_model_file_runs_it_in_process_and_says_so_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let model = common::tiny_model();
     let model = model.to_str().unwrap();
-    let out =
-        miner(dir.path(), &["config"], &[("LLM_BACKEND", "llamacpp"), ("MODEL_PATH", model), ("AXON_PORT", "8089")]);
+    let out = run_miner(
+        dir.path(),
+        &["config"],
+        &[("LLM_BACKEND", "llamacpp"), ("MODEL_PATH", model), ("AXON_PORT", "8089")],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let said = text(&out);
     assert!(said.contains(&format!("inference: embedded llama.cpp, model {model}")), "{said}");
@@ -65,10 +68,11 @@ fn llamacpp_with_a_model_file_runs_it_in_process_and_says_so_in_one_line() {
 #[test]
 fn the_python_miners_vllm_default_is_kept_and_a_backend_on_our_own_port_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let out = miner(dir.path(), &["config"], &[("LLM_BACKEND", "vllm")]);
+    let out = run_miner(dir.path(), &["config"], &[("LLM_BACKEND", "vllm")]);
     assert!(text(&out).contains("vLLM server at http://localhost:8001/v1"), "{}", text(&out));
 
-    let out = miner(dir.path(), &["config"], &[("LLM_BACKEND", "vllm"), ("VLLM_API_BASE", "http://localhost:8000/v1")]);
+    let out =
+        run_miner(dir.path(), &["config"], &[("LLM_BACKEND", "vllm"), ("VLLM_API_BASE", "http://localhost:8000/v1")]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("VLLM_API_BASE=\"http://localhost:8000/v1\""), "{}", text(&out));
 }
@@ -76,7 +80,7 @@ fn the_python_miners_vllm_default_is_kept_and_a_backend_on_our_own_port_is_refus
 #[test]
 fn the_wallet_path_of_the_python_miners_docker_set_up_is_where_the_wallet_is_read() {
     let dir = tempfile::tempdir().unwrap();
-    let out = miner(
+    let out = run_miner(
         dir.path(),
         &["config"],
         &[("WALLET_PATH", "/data/wallets"), ("WALLET_NAME", "cold"), ("HOTKEY_NAME", "hot")],
@@ -185,7 +189,7 @@ fn doctor_reads_only_the_header_of_a_model_file() {
         (&model, format!("ok    worker       cpu0 (cpu): {} (GGUF v3)", model.display())),
         (&not_gguf, format!("FAIL  worker       cpu0: {} is not a GGUF file", not_gguf.display())),
     ] {
-        let out = miner(
+        let out = run_miner(
             dir.path(),
             &["doctor"],
             &[
@@ -197,4 +201,67 @@ fn doctor_reads_only_the_header_of_a_model_file() {
         );
         assert!(text(&out).contains(&expected), "{}", text(&out));
     }
+}
+
+#[test]
+fn health_asks_the_running_miner_and_fails_when_none_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let miner = MinerProcess::start(&common::tiny_model(), true, &[]);
+    let port = miner.ops_url.rsplit(':').next().unwrap().to_string();
+    let out = run_miner(dir.path(), &["health"], &[("METRICS_PORT", &port)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("\"status\":\"ok\""), "{}", text(&out));
+    drop(miner);
+    let out = run_miner(dir.path(), &["health"], &[("METRICS_PORT", &port)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("is the miner running"), "{}", text(&out));
+}
+
+/// The `KEY=value` of a unit or process file, first match.
+fn setting<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).unwrap_or_else(|| panic!("no {key}"))
+}
+
+/// What a stop may take: the HTTP drain (actix's shutdown timeout) plus the engines' exit wait.
+const DRAIN_SECS: u64 = 55 + 30;
+
+#[test]
+fn the_systemd_unit_verifies_and_outwaits_the_drain() {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/loosh-miner.service")).unwrap();
+    // Verified as installed, with the binary just built in the place of /usr/local/bin's.
+    let dir = tempfile::tempdir().unwrap();
+    let installed =
+        unit.replace("ExecStart=/usr/local/bin/loosh-miner", concat!("ExecStart=", env!("CARGO_BIN_EXE_loosh-miner")));
+    assert_ne!(installed, unit, "the unit starts /usr/local/bin/loosh-miner");
+    let path = dir.path().join("loosh-miner.service");
+    std::fs::write(&path, installed).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze runs (scripts/install.sh --test installs systemd)");
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", text(&out));
+
+    let stop: u64 = setting(&unit, "TimeoutStopSec").parse().unwrap();
+    assert!(stop > DRAIN_SECS, "TimeoutStopSec={stop} cuts the drain");
+    assert_eq!(setting(&unit, "KillSignal"), "SIGTERM");
+    assert_eq!(setting(&unit, "Restart"), "on-failure");
+    assert_eq!(setting(&unit, "StandardOutput"), "journal");
+    assert!(setting(&unit, "EnvironmentFile").starts_with('/'));
+}
+
+#[test]
+fn the_pm2_file_loads_and_outwaits_the_drain() {
+    let out = Command::new("node")
+        .arg("-e")
+        .arg("const a = require(process.argv[1]).apps[0]; console.log(JSON.stringify(a))")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/ecosystem.config.js"))
+        .output()
+        .expect("node runs (scripts/install.sh --test installs it for the chain)");
+    assert!(out.status.success(), "{}", text(&out));
+    let app: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(app["name"], "loosh-miner");
+    assert_eq!(app["interpreter"], "none");
+    assert!(app["kill_timeout"].as_u64().unwrap() > DRAIN_SECS * 1000, "{app}");
+    assert!(app["script"].as_str().unwrap().ends_with("target/release/loosh-miner"), "{app}");
 }
