@@ -17,5 +17,6 @@ pub mod logging;
 pub mod node;
 pub mod ops_client;
 pub mod probe;
+pub mod process_metrics;
 pub mod validator_client;
 pub mod wallet;

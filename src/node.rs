@@ -107,6 +107,7 @@ impl Node {
     pub async fn start(cfg: &Config, parts: NodeParts) -> anyhow::Result<Self> {
         let rsa = Arc::new(MinerRsaKey::generate()?);
         let graph = spawn_graph(cfg, parts.workers, rsa, parts.auth.clone()).await?;
+        crate::process_metrics::register(&graph.metrics.registry)?;
         if let Some(url) = parts.chain_url {
             let args = HeartbeatArgs {
                 settings: crate::chain::settings(cfg, url),

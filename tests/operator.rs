@@ -204,13 +204,24 @@ fn doctor_reads_only_the_header_of_a_model_file() {
 }
 
 #[test]
-fn health_asks_the_running_miner_and_fails_when_none_answers() {
+fn health_and_metrics_ask_the_running_miner_and_health_fails_when_none_answers() {
     let dir = tempfile::tempdir().unwrap();
     let miner = MinerProcess::start(&common::tiny_model(), true, &[]);
     let port = miner.ops_url.rsplit(':').next().unwrap().to_string();
     let out = run_miner(dir.path(), &["health"], &[("METRICS_PORT", &port)]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("\"status\":\"ok\""), "{}", text(&out));
+    // The same operator port serves the build and the process beside the miner's own metrics.
+    let metrics = miner.get_ops("/metrics").unwrap();
+    let info = format!(
+        "loosh_build_info{{features=\"{}\",version=\"{}\"}} 1",
+        loosh_miner::process_metrics::build_features(),
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(metrics.contains(&info), "{metrics}");
+    assert!(miner.metric("process_resident_memory_bytes").is_some_and(|b| b > 1e6), "{metrics}");
+    assert!(miner.metric("process_open_fds").is_some_and(|n| n >= 3.0), "{metrics}");
+    assert!(metrics.contains("loosh_metagraph_sync_timestamp_seconds "), "{metrics}");
     drop(miner);
     let out = run_miner(dir.path(), &["health"], &[("METRICS_PORT", &port)]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

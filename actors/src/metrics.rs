@@ -4,7 +4,8 @@
 //! alone whether validators are failing handshakes, hitting expired keys or finding the miner full.
 
 use prometheus::{
-    CounterVec, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    CounterVec, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 pub struct Metrics {
@@ -37,14 +38,16 @@ pub struct Metrics {
     pub chain_connected: IntGauge,
     pub chain_block: IntGauge,
     pub chain_outages: IntCounter,
-    /// Unix time of the last metagraph sync (its age is `time() - this`).
+    /// Unix time of the last metagraph sync (its age is `time() - this`); `_timestamp_seconds`
+    /// as Prometheus names points in time.
     pub metagraph_synced_at: IntGauge,
     pub metagraph_neurons: IntGauge,
     /// Validators the chain allows (permit and minimum stake).
     pub chain_validators: IntGauge,
     /// Our uid on the subnet, -1 when not registered.
     pub our_uid: IntGauge,
-    pub our_incentive: IntGauge,
+    /// Our incentive as the 0-1 share the chain's u16 fixed point stands for.
+    pub our_incentive: Gauge,
     /// serve_axon attempts by result: ok, rate_limited, error.
     pub axon_posts: IntCounterVec,
     pub challenge_api_polls: IntCounterVec,
@@ -125,7 +128,7 @@ impl Metrics {
             chain_block: IntGauge::new("loosh_chain_block", "Best block seen").unwrap(),
             chain_outages: IntCounter::new("loosh_chain_outages_total", "Chain connections lost").unwrap(),
             metagraph_synced_at: IntGauge::new(
-                "loosh_metagraph_synced_at_seconds",
+                "loosh_metagraph_sync_timestamp_seconds",
                 "Unix time of the last metagraph sync",
             )
             .unwrap(),
@@ -133,8 +136,7 @@ impl Metrics {
                 .unwrap(),
             chain_validators: IntGauge::new("loosh_chain_validators", "Validators allowed by the chain").unwrap(),
             our_uid: IntGauge::new("loosh_uid", "Our uid on the subnet (-1: not registered)").unwrap(),
-            our_incentive: IntGauge::new("loosh_incentive", "Our incentive (u16 fixed point) at the last sync")
-                .unwrap(),
+            our_incentive: Gauge::new("loosh_incentive_ratio", "Our incentive (0-1) at the last sync").unwrap(),
             challenge_api_polls: IntCounterVec::new(
                 Opts::new("loosh_challenge_api_polls_total", "Challenge API validator-list polls by result"),
                 &["result"],
@@ -207,10 +209,10 @@ impl Metrics {
             &m.metagraph_neurons,
             &m.chain_validators,
             &m.our_uid,
-            &m.our_incentive,
         ] {
             m.registry.register(Box::new(g.clone())).unwrap();
         }
+        m.registry.register(Box::new(m.our_incentive.clone())).unwrap();
         // Make the common outcomes visible at zero, so dashboards and alerts see the series from the start.
         for o in ["ok", "unauthorized", "unknown_key", "bad_token", "bad_request", "busy", "unavailable", "error"] {
             m.challenges.with_label_values(&[o]);

@@ -126,7 +126,7 @@ impl HeartbeatState {
         m.metagraph_neurons.set(neurons.len() as i64);
         m.chain_validators.set(validators.len() as i64);
         m.our_uid.set(ours.map_or(-1, |n| i64::from(n.uid)));
-        m.our_incentive.set(ours.map_or(0, |n| i64::from(n.incentive)));
+        m.our_incentive.set(ours.map_or(0.0, |n| f64::from(n.incentive) / f64::from(u16::MAX)));
         m.metagraph_synced_at.set(crate::protocol::messages::unix_time_f64() as i64);
         for hotkey in self.args.auth.replace(Source::Chain, validators) {
             tracing::info!(validator = %hotkey, "validator lost its permit; dropping its keys");
