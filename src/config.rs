@@ -68,6 +68,8 @@ pub struct Config {
     /// quarters of `MAX_CONCURRENT_REQUESTS`), so that one hotkey cannot take every slot.
     pub max_in_flight_per_validator: usize,
     pub enable_inference_endpoint: bool,
+    /// `ENABLE_API_DOCS`: `/openapi.json`, `/docs` and `/redoc` on the public port (off by default).
+    pub enable_api_docs: bool,
     /// `METRICS_HOST`: where `/health` and `/metrics` listen (loopback by default).
     pub metrics_host: String,
     /// `METRICS_PORT`: their port (0 picks a free one; `off` serves them nowhere of their own).
@@ -348,6 +350,7 @@ impl Config {
                 )?
                 .max(1),
             enable_inference_endpoint: src.boolean("ENABLE_INFERENCE_ENDPOINT", false)?,
+            enable_api_docs: src.boolean("ENABLE_API_DOCS", false)?,
             metrics_host: src.string("METRICS_HOST", "127.0.0.1"),
             metrics_port: match src.get("METRICS_PORT") {
                 Some(v) if v.eq_ignore_ascii_case("off") => None,

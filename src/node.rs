@@ -55,6 +55,7 @@ pub fn http_settings(cfg: &Config) -> HttpSettings {
         inference_enabled: cfg.enable_inference_endpoint,
         ops_listen: cfg.metrics_port.map(|port| (cfg.metrics_host.clone(), port)),
         ops_on_public_port: cfg.metrics_on_public_port,
+        api_docs: cfg.enable_api_docs,
     }
 }
 

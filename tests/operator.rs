@@ -276,3 +276,28 @@ fn the_pm2_file_loads_and_outwaits_the_drain() {
     assert!(app["kill_timeout"].as_u64().unwrap() > DRAIN_SECS * 1000, "{app}");
     assert!(app["script"].as_str().unwrap().ends_with("target/release/loosh-miner"), "{app}");
 }
+
+#[test]
+fn api_docs_are_off_by_default_and_served_offline_when_enabled() {
+    let model = common::tiny_model();
+    let off = MinerProcess::start(&model, true, &[]);
+    for path in ["/openapi.json", "/docs", "/redoc"] {
+        let res = off.get(path).unwrap();
+        assert!(res.starts_with("HTTP/1.1 404"), "{path} is served by default:\n{res}");
+    }
+    drop(off);
+
+    let on = MinerProcess::start(&model, true, &[("ENABLE_API_DOCS", "true")]);
+    let res = on.get("/openapi.json").unwrap();
+    assert!(res.starts_with("HTTP/1.1 200"), "{res}");
+    let spec: serde_json::Value = serde_json::from_str(res.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(spec["info"]["version"], env!("CARGO_PKG_VERSION"));
+    for path in ["/availability", "/fiber/public-key", "/fiber/key-exchange", "/fiber/challenge"] {
+        assert!(spec["paths"][path].is_object(), "{path} is not documented");
+    }
+    for path in ["/docs", "/redoc"] {
+        let page = on.get(path).unwrap();
+        assert!(page.starts_with("HTTP/1.1 200") && page.contains("text/html"), "{page}");
+        assert!(!page.contains("https://") && !page.contains("http://"), "{path} fetches from elsewhere");
+    }
+}
