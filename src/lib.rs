@@ -18,5 +18,6 @@ pub mod node;
 pub mod ops_client;
 pub mod probe;
 pub mod process_metrics;
+pub mod status;
 pub mod validator_client;
 pub mod wallet;

@@ -48,6 +48,9 @@ enum Command {
     },
     /// Check wallet, chain, registration, axon, clock and workers; one line each, with the fix.
     Doctor,
+    /// One table of the running miner: validators (stake, last seen, ok/err, p50), workers
+    /// (device, phase, tokens/s, restarts) and chain (block, uid, incentive, axon).
+    Status,
     /// Ask the running miner's `/health` (where METRICS_HOST/METRICS_PORT say); exit status 0 when
     /// it answers. Docker's HEALTHCHECK runs it.
     Health,
@@ -88,6 +91,11 @@ fn main() -> anyhow::Result<()> {
             if !rt.block_on(loosh_miner::doctor::run(&cfg)) {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Command::Status => {
+            let cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
+            print!("{}", loosh_miner::status::run(&cfg)?);
             Ok(())
         }
         Command::Health => {

@@ -301,3 +301,39 @@ fn api_docs_are_off_by_default_and_served_offline_when_enabled() {
         assert!(!page.contains("https://") && !page.contains("http://"), "{path} fetches from elsewhere");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_status_show_each_allowed_validator_and_no_one_else() {
+    let listed = Hotkey::ephemeral();
+    let stranger = Hotkey::ephemeral();
+    let miner = MinerProcess::start(&common::tiny_model(), true, &[("VALIDATOR_HOTKEYS", listed.ss58())]);
+    let mut client = ValidatorClient::new(&miner.url, listed.clone());
+    client.handshake().await.unwrap();
+    for _ in 0..2 {
+        client.challenge(&challenge_body("hello", 2, 0.0)).await.unwrap();
+    }
+    let mut intruder = ValidatorClient::new(&miner.url, stranger.clone());
+    assert!(intruder.handshake().await.is_err(), "a stranger is refused");
+
+    let metrics = miner.get_ops("/metrics").unwrap();
+    let ok = format!("loosh_validator_challenges_total{{outcome=\"ok\",validator=\"{}\"}}", listed.ss58());
+    assert_eq!(miner.metric(&ok), Some(2.0), "{metrics}");
+    assert!(metrics
+        .contains(&format!("loosh_validator_last_key_exchange_timestamp_seconds{{validator=\"{}\"}}", listed.ss58())));
+    assert!(!metrics.contains(stranger.ss58()), "a refused hotkey got a series of its own");
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = miner.ops_url.rsplit(':').next().unwrap().to_string();
+    let out = run_miner(dir.path(), &["status"], &[("METRICS_PORT", &port)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let table = text(&out);
+    let row = table.lines().find(|l| l.contains(listed.ss58())).unwrap_or_else(|| panic!("no row:\n{table}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    // HOTKEY STAKE KEY-EXCHANGE(2 words) LAST-CHALLENGE(2 words) OK ERR P50
+    assert_eq!((cols[1], cols[6], cols[7]), ("-", "2", "0"), "{table}");
+    assert!(cols[8].ends_with('s'), "a p50 in seconds: {table}");
+    assert!(!table.contains(stranger.ss58()), "{table}");
+    let worker = table.lines().find(|l| l.trim_start().starts_with("cpu0")).unwrap_or_else(|| panic!("{table}"));
+    assert!(worker.contains(" cpu ") && worker.contains("Ready"), "{worker}");
+    assert!(table.contains("not connected (a --dev node"), "{table}");
+}

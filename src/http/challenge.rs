@@ -35,17 +35,30 @@ pub async fn challenge(
     if let Err(e) = &result {
         log_refusal(&state, &req, e);
     }
+    // Per validator only for listed hotkeys (a bounded set). A refusal is labelled with the hotkey
+    // the caller claimed; an `ok` proves it (the reply needed the validator's key).
+    if let Some(hotkey) = req.headers().get(HOTKEY_HEADER).and_then(|v| v.to_str().ok()).map(str::trim) {
+        if state.graph.auth.is_listed(hotkey) {
+            let outcome = result.as_ref().map_or_else(outcome_of, |_| "ok");
+            state.graph.metrics.validators.challenge(hotkey, outcome, arrival.elapsed().as_secs_f64());
+        }
+    }
     result
 }
 
-fn log_refusal(state: &AppState, req: &HttpRequest, e: &ApiError) {
-    let outcome = match e {
+/// The `outcome` label of a refused challenge (as `loosh_challenges_total` counts it).
+fn outcome_of(e: &ApiError) -> &'static str {
+    match e {
         ApiError::Challenge(c) => c.outcome(),
         ApiError::TooLarge { .. } => "too_large",
         ApiError::BodyTimeout { .. } => "body_timeout",
         ApiError::TooMany { .. } => "rate_limited",
         _ => "bad_request",
-    };
+    }
+}
+
+fn log_refusal(state: &AppState, req: &HttpRequest, e: &ApiError) {
+    let outcome = outcome_of(e);
     if let Some(suppressed) = state.refusals.admit(outcome) {
         tracing::warn!(peer = ?req.peer_addr(), outcome, suppressed, error = %e, "challenge refused");
     }
