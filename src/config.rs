@@ -161,6 +161,12 @@ impl Source {
         Self { vars: pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
     }
 
+    /// The variables whose values differ between two loads (set, unset or changed), sorted.
+    pub fn changed(&self, other: &Source) -> Vec<String> {
+        let names: std::collections::BTreeSet<&String> = self.vars.keys().chain(other.vars.keys()).collect();
+        names.into_iter().filter(|n| self.get(n) != other.get(n)).cloned().collect()
+    }
+
     fn get(&self, var: &str) -> Option<&str> {
         self.vars.get(var).map(|s| s.trim()).filter(|s| !s.is_empty())
     }
@@ -189,6 +195,12 @@ impl Source {
         self.parse(var, default, "a whole number of seconds").map(Duration::from_secs)
     }
 }
+
+/// What a SIGHUP applies to the running miner; any other variable that changed is named in the
+/// log as needing a restart (a restart reloads every model and makes a new RSA key, so every
+/// validator must re-handshake: worth avoiding for a list edit).
+pub const RELOADABLE: &[&str] =
+    &["LOG_LEVEL", "VALIDATOR_HOTKEYS", "RATE_LIMITS", "RATE_LIMIT_ENABLED", "HOTKEY_RATE_LIMIT_PER_MINUTE"];
 
 /// Variables of the Python miner that this build accepts but does not act on, and why.
 const NOT_ACTED_ON: &[(&str, &str)] = &[
@@ -724,6 +736,14 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().var, "LLAMACPP_API_BASE");
         let c = Config::from_source(&Source::from_pairs([("LLM_BACKEND", "vllm")])).unwrap();
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn a_reload_sees_which_variables_changed() {
+        let old = Source::from_pairs([("LOG_LEVEL", "INFO"), ("API_PORT", "8000"), ("X", "")]);
+        let new = Source::from_pairs([("LOG_LEVEL", "DEBUG"), ("API_PORT", "8000"), ("VALIDATOR_HOTKEYS", "a")]);
+        assert_eq!(old.changed(&new), ["LOG_LEVEL", "VALIDATOR_HOTKEYS"]);
+        assert!(old.changed(&old).is_empty());
     }
 
     #[test]

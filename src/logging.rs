@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{fmt, EnvFilter, Layer, Registry};
+use tracing_subscriber::{fmt, reload, EnvFilter, Layer, Registry};
 
 /// The `LOG_FILE` writer and its rotation.
 pub mod rotating_file;
@@ -37,6 +37,26 @@ fn level(name: &str) -> &'static str {
 }
 
 type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
+type FilterHandle = reload::Handle<EnvFilter, tracing_subscriber::layer::Layered<Vec<BoxedLayer>, Registry>>;
+
+/// The installed filter, swapped by [`set_level`] on a configuration reload.
+static FILTER: std::sync::OnceLock<FilterHandle> = std::sync::OnceLock::new();
+
+fn filter_for(log_level: &str) -> EnvFilter {
+    // RUST_LOG, when set, wins (for per-module debugging); llama.cpp's chatter stays at warn.
+    // actix-http's HTTP/1 dispatcher logs an ERROR for every request a peer garbles ("stream
+    // error: request parse error"): anyone could fill the log with them (`bench attack`'s
+    // malformed flood wrote hundreds), so they are off; the peer still gets its 400.
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!("{},llama_cpp_2=warn,llama-cpp-2=warn,actix_http::h1::dispatcher=off", level(log_level)))
+    })
+}
+
+/// Changes `LOG_LEVEL` in the running process (SIGHUP).
+pub fn set_level(log_level: &str) -> Result<(), String> {
+    let handle = FILTER.get().ok_or("logging is not initialised")?;
+    handle.reload(filter_for(log_level)).map_err(|e| e.to_string())
+}
 
 /// Logs to stdout only (the subcommands that print their own report).
 pub fn init_console(log_level: &str) -> LogGuard {
@@ -45,13 +65,7 @@ pub fn init_console(log_level: &str) -> LogGuard {
 
 /// Installs the global subscriber; fails only when `LOG_FILE` cannot be opened.
 pub fn init(log_level: &str, log_file: Option<&LogFile>, json: bool) -> std::io::Result<LogGuard> {
-    // RUST_LOG, when set, wins (for per-module debugging); llama.cpp's chatter stays at warn.
-    // actix-http's HTTP/1 dispatcher logs an ERROR for every request a peer garbles ("stream
-    // error: request parse error"): anyone could fill the log with them (`bench attack`'s
-    // malformed flood wrote hundreds), so they are off; the peer still gets its 400.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(format!("{},llama_cpp_2=warn,llama-cpp-2=warn,actix_http::h1::dispatcher=off", level(log_level)))
-    });
+    let (filter, handle) = reload::Layer::new(filter_for(log_level));
     let mut layers: Vec<BoxedLayer> = Vec::new();
     layers.push(if json {
         fmt::layer().json().flatten_event(true).boxed()
@@ -69,6 +83,8 @@ pub fn init(log_level: &str, log_file: Option<&LogFile>, json: bool) -> std::io:
             fmt::layer().with_ansi(false).with_writer(writer).boxed()
         });
     }
-    let _ = tracing_subscriber::registry().with(layers).with(filter).try_init();
+    if tracing_subscriber::registry().with(layers).with(filter).try_init().is_ok() {
+        let _ = FILTER.set(handle);
+    }
     Ok(LogGuard(guard))
 }

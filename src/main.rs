@@ -132,12 +132,60 @@ fn init_logs(cfg: &Config) -> anyhow::Result<logging::LogGuard> {
         .with_context(|| format!("LOG_FILE={:?} cannot be opened", cfg.log_file.as_ref().map(|f| &f.path)))
 }
 
-fn run(dev: bool) -> anyhow::Result<()> {
-    let mut cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
+/// The configuration as `run` uses it: `--dev` turns rate limits off unless they are set.
+fn load_config(src: &Source, dev: bool) -> Result<Config, loosh_miner::config::ConfigError> {
+    let mut cfg = Config::from_source(src)?;
     if dev && cfg.rate_limit_enabled.is_none() {
         // Local development drives the node from one address far harder than any validator.
         cfg.rate_limit_enabled = Some(false);
     }
+    Ok(cfg)
+}
+
+/// SIGHUP: re-reads the environment, `.env` and `WORKERS_FILE`; applies the lists, the rate limits
+/// and the log level without touching keys or in-flight challenges; names what needs a restart.
+/// A configuration that does not load is refused whole and the running one kept.
+fn reload(dev: bool, old_src: &Source, old: &Config, node: &Node, auth: &ValidatorAuth) -> Option<(Source, Config)> {
+    let src = Source::load();
+    let cfg = match load_config(&src, dev).and_then(|c| c.validate().map(|()| c)) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused; the running configuration stays");
+            return None;
+        }
+    };
+    let mut changed = old_src.changed(&src);
+    if old.workers != cfg.workers && !changed.iter().any(|v| v == "WORKERS") {
+        changed.push("WORKERS_FILE (its workers)".into());
+    }
+    let (applied, restart): (Vec<String>, Vec<String>) =
+        changed.into_iter().partition(|v| loosh_miner::config::RELOADABLE.contains(&v.as_str()));
+    if cfg.log_level != old.log_level {
+        if let Err(e) = logging::set_level(&cfg.log_level) {
+            tracing::warn!(error = %e, "LOG_LEVEL not applied");
+        }
+    }
+    if cfg.validator_hotkeys != old.validator_hotkeys {
+        let listed = cfg.validator_hotkeys.iter().cloned().collect();
+        for hotkey in auth.replace(loosh_actors::authorization::Source::Static, listed) {
+            tracing::info!(validator = %hotkey, "validator no longer allowed; dropping its keys");
+            node.graph.keys.revoke(&hotkey);
+            node.graph.metrics.validators.forget(&hotkey);
+        }
+    }
+    if (cfg.rate_limit_enabled, &cfg.rate_limits) != (old.rate_limit_enabled, &old.rate_limits) {
+        node.graph.set_rate_limits(cfg.rate_limit_enabled.unwrap_or(true).then_some(&cfg.rate_limits));
+    }
+    tracing::info!(applied = ?applied, "configuration reloaded (SIGHUP)");
+    if !restart.is_empty() {
+        tracing::warn!("changed but applied only at the next restart: {}", restart.join(", "));
+    }
+    Some((src, cfg))
+}
+
+fn run(dev: bool) -> anyhow::Result<()> {
+    let src = Source::load();
+    let cfg = load_config(&src, dev).context("invalid configuration")?;
     let _log_guard = init_logs(&cfg)?;
     cfg.validate().context("invalid configuration")?;
     for line in cfg.summary() {
@@ -180,7 +228,13 @@ fn run(dev: bool) -> anyhow::Result<()> {
     for spec in &specs {
         tracing::info!(worker = %spec.name, device = %spec.device, engine = ?spec.engine, "worker configured");
     }
-    let parts = NodeParts { hotkey, workers: specs, auth, chain_url, listen: (cfg.api_host.clone(), cfg.api_port) };
+    let parts = NodeParts {
+        hotkey,
+        workers: specs,
+        auth: auth.clone(),
+        chain_url,
+        listen: (cfg.api_host.clone(), cfg.api_port),
+    };
     let node = actors.block_on(Node::start(&cfg, parts))?;
     tracing::info!(addr = %node.addr, "serving validators");
     match node.http.ops_addr {
@@ -190,10 +244,20 @@ fn run(dev: bool) -> anyhow::Result<()> {
     }
 
     actors.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let (mut src, mut cfg) = (src, cfg);
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = hup.recv() => {
+                    if let Some((new_src, new_cfg)) = reload(dev, &src, &cfg, &node, &auth) {
+                        (src, cfg) = (new_src, new_cfg);
+                    }
+                }
+            }
         }
         tracing::info!("shutting down: closing admission, finishing in-flight challenges");
         node.stop().await;

@@ -337,3 +337,52 @@ async fn metrics_and_status_show_each_allowed_validator_and_no_one_else() {
     assert!(worker.contains(" cpu ") && worker.contains("Ready"), "{worker}");
     assert!(table.contains("not connected (a --dev node"), "{table}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_the_allow_list_and_log_level_keeps_keys_and_names_what_needs_a_restart() {
+    let (a, b) = (Hotkey::ephemeral(), Hotkey::ephemeral());
+    let dir = tempfile::tempdir().unwrap();
+    let env = dir.path().join(".env");
+    std::fs::write(&env, format!("VALIDATOR_HOTKEYS={}\nLOG_LEVEL=INFO\n", a.ss58())).unwrap();
+    let miner = MinerProcess::start_in(&common::tiny_model(), true, &[], dir.path());
+
+    let mut va = ValidatorClient::new(&miner.url, a.clone());
+    va.handshake().await.unwrap();
+    let mut vb = ValidatorClient::new(&miner.url, b.clone());
+    assert!(vb.handshake().await.is_err(), "b is not on the list yet");
+    assert!(!miner.log.lock().unwrap().iter().any(|l| l.contains("DEBUG")));
+
+    // The operator adds b, turns on debug logs and changes a setting that needs a restart.
+    std::fs::write(
+        &env,
+        format!("VALIDATOR_HOTKEYS={},{}\nLOG_LEVEL=DEBUG\nMAX_BODY_BYTES=4096\n", a.ss58(), b.ss58()),
+    )
+    .unwrap();
+    let seen = miner.log.lock().unwrap().len();
+    miner.signal("HUP");
+    let line = miner.wait_for_log("configuration reloaded", seen);
+    assert!(line.contains("LOG_LEVEL") && line.contains("VALIDATOR_HOTKEYS"), "{line}");
+    let warn = miner.wait_for_log("applied only at the next restart", seen);
+    assert!(warn.contains("MAX_BODY_BYTES"), "{warn}");
+
+    vb.handshake().await.expect("b is allowed after the reload");
+    // a's key survived the reload: no re-handshake needed.
+    va.challenge(&challenge_body("hello", 2, 0.0)).await.expect("a's key is still live");
+    assert!(miner.log.lock().unwrap().iter().skip(seen).any(|l| l.contains("DEBUG")), "LOG_LEVEL=DEBUG applied");
+
+    // Taking a off the list takes away its key as well as its admission.
+    std::fs::write(&env, format!("VALIDATOR_HOTKEYS={}\n", b.ss58())).unwrap();
+    let seen = miner.log.lock().unwrap().len();
+    miner.signal("HUP");
+    miner.wait_for_log("configuration reloaded", seen);
+    assert!(va.challenge(&challenge_body("hello", 2, 0.0)).await.is_err(), "a was removed");
+    vb.challenge(&challenge_body("hello", 2, 0.0)).await.expect("b still served");
+
+    // A configuration that does not load is refused whole; the miner keeps running as it was.
+    std::fs::write(&env, format!("VALIDATOR_HOTKEYS={}\nCHALLENGE_DEADLINE_MS=70000\n", b.ss58())).unwrap();
+    let seen = miner.log.lock().unwrap().len();
+    miner.signal("HUP");
+    let refused = miner.wait_for_log("reload refused", seen);
+    assert!(refused.contains("CHALLENGE_DEADLINE_MS"), "{refused}");
+    vb.challenge(&challenge_body("hello", 2, 0.0)).await.expect("still serving after a refused reload");
+}

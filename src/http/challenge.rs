@@ -101,6 +101,7 @@ async fn handle(
     g.check_caller(hotkey).map_err(|e| refused(e.into()))?;
     let s = &state.settings;
     let body = read_limited(req, payload, s.max_body_bytes, s.body_read_timeout).await.map_err(refused)?;
+    tracing::debug!(bytes = body.len(), read_ms = arrival.elapsed().as_millis() as u64, "challenge body read");
     let token = g.answer_challenge(hotkey, uuid, &body, arrival).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")

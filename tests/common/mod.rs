@@ -301,6 +301,11 @@ impl MinerProcess {
     /// Starts `loosh-miner` (with `--dev` when `dev`) on a free port and returns once
     /// `/availability` says true.
     pub fn start(model: &std::path::Path, dev: bool, extra: &[(&str, &str)]) -> Self {
+        Self::start_in(model, dev, extra, &std::env::temp_dir())
+    }
+
+    /// [`MinerProcess::start`] in `dir`, whose `.env` the miner reads (under the environment).
+    pub fn start_in(model: &std::path::Path, dev: bool, extra: &[(&str, &str)], dir: &std::path::Path) -> Self {
         use std::io::BufRead;
         let port = free_port();
         let ops_port = free_port();
@@ -317,7 +322,7 @@ impl MinerProcess {
             .env("METRICS_PORT", ops_port.to_string())
             .env("LLAMA_THREADS", "1")
             .env("MAX_MODEL_LEN", "2048")
-            .current_dir(std::env::temp_dir())
+            .current_dir(dir)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit());
         for (k, v) in extra {
@@ -349,6 +354,29 @@ impl MinerProcess {
                 miner.log.lock().unwrap().join("\n")
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends the miner a signal by name (`kill -s HUP`), as an operator would.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let status = std::process::Command::new("kill").args(["-s", name, &pid]).status().unwrap();
+        assert!(status.success(), "kill -s {name} {pid}");
+    }
+
+    /// Waits (bounded) until the miner has printed a line containing `needle`; returns that line.
+    pub fn wait_for_log(&self, needle: &str, from: usize) -> String {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().skip(from).find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            assert!(
+                Instant::now() < end,
+                "the miner never logged {needle:?}:\n{}",
+                self.log.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
