@@ -14,6 +14,7 @@ pub mod config;
 pub mod doctor;
 pub mod http;
 pub mod logging;
+pub mod managed_server;
 pub mod node;
 pub mod ops_client;
 pub mod probe;

@@ -10,6 +10,7 @@ use loosh_actors::protocol::signature::Hotkey;
 use loosh_miner::bench;
 use loosh_miner::config::workers;
 use loosh_miner::config::{Config, Source};
+use loosh_miner::managed_server::ManagedServers;
 use loosh_miner::node::{Node, NodeParts};
 use loosh_miner::{chain, logging, ops_client, probe, wallet};
 
@@ -235,6 +236,16 @@ fn run(dev: bool) -> anyhow::Result<()> {
         chain_url,
         listen: (cfg.api_host.clone(), cfg.api_port),
     };
+    // Servers the miner runs itself come up before the workers that call them.
+    let server_specs = workers::managed_servers(&cfg).context("invalid configuration")?;
+    let servers = actors.block_on(async {
+        let servers = ManagedServers::start(server_specs);
+        if !servers.is_empty() {
+            tracing::info!("waiting for the backend servers to answer /v1/models");
+            servers.wait_ready().await;
+        }
+        servers
+    });
     let node = actors.block_on(Node::start(&cfg, parts))?;
     tracing::info!(addr = %node.addr, "serving validators");
     match node.http.ops_addr {
@@ -261,6 +272,7 @@ fn run(dev: bool) -> anyhow::Result<()> {
         }
         tracing::info!("shutting down: closing admission, finishing in-flight challenges");
         node.stop().await;
+        servers.stop().await;
         Ok::<_, std::io::Error>(())
     })?;
     // The engines free their contexts and models on their own threads; a GPU context freed after

@@ -386,3 +386,75 @@ async fn sighup_applies_the_allow_list_and_log_level_keeps_keys_and_names_what_n
     assert!(refused.contains("CHALLENGE_DEADLINE_MS"), "{refused}");
     vb.challenge(&challenge_body("hello", 2, 0.0)).await.expect("still serving after a refused reload");
 }
+
+/// The pid in a `backend server started` line.
+fn started_pid(line: &str) -> u32 {
+    line.split("pid=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_a_command_gets_its_server_started_watched_restarted_and_stopped() {
+    let port = common::free_port();
+    let model = common::smollm2_model();
+    let command = serde_json::json!([
+        common::python(),
+        "-m",
+        "llama_cpp.server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        port.to_string(),
+        "--n_threads",
+        "1",
+        "--n_ctx",
+        "2048",
+        "--model_alias",
+        "smollm2",
+        "--interrupt_requests",
+        "false",
+        "--model",
+        model
+    ]);
+    let workers = serde_json::json!([{
+        "kind": "openai", "name": "managed", "base_url": format!("http://127.0.0.1:{port}/v1"), "model": "smollm2",
+        "n_parallel": 1, "command": command, "env": {"OMP_NUM_THREADS": "1"}
+    }]);
+    let miner = MinerProcess::start(&common::tiny_model(), true, &[("WORKERS", &workers.to_string())]);
+    let first = started_pid(&miner.wait_for_log("backend server started", 0));
+    miner.wait_for_log("backend server ready", 0);
+    // Its output is in the miner's log, behind the worker's name.
+    miner.wait_for_log("[managed] ", 0);
+
+    let validator = Hotkey::ephemeral();
+    let mut client = ValidatorClient::new(&miner.url, validator);
+    client.handshake().await.unwrap();
+    client.challenge(&challenge_body("Say hi.", 4, 0.0)).await.expect("answered through the managed server");
+    miner.wait_for_log("worker=managed", 0);
+
+    // The server dies: it is started again, with a new process.
+    let seen = miner.log.lock().unwrap().len();
+    assert!(Command::new("kill").args(["-9", &first.to_string()]).status().unwrap().success());
+    miner.wait_for_log("backend server exited; restarting", seen);
+    let second = started_pid(&miner.wait_for_log("backend server started", seen));
+    assert_ne!(first, second);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    common::wait_for("the restarted server to answer", Duration::from_secs(120), || {
+        let (http, url) = (http.clone(), format!("http://127.0.0.1:{port}/v1/models"));
+        async move { http.get(url).send().await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await;
+
+    // The miner's shutdown stops it.
+    miner.signal("TERM");
+    miner.wait_for_log("backend server stopped", seen);
+    let proc = format!("/proc/{second}");
+    common::wait_for("the server process to be gone", Duration::from_secs(10), || {
+        let gone = !Path::new(&proc).exists();
+        async move { gone }
+    })
+    .await;
+}
