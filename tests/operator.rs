@@ -258,6 +258,7 @@ fn the_systemd_unit_verifies_and_outwaits_the_drain() {
     assert_eq!(setting(&unit, "KillSignal"), "SIGTERM");
     assert_eq!(setting(&unit, "Restart"), "on-failure");
     assert_eq!(setting(&unit, "StandardOutput"), "journal");
+    assert_eq!(setting(&unit, "ExecReload"), "/bin/kill -HUP $MAINPID", "reload is the miner's SIGHUP");
     assert!(setting(&unit, "EnvironmentFile").starts_with('/'));
 }
 
