@@ -123,7 +123,9 @@ async fn supervise(spec: ServerSpec, mut stop: watch::Receiver<bool>) {
         let mut child = match spawn(&spec) {
             Ok(child) => child,
             Err(e) => {
-                tracing::error!(worker = %name, error = %e, argv = ?spec.argv, "backend server cannot start");
+                // The program only: its arguments may carry a key (`--api-key`).
+                let program = spec.argv.first().map_or("", String::as_str);
+                tracing::error!(worker = %name, error = %e, program, "backend server cannot start");
                 return;
             }
         };
