@@ -140,6 +140,13 @@ if [ "$WANT_TEST" -eq 1 ]; then
   fi
   say "model: $TINY"
 
+  # 4c'. systemd-analyze, with which the tests verify deploy/loosh-miner.service as systemd reads it.
+  if ! command -v systemd-analyze >/dev/null 2>&1; then
+    say "apt: installing systemd (for systemd-analyze verify)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends systemd >/dev/null
+  fi
+
   # 4d. The local subtensor chain: chopsticks and the Node.js it runs on, from scripts/chain's lock file.
   # --ignore-scripts: the one native addon (sqlite3, for chopsticks' optional --db) would otherwise be
   # compiled against whatever Node.js headers this machine has; the chain runs without it.

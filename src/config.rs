@@ -23,8 +23,11 @@ pub struct ConfigError {
 /// Which inference backend serves challenges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LlmBackend {
-    /// llama.cpp in process (`LLM_BACKEND=llamacpp`, also accepted as `embedded`).
+    /// llama.cpp in process: `LLM_BACKEND=embedded`, or `llamacpp` with `MODEL_PATH` set.
     Embedded,
+    /// An external llama.cpp server (`LLAMACPP_API_BASE`): `LLM_BACKEND=llamacpp` without
+    /// `MODEL_PATH`, which is what the Python miner means by `llamacpp`.
+    LlamaCppServer,
     Vllm,
     Ollama,
 }
@@ -43,7 +46,7 @@ pub enum EngineProcessPolicy {
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    // Network and wallet (the chain is not contacted yet; see `unused_settings`).
+    // Network and wallet
     pub netuid: u16,
     pub subtensor_network: String,
     pub subtensor_address: Option<String>,
@@ -77,6 +80,8 @@ pub struct Config {
     /// quarters of `MAX_CONCURRENT_REQUESTS`), so that one hotkey cannot take every slot.
     pub max_in_flight_per_validator: usize,
     pub enable_inference_endpoint: bool,
+    /// `ENABLE_API_DOCS`: `/openapi.json`, `/docs` and `/redoc` on the public port (off by default).
+    pub enable_api_docs: bool,
     /// `METRICS_HOST`: where `/health` and `/metrics` listen (loopback by default).
     pub metrics_host: String,
     /// `METRICS_PORT`: their port (0 picks a free one; `off` serves them nowhere of their own).
@@ -85,6 +90,8 @@ pub struct Config {
     pub metrics_on_public_port: bool,
     // Inference
     pub llm_backend: LlmBackend,
+    /// `LLM_BACKEND` as written (lower case), for saying what it means here.
+    pub llm_backend_name: String,
     pub default_model: String,
     pub default_max_tokens: u32,
     pub default_temperature: f32,
@@ -108,6 +115,9 @@ pub struct Config {
     /// `WORKERS` / `WORKERS_FILE`: the explicit worker list, when given.
     pub workers: Option<Vec<crate::config::workers::WorkerConfig>>,
     pub vllm_api_base: String,
+    /// `LLAMACPP_API_BASE`: the external llama.cpp server of `LLM_BACKEND=llamacpp` without
+    /// `MODEL_PATH` (llama-cpp-python's server listens on 8080 by default).
+    pub llamacpp_api_base: String,
     pub ollama_base_url: String,
     pub ollama_timeout: Duration,
     /// Redacted in `Debug`.
@@ -148,7 +158,10 @@ pub struct Config {
     pub axon_external: Option<(std::net::IpAddr, u16)>,
     // Logs
     pub log_level: String,
-    pub log_file: Option<PathBuf>,
+    /// `LOG_FILE` (the file written), `LOG_ROTATION` and `LOG_MAX_FILES`.
+    pub log_file: Option<crate::logging::LogFile>,
+    /// `LOG_FORMAT=json`: one JSON object per line.
+    pub log_json: bool,
     /// Variables that were set but that this build does not act on yet: reported at start.
     pub unused_settings: Vec<(String, String)>,
 }
@@ -180,6 +193,12 @@ impl Source {
         Self { vars: pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
     }
 
+    /// The variables whose values differ between two loads (set, unset or changed), sorted.
+    pub fn changed(&self, other: &Source) -> Vec<String> {
+        let names: std::collections::BTreeSet<&String> = self.vars.keys().chain(other.vars.keys()).collect();
+        names.into_iter().filter(|n| self.get(n) != other.get(n)).cloned().collect()
+    }
+
     fn get(&self, var: &str) -> Option<&str> {
         self.vars.get(var).map(|s| s.trim()).filter(|s| !s.is_empty())
     }
@@ -209,6 +228,12 @@ impl Source {
     }
 }
 
+/// What a SIGHUP applies to the running miner; any other variable that changed is named in the
+/// log as needing a restart (a restart reloads every model and makes a new RSA key, so every
+/// validator must re-handshake: worth avoiding for a list edit).
+pub const RELOADABLE: &[&str] =
+    &["LOG_LEVEL", "VALIDATOR_HOTKEYS", "RATE_LIMITS", "RATE_LIMIT_ENABLED", "HOTKEY_RATE_LIMIT_PER_MINUTE"];
+
 /// Variables of the Python miner that this build accepts but does not act on, and why.
 const NOT_ACTED_ON: &[(&str, &str)] = &[
     ("AXON_PORT", "the axon is served on API_PORT"),
@@ -217,10 +242,6 @@ const NOT_ACTED_ON: &[(&str, &str)] = &[
     (
         "FIBER_ENABLE_KEY_ROTATION",
         "validators rotate keys by re-handshaking; keys always expire after FIBER_KEY_TTL_SECONDS",
-    ),
-    (
-        "CHALLENGE_API_URL",
-        "the Challenge API validator list is not polled yet; authorization uses the chain and VALIDATOR_HOTKEYS",
     ),
     ("CHALLENGE_API_KEY", "deprecated in the Python miner too"),
     ("VLLM_ENABLE_AUTO_TOOL_CHOICE", "a vLLM launch setting"),
@@ -255,7 +276,11 @@ fn physical_cores() -> i32 {
 
 impl Config {
     pub fn from_source(src: &Source) -> Result<Self, ConfigError> {
-        let llm_backend = match src.string("LLM_BACKEND", "llamacpp").to_ascii_lowercase().as_str() {
+        let llm_backend_name = src.string("LLM_BACKEND", "llamacpp").to_ascii_lowercase();
+        let llm_backend = match llm_backend_name.as_str() {
+            // The Python miner's `llamacpp` is a client of a llama.cpp server; a model file named
+            // in MODEL_PATH is what asks for the engine in process instead.
+            "llamacpp" | "llama.cpp" if src.get("MODEL_PATH").is_none() => LlmBackend::LlamaCppServer,
             "llamacpp" | "llama.cpp" | "embedded" => LlmBackend::Embedded,
             "vllm" => LlmBackend::Vllm,
             "ollama" => LlmBackend::Ollama,
@@ -311,8 +336,10 @@ impl Config {
         let api_port: u16 = src.parse("API_PORT", 8000, "a TCP port (1-65535)")?;
         let wallet_name = src.string("WALLET_NAME", "miner");
         let hotkey_name = src.string("HOTKEY_NAME", "miner");
+        // WALLET_PATH is the Python miner's Docker set-up's name for the wallets directory.
         let wallets = src
             .get("BITTENSOR_WALLET_PATH")
+            .or_else(|| src.get("WALLET_PATH"))
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(home).join(".bittensor/wallets"));
         let unused_settings = NOT_ACTED_ON
@@ -367,6 +394,7 @@ impl Config {
                 )?
                 .max(1),
             enable_inference_endpoint: src.boolean("ENABLE_INFERENCE_ENDPOINT", false)?,
+            enable_api_docs: src.boolean("ENABLE_API_DOCS", false)?,
             metrics_host: src.string("METRICS_HOST", "127.0.0.1"),
             metrics_port: match src.get("METRICS_PORT") {
                 Some(v) if v.eq_ignore_ascii_case("off") => None,
@@ -374,6 +402,7 @@ impl Config {
             },
             metrics_on_public_port: src.boolean("METRICS_ON_PUBLIC_PORT", false)?,
             llm_backend,
+            llm_backend_name,
             default_model: src.string("DEFAULT_MODEL", "Qwen/Qwen2.5-32B-Instruct"),
             default_max_tokens: src.parse("DEFAULT_MAX_TOKENS", 512, "a whole number of tokens")?,
             default_temperature: temperature,
@@ -422,7 +451,9 @@ impl Config {
                 }
                 (None, None) => None,
             },
-            vllm_api_base: src.string("VLLM_API_BASE", "http://localhost:8000/v1"),
+            // The Python miner's default: its own API is on 8000, vLLM beside it on 8001.
+            vllm_api_base: src.string("VLLM_API_BASE", "http://localhost:8001/v1"),
+            llamacpp_api_base: src.string("LLAMACPP_API_BASE", "http://localhost:8080/v1"),
             ollama_base_url: src.string("OLLAMA_BASE_URL", "http://localhost:11434"),
             ollama_timeout: Duration::from_secs_f64(src.parse::<f64>("OLLAMA_TIMEOUT", 300.0, "seconds")?.max(1.0)),
             openai_api_key: src.get("OPENAI_API_KEY").map(loosh_actors::protocol::secret::Secret::new),
@@ -488,7 +519,28 @@ impl Config {
                 }
             },
             log_level: src.string("LOG_LEVEL", "INFO"),
-            log_file: src.get("LOG_FILE").map(PathBuf::from),
+            log_file: match src.get("LOG_FILE") {
+                None => None,
+                Some(path) => Some(crate::logging::LogFile {
+                    path: PathBuf::from(path),
+                    rotation: {
+                        let text = src.string("LOG_ROTATION", "daily");
+                        crate::logging::Rotation::parse(&text).ok_or_else(|| ConfigError {
+                            var: "LOG_ROTATION",
+                            value: text.clone(),
+                            expected: "daily, never, or a size such as 100MB".into(),
+                        })?
+                    },
+                    max_files: src.parse("LOG_MAX_FILES", 7, "a number of old files to keep")?,
+                }),
+            },
+            log_json: match src.string("LOG_FORMAT", "text").to_ascii_lowercase().as_str() {
+                "text" | "plain" => false,
+                "json" => true,
+                other => {
+                    return Err(ConfigError { var: "LOG_FORMAT", value: other.into(), expected: "text or json".into() })
+                }
+            },
             unused_settings,
         })
     }
@@ -505,6 +557,33 @@ impl Config {
                 });
             }
         }
+        // A backend URL on this host's API_PORT is the miner calling itself: every challenge would
+        // loop until its deadline. (The Python miner's env.example puts vLLM on 8000 beside an API on 8000.)
+        let backend = match self.llm_backend {
+            LlmBackend::Vllm if self.workers.is_none() => Some(("VLLM_API_BASE", &self.vllm_api_base)),
+            LlmBackend::LlamaCppServer if self.workers.is_none() => {
+                Some(("LLAMACPP_API_BASE", &self.llamacpp_api_base))
+            }
+            LlmBackend::Ollama if self.workers.is_none() => Some(("OLLAMA_BASE_URL", &self.ollama_base_url)),
+            _ => None,
+        };
+        if let Some((var, url)) = backend {
+            let parsed = reqwest::Url::parse(url).ok().filter(|u| matches!(u.scheme(), "http" | "https"));
+            let Some(parsed) = parsed else {
+                return Err(ConfigError { var, value: url.clone(), expected: "an http(s) URL".into() });
+            };
+            let local = matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "0.0.0.0" | "[::1]" | "::1"));
+            if local && parsed.port_or_known_default() == Some(self.api_port) {
+                return Err(ConfigError {
+                    var,
+                    value: url.clone(),
+                    expected: format!(
+                        "the backend server's address; port {} is this miner's own API_PORT (put the server on another port, e.g. 8001)",
+                        self.api_port
+                    ),
+                });
+            }
+        }
         if let Some(url) = &self.challenge_api_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ConfigError {
@@ -515,6 +594,40 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Where this configuration means something other than the same `.env` means to the Python
+    /// miner, each with what to set; logged at start as one line, so that an operator switching
+    /// over reads every surprise at once.
+    pub fn python_differences(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.workers.is_none() && self.llm_backend == LlmBackend::Embedded && self.llm_backend_name != "embedded" {
+            if let Some(path) = &self.model_path {
+                out.push(format!(
+                    "LLM_BACKEND=llamacpp with MODEL_PATH runs {} in this process (the Python miner calls a llama.cpp server; unset MODEL_PATH to use the one at LLAMACPP_API_BASE={})",
+                    path.display(),
+                    self.llamacpp_api_base
+                ));
+            }
+        }
+        let embedded = match &self.workers {
+            Some(list) => list.iter().any(|w| matches!(w, crate::config::workers::WorkerConfig::Embedded { .. })),
+            None => self.llm_backend == LlmBackend::Embedded,
+        };
+        if embedded && self.llama_parallel != 1 {
+            let per_worker = match self.llama_parallel {
+                0 => "x the sequences each worker runs at once (chosen at load and logged)".to_string(),
+                n => format!("x LLAMA_PARALLEL={n} = {} tokens", u64::from(self.max_model_len) * u64::from(n)),
+            };
+            out.push(format!(
+                "MAX_MODEL_LEN={} is per challenge, as in vLLM; an embedded worker's context is MAX_MODEL_LEN {per_worker} (set LLAMA_PARALLEL=1 for one)",
+                self.max_model_len
+            ));
+        }
+        for (var, why) in &self.unused_settings {
+            out.push(format!("{var} is not acted on: {why}"));
+        }
+        out
     }
 
     /// How old a key-exchange timestamp may be (replay window + clock skew). Nonces are remembered
@@ -536,12 +649,28 @@ impl Config {
         })
     }
 
+    /// What `LLM_BACKEND` resolved to, in words: `embedded llama.cpp, model /m.gguf` or
+    /// `llama.cpp server at http://localhost:8080/v1`.
+    pub fn backend_description(&self) -> String {
+        match self.llm_backend {
+            LlmBackend::Embedded => format!(
+                "embedded llama.cpp, model {}",
+                self.model_path.as_ref().map_or("(MODEL_PATH unset)".into(), |p| p.display().to_string())
+            ),
+            LlmBackend::LlamaCppServer => format!("llama.cpp server at {}", self.llamacpp_api_base),
+            LlmBackend::Vllm => format!("vLLM server at {}, model {}", self.vllm_api_base, self.default_model),
+            LlmBackend::Ollama => format!("Ollama at {}, model {}", self.ollama_base_url, self.default_model),
+        }
+    }
+
     /// One line per setting for the start-up log; nothing secret lives in this struct.
     pub fn summary(&self) -> Vec<String> {
         vec![
             format!(
-                "network: netuid {} on {} (wallet {}/{})",
-                self.netuid, self.subtensor_network, self.wallet_name, self.hotkey_name
+                "network: netuid {} on {} (wallet {})",
+                self.netuid,
+                self.subtensor_network,
+                self.wallet_path.display()
             ),
             format!(
                 "http: {}:{} ({} workers, bodies up to {} bytes, /inference {})",
@@ -552,9 +681,8 @@ impl Config {
                 if self.enable_inference_endpoint { "on" } else { "off" }
             ),
             format!(
-                "inference: {:?} model {} (ctx {}, {} parallel, {} threads, {} GPU layers), {} explicit workers, deadline {} ms, max {} in flight",
-                self.llm_backend,
-                self.model_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                "inference: {} (ctx {} per challenge, {} parallel, {} threads, {} GPU layers), {} explicit workers, deadline {} ms, max {} in flight",
+                self.backend_description(),
                 self.max_model_len,
                 self.llama_parallel,
                 self.llama_threads,
@@ -621,8 +749,76 @@ mod tests {
         assert_eq!(c.fiber_handshake_timeout, Duration::from_secs(30));
         assert_eq!(c.max_concurrent_requests, 10);
         assert!(c.enable_validator_whitelist);
-        assert_eq!(c.llm_backend, LlmBackend::Embedded);
+        assert_eq!(c.llm_backend, LlmBackend::LlamaCppServer);
         assert!(c.wallet_path.ends_with("miner/hotkeys/miner"));
+    }
+
+    #[test]
+    fn the_python_miners_variables_mean_what_they_mean_there() {
+        // `llamacpp` without a model file is a llama.cpp server, as in the Python miner.
+        let c = Config::from_source(&Source::from_pairs([])).unwrap();
+        assert_eq!(c.llm_backend, LlmBackend::LlamaCppServer);
+        assert_eq!(c.llamacpp_api_base, "http://localhost:8080/v1");
+        assert_eq!(c.vllm_api_base, "http://localhost:8001/v1");
+        let c = Config::from_source(&Source::from_pairs([("MODEL_PATH", "/m.gguf")])).unwrap();
+        assert_eq!(c.llm_backend, LlmBackend::Embedded);
+        let diffs = c.python_differences().join("\n");
+        assert!(diffs.contains("LLM_BACKEND=llamacpp with MODEL_PATH runs /m.gguf in this process"), "{diffs}");
+        assert!(diffs.contains("MAX_MODEL_LEN=8192 is per challenge"), "{diffs}");
+        let c = Config::from_source(&Source::from_pairs([
+            ("LLM_BACKEND", "embedded"),
+            ("MODEL_PATH", "/m.gguf"),
+            ("LLAMA_PARALLEL", "1"),
+        ]))
+        .unwrap();
+        assert!(c.python_differences().is_empty(), "{:?}", c.python_differences());
+        let c = Config::from_source(&Source::from_pairs([
+            ("LLM_BACKEND", "embedded"),
+            ("LLAMA_PARALLEL", "4"),
+            ("MAX_MODEL_LEN", "4096"),
+        ]))
+        .unwrap();
+        assert!(
+            c.python_differences()[0].contains("x LLAMA_PARALLEL=4 = 16384 tokens"),
+            "{:?}",
+            c.python_differences()
+        );
+        // WALLET_PATH is the wallets directory.
+        let c =
+            Config::from_source(&Source::from_pairs([("WALLET_PATH", "/data/wallets"), ("WALLET_NAME", "w")])).unwrap();
+        assert_eq!(c.wallet_path, PathBuf::from("/data/wallets/w/hotkeys/miner"));
+        // The Challenge API is polled: no warning that it is not.
+        let c =
+            Config::from_source(&Source::from_pairs([("CHALLENGE_API_URL", "https://challenge.loosh.ai")])).unwrap();
+        assert!(c.python_differences().iter().all(|d| !d.contains("CHALLENGE_API_URL")));
+    }
+
+    #[test]
+    fn a_backend_url_on_the_miners_own_port_is_refused() {
+        let c = Config::from_source(&Source::from_pairs([
+            ("LLM_BACKEND", "vllm"),
+            ("VLLM_API_BASE", "http://localhost:8000/v1"),
+        ]))
+        .unwrap();
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.var, "VLLM_API_BASE");
+        assert!(err.expected.contains("API_PORT"), "{err}");
+        let c = Config::from_source(&Source::from_pairs([
+            ("LLAMACPP_API_BASE", "http://127.0.0.1:9000/v1"),
+            ("API_PORT", "9000"),
+        ]))
+        .unwrap();
+        assert_eq!(c.validate().unwrap_err().var, "LLAMACPP_API_BASE");
+        let c = Config::from_source(&Source::from_pairs([("LLM_BACKEND", "vllm")])).unwrap();
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn a_reload_sees_which_variables_changed() {
+        let old = Source::from_pairs([("LOG_LEVEL", "INFO"), ("API_PORT", "8000"), ("X", "")]);
+        let new = Source::from_pairs([("LOG_LEVEL", "DEBUG"), ("API_PORT", "8000"), ("VALIDATOR_HOTKEYS", "a")]);
+        assert_eq!(old.changed(&new), ["LOG_LEVEL", "VALIDATOR_HOTKEYS"]);
+        assert!(old.changed(&old).is_empty());
     }
 
     #[test]
@@ -704,6 +900,7 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().var, "CHALLENGE_API_URL");
         let c = Config::from_source(&Source::from_pairs([])).unwrap();
         assert!(c.validate().is_ok());
+        let c = Config::from_source(&Source::from_pairs([("LLM_BACKEND", "embedded")])).unwrap();
         assert_eq!(crate::config::workers::worker_specs(&c, &[]).unwrap_err().var, "MODEL_PATH");
         let c = Config::from_source(&Source::from_pairs([("MODEL_PATH", "/nonexistent.gguf")])).unwrap();
         assert_eq!(crate::config::workers::worker_specs(&c, &[]).unwrap_err().var, "MODEL_PATH");

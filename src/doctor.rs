@@ -27,6 +27,20 @@ impl Report {
     }
 }
 
+/// The GGUF format version from the file's first 8 bytes (magic `GGUF`, then a little-endian u32),
+/// or `None` when the magic is not there. Only the header is read: a model is tens of GB.
+fn gguf_version(path: &std::path::Path) -> std::io::Result<Option<u32>> {
+    use std::io::Read;
+    let mut header = [0u8; 8];
+    let mut file = std::fs::File::open(path)?;
+    match file.read_exact(&mut header) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    Ok((&header[..4] == b"GGUF").then(|| u32::from_le_bytes([header[4], header[5], header[6], header[7]])))
+}
+
 /// Fernet tokens stamped more than 60 s ahead are refused; warn well before that.
 const MAX_CLOCK_SKEW_SECS: f64 = 20.0;
 
@@ -115,11 +129,12 @@ pub async fn run(cfg: &Config) -> bool {
         Ok(specs) => {
             for spec in specs {
                 match &spec.engine {
-                    EngineSpec::Embedded(e) => match std::fs::read(&e.model_path).map(|b| b.starts_with(b"GGUF")) {
-                        Ok(true) => {
-                            r.ok("worker", format!("{} ({}): {}", spec.name, spec.device, e.model_path.display()))
-                        }
-                        Ok(false) => {
+                    EngineSpec::Embedded(e) => match gguf_version(&e.model_path) {
+                        Ok(Some(version)) => r.ok(
+                            "worker",
+                            format!("{} ({}): {} (GGUF v{version})", spec.name, spec.device, e.model_path.display()),
+                        ),
+                        Ok(None) => {
                             r.fail("worker", format!("{}: {} is not a GGUF file", spec.name, e.model_path.display()))
                         }
                         Err(err) => r.fail("worker", format!("{}: {}: {err}", spec.name, e.model_path.display())),

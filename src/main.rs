@@ -10,8 +10,9 @@ use loosh_actors::protocol::signature::Hotkey;
 use loosh_miner::bench;
 use loosh_miner::config::workers;
 use loosh_miner::config::{Config, Source};
+use loosh_miner::managed_server::ManagedServers;
 use loosh_miner::node::{Node, NodeParts};
-use loosh_miner::{chain, logging, probe, wallet};
+use loosh_miner::{chain, logging, ops_client, probe, wallet};
 
 #[derive(Parser)]
 #[command(name = "loosh-miner", version, about = "Bittensor subnet 78 (Loosh) miner")]
@@ -48,6 +49,15 @@ enum Command {
     },
     /// Check wallet, chain, registration, axon, clock and workers; one line each, with the fix.
     Doctor,
+    /// One table of the running miner: validators (stake, last seen, ok/err, p50), workers
+    /// (device, phase, tokens/s, restarts) and chain (block, uid, incentive, axon).
+    Status,
+    /// Ask the running miner's `/health` (where METRICS_HOST/METRICS_PORT say); exit status 0 when
+    /// it answers. Docker's HEALTHCHECK runs it.
+    Health,
+    /// Print the configuration as resolved from the environment and `.env` (what each setting
+    /// means here, and where that differs from the Python miner), then exit; status 1 when invalid.
+    Config,
     /// Measure the miner against references in the same run (built with `--features bench`).
     #[cfg(feature = "bench")]
     Bench(bench::BenchArgs),
@@ -86,16 +96,39 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Doctor => {
             let cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
-            let _log_guard = logging::init("error", None);
+            let _log_guard = logging::init_console("error");
             let rt = tokio::runtime::Runtime::new()?;
             if !rt.block_on(loosh_miner::doctor::run(&cfg)) {
                 std::process::exit(1);
             }
             Ok(())
         }
+        Command::Status => {
+            let cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
+            print!("{}", loosh_miner::status::run(&cfg)?);
+            Ok(())
+        }
+        Command::Health => {
+            let cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
+            let addr = ops_client::ops_address(&cfg)?;
+            let body = ops_client::get(&addr, "/health", std::time::Duration::from_secs(5))?;
+            println!("{body}");
+            Ok(())
+        }
+        Command::Config => {
+            let cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
+            cfg.validate().context("invalid configuration")?;
+            for line in cfg.summary() {
+                println!("{line}");
+            }
+            for line in cfg.python_differences() {
+                println!("differs from the Python miner: {line}");
+            }
+            Ok(())
+        }
         Command::PostIp { external_ip, external_port } => {
             let cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
-            let _log_guard = logging::init(&cfg.log_level, cfg.log_file.as_deref());
+            let _log_guard = init_logs(&cfg)?;
             let hotkey = wallet::load_hotkey(&cfg.wallet_path)?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(chain::post_ip(&cfg, &hotkey, external_ip, external_port))?;
@@ -104,19 +137,73 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn run(dev: bool) -> anyhow::Result<()> {
-    let mut cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
+fn init_logs(cfg: &Config) -> anyhow::Result<logging::LogGuard> {
+    logging::init(&cfg.log_level, cfg.log_file.as_ref(), cfg.log_json)
+        .with_context(|| format!("LOG_FILE={:?} cannot be opened", cfg.log_file.as_ref().map(|f| &f.path)))
+}
+
+/// The configuration as `run` uses it: `--dev` turns rate limits off unless they are set.
+fn load_config(src: &Source, dev: bool) -> Result<Config, loosh_miner::config::ConfigError> {
+    let mut cfg = Config::from_source(src)?;
     if dev && cfg.rate_limit_enabled.is_none() {
         // Local development drives the node from one address far harder than any validator.
         cfg.rate_limit_enabled = Some(false);
     }
-    let _log_guard = logging::init(&cfg.log_level, cfg.log_file.as_deref());
+    Ok(cfg)
+}
+
+/// SIGHUP: re-reads the environment, `.env` and `WORKERS_FILE`; applies the lists, the rate limits
+/// and the log level without touching keys or in-flight challenges; names what needs a restart.
+/// A configuration that does not load is refused whole and the running one kept.
+fn reload(dev: bool, old_src: &Source, old: &Config, node: &Node, auth: &ValidatorAuth) -> Option<(Source, Config)> {
+    let src = Source::load();
+    let cfg = match load_config(&src, dev).and_then(|c| c.validate().map(|()| c)) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused; the running configuration stays");
+            return None;
+        }
+    };
+    let mut changed = old_src.changed(&src);
+    if old.workers != cfg.workers && !changed.iter().any(|v| v == "WORKERS") {
+        changed.push("WORKERS_FILE (its workers)".into());
+    }
+    let (applied, restart): (Vec<String>, Vec<String>) =
+        changed.into_iter().partition(|v| loosh_miner::config::RELOADABLE.contains(&v.as_str()));
+    if cfg.log_level != old.log_level {
+        if let Err(e) = logging::set_level(&cfg.log_level) {
+            tracing::warn!(error = %e, "LOG_LEVEL not applied");
+        }
+    }
+    if cfg.validator_hotkeys != old.validator_hotkeys {
+        let listed = cfg.validator_hotkeys.iter().cloned().collect();
+        for hotkey in auth.replace(loosh_actors::authorization::Source::Static, listed) {
+            tracing::info!(validator = %hotkey, "validator no longer allowed; dropping its keys");
+            node.graph.keys.revoke(&hotkey);
+            node.graph.metrics.validators.forget(&hotkey);
+        }
+    }
+    if (cfg.rate_limit_enabled, &cfg.rate_limits) != (old.rate_limit_enabled, &old.rate_limits) {
+        node.graph.set_rate_limits(cfg.rate_limit_enabled.unwrap_or(true).then_some(&cfg.rate_limits));
+    }
+    tracing::info!(applied = ?applied, "configuration reloaded (SIGHUP)");
+    if !restart.is_empty() {
+        tracing::warn!("changed but applied only at the next restart: {}", restart.join(", "));
+    }
+    Some((src, cfg))
+}
+
+fn run(dev: bool) -> anyhow::Result<()> {
+    let src = Source::load();
+    let cfg = load_config(&src, dev).context("invalid configuration")?;
+    let _log_guard = init_logs(&cfg)?;
     cfg.validate().context("invalid configuration")?;
     for line in cfg.summary() {
         tracing::info!("{line}");
     }
-    for (var, why) in &cfg.unused_settings {
-        tracing::warn!("{var} is set but not acted on by this build: {why}");
+    let differences = cfg.python_differences();
+    if !differences.is_empty() {
+        tracing::warn!("differs from the Python miner: {}", differences.join("; "));
     }
 
     let actors =
@@ -151,7 +238,23 @@ fn run(dev: bool) -> anyhow::Result<()> {
     for spec in &specs {
         tracing::info!(worker = %spec.name, device = %spec.device, engine = ?spec.engine, process = ?spec.process, "worker configured");
     }
-    let parts = NodeParts { hotkey, workers: specs, auth, chain_url, listen: (cfg.api_host.clone(), cfg.api_port) };
+    let parts = NodeParts {
+        hotkey,
+        workers: specs,
+        auth: auth.clone(),
+        chain_url,
+        listen: (cfg.api_host.clone(), cfg.api_port),
+    };
+    // Servers the miner runs itself come up before the workers that call them.
+    let server_specs = workers::managed_servers(&cfg).context("invalid configuration")?;
+    let servers = actors.block_on(async {
+        let servers = ManagedServers::start(server_specs);
+        if !servers.is_empty() {
+            tracing::info!("waiting for the backend servers to answer /v1/models");
+            servers.wait_ready().await;
+        }
+        servers
+    });
     let node = actors.block_on(Node::start(&cfg, parts))?;
     tracing::info!(addr = %node.addr, "serving validators");
     match node.http.ops_addr {
@@ -161,13 +264,24 @@ fn run(dev: bool) -> anyhow::Result<()> {
     }
 
     actors.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let (mut src, mut cfg) = (src, cfg);
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = hup.recv() => {
+                    if let Some((new_src, new_cfg)) = reload(dev, &src, &cfg, &node, &auth) {
+                        (src, cfg) = (new_src, new_cfg);
+                    }
+                }
+            }
         }
         tracing::info!("shutting down: closing admission, finishing in-flight challenges");
         node.stop().await;
+        servers.stop().await;
         Ok::<_, std::io::Error>(())
     })?;
     // The engines free their contexts and models on their own threads; a GPU context freed after

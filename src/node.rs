@@ -58,6 +58,7 @@ pub fn http_settings(cfg: &Config) -> HttpSettings {
         inference_enabled: cfg.enable_inference_endpoint,
         ops_listen: cfg.metrics_port.map(|port| (cfg.metrics_host.clone(), port)),
         ops_on_public_port: cfg.metrics_on_public_port,
+        api_docs: cfg.enable_api_docs,
     }
 }
 
@@ -89,6 +90,14 @@ pub async fn spawn_graph(
     .await
 }
 
+/// Where a worker runs, for `loosh_worker_info` and `status`: its device, or its server's URL.
+pub fn worker_place(spec: &WorkerSpec) -> String {
+    match &spec.engine {
+        loosh_actors::backend_worker::EngineSpec::Embedded(_) => spec.device.to_string(),
+        loosh_actors::backend_worker::EngineSpec::OpenAi(o) => o.base_url.clone(),
+    }
+}
+
 /// What a node is made of besides its configuration.
 pub struct NodeParts {
     pub hotkey: Hotkey,
@@ -114,7 +123,12 @@ impl Node {
     /// Runs on the caller's tokio runtime; the HTTP server gets its own thread.
     pub async fn start(cfg: &Config, parts: NodeParts) -> anyhow::Result<Self> {
         let rsa = Arc::new(MinerRsaKey::generate()?);
+        let placed: Vec<(String, String)> = parts.workers.iter().map(|w| (w.name.clone(), worker_place(w))).collect();
         let graph = spawn_graph(cfg, parts.workers, rsa, parts.auth.clone()).await?;
+        for (name, place) in &placed {
+            graph.metrics.worker_info.with_label_values(&[name, place]).set(1);
+        }
+        crate::process_metrics::register(&graph.metrics.registry)?;
         if let Some(url) = parts.chain_url {
             let args = HeartbeatArgs {
                 settings: crate::chain::settings(cfg, url),

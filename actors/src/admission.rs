@@ -229,6 +229,7 @@ mod tests {
             started_at: t0,
             finished_at: t0 + Duration::from_millis(1300),
             cut_by_deadline: false,
+            worker: String::new(),
         };
         let free = PaceSample::of(&gen, t0, true);
         assert_eq!(free.ttft, Some(Duration::from_millis(300)));

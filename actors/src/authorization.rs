@@ -104,6 +104,13 @@ impl ValidatorAuth {
         self.allow_when_empty && sets.iter().all(HashSet::is_empty)
     }
 
+    /// Whether `hotkey` is on one of the lists (chain, Challenge API, `VALIDATOR_HOTKEYS`), whatever
+    /// the policy: the hotkeys that may have per-validator metrics, a set of bounded size even
+    /// when the whitelist is off.
+    pub fn is_listed(&self, hotkey: &str) -> bool {
+        self.sets.read().unwrap_or_else(|e| e.into_inner()).iter().any(|s| s.contains(hotkey))
+    }
+
     /// Why no validator can be served, when the whitelist is on, the union is empty and the policy
     /// denies: `/availability` reports it instead of a plain `true`.
     pub fn unavailable_reason(&self) -> Option<&'static str> {

@@ -62,7 +62,8 @@ pub struct MinerGraph {
     pub(crate) door: Arc<DoorSettings>,
     pub(crate) verify_slots: Arc<Semaphore>,
     pub(crate) validator_in_flight: Arc<DashMap<String, usize>>,
-    pub(crate) limits: Option<Arc<crate::front_door::rate_limit::RateLimiter>>,
+    /// Swapped whole by [`MinerGraph::set_rate_limits`] (a configuration reload).
+    pub(crate) limits: Arc<std::sync::RwLock<Option<Arc<crate::front_door::rate_limit::RateLimiter>>>>,
     status: watch::Receiver<SchedulerStatus>,
     root: ActorRef<RootMsg>,
 }
@@ -339,11 +340,9 @@ impl MinerGraph {
             metrics,
             auth: config.auth,
             verify_slots: Arc::new(Semaphore::new(config.door.verify_slots.max(1))),
-            limits: config
-                .door
-                .rate_limits
-                .as_ref()
-                .map(|s| Arc::new(crate::front_door::rate_limit::RateLimiter::new(s))),
+            limits: Arc::new(std::sync::RwLock::new(
+                config.door.rate_limits.as_ref().map(|s| Arc::new(crate::front_door::rate_limit::RateLimiter::new(s))),
+            )),
             door: Arc::new(config.door),
             validator_in_flight: Default::default(),
             status,

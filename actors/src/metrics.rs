@@ -4,7 +4,8 @@
 //! alone whether validators are failing handshakes, hitting expired keys or finding the miner full.
 
 use prometheus::{
-    CounterVec, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    CounterVec, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 pub struct Metrics {
@@ -49,14 +50,16 @@ pub struct Metrics {
     pub chain_connected: IntGauge,
     pub chain_block: IntGauge,
     pub chain_outages: IntCounter,
-    /// Unix time of the last metagraph sync (its age is `time() - this`).
+    /// Unix time of the last metagraph sync (its age is `time() - this`); `_timestamp_seconds`
+    /// as Prometheus names points in time.
     pub metagraph_synced_at: IntGauge,
     pub metagraph_neurons: IntGauge,
     /// Validators the chain allows (permit and minimum stake).
     pub chain_validators: IntGauge,
     /// Our uid on the subnet, -1 when not registered.
     pub our_uid: IntGauge,
-    pub our_incentive: IntGauge,
+    /// Our incentive as the 0-1 share the chain's u16 fixed point stands for.
+    pub our_incentive: Gauge,
     /// serve_axon attempts by result: ok, rate_limited, error.
     pub axon_posts: IntCounterVec,
     pub challenge_api_polls: IntCounterVec,
@@ -71,6 +74,88 @@ pub struct Metrics {
     pub engine_reused_prompt_tokens: IntCounterVec,
     /// Tokens per second of each embedded engine over its last busy second.
     pub engine_tokens_per_second: GaugeVec,
+    /// Per validator, labelled only for hotkeys on an allowed list (chain, Challenge API,
+    /// `VALIDATOR_HOTKEYS`) and dropped when one leaves it: a bounded set, never a label per caller.
+    pub validators: ValidatorMetrics,
+    /// 1 for the axon address the chain holds for us (as last read or posted).
+    pub axon: IntGaugeVec,
+    /// 1 per configured worker, with where it runs (a device, or an OpenAI-compatible server).
+    pub worker_info: IntGaugeVec,
+}
+
+/// Why a validator sends no work, from `/metrics` alone: when it last exchanged a key and sent a
+/// challenge, how its challenges ended, how long they took, and the stake the chain gives it.
+pub struct ValidatorMetrics {
+    pub stake: GaugeVec,
+    pub last_key_exchange: GaugeVec,
+    pub last_challenge: GaugeVec,
+    pub challenges: IntCounterVec,
+    pub latency: HistogramVec,
+}
+
+impl ValidatorMetrics {
+    fn new(latency_buckets: Vec<f64>) -> Self {
+        let gauge = |name: &str, help: &str| GaugeVec::new(Opts::new(name, help), &["validator"]).unwrap();
+        Self {
+            stake: gauge("loosh_validator_stake_alpha", "A permitted validator's alpha stake at the last sync"),
+            last_key_exchange: gauge(
+                "loosh_validator_last_key_exchange_timestamp_seconds",
+                "Unix time of a validator's last successful key exchange",
+            ),
+            last_challenge: gauge(
+                "loosh_validator_last_challenge_timestamp_seconds",
+                "Unix time of a validator's last challenge",
+            ),
+            challenges: IntCounterVec::new(
+                Opts::new("loosh_validator_challenges_total", "Challenges by validator and outcome"),
+                &["validator", "outcome"],
+            )
+            .unwrap(),
+            latency: HistogramVec::new(
+                HistogramOpts::new("loosh_validator_challenge_seconds", "Challenge handling time by validator")
+                    .buckets(latency_buckets),
+                &["validator"],
+            )
+            .unwrap(),
+        }
+    }
+
+    /// A verified key exchange by `validator` (a listed hotkey; see [`Metrics::validators`]).
+    pub fn key_exchanged(&self, validator: &str) {
+        self.last_key_exchange.with_label_values(&[validator]).set(crate::protocol::messages::unix_time_f64());
+    }
+
+    /// A challenge from `validator` (a listed hotkey) that ended with `outcome` after `secs`.
+    pub fn challenge(&self, validator: &str, outcome: &str, secs: f64) {
+        self.last_challenge.with_label_values(&[validator]).set(crate::protocol::messages::unix_time_f64());
+        self.challenges.with_label_values(&[validator, outcome]).inc();
+        self.latency.with_label_values(&[validator]).observe(secs);
+    }
+
+    /// Drops every series of a validator that is no longer allowed.
+    pub fn forget(&self, validator: &str) {
+        for g in [&self.stake, &self.last_key_exchange, &self.last_challenge] {
+            let _ = g.remove_label_values(&[validator]);
+        }
+        let _ = self.latency.remove_label_values(&[validator]);
+        // One series per outcome seen; the labels to remove are those present.
+        let families = prometheus::core::Collector::collect(&self.challenges);
+        for metric in families.iter().flat_map(|f| f.get_metric()) {
+            let labels: std::collections::HashMap<&str, &str> =
+                metric.get_label().iter().map(|l| (l.name(), l.value())).collect();
+            if labels.get("validator") == Some(&validator) {
+                let _ = self.challenges.remove_label_values(&[validator, labels["outcome"]]);
+            }
+        }
+    }
+
+    fn register(&self, registry: &Registry) {
+        for g in [&self.stake, &self.last_key_exchange, &self.last_challenge] {
+            registry.register(Box::new(g.clone())).unwrap();
+        }
+        registry.register(Box::new(self.challenges.clone())).unwrap();
+        registry.register(Box::new(self.latency.clone())).unwrap();
+    }
 }
 
 impl Metrics {
@@ -79,6 +164,17 @@ impl Metrics {
         let latency_buckets =
             vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0];
         let m = Self {
+            validators: ValidatorMetrics::new(latency_buckets.clone()),
+            worker_info: IntGaugeVec::new(
+                Opts::new("loosh_worker_info", "1 per configured worker, with where it runs"),
+                &["worker", "device"],
+            )
+            .unwrap(),
+            axon: IntGaugeVec::new(
+                Opts::new("loosh_axon", "1 for the axon address the chain holds for us"),
+                &["address"],
+            )
+            .unwrap(),
             challenges: IntCounterVec::new(Opts::new("loosh_challenges_total", "Challenges by outcome"), &["outcome"])
                 .unwrap(),
             handshakes: IntCounterVec::new(
@@ -162,7 +258,7 @@ impl Metrics {
             chain_block: IntGauge::new("loosh_chain_block", "Best block seen").unwrap(),
             chain_outages: IntCounter::new("loosh_chain_outages_total", "Chain connections lost").unwrap(),
             metagraph_synced_at: IntGauge::new(
-                "loosh_metagraph_synced_at_seconds",
+                "loosh_metagraph_sync_timestamp_seconds",
                 "Unix time of the last metagraph sync",
             )
             .unwrap(),
@@ -170,8 +266,7 @@ impl Metrics {
                 .unwrap(),
             chain_validators: IntGauge::new("loosh_chain_validators", "Validators allowed by the chain").unwrap(),
             our_uid: IntGauge::new("loosh_uid", "Our uid on the subnet (-1: not registered)").unwrap(),
-            our_incentive: IntGauge::new("loosh_incentive", "Our incentive (u16 fixed point) at the last sync")
-                .unwrap(),
+            our_incentive: Gauge::new("loosh_incentive_ratio", "Our incentive (0-1) at the last sync").unwrap(),
             challenge_api_polls: IntCounterVec::new(
                 Opts::new("loosh_challenge_api_polls_total", "Challenge API validator-list polls by result"),
                 &["result"],
@@ -253,10 +348,13 @@ impl Metrics {
             &m.metagraph_neurons,
             &m.chain_validators,
             &m.our_uid,
-            &m.our_incentive,
         ] {
             m.registry.register(Box::new(g.clone())).unwrap();
         }
+        m.registry.register(Box::new(m.our_incentive.clone())).unwrap();
+        m.validators.register(&m.registry);
+        m.registry.register(Box::new(m.axon.clone())).unwrap();
+        m.registry.register(Box::new(m.worker_info.clone())).unwrap();
         // Make the common outcomes visible at zero, so dashboards and alerts see the series from the start.
         for o in [
             "ok",

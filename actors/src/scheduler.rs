@@ -455,7 +455,7 @@ impl Run {
             let worker = actor.get_id();
             let dispatched = Instant::now();
             let result = match actor.call(|r| WorkerMsg::Generate { request, reply: r }, Some(wait)).await {
-                Ok(ractor::rpc::CallResult::Success(Ok(g))) => Ok(g),
+                Ok(ractor::rpc::CallResult::Success(Ok(g))) => Ok(Generation { worker: name.clone(), ..g }),
                 Ok(ractor::rpc::CallResult::Success(Err(e))) => Err(ScheduleError::Backend(e)),
                 Ok(ractor::rpc::CallResult::Timeout) => Err(ScheduleError::Timeout),
                 Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {

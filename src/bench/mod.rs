@@ -252,7 +252,7 @@ enum BenchKind {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    crate::logging::init("warning", None);
+    crate::logging::init_console("warning");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match args.which {
         BenchKind::Protocol { model, concurrency, requests, threads } => {

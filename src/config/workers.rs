@@ -1,5 +1,6 @@
 //! Which backend workers the node runs: the `WORKERS` list when given, else what the Python
-//! miner's variables imply (`LLM_BACKEND` with `VLLM_API_BASE` / `OLLAMA_BASE_URL` / `MODEL_PATH`),
+//! miner's variables imply (`LLM_BACKEND` with `VLLM_API_BASE` / `OLLAMA_BASE_URL` /
+//! `LLAMACPP_API_BASE` / `MODEL_PATH`),
 //! else one embedded worker per visible GPU, else one CPU worker.
 //!
 //! `WORKERS` (or the file named by `WORKERS_FILE`) is a JSON array, one object per worker:
@@ -78,7 +79,59 @@ pub enum WorkerConfig {
         /// `OPENAI_MAX_MODEL_LEN`.
         #[serde(default)]
         max_model_len: Option<u32>,
+        /// The command that serves it, started and watched by the miner (`managed_server`): a
+        /// string split on whitespace, or an argv array.
+        #[serde(default)]
+        command: Option<CommandLine>,
+        /// Environment for `command`, over the miner's own (`CUDA_VISIBLE_DEVICES`).
+        #[serde(default)]
+        env: Option<std::collections::BTreeMap<String, String>>,
+        /// Seconds to wait for the server's `/v1/models` at start (default 900: a large model).
+        #[serde(default)]
+        ready_timeout_s: Option<u64>,
     },
+}
+
+/// A `command`: `"vllm serve Qwen/Qwen2.5-7B-Instruct --port 8101"` or `["vllm", "serve", ...]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum CommandLine {
+    Line(String),
+    Argv(Vec<String>),
+}
+
+impl CommandLine {
+    fn argv(&self) -> Vec<String> {
+        match self {
+            Self::Line(s) => s.split_whitespace().map(String::from).collect(),
+            Self::Argv(v) => v.clone(),
+        }
+    }
+}
+
+/// The backend servers the miner runs itself: `openai` workers that carry a `command`.
+pub fn managed_servers(cfg: &Config) -> Result<Vec<crate::managed_server::ServerSpec>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, w) in cfg.workers.iter().flatten().enumerate() {
+        if let WorkerConfig::Openai { name, base_url, command: Some(command), env, ready_timeout_s, .. } = w {
+            let argv = command.argv();
+            if argv.is_empty() {
+                return Err(ConfigError {
+                    var: "WORKERS",
+                    value: String::new(),
+                    expected: "a non-empty command".into(),
+                });
+            }
+            out.push(crate::managed_server::ServerSpec {
+                worker: name.clone().unwrap_or_else(|| format!("openai{i}")),
+                argv,
+                env: env.clone().unwrap_or_default(),
+                base_url: with_v1(base_url),
+                ready_timeout: Duration::from_secs(ready_timeout_s.unwrap_or(900)),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Parses the `WORKERS` JSON text.
@@ -209,7 +262,7 @@ pub fn worker_specs(cfg: &Config, gpus: &[(usize, String)]) -> Result<Vec<Worker
                     let name = name.unwrap_or_else(|| device.map_or(format!("cpu{i}"), |d| format!("gpu{d}")));
                     embedded(name, device, model, n_ctx, n_parallel, threads, gpu_layers, prefix_cache, process)?
                 }
-                WorkerConfig::Openai { name, base_url, model, n_parallel, api_key, max_model_len } => openai(
+                WorkerConfig::Openai { name, base_url, model, n_parallel, api_key, max_model_len, .. } => openai(
                     name.unwrap_or_else(|| format!("openai{i}")),
                     &base_url,
                     model,
@@ -229,6 +282,9 @@ pub fn worker_specs(cfg: &Config, gpus: &[(usize, String)]) -> Result<Vec<Worker
         LlmBackend::Vllm => Ok(vec![openai("vllm0".into(), &with_v1(&cfg.vllm_api_base), None, None, None, None)?]),
         LlmBackend::Ollama => {
             Ok(vec![openai("ollama0".into(), &with_v1(&cfg.ollama_base_url), None, None, None, None)?])
+        }
+        LlmBackend::LlamaCppServer => {
+            Ok(vec![openai("llamacpp0".into(), &with_v1(&cfg.llamacpp_api_base), None, None, None, None)?])
         }
         LlmBackend::Embedded if !gpus.is_empty() => gpus
             .iter()
@@ -313,6 +369,18 @@ mod tests {
         assert_eq!(specs[1].name, "openai1");
 
         assert_eq!(parse_workers("[]").unwrap_err().var, "WORKERS");
+        let managed = cfg(&[(
+            "WORKERS",
+            r#"[{"kind":"openai","name":"v1","base_url":"http://127.0.0.1:8101","command":"vllm serve Q --port 8101","env":{"CUDA_VISIBLE_DEVICES":"1"}},
+                {"kind":"openai","base_url":"http://10.0.0.7:8000/v1","command":["python3","-m","llama_cpp.server"]},
+                {"kind":"openai","base_url":"http://10.0.0.8:8000/v1"}]"#,
+        )]);
+        let servers = managed_servers(&managed).unwrap();
+        assert_eq!(servers.len(), 2, "only workers with a command");
+        assert_eq!((servers[0].worker.as_str(), servers[0].base_url.as_str()), ("v1", "http://127.0.0.1:8101/v1"));
+        assert_eq!(servers[0].argv, ["vllm", "serve", "Q", "--port", "8101"]);
+        assert_eq!(servers[0].env["CUDA_VISIBLE_DEVICES"], "1");
+        assert_eq!((servers[1].worker.as_str(), servers[1].argv.len()), ("openai1", 3));
         assert!(parse_workers(r#"[{"kind":"embedded","gpu":"x"}]"#).unwrap_err().expected.contains("unknown field"));
         let bad_url = cfg(&[("WORKERS", r#"[{"kind":"openai","base_url":"localhost:8000"}]"#)]);
         assert_eq!(worker_specs(&bad_url, &[]).unwrap_err().var, "WORKERS");

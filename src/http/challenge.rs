@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use actix_web::{post, web, HttpRequest, HttpResponse};
+use tracing::Instrument;
 
 use super::body::read_limited;
 use super::error::{rate_limited, ApiError};
@@ -21,22 +22,43 @@ pub async fn challenge(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let arrival = Instant::now();
-    let result = handle(&state, &req, payload, arrival).await;
-    match &result {
-        Ok(_) => tracing::info!(ms = arrival.elapsed().as_millis() as u64, "challenge answered"),
-        Err(e) => log_refusal(&state, &req, e),
+    // Every line logged for this challenge (the "challenge answered" line with worker, tokens and
+    // milliseconds among them) names the validator: the first 8 characters of its hotkey, enough
+    // to tell validators apart and to grep for.
+    let validator: String = req
+        .headers()
+        .get(HOTKEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(String::new, |h| h.trim().chars().take(8).collect());
+    let span = tracing::info_span!("challenge", validator = %validator);
+    let result = handle(&state, &req, payload, arrival).instrument(span).await;
+    if let Err(e) = &result {
+        log_refusal(&state, &req, e);
+    }
+    // Per validator only for listed hotkeys (a bounded set). A refusal is labelled with the hotkey
+    // the caller claimed; an `ok` proves it (the reply needed the validator's key).
+    if let Some(hotkey) = req.headers().get(HOTKEY_HEADER).and_then(|v| v.to_str().ok()).map(str::trim) {
+        if state.graph.auth.is_listed(hotkey) {
+            let outcome = result.as_ref().map_or_else(outcome_of, |_| "ok");
+            state.graph.metrics.validators.challenge(hotkey, outcome, arrival.elapsed().as_secs_f64());
+        }
     }
     result
 }
 
-fn log_refusal(state: &AppState, req: &HttpRequest, e: &ApiError) {
-    let outcome = match e {
+/// The `outcome` label of a refused challenge (as `loosh_challenges_total` counts it).
+fn outcome_of(e: &ApiError) -> &'static str {
+    match e {
         ApiError::Challenge(c) => c.outcome(),
         ApiError::TooLarge { .. } => "too_large",
         ApiError::BodyTimeout { .. } => "body_timeout",
         ApiError::TooMany { .. } => "rate_limited",
         _ => "bad_request",
-    };
+    }
+}
+
+fn log_refusal(state: &AppState, req: &HttpRequest, e: &ApiError) {
+    let outcome = outcome_of(e);
     if let Some(suppressed) = state.refusals.admit(outcome) {
         tracing::warn!(peer = ?req.peer_addr(), outcome, suppressed, error = %e, "challenge refused");
     }
@@ -79,6 +101,7 @@ async fn handle(
     g.check_caller(hotkey).map_err(|e| refused(e.into()))?;
     let s = &state.settings;
     let body = read_limited(req, payload, s.max_body_bytes, s.body_read_timeout).await.map_err(refused)?;
+    tracing::debug!(bytes = body.len(), read_ms = arrival.elapsed().as_millis() as u64, "challenge body read");
     let token = g.answer_challenge(hotkey, uuid, &body, arrival).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")

@@ -48,7 +48,12 @@ pub async fn key_exchange(
         }
     };
     match &result {
-        Ok(hotkey) => tracing::info!(validator = %hotkey, "symmetric key exchanged"),
+        Ok(hotkey) => {
+            tracing::info!(validator = %hotkey, "symmetric key exchanged");
+            if state.graph.auth.is_listed(hotkey) {
+                state.graph.metrics.validators.key_exchanged(hotkey);
+            }
+        }
         Err(e) => {
             let outcome = match e {
                 ApiError::KeyExchange(k) => k.outcome(),

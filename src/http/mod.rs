@@ -1,6 +1,7 @@
 //! The HTTP surface validators talk to. Routes are thin: they read headers and bodies (bounded in
 //! size and time) and call the graph's front door; every failure goes through [`error::ApiError`].
 
+pub mod api_docs;
 pub mod body;
 pub mod challenge;
 pub mod error;
@@ -35,10 +36,14 @@ pub fn ops_routes(cfg: &mut web::ServiceConfig) {
     cfg.service(status::health).service(status::metrics);
 }
 
-/// The validators' routes (plus the operator's when `METRICS_ON_PUBLIC_PORT` asks for them).
-pub fn routes(cfg: &mut web::ServiceConfig, with_ops: bool) {
+/// The validators' routes (plus the operator's when `METRICS_ON_PUBLIC_PORT` asks for them, and
+/// the API documentation when `ENABLE_API_DOCS` does).
+pub fn routes(cfg: &mut web::ServiceConfig, with_ops: bool, with_docs: bool) {
     if with_ops {
         ops_routes(cfg);
+    }
+    if with_docs {
+        cfg.service(api_docs::openapi).service(api_docs::docs).service(api_docs::redoc);
     }
     cfg.service(status::availability)
         .service(key_exchange::public_key)
@@ -59,17 +64,18 @@ pub fn bind(
 ) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
     let s = state.settings.clone();
     let workers = workers.max(1);
-    let with_ops = s.ops_on_public_port;
-    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(|c| routes(c, with_ops)))
-        .workers(workers)
-        // actix counts per worker thread.
-        .max_connections(s.max_connections.div_ceil(workers).max(1))
-        .client_request_timeout(s.header_read_timeout)
-        .client_disconnect_timeout(std::time::Duration::from_secs(1))
-        .keep_alive(s.keep_alive)
-        .shutdown_timeout(55)
-        .disable_signals()
-        .bind((host, port))?;
+    let (with_ops, with_docs) = (s.ops_on_public_port, s.api_docs);
+    let server =
+        HttpServer::new(move || App::new().app_data(state.clone()).configure(|c| routes(c, with_ops, with_docs)))
+            .workers(workers)
+            // actix counts per worker thread.
+            .max_connections(s.max_connections.div_ceil(workers).max(1))
+            .client_request_timeout(s.header_read_timeout)
+            .client_disconnect_timeout(std::time::Duration::from_secs(1))
+            .keep_alive(s.keep_alive)
+            .shutdown_timeout(55)
+            .disable_signals()
+            .bind((host, port))?;
     let addr = *server.addrs().first().ok_or_else(|| std::io::Error::other("no listening address"))?;
     Ok((server.run(), addr))
 }

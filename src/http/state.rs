@@ -28,6 +28,8 @@ pub struct HttpSettings {
     pub ops_listen: Option<(String, u16)>,
     /// `METRICS_ON_PUBLIC_PORT`: also serve `/health` and `/metrics` to the internet.
     pub ops_on_public_port: bool,
+    /// `ENABLE_API_DOCS`: serve `/openapi.json`, `/docs` and `/redoc` on the public port.
+    pub api_docs: bool,
 }
 
 impl Default for HttpSettings {
@@ -42,6 +44,7 @@ impl Default for HttpSettings {
             inference_enabled: false,
             ops_listen: Some(("127.0.0.1".into(), 0)),
             ops_on_public_port: false,
+            api_docs: false,
         }
     }
 }

@@ -316,6 +316,11 @@ impl MinerProcess {
     /// Starts `loosh-miner` (with `--dev` when `dev`) on a free port and returns once
     /// `/availability` says true.
     pub fn start(model: &std::path::Path, dev: bool, extra: &[(&str, &str)]) -> Self {
+        Self::start_in(model, dev, extra, &std::env::temp_dir())
+    }
+
+    /// [`MinerProcess::start`] in `dir`, whose `.env` the miner reads (under the environment).
+    pub fn start_in(model: &std::path::Path, dev: bool, extra: &[(&str, &str)], dir: &std::path::Path) -> Self {
         use std::io::BufRead;
         let port = free_port();
         let ops_port = free_port();
@@ -332,7 +337,7 @@ impl MinerProcess {
             .env("METRICS_PORT", ops_port.to_string())
             .env("LLAMA_THREADS", "1")
             .env("MAX_MODEL_LEN", "2048")
-            .current_dir(std::env::temp_dir())
+            .current_dir(dir)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit());
         for (k, v) in extra {
@@ -371,10 +376,11 @@ impl MinerProcess {
         self.child.id()
     }
 
-    /// Sends `signal` (a name `kill` knows: TERM, KILL) to the miner.
-    pub fn signal(&self, signal: &str) {
-        let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status();
-        assert!(status.is_ok_and(|s| s.success()), "kill -{signal} {}", self.pid());
+    /// Sends the miner a signal by name (`kill -s HUP`), as an operator would.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let status = std::process::Command::new("kill").args(["-s", name, &pid]).status().unwrap();
+        assert!(status.success(), "kill -s {name} {pid}");
     }
 
     /// Waits (bounded) for the miner to exit; its status.
@@ -385,6 +391,22 @@ impl MinerProcess {
                 return status;
             }
             assert!(Instant::now() < end, "the miner did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (bounded) until the miner has printed a line containing `needle`; returns that line.
+    pub fn wait_for_log(&self, needle: &str, from: usize) -> String {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().skip(from).find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            assert!(
+                Instant::now() < end,
+                "the miner never logged {needle:?}:\n{}",
+                self.log.lock().unwrap().join("\n")
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -126,11 +126,16 @@ impl HeartbeatState {
         m.metagraph_neurons.set(neurons.len() as i64);
         m.chain_validators.set(validators.len() as i64);
         m.our_uid.set(ours.map_or(-1, |n| i64::from(n.uid)));
-        m.our_incentive.set(ours.map_or(0, |n| i64::from(n.incentive)));
+        m.our_incentive.set(ours.map_or(0.0, |n| f64::from(n.incentive) / f64::from(u16::MAX)));
         m.metagraph_synced_at.set(crate::protocol::messages::unix_time_f64() as i64);
+        m.validators.stake.reset();
+        for n in neurons.iter().filter(|n| validators.contains(&n.hotkey)) {
+            m.validators.stake.with_label_values(&[&n.hotkey]).set(n.alpha_stake as f64 / 1e9);
+        }
         for hotkey in self.args.auth.replace(Source::Chain, validators) {
             tracing::info!(validator = %hotkey, "validator lost its permit; dropping its keys");
             self.args.keys.revoke(&hotkey);
+            m.validators.forget(&hotkey);
         }
         if ours.is_none() {
             tracing::warn!(netuid = s.netuid, hotkey = %self.args.hotkey.ss58(), "our hotkey is not registered on the subnet");
@@ -144,6 +149,10 @@ impl HeartbeatState {
         let Some((ip, port)) = self.args.settings.axon else { return Ok(()) };
         let account = self.args.hotkey.account_id();
         let current = head.axon_of(self.args.settings.netuid, account).await?.and_then(|a| a.addr());
+        self.args.metrics.axon.reset();
+        if let Some((ip, port)) = current {
+            self.args.metrics.axon.with_label_values(&[&format!("{ip}:{port}")]).set(1);
+        }
         if current == Some((ip, port)) {
             self.status.posted_axon = current;
             self.axon_checked = true;
@@ -153,6 +162,8 @@ impl HeartbeatState {
         match client.serve_axon(&self.args.hotkey, self.args.settings.netuid, ip, port).await {
             Ok(()) => {
                 self.args.metrics.axon_posts.with_label_values(&["ok"]).inc();
+                self.args.metrics.axon.reset();
+                self.args.metrics.axon.with_label_values(&[&format!("{ip}:{port}")]).set(1);
                 self.status.posted_axon = Some((ip, port));
                 self.axon_checked = true;
                 tracing::info!(%ip, port, "axon posted");

@@ -269,6 +269,8 @@ impl WireGeneration {
             started_at,
             finished_at,
             cut_by_deadline,
+            // Set by the scheduler, on the node's side.
+            worker: _,
         } = g;
         let ago = |t: Instant| micros(now.saturating_duration_since(t));
         WireGeneration {
@@ -304,6 +306,7 @@ impl WireGeneration {
             started_at: at(self.started_ago_us),
             finished_at: at(self.finished_ago_us),
             cut_by_deadline: self.cut_by_deadline,
+            worker: String::new(),
         }
     }
 }
@@ -406,6 +409,7 @@ mod tests {
             started_at: now - Duration::from_millis(9),
             finished_at: now,
             cut_by_deadline: true,
+            worker: String::new(),
         };
         let back = WireGeneration::new(g.clone(), now).into_generation(now);
         assert_eq!(

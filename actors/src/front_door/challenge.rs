@@ -262,6 +262,15 @@ impl MinerGraph {
         let response_text = answer_text(&gen, s.tool_call_text).inspect_err(|why| {
             m.no_answer.with_label_values(&[why.label()]).inc();
         })?;
+        // The route's span names the validator; this line adds what an operator asks next.
+        tracing::info!(
+            worker = %gen.worker,
+            prompt_tokens = gen.prompt_tokens,
+            tokens = gen.completion_tokens,
+            finish = gen.finish_reason.as_str(),
+            ms = arrival.elapsed().as_millis() as u64,
+            "challenge answered"
+        );
 
         Ok(ChallengeReply {
             response_text,
@@ -305,6 +314,7 @@ mod tests {
             started_at: now,
             finished_at: now,
             cut_by_deadline: false,
+            worker: String::new(),
         }
     }
 

@@ -14,10 +14,11 @@ pub mod key_exchange;
 pub mod rate_limit;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::graph::MinerGraph;
-use rate_limit::Route;
+use rate_limit::{RateLimiter, Route};
 
 /// Protocol knobs the door applies per request, copied out of the node's configuration.
 #[derive(Debug, Clone)]
@@ -65,10 +66,20 @@ impl Default for DoorSettings {
 }
 
 impl MinerGraph {
+    fn rate_limiter(&self) -> Option<Arc<RateLimiter>> {
+        self.limits.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// New rate limits (`None`: off), from a configuration reload. The budgets start afresh: a
+    /// client mid-burst gets the new quota, not the old one's remainder.
+    pub fn set_rate_limits(&self, settings: Option<&crate::front_door::rate_limit::RateLimitSettings>) {
+        *self.limits.write().unwrap_or_else(|e| e.into_inner()) = settings.map(|s| Arc::new(RateLimiter::new(s)));
+    }
+
     /// The per-IP rate limit for `route`: `Err(seconds to wait)` when over. `names_a_validator`
     /// (the caller claims an allowed hotkey) selects the larger budget.
     pub fn check_ip_rate(&self, route: Route, ip: Option<IpAddr>, names_a_validator: bool) -> Result<(), u64> {
-        match (&self.limits, ip) {
+        match (self.rate_limiter(), ip) {
             (Some(limits), Some(ip)) => {
                 let result = limits.check_ip(route, ip, names_a_validator);
                 if result.is_err() {
@@ -82,7 +93,7 @@ impl MinerGraph {
 
     /// The per-hotkey rate limit, for an identity the door has verified.
     pub(crate) fn check_hotkey_rate(&self, hotkey: &str) -> Result<(), u64> {
-        match &self.limits {
+        match self.rate_limiter() {
             Some(limits) => {
                 let result = limits.check_hotkey(hotkey);
                 if result.is_err() {

@@ -694,6 +694,7 @@ impl<'m, T> EmbeddedEngine<'m, T> {
             started_at: slot.started_at,
             finished_at: Instant::now(),
             cut_by_deadline,
+            worker: String::new(),
         };
         (slot.tag, Ok(generation))
     }

@@ -300,6 +300,7 @@ impl OpenAiClient {
             started_at,
             finished_at: Instant::now(),
             cut_by_deadline: cut,
+            worker: String::new(),
         })
     }
 }
@@ -362,6 +363,7 @@ fn empty_cut(started_at: Instant) -> Generation {
         started_at,
         finished_at: Instant::now(),
         cut_by_deadline: true,
+        worker: String::new(),
     }
 }
 

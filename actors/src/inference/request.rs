@@ -131,6 +131,8 @@ pub struct Generation {
     pub finished_at: Instant,
     /// Whether the deadline, not `max_tokens` or the model, ended the generation.
     pub cut_by_deadline: bool,
+    /// The worker that generated it: set by the scheduler (engines leave it empty), for the log.
+    pub worker: String,
 }
 
 /// Why a backend could not answer. Serde: an engine child process sends it to its worker.

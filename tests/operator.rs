@@ -1,0 +1,461 @@
+//! The miner as an operator meets it: the real binary, started with the Python miner's `.env`
+//! habits, read through what it prints and the files it writes.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::MinerProcess;
+use loosh_actors::protocol::signature::Hotkey;
+use loosh_miner::validator_client::{challenge_body, ValidatorClient};
+
+/// `loosh-miner <args>` with only `vars` set (and PATH, HOME), run in `dir` so that no `.env` of
+/// the developer's is read.
+fn run_miner(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_loosh-miner"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::var("HOME").unwrap_or_default())
+        .current_dir(dir);
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("the miner binary runs")
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn llamacpp_without_a_model_file_is_the_python_miners_llama_cpp_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_miner(dir.path(), &["config"], &[("LLM_BACKEND", "llamacpp")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("inference: llama.cpp server at http://localhost:8080/v1"), "{said}");
+    assert!(!said.contains("differs from the Python miner"), "nothing differs here: {said}");
+
+    let out = run_miner(
+        dir.path(),
+        &["config"],
+        &[("LLM_BACKEND", "llamacpp"), ("LLAMACPP_API_BASE", "http://10.0.0.5:8080/v1")],
+    );
+    assert!(text(&out).contains("llama.cpp server at http://10.0.0.5:8080/v1"), "{}", text(&out));
+}
+
+#[test]
+fn llamacpp_with_a_model_file_runs_it_in_process_and_says_so_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model();
+    let model = model.to_str().unwrap();
+    let out = run_miner(
+        dir.path(),
+        &["config"],
+        &[("LLM_BACKEND", "llamacpp"), ("MODEL_PATH", model), ("AXON_PORT", "8089")],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains(&format!("inference: embedded llama.cpp, model {model}")), "{said}");
+    assert!(said.contains("differs from the Python miner: LLM_BACKEND=llamacpp with MODEL_PATH runs"), "{said}");
+    assert!(said.contains("differs from the Python miner: MAX_MODEL_LEN=8192 is per challenge"), "{said}");
+    assert!(said.contains("differs from the Python miner: AXON_PORT is not acted on"), "{said}");
+}
+
+#[test]
+fn the_python_miners_vllm_default_is_kept_and_a_backend_on_our_own_port_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_miner(dir.path(), &["config"], &[("LLM_BACKEND", "vllm")]);
+    assert!(text(&out).contains("vLLM server at http://localhost:8001/v1"), "{}", text(&out));
+
+    let out =
+        run_miner(dir.path(), &["config"], &[("LLM_BACKEND", "vllm"), ("VLLM_API_BASE", "http://localhost:8000/v1")]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("VLLM_API_BASE=\"http://localhost:8000/v1\""), "{}", text(&out));
+}
+
+#[test]
+fn the_wallet_path_of_the_python_miners_docker_set_up_is_where_the_wallet_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_miner(
+        dir.path(),
+        &["config"],
+        &[("WALLET_PATH", "/data/wallets"), ("WALLET_NAME", "cold"), ("HOTKEY_NAME", "hot")],
+    );
+    assert!(text(&out).contains("wallet /data/wallets/cold/hotkeys/hot"), "{}", text(&out));
+}
+
+/// Polls (bounded) until `path` holds `needle`: the file writer is asynchronous.
+fn wait_for_file_text(path: &Path, needle: &str) -> String {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(Instant::now() < end, "{} never held {needle:?}; it holds:\n{text}", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn log_file_is_the_file_written_and_rotation_keeps_log_max_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("logs/miner.log");
+    let log_text = log.to_str().unwrap();
+    // 1 KB files: the start-up lines alone fill several, so the oldest must have been dropped.
+    let miner = MinerProcess::start(
+        &common::tiny_model(),
+        true,
+        &[("LOG_FILE", log_text), ("LOG_ROTATION", "1KB"), ("LOG_MAX_FILES", "2")],
+    );
+    // Available means the worker joined the schedule; wait for that line to reach the files.
+    let all = || {
+        ["miner.log.2", "miner.log.1", "miner.log"]
+            .iter()
+            .map(|n| std::fs::read_to_string(dir.path().join("logs").join(n)).unwrap_or_default())
+            .collect::<String>()
+    };
+    let end = Instant::now() + Duration::from_secs(30);
+    while !all().contains("worker joined the schedule") {
+        assert!(Instant::now() < end, "the log files never held the last start-up line:\n{}", all());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let miner_stdout_first = miner.log.lock().unwrap()[0].clone();
+    drop(miner);
+    let mut names: Vec<String> = std::fs::read_dir(dir.path().join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["miner.log", "miner.log.1", "miner.log.2"]);
+    let mut kept = String::new();
+    for name in &names {
+        let text = std::fs::read_to_string(dir.path().join("logs").join(name)).unwrap();
+        assert!(text.len() <= 1024, "{name} has {} bytes, over LOG_ROTATION=1KB", text.len());
+        kept.push_str(&text);
+    }
+    // The first start-up line went to a file past LOG_MAX_FILES, deleted.
+    assert!(miner_stdout_first.contains("network: netuid"), "{miner_stdout_first}");
+    assert!(!kept.contains("network: netuid"), "the oldest file was kept:\n{kept}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_validator_worker_tokens_and_milliseconds_of_each_challenge() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("miner.log");
+    let miner = MinerProcess::start(
+        &common::tiny_model(),
+        true,
+        &[("LOG_FILE", log.to_str().unwrap()), ("LOG_FORMAT", "json")],
+    );
+    let validator = Hotkey::ephemeral();
+    let mut client = ValidatorClient::new(&miner.url, validator.clone());
+    client.handshake().await.unwrap();
+    let (reply, _) = client.challenge(&challenge_body("hello", 4, 0.0)).await.unwrap();
+
+    let text = wait_for_file_text(&log, "challenge answered");
+    let line = text.lines().find(|l| l.contains("challenge answered")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["message"], "challenge answered");
+    assert_eq!(v["worker"], "cpu0");
+    assert_eq!(v["tokens"], u64::from(reply.usage.completion_tokens));
+    assert!(v["ms"].is_u64(), "{line}");
+    let short: String = validator.ss58().chars().take(8).collect();
+    assert_eq!(v["span"]["validator"], short, "{line}");
+    // stdout is JSON too, line by line.
+    let stdout = miner.log.lock().unwrap().clone();
+    assert!(stdout.iter().any(|l| l.contains("challenge answered")));
+    for l in &stdout {
+        serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+    }
+}
+
+#[test]
+fn doctor_reads_only_the_header_of_a_model_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // A sparse 1 TiB file that begins like a GGUF v3 model: reading it whole would not fit in memory.
+    let model = dir.path().join("huge.gguf");
+    let mut file = std::fs::File::create(&model).unwrap();
+    std::io::Write::write_all(&mut file, b"GGUF\x03\x00\x00\x00").unwrap();
+    file.set_len(1 << 40).unwrap();
+    drop(file);
+    let not_gguf = dir.path().join("notes.gguf");
+    std::fs::write(&not_gguf, "these are not weights").unwrap();
+    for (path, expected) in [
+        (&model, format!("ok    worker       cpu0 (cpu): {} (GGUF v3)", model.display())),
+        (&not_gguf, format!("FAIL  worker       cpu0: {} is not a GGUF file", not_gguf.display())),
+    ] {
+        let out = run_miner(
+            dir.path(),
+            &["doctor"],
+            &[
+                ("MODEL_PATH", path.to_str().unwrap()),
+                // Nothing listens there: the chain check fails at once instead of waiting.
+                ("SUBTENSOR_ADDRESS", "ws://127.0.0.1:1"),
+                ("BITTENSOR_WALLET_PATH", dir.path().to_str().unwrap()),
+            ],
+        );
+        assert!(text(&out).contains(&expected), "{}", text(&out));
+    }
+}
+
+#[test]
+fn health_and_metrics_ask_the_running_miner_and_health_fails_when_none_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let miner = MinerProcess::start(&common::tiny_model(), true, &[]);
+    let port = miner.ops_url.rsplit(':').next().unwrap().to_string();
+    let out = run_miner(dir.path(), &["health"], &[("METRICS_PORT", &port)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("\"status\":\"ok\""), "{}", text(&out));
+    // The same operator port serves the build and the process beside the miner's own metrics.
+    let metrics = miner.get_ops("/metrics").unwrap();
+    let info = format!(
+        "loosh_build_info{{features=\"{}\",version=\"{}\"}} 1",
+        loosh_miner::process_metrics::build_features(),
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(metrics.contains(&info), "{metrics}");
+    assert!(miner.metric("process_resident_memory_bytes").is_some_and(|b| b > 1e6), "{metrics}");
+    assert!(miner.metric("process_open_fds").is_some_and(|n| n >= 3.0), "{metrics}");
+    assert!(metrics.contains("loosh_metagraph_sync_timestamp_seconds "), "{metrics}");
+    drop(miner);
+    let out = run_miner(dir.path(), &["health"], &[("METRICS_PORT", &port)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("is the miner running"), "{}", text(&out));
+}
+
+/// The `KEY=value` of a unit or process file, first match.
+fn setting<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).unwrap_or_else(|| panic!("no {key}"))
+}
+
+/// What a stop may take: the HTTP drain (actix's shutdown timeout) plus the engines' exit wait.
+const DRAIN_SECS: u64 = 55 + 30;
+
+#[test]
+fn the_systemd_unit_verifies_and_outwaits_the_drain() {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/loosh-miner.service")).unwrap();
+    // Verified as installed, with the binary just built in the place of /usr/local/bin's.
+    let dir = tempfile::tempdir().unwrap();
+    let installed =
+        unit.replace("ExecStart=/usr/local/bin/loosh-miner", concat!("ExecStart=", env!("CARGO_BIN_EXE_loosh-miner")));
+    assert_ne!(installed, unit, "the unit starts /usr/local/bin/loosh-miner");
+    let path = dir.path().join("loosh-miner.service");
+    std::fs::write(&path, installed).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze runs (scripts/install.sh --test installs systemd)");
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", text(&out));
+
+    let stop: u64 = setting(&unit, "TimeoutStopSec").parse().unwrap();
+    assert!(stop > DRAIN_SECS, "TimeoutStopSec={stop} cuts the drain");
+    assert_eq!(setting(&unit, "KillSignal"), "SIGTERM");
+    assert_eq!(setting(&unit, "Restart"), "on-failure");
+    assert_eq!(setting(&unit, "StandardOutput"), "journal");
+    assert_eq!(setting(&unit, "ExecReload"), "/bin/kill -HUP $MAINPID", "reload is the miner's SIGHUP");
+    assert!(setting(&unit, "EnvironmentFile").starts_with('/'));
+}
+
+#[test]
+fn the_pm2_file_loads_and_outwaits_the_drain() {
+    let out = Command::new("node")
+        .arg("-e")
+        .arg("const a = require(process.argv[1]).apps[0]; console.log(JSON.stringify(a))")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/ecosystem.config.js"))
+        .output()
+        .expect("node runs (scripts/install.sh --test installs it for the chain)");
+    assert!(out.status.success(), "{}", text(&out));
+    let app: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(app["name"], "loosh-miner");
+    assert_eq!(app["interpreter"], "none");
+    assert!(app["kill_timeout"].as_u64().unwrap() > DRAIN_SECS * 1000, "{app}");
+    assert!(app["script"].as_str().unwrap().ends_with("target/release/loosh-miner"), "{app}");
+}
+
+#[test]
+fn api_docs_are_off_by_default_and_served_offline_when_enabled() {
+    let model = common::tiny_model();
+    let off = MinerProcess::start(&model, true, &[]);
+    for path in ["/openapi.json", "/docs", "/redoc"] {
+        let res = off.get(path).unwrap();
+        assert!(res.starts_with("HTTP/1.1 404"), "{path} is served by default:\n{res}");
+    }
+    drop(off);
+
+    let on = MinerProcess::start(&model, true, &[("ENABLE_API_DOCS", "true")]);
+    let res = on.get("/openapi.json").unwrap();
+    assert!(res.starts_with("HTTP/1.1 200"), "{res}");
+    let spec: serde_json::Value = serde_json::from_str(res.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(spec["info"]["version"], env!("CARGO_PKG_VERSION"));
+    for path in ["/availability", "/fiber/public-key", "/fiber/key-exchange", "/fiber/challenge"] {
+        assert!(spec["paths"][path].is_object(), "{path} is not documented");
+    }
+    for path in ["/docs", "/redoc"] {
+        let page = on.get(path).unwrap();
+        assert!(page.starts_with("HTTP/1.1 200") && page.contains("text/html"), "{page}");
+        assert!(!page.contains("https://") && !page.contains("http://"), "{path} fetches from elsewhere");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_status_show_each_allowed_validator_and_no_one_else() {
+    let listed = Hotkey::ephemeral();
+    let stranger = Hotkey::ephemeral();
+    let miner = MinerProcess::start(&common::tiny_model(), true, &[("VALIDATOR_HOTKEYS", listed.ss58())]);
+    let mut client = ValidatorClient::new(&miner.url, listed.clone());
+    client.handshake().await.unwrap();
+    for _ in 0..2 {
+        client.challenge(&challenge_body("hello", 2, 0.0)).await.unwrap();
+    }
+    let mut intruder = ValidatorClient::new(&miner.url, stranger.clone());
+    assert!(intruder.handshake().await.is_err(), "a stranger is refused");
+
+    let metrics = miner.get_ops("/metrics").unwrap();
+    let ok = format!("loosh_validator_challenges_total{{outcome=\"ok\",validator=\"{}\"}}", listed.ss58());
+    assert_eq!(miner.metric(&ok), Some(2.0), "{metrics}");
+    assert!(metrics
+        .contains(&format!("loosh_validator_last_key_exchange_timestamp_seconds{{validator=\"{}\"}}", listed.ss58())));
+    assert!(!metrics.contains(stranger.ss58()), "a refused hotkey got a series of its own");
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = miner.ops_url.rsplit(':').next().unwrap().to_string();
+    let out = run_miner(dir.path(), &["status"], &[("METRICS_PORT", &port)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let table = text(&out);
+    let row = table.lines().find(|l| l.contains(listed.ss58())).unwrap_or_else(|| panic!("no row:\n{table}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    // HOTKEY STAKE KEY-EXCHANGE(2 words) LAST-CHALLENGE(2 words) OK ERR P50
+    assert_eq!((cols[1], cols[6], cols[7]), ("-", "2", "0"), "{table}");
+    assert!(cols[8].ends_with('s'), "a p50 in seconds: {table}");
+    assert!(!table.contains(stranger.ss58()), "{table}");
+    let worker = table.lines().find(|l| l.trim_start().starts_with("cpu0")).unwrap_or_else(|| panic!("{table}"));
+    assert!(worker.contains(" cpu ") && worker.contains("Ready"), "{worker}");
+    assert!(table.contains("not connected (a --dev node"), "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_the_allow_list_and_log_level_keeps_keys_and_names_what_needs_a_restart() {
+    let (a, b) = (Hotkey::ephemeral(), Hotkey::ephemeral());
+    let dir = tempfile::tempdir().unwrap();
+    let env = dir.path().join(".env");
+    std::fs::write(&env, format!("VALIDATOR_HOTKEYS={}\nLOG_LEVEL=INFO\n", a.ss58())).unwrap();
+    let miner = MinerProcess::start_in(&common::tiny_model(), true, &[], dir.path());
+
+    let mut va = ValidatorClient::new(&miner.url, a.clone());
+    va.handshake().await.unwrap();
+    let mut vb = ValidatorClient::new(&miner.url, b.clone());
+    assert!(vb.handshake().await.is_err(), "b is not on the list yet");
+    assert!(!miner.log.lock().unwrap().iter().any(|l| l.contains("DEBUG")));
+
+    // The operator adds b, turns on debug logs and changes a setting that needs a restart.
+    std::fs::write(
+        &env,
+        format!("VALIDATOR_HOTKEYS={},{}\nLOG_LEVEL=DEBUG\nMAX_BODY_BYTES=4096\n", a.ss58(), b.ss58()),
+    )
+    .unwrap();
+    let seen = miner.log.lock().unwrap().len();
+    miner.signal("HUP");
+    let line = miner.wait_for_log("configuration reloaded", seen);
+    assert!(line.contains("LOG_LEVEL") && line.contains("VALIDATOR_HOTKEYS"), "{line}");
+    let warn = miner.wait_for_log("applied only at the next restart", seen);
+    assert!(warn.contains("MAX_BODY_BYTES"), "{warn}");
+
+    vb.handshake().await.expect("b is allowed after the reload");
+    // a's key survived the reload: no re-handshake needed.
+    va.challenge(&challenge_body("hello", 2, 0.0)).await.expect("a's key is still live");
+    assert!(miner.log.lock().unwrap().iter().skip(seen).any(|l| l.contains("DEBUG")), "LOG_LEVEL=DEBUG applied");
+
+    // Taking a off the list takes away its key as well as its admission.
+    std::fs::write(&env, format!("VALIDATOR_HOTKEYS={}\n", b.ss58())).unwrap();
+    let seen = miner.log.lock().unwrap().len();
+    miner.signal("HUP");
+    miner.wait_for_log("configuration reloaded", seen);
+    assert!(va.challenge(&challenge_body("hello", 2, 0.0)).await.is_err(), "a was removed");
+    vb.challenge(&challenge_body("hello", 2, 0.0)).await.expect("b still served");
+
+    // A configuration that does not load is refused whole; the miner keeps running as it was.
+    std::fs::write(&env, format!("VALIDATOR_HOTKEYS={}\nCHALLENGE_DEADLINE_MS=70000\n", b.ss58())).unwrap();
+    let seen = miner.log.lock().unwrap().len();
+    miner.signal("HUP");
+    let refused = miner.wait_for_log("reload refused", seen);
+    assert!(refused.contains("CHALLENGE_DEADLINE_MS"), "{refused}");
+    vb.challenge(&challenge_body("hello", 2, 0.0)).await.expect("still serving after a refused reload");
+}
+
+/// The pid in a `backend server started` line.
+fn started_pid(line: &str) -> u32 {
+    line.split("pid=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_a_command_gets_its_server_started_watched_restarted_and_stopped() {
+    let port = common::free_port();
+    let model = common::smollm2_model();
+    let command = serde_json::json!([
+        common::python(),
+        "-m",
+        "llama_cpp.server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        port.to_string(),
+        "--n_threads",
+        "1",
+        "--n_ctx",
+        "2048",
+        "--model_alias",
+        "smollm2",
+        "--interrupt_requests",
+        "false",
+        "--model",
+        model
+    ]);
+    let workers = serde_json::json!([{
+        "kind": "openai", "name": "managed", "base_url": format!("http://127.0.0.1:{port}/v1"), "model": "smollm2",
+        "n_parallel": 1, "command": command, "env": {"OMP_NUM_THREADS": "1"}
+    }]);
+    let miner = MinerProcess::start(&common::tiny_model(), true, &[("WORKERS", &workers.to_string())]);
+    let first = started_pid(&miner.wait_for_log("backend server started", 0));
+    miner.wait_for_log("backend server ready", 0);
+    // Its output is in the miner's log, behind the worker's name.
+    miner.wait_for_log("[managed] ", 0);
+
+    let validator = Hotkey::ephemeral();
+    let mut client = ValidatorClient::new(&miner.url, validator);
+    client.handshake().await.unwrap();
+    client.challenge(&challenge_body("Say hi.", 4, 0.0)).await.expect("answered through the managed server");
+    miner.wait_for_log("worker=managed", 0);
+
+    // The server dies: it is started again, with a new process.
+    let seen = miner.log.lock().unwrap().len();
+    assert!(Command::new("kill").args(["-9", &first.to_string()]).status().unwrap().success());
+    miner.wait_for_log("backend server exited; restarting", seen);
+    let second = started_pid(&miner.wait_for_log("backend server started", seen));
+    assert_ne!(first, second);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    common::wait_for("the restarted server to answer", Duration::from_secs(120), || {
+        let (http, url) = (http.clone(), format!("http://127.0.0.1:{port}/v1/models"));
+        async move { http.get(url).send().await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await;
+
+    // The miner's shutdown stops it.
+    miner.signal("TERM");
+    miner.wait_for_log("backend server stopped", seen);
+    let proc = format!("/proc/{second}");
+    common::wait_for("the server process to be gone", Duration::from_secs(10), || {
+        let gone = !Path::new(&proc).exists();
+        async move { gone }
+    })
+    .await;
+}
