@@ -285,3 +285,36 @@ async fn a_child_engines_step_counters_reach_the_snapshot_and_metrics_before_its
     let pid = snap.engine_pid.unwrap();
     stop_and_expect_no_child(g, &[pid]).await;
 }
+
+/// Hedging reaches engines in children: a job's first token comes back over the pipe to its
+/// control (the scheduler's race watches it), and cancelling the control (a hedge won elsewhere)
+/// stops the job in the child and frees its sequence, as on a thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_relays_its_first_token_and_stops_a_cancelled_job() {
+    let (g, pids) = two_children(RestartPolicy::default()).await;
+    let worker = g.worker_ref("cpu0").await.expect("cpu0 is up");
+    let request = long_request(Duration::from_secs(30));
+    let control = request.control.clone();
+    let answer = tokio::spawn(async move {
+        ractor::rpc::call(&worker, |r| WorkerMsg::Generate { request, reply: r }, Some(LOAD)).await
+    });
+    tokio::time::timeout(LOAD, control.wait_first_token()).await.expect("the child's first token reaches the control");
+    // The child's counters follow on its next stats frame.
+    wait_for("the job to hold a sequence", LOAD, || async {
+        snapshot(&g, "cpu0").await.is_some_and(|s| s.active == 1)
+    })
+    .await;
+
+    control.cancel();
+    let answer = tokio::time::timeout(LOAD, answer).await.expect("the cancelled job is answered").unwrap();
+    match answer {
+        Ok(ractor::rpc::CallResult::Success(Err(BackendError::Cancelled))) => {}
+        other => panic!("a cancelled job ends as Cancelled, not {other:?}"),
+    }
+    wait_for("the child to free the sequence", LOAD, || async {
+        snapshot(&g, "cpu0").await.is_some_and(|s| s.active == 0)
+    })
+    .await;
+    assert_eq!(pid_of(&g, "cpu0").await, pids[0], "the same child, still serving");
+    stop_and_expect_no_child(g, &pids).await;
+}

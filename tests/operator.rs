@@ -155,7 +155,7 @@ async fn json_logs_carry_the_validator_worker_tokens_and_milliseconds_of_each_ch
     let validator = Hotkey::ephemeral();
     let mut client = ValidatorClient::new(&miner.url, validator.clone());
     client.handshake().await.unwrap();
-    let (reply, _) = client.challenge(&challenge_body("hello", 4, 0.0)).await.unwrap();
+    let (reply, _) = client.challenge(&challenge_body("Say something.", 16, 0.7)).await.unwrap();
 
     let text = wait_for_file_text(&log, "challenge answered");
     let line = text.lines().find(|l| l.contains("challenge answered")).unwrap();
@@ -311,7 +311,7 @@ async fn metrics_and_status_show_each_allowed_validator_and_no_one_else() {
     let mut client = ValidatorClient::new(&miner.url, listed.clone());
     client.handshake().await.unwrap();
     for _ in 0..2 {
-        client.challenge(&challenge_body("hello", 2, 0.0)).await.unwrap();
+        client.challenge(&challenge_body("Say something.", 16, 0.7)).await.unwrap();
     }
     let mut intruder = ValidatorClient::new(&miner.url, stranger.clone());
     assert!(intruder.handshake().await.is_err(), "a stranger is refused");
@@ -368,7 +368,7 @@ async fn sighup_applies_the_allow_list_and_log_level_keeps_keys_and_names_what_n
 
     vb.handshake().await.expect("b is allowed after the reload");
     // a's key survived the reload: no re-handshake needed.
-    va.challenge(&challenge_body("hello", 2, 0.0)).await.expect("a's key is still live");
+    va.challenge(&challenge_body("Say something.", 16, 0.7)).await.expect("a's key is still live");
     assert!(miner.log.lock().unwrap().iter().skip(seen).any(|l| l.contains("DEBUG")), "LOG_LEVEL=DEBUG applied");
 
     // Taking a off the list takes away its key as well as its admission.
@@ -376,8 +376,8 @@ async fn sighup_applies_the_allow_list_and_log_level_keeps_keys_and_names_what_n
     let seen = miner.log.lock().unwrap().len();
     miner.signal("HUP");
     miner.wait_for_log("configuration reloaded", seen);
-    assert!(va.challenge(&challenge_body("hello", 2, 0.0)).await.is_err(), "a was removed");
-    vb.challenge(&challenge_body("hello", 2, 0.0)).await.expect("b still served");
+    assert!(va.challenge(&challenge_body("Say something.", 16, 0.7)).await.is_err(), "a was removed");
+    vb.challenge(&challenge_body("Say something.", 16, 0.7)).await.expect("b still served");
 
     // A configuration that does not load is refused whole; the miner keeps running as it was.
     std::fs::write(&env, format!("VALIDATOR_HOTKEYS={}\nCHALLENGE_DEADLINE_MS=70000\n", b.ss58())).unwrap();
@@ -385,7 +385,7 @@ async fn sighup_applies_the_allow_list_and_log_level_keeps_keys_and_names_what_n
     miner.signal("HUP");
     let refused = miner.wait_for_log("reload refused", seen);
     assert!(refused.contains("CHALLENGE_DEADLINE_MS"), "{refused}");
-    vb.challenge(&challenge_body("hello", 2, 0.0)).await.expect("still serving after a refused reload");
+    vb.challenge(&challenge_body("Say something.", 16, 0.7)).await.expect("still serving after a refused reload");
 }
 
 /// The pid in a `backend server started` line.
