@@ -146,6 +146,8 @@ pub struct Config {
     pub fiber_timestamp_skew: Duration,
     pub enable_validator_whitelist: bool,
     pub validator_hotkeys: Vec<String>,
+    /// `VALIDATOR_DENY_HOTKEYS`: refused whatever else allows them.
+    pub validator_deny_hotkeys: Vec<String>,
     pub challenge_api_url: Option<String>,
     pub challenge_api_poll: Duration,
     // Chain
@@ -231,8 +233,39 @@ impl Source {
 /// What a SIGHUP applies to the running miner; any other variable that changed is named in the
 /// log as needing a restart (a restart reloads every model and makes a new RSA key, so every
 /// validator must re-handshake: worth avoiding for a list edit).
-pub const RELOADABLE: &[&str] =
-    &["LOG_LEVEL", "VALIDATOR_HOTKEYS", "RATE_LIMITS", "RATE_LIMIT_ENABLED", "HOTKEY_RATE_LIMIT_PER_MINUTE"];
+pub const RELOADABLE: &[&str] = &[
+    "LOG_LEVEL",
+    "VALIDATOR_HOTKEYS",
+    "VALIDATOR_DENY_HOTKEYS",
+    "RATE_LIMITS",
+    "RATE_LIMIT_ENABLED",
+    "HOTKEY_RATE_LIMIT_PER_MINUTE",
+];
+
+/// The variables that shape the workers: a SIGHUP that changes them applies the resulting worker
+/// list (unchanged workers keep running; see `MinerGraph::set_workers`). `MAX_CONCURRENT_REQUESTS`
+/// is not among them: it also caps the scheduler, which a restart sets.
+pub const WORKER_VARS: &[&str] = &[
+    "WORKERS",
+    "WORKERS_FILE",
+    "LLM_BACKEND",
+    "MODEL_PATH",
+    "DEFAULT_MODEL",
+    "MAX_MODEL_LEN",
+    "LLAMA_THREADS",
+    "LLAMA_GPU_LAYERS",
+    "LLAMA_BATCH",
+    "LLAMA_PARALLEL",
+    "ENGINE_PROCESS",
+    "ENGINE_EXE",
+    "ENGINE_STALL_SECONDS",
+    "VLLM_API_BASE",
+    "LLAMACPP_API_BASE",
+    "OLLAMA_BASE_URL",
+    "OLLAMA_TIMEOUT",
+    "OPENAI_API_KEY",
+    "OPENAI_MAX_MODEL_LEN",
+];
 
 /// Variables of the Python miner that this build accepts but does not act on, and why.
 const NOT_ACTED_ON: &[(&str, &str)] = &[
@@ -488,6 +521,10 @@ impl Config {
                 .get("VALIDATOR_HOTKEYS")
                 .map(|s| s.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect())
                 .unwrap_or_default(),
+            validator_deny_hotkeys: src
+                .get("VALIDATOR_DENY_HOTKEYS")
+                .map(|s| s.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect())
+                .unwrap_or_default(),
             challenge_api_url: src.get("CHALLENGE_API_URL").map(|s| s.trim_end_matches('/').to_string()),
             challenge_api_poll: src.secs("CHALLENGE_API_POLL_SECONDS", 300)?.max(Duration::from_secs(10)),
             metagraph_sync_blocks: src.parse("METAGRAPH_SYNC_BLOCKS", 10, "a number of blocks (at least 1)")?.max(1),
@@ -548,13 +585,13 @@ impl Config {
     /// Checks that need the whole picture (hotkeys that parse, URLs); the workers are checked when
     /// their specs are built ([`crate::config::workers::worker_specs`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for h in &self.validator_hotkeys {
-            if loosh_actors::protocol::signature::ss58_decode(h).is_err() {
-                return Err(ConfigError {
-                    var: "VALIDATOR_HOTKEYS",
-                    value: h.clone(),
-                    expected: "comma-separated SS58 hotkeys".into(),
-                });
+        for (var, list) in
+            [("VALIDATOR_HOTKEYS", &self.validator_hotkeys), ("VALIDATOR_DENY_HOTKEYS", &self.validator_deny_hotkeys)]
+        {
+            for h in list {
+                if loosh_actors::protocol::signature::ss58_decode(h).is_err() {
+                    return Err(ConfigError { var, value: h.clone(), expected: "comma-separated SS58 hotkeys".into() });
+                }
             }
         }
         // A backend URL on this host's API_PORT is the miner calling itself: every challenge would

@@ -152,13 +152,26 @@ fn load_config(src: &Source, dev: bool) -> Result<Config, loosh_miner::config::C
     Ok(cfg)
 }
 
-/// SIGHUP: re-reads the environment, `.env` and `WORKERS_FILE`; applies the lists, the rate limits
-/// and the log level without touching keys or in-flight challenges; names what needs a restart.
-/// A configuration that does not load is refused whole and the running one kept.
-fn reload(dev: bool, old_src: &Source, old: &Config, node: &Node, auth: &ValidatorAuth) -> Option<(Source, Config)> {
+/// SIGHUP: re-reads the environment, `.env` and `WORKERS_FILE`; applies the lists, the rate limits,
+/// the log level and the workers (added, removed or changed ones; the others keep running) without
+/// touching keys or in-flight challenges; names what needs a restart. A configuration that does
+/// not load is refused whole and the running one kept.
+async fn reload(
+    dev: bool,
+    old_src: &Source,
+    old: &Config,
+    node: &Node,
+    auth: &ValidatorAuth,
+    gpus: &[(usize, String)],
+) -> Option<(Source, Config)> {
     let src = Source::load();
-    let cfg = match load_config(&src, dev).and_then(|c| c.validate().map(|()| c)) {
-        Ok(cfg) => cfg,
+    let loaded = load_config(&src, dev).and_then(|c| c.validate().map(|()| c));
+    let (cfg, specs, servers) = match loaded.and_then(|c| {
+        let specs = workers::worker_specs(&c, gpus)?;
+        let servers = workers::managed_servers(&c)?;
+        Ok((c, specs, servers))
+    }) {
+        Ok(loaded) => loaded,
         Err(e) => {
             tracing::error!(error = %e, "reload refused; the running configuration stays");
             return None;
@@ -166,10 +179,23 @@ fn reload(dev: bool, old_src: &Source, old: &Config, node: &Node, auth: &Validat
     };
     let mut changed = old_src.changed(&src);
     if old.workers != cfg.workers && !changed.iter().any(|v| v == "WORKERS") {
-        changed.push("WORKERS_FILE (its workers)".into());
+        changed.push("WORKERS_FILE".into());
     }
-    let (applied, restart): (Vec<String>, Vec<String>) =
-        changed.into_iter().partition(|v| loosh_miner::config::RELOADABLE.contains(&v.as_str()));
+    // The servers the miner runs itself are started once; a changed command needs a restart.
+    let servers_changed = workers::managed_servers(old).map(|s| format!("{s:?}")).ok() != Some(format!("{servers:?}"));
+    let (applied, mut restart): (Vec<String>, Vec<String>) = changed.into_iter().partition(|v| {
+        loosh_miner::config::RELOADABLE.contains(&v.as_str()) || loosh_miner::config::WORKER_VARS.contains(&v.as_str())
+    });
+    if servers_changed {
+        restart.push("WORKERS (a managed server's command)".into());
+    }
+    match node.graph.set_workers(specs).await {
+        Ok(changes) if changes.added.len() + changes.removed.len() + changes.replaced.len() > 0 => {
+            tracing::info!(added = ?changes.added, removed = ?changes.removed, replaced = ?changes.replaced, "workers changed");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "the new worker list was not applied"),
+    }
     if cfg.log_level != old.log_level {
         if let Err(e) = logging::set_level(&cfg.log_level) {
             tracing::warn!(error = %e, "LOG_LEVEL not applied");
@@ -183,6 +209,9 @@ fn reload(dev: bool, old_src: &Source, old: &Config, node: &Node, auth: &Validat
             node.graph.metrics.validators.forget(&hotkey);
         }
     }
+    if cfg.validator_deny_hotkeys != old.validator_deny_hotkeys {
+        deny(auth, node, &cfg.validator_deny_hotkeys);
+    }
     if (cfg.rate_limit_enabled, &cfg.rate_limits) != (old.rate_limit_enabled, &old.rate_limits) {
         node.graph.set_rate_limits(cfg.rate_limit_enabled.unwrap_or(true).then_some(&cfg.rate_limits));
     }
@@ -191,6 +220,14 @@ fn reload(dev: bool, old_src: &Source, old: &Config, node: &Node, auth: &Validat
         tracing::warn!("changed but applied only at the next restart: {}", restart.join(", "));
     }
     Some((src, cfg))
+}
+
+/// Applies `VALIDATOR_DENY_HOTKEYS`: the newly denied lose their keys along with their admission.
+fn deny(auth: &ValidatorAuth, node: &Node, hotkeys: &[String]) {
+    for hotkey in auth.set_denied(hotkeys.iter().cloned().collect()) {
+        tracing::info!(validator = %hotkey, "validator denied; dropping its keys");
+        node.graph.keys.revoke(&hotkey);
+    }
 }
 
 fn run(dev: bool) -> anyhow::Result<()> {
@@ -229,6 +266,8 @@ fn run(dev: bool) -> anyhow::Result<()> {
             cfg.validator_hotkeys.clone(),
         )
     });
+
+    auth.set_denied(cfg.validator_deny_hotkeys.iter().cloned().collect());
 
     let gpus = loosh_actors::inference::embedded::gpu_devices();
     for (index, description) in &gpus {
@@ -273,7 +312,7 @@ fn run(dev: bool) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
                 _ = hup.recv() => {
-                    if let Some((new_src, new_cfg)) = reload(dev, &src, &cfg, &node, &auth) {
+                    if let Some((new_src, new_cfg)) = reload(dev, &src, &cfg, &node, &auth, &gpus).await {
                         (src, cfg) = (new_src, new_cfg);
                     }
                 }

@@ -22,6 +22,8 @@ pub enum ClientError {
 }
 
 /// One validator identity talking to one miner, holding the symmetric key of its last handshake.
+/// A clone shares the identity and key, as a validator's concurrent challenges do.
+#[derive(Clone)]
 pub struct ValidatorClient {
     http: reqwest::Client,
     base: String,

@@ -386,6 +386,76 @@ async fn sighup_applies_the_allow_list_and_log_level_keeps_keys_and_names_what_n
     let refused = miner.wait_for_log("reload refused", seen);
     assert!(refused.contains("CHALLENGE_DEADLINE_MS"), "{refused}");
     vb.challenge(&challenge_body("Say something.", 16, 0.7)).await.expect("still serving after a refused reload");
+
+    // Denying b refuses it even though it is listed, and drops its key.
+    std::fs::write(&env, format!("VALIDATOR_HOTKEYS={0}\nVALIDATOR_DENY_HOTKEYS={0}\n", b.ss58())).unwrap();
+    let seen = miner.log.lock().unwrap().len();
+    miner.signal("HUP");
+    let line = miner.wait_for_log("configuration reloaded", seen);
+    assert!(line.contains("VALIDATOR_DENY_HOTKEYS"), "{line}");
+    assert!(vb.challenge(&challenge_body("Say something.", 16, 0.7)).await.is_err(), "b's key was dropped");
+    assert!(vb.handshake().await.is_err(), "b is denied");
+}
+
+/// A SIGHUP applies a changed worker list: a new worker starts, a removed one finishes and stops,
+/// a changed one is replaced; the others keep running, and the validator's key survives it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_adds_removes_and_replaces_workers_and_keeps_the_others_and_the_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model();
+    let workers = dir.path().join("workers.json");
+    let worker = |name: &str, parallel: u32| {
+        format!(
+            r#"{{"kind":"embedded","name":"{name}","device":"cpu","model":"{}","threads":1,"n_parallel":{parallel}}}"#,
+            model.display()
+        )
+    };
+    std::fs::write(&workers, format!("[{}]", worker("w0", 1))).unwrap();
+    std::fs::write(dir.path().join(".env"), format!("WORKERS_FILE={}\n", workers.display())).unwrap();
+    let miner = MinerProcess::start_in(&model, true, &[], dir.path());
+    let mut v = ValidatorClient::new(&miner.url, Hotkey::ephemeral());
+    v.handshake().await.unwrap();
+    v.challenge(&challenge_body("Say something.", 16, 0.7)).await.expect("w0 answers");
+
+    let reload = |list: String| {
+        std::fs::write(&workers, list).unwrap();
+        let seen = miner.log.lock().unwrap().len();
+        miner.signal("HUP");
+        (seen, miner.wait_for_log("workers changed", seen))
+    };
+    let answered_by = |seen: usize, name: &str| miner.wait_for_log(&format!("challenge answered worker={name}"), seen);
+
+    // A long challenge in flight on w0 (greedy: it runs for thousands of tokens).
+    let long = {
+        let mut v = v.clone();
+        tokio::spawn(async move { v.challenge(&challenge_body("Tell me everything.", 6000, 0.0)).await })
+    };
+    miner.wait_for_log("worker=w0", 0);
+
+    // Added: w1 starts beside w0.
+    let (seen, line) = reload(format!("[{},{}]", worker("w0", 1), worker("w1", 1)));
+    assert!(line.contains(r#"added=["w1"]"#) && line.contains("removed=[]"), "{line}");
+    miner.wait_for_log("worker joined the schedule", seen);
+
+    // Removed: w0 takes nothing new but finishes the long challenge; w1 answers meanwhile, with the
+    // key made before both reloads.
+    let (seen, line) = reload(format!("[{}]", worker("w1", 1)));
+    assert!(line.contains(r#"removed=["w0"]"#) && line.contains("added=[]"), "{line}");
+    v.challenge(&challenge_body("Say something.", 16, 0.7)).await.expect("w1 answers with the same key");
+    answered_by(seen, "w1");
+    let (reply, _) = long.await.unwrap().expect("the challenge in flight on the removed worker is answered");
+    assert!(reply.usage.completion_tokens > 16, "{:?}", reply.usage);
+    miner.wait_for_log("removed worker stopped", seen);
+
+    // Changed: w1 gets two sequences; the old instance stops before the new one loads.
+    let (seen, line) = reload(format!("[{}]", worker("w1", 2)));
+    assert!(line.contains(r#"replaced=["w1"]"#), "{line}");
+    miner.wait_for_log("starting its replacement", seen);
+    let joined = miner.wait_for_log("worker joined the schedule", seen);
+    assert!(joined.contains("parallel=2"), "{joined}");
+    let seen = miner.log.lock().unwrap().len();
+    v.challenge(&challenge_body("Say something.", 16, 0.7)).await.expect("the new w1 answers");
+    answered_by(seen, "w1");
 }
 
 /// The pid in a `backend server started` line.

@@ -27,6 +27,9 @@ pub struct ValidatorAuth {
     enabled: bool,
     allow_when_empty: bool,
     sets: RwLock<[HashSet<String>; 3]>,
+    /// `VALIDATOR_DENY_HOTKEYS`: refused whatever the lists and the policy say (a validator the
+    /// operator has reasons to refuse, e.g. one replaying other validators' traffic).
+    denied: RwLock<HashSet<String>>,
     /// Whether the union was empty at the last change (to log transitions once).
     was_empty: AtomicBool,
 }
@@ -53,6 +56,7 @@ impl ValidatorAuth {
             enabled,
             allow_when_empty,
             sets: RwLock::new([fixed, HashSet::new(), HashSet::new()]),
+            denied: RwLock::new(HashSet::new()),
             was_empty: AtomicBool::new(false),
         };
         if !enabled {
@@ -94,6 +98,9 @@ impl ValidatorAuth {
     }
 
     pub fn is_allowed(&self, hotkey: &str) -> bool {
+        if self.denied.read().unwrap_or_else(|e| e.into_inner()).contains(hotkey) {
+            return false;
+        }
         if !self.enabled {
             return true;
         }
@@ -148,6 +155,14 @@ impl ValidatorAuth {
         removed
     }
 
+    /// Replaces the deny list; returns the hotkeys it newly denies (their keys are to be dropped).
+    pub fn set_denied(&self, hotkeys: HashSet<String>) -> Vec<String> {
+        let mut denied = self.denied.write().unwrap_or_else(|e| e.into_inner());
+        let newly = hotkeys.iter().filter(|h| !denied.contains(*h)).cloned().collect();
+        *denied = hotkeys;
+        newly
+    }
+
     /// Hotkeys currently allowed (the union of every source).
     pub fn allowed_count(&self) -> usize {
         self.union_len()
@@ -157,6 +172,21 @@ impl ValidatorAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_denied_hotkey_is_refused_whatever_the_lists_and_the_policy_say() {
+        let listed = ValidatorAuth::new(true, ["5Listed".to_string()]);
+        let open = ValidatorAuth::allow_all();
+        for auth in [&listed, &open] {
+            assert!(auth.is_allowed("5Listed"));
+            let newly = auth.set_denied(["5Listed".to_string()].into_iter().collect());
+            assert_eq!(newly, vec!["5Listed".to_string()]);
+            assert!(!auth.is_allowed("5Listed"), "denied even when listed or when the whitelist is off");
+            assert!(auth.set_denied(["5Listed".to_string()].into_iter().collect()).is_empty(), "not newly");
+            auth.set_denied(HashSet::new());
+            assert!(auth.is_allowed("5Listed"), "allowed again once off the deny list");
+        }
+    }
 
     #[test]
     fn sources_add_up_and_an_empty_set_follows_the_policy() {

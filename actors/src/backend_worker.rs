@@ -42,7 +42,7 @@ impl std::fmt::Display for Device {
 }
 
 /// Which engine a worker runs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum EngineSpec {
     /// llama.cpp in process, on this worker's device.
     Embedded(EmbeddedSpec),
@@ -50,8 +50,8 @@ pub enum EngineSpec {
     OpenAi(OpenAiSpec),
 }
 
-/// Everything a worker needs to (re)start.
-#[derive(Debug, Clone)]
+/// Everything a worker needs to (re)start. Equal specs make the same worker: a reload keeps it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct WorkerSpec {
     /// Stable name ("cpu0", "gpu1", "vllm0"): the label in logs and metrics across restarts.
     pub name: String,
@@ -381,8 +381,10 @@ impl Host<ReplyPort> for ThreadHost<'_> {
         }
     }
 
-    fn stepped(&mut self, now: StepStats, _active: usize, idle: bool, finished: usize) {
+    fn stepped(&mut self, now: StepStats, active: usize, idle: bool, finished: usize) {
         self.stats.step_started_ms.store(0, Ordering::Relaxed);
+        // After the step: finished sequences no longer count (a reload waits for 0 to retire it).
+        self.stats.active.store(active, Ordering::Relaxed);
         *self.stats.steps.lock().unwrap_or_else(|e| e.into_inner()) = now;
         self.metrics.publish(now, idle);
         self.stats.served.fetch_add(finished as u64, Ordering::Relaxed);

@@ -36,7 +36,9 @@ use crate::scheduler::{ScheduleError, Scheduler, SchedulerMsg, SchedulerSettings
 use crate::session::live_keys::LiveKeys;
 use crate::session::registry::{KeyRegistry, KeyStore, SessionIndex};
 use crate::session::SessionSettings;
-use crate::worker_supervisor::{RestartPolicy, SupervisorArgs, SupervisorMsg, WorkerStatus, WorkerSupervisor};
+use crate::worker_supervisor::{
+    RestartPolicy, SupervisorArgs, SupervisorMsg, WorkerChanges, WorkerStatus, WorkerSupervisor,
+};
 
 /// Everything the graph needs to start.
 pub struct GraphConfig {
@@ -184,6 +186,8 @@ enum RootMsg {
     StartChallengeApi(Box<ChallengeApiArgs>, RpcReplyPort<Result<ActorRef<ChallengeApiMsg>, String>>),
     /// Restart a crashed child from what the root kept of it.
     Restart(&'static str, RpcReplyPort<Result<(), String>>),
+    /// A reload changed the workers: a restarted supervisor starts these.
+    SetSpecs(Vec<WorkerSpec>),
 }
 
 impl Actor for GraphRoot {
@@ -230,6 +234,11 @@ impl Actor for GraphRoot {
                     Err(e) => {
                         let _ = reply.send(Err(e.to_string()));
                     }
+                }
+            }
+            RootMsg::SetSpecs(specs) => {
+                if let Some(recipe) = state.recipe.as_mut() {
+                    recipe.specs = specs;
                 }
             }
             RootMsg::Restart(child, reply) => {
@@ -370,6 +379,14 @@ impl MinerGraph {
 
     pub async fn workers(&self) -> Vec<WorkerStatus> {
         ractor::call_t!(self.supervisor.get(), SupervisorMsg::Status, 2000).unwrap_or_default()
+    }
+
+    /// Applies a reload's worker list (see [`SupervisorMsg::SetWorkers`]); a later restart of
+    /// the supervisor starts these too.
+    pub async fn set_workers(&self, specs: Vec<WorkerSpec>) -> Result<WorkerChanges, GraphError> {
+        let _ = self.root.cast(RootMsg::SetSpecs(specs.clone()));
+        ractor::call_t!(self.supervisor.get(), |reply| SupervisorMsg::SetWorkers { specs, reply }, 10_000)
+            .map_err(|e| GraphError::Start(e.to_string()))
     }
 
     pub async fn worker_ref(&self, name: &str) -> Option<ActorRef<WorkerMsg>> {

@@ -56,6 +56,11 @@ pub enum SchedulerMsg {
     WorkerDown {
         name: String,
     },
+    /// The worker is being removed (a reload): no new challenges; it finishes what it holds, and
+    /// leaves the schedule when done (or at `WorkerDown`).
+    Retire {
+        name: String,
+    },
     /// A challenge's first token is late: start `request` (a fresh attempt of it) on a worker
     /// other than `first` that has a free sequence, if there is one.
     Hedge {
@@ -151,6 +156,8 @@ struct Slot {
     /// Smoothed seconds per generation on this worker, for the retry hint.
     avg_secs: f64,
     pace: Pace,
+    /// Being removed: takes nothing new.
+    retiring: bool,
 }
 
 impl Slot {
@@ -187,7 +194,7 @@ enum NoPick {
 impl SchedulerState {
     fn status(&self) -> SchedulerStatus {
         SchedulerStatus {
-            ready_workers: self.workers.len(),
+            ready_workers: self.workers.values().filter(|s| !s.retiring).count(),
             in_flight: self.in_flight,
             capacity: self.settings.max_in_flight,
             admission_open: self.admission_open,
@@ -204,7 +211,7 @@ impl SchedulerState {
         let mut earliest_start: Option<Instant> = None;
         let mut best: Option<(&String, Instant, f64)> = None;
         for (name, s) in &self.workers {
-            if s.queued() >= s.parallel + max_queue || Some(name.as_str()) == avoid {
+            if s.retiring || s.queued() >= s.parallel + max_queue || Some(name.as_str()) == avoid {
                 continue;
             }
             let start = s.expected_start(now);
@@ -394,8 +401,13 @@ impl Actor for Scheduler {
                     jobs: BTreeMap::new(),
                     avg_secs: 0.0,
                     pace: Pace::default(),
+                    retiring: false,
                 };
-                state.workers.insert(name, slot);
+                if let Some(old) = state.workers.insert(name, slot) {
+                    // A new instance under the same name: the old one's jobs are gone with it.
+                    state.in_flight = state.in_flight.saturating_sub(old.queued());
+                    state.metrics.in_flight.set(state.in_flight as i64);
+                }
                 state.metrics.workers_ready.set(state.workers.len() as i64);
             }
             SchedulerMsg::WorkerDown { name } => {
@@ -406,6 +418,16 @@ impl Actor for Scheduler {
                 }
                 state.metrics.workers_ready.set(state.workers.len() as i64);
                 state.metrics.in_flight.set(state.in_flight as i64);
+            }
+            SchedulerMsg::Retire { name } => {
+                if let Some(slot) = state.workers.get_mut(&name) {
+                    slot.retiring = true;
+                    if slot.jobs.is_empty() {
+                        state.workers.remove(&name);
+                    }
+                    tracing::info!(worker = %name, "worker retiring: no new challenges");
+                }
+                state.metrics.workers_ready.set(state.workers.values().filter(|s| !s.retiring).count() as i64);
             }
             SchedulerMsg::Done { name, worker, job, elapsed, pace } => {
                 // A worker that went down already released its slots, and a restarted one under the
@@ -422,6 +444,9 @@ impl Actor for Scheduler {
                         if let Some(ttft) = sample.ttft {
                             state.recent_ttft.push(ttft);
                         }
+                    }
+                    if slot.retiring && slot.jobs.is_empty() {
+                        state.workers.remove(&name);
                     }
                 }
             }

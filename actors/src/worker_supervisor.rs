@@ -83,10 +83,35 @@ pub enum SupervisorMsg {
         name: String,
         reply: RpcReplyPort<Option<ActorRef<WorkerMsg>>>,
     },
+    /// A reload's worker list: workers whose spec is unchanged keep running (their keys, sequences
+    /// and in-flight challenges untouched); removed ones stop taking challenges, finish what they
+    /// hold and stop; changed ones are removed that way and then started with the new spec (after
+    /// the old one let go of its device); new ones start.
+    SetWorkers {
+        specs: Vec<WorkerSpec>,
+        reply: RpcReplyPort<WorkerChanges>,
+    },
+    /// A retired worker finished its work (or ran out of time to): stop it, start its replacement.
+    Retired {
+        index: usize,
+    },
     /// Test hook: makes the supervisor itself panic, so the root's restart of it can be exercised.
     #[cfg(feature = "test-hooks")]
     CrashForTest,
 }
+
+/// What a reload did to the workers, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Restarted with a new spec once their in-flight work is done.
+    pub replaced: Vec<String>,
+    pub kept: Vec<String>,
+}
+
+/// How long a retired worker may take to finish what it holds: a challenge's deadline is 60 s.
+const RETIRE_DRAIN: Duration = Duration::from_secs(70);
 
 pub struct WorkerSupervisor;
 
@@ -103,6 +128,25 @@ struct Child {
     phase: WorkerPhase,
     recent: VecDeque<Instant>,
     restarts: u64,
+    /// Removed by a reload: never started again, left out of the status. Slots are kept so that
+    /// indices in pending `Start` messages stay valid.
+    retired: bool,
+    /// The child (index) to start once this retired one has stopped: its replacement.
+    then_start: Option<usize>,
+}
+
+impl Child {
+    fn new(spec: WorkerSpec) -> Self {
+        Child {
+            spec,
+            actor: None,
+            phase: WorkerPhase::Starting,
+            recent: VecDeque::new(),
+            restarts: 0,
+            retired: false,
+            then_start: None,
+        }
+    }
 }
 
 pub struct SupervisorState {
@@ -114,6 +158,69 @@ pub struct SupervisorState {
 }
 
 impl SupervisorState {
+    fn set_workers(&mut self, myself: &ActorRef<SupervisorMsg>, specs: Vec<WorkerSpec>) -> WorkerChanges {
+        let mut changes = WorkerChanges::default();
+        let live: Vec<usize> = (0..self.children.len()).filter(|&i| !self.children[i].retired).collect();
+        for &i in &live {
+            let name = self.children[i].spec.name.clone();
+            match specs.iter().find(|s| s.name == name) {
+                Some(spec) if *spec == self.children[i].spec => changes.kept.push(name),
+                Some(spec) => {
+                    let next = self.children.len();
+                    self.children.push(Child::new(spec.clone()));
+                    self.retire(myself, i, Some(next));
+                    changes.replaced.push(name);
+                }
+                None => {
+                    self.retire(myself, i, None);
+                    changes.removed.push(name);
+                }
+            }
+        }
+        for spec in specs {
+            if !live.iter().any(|&i| self.children[i].spec.name == spec.name) {
+                let index = self.children.len();
+                changes.added.push(spec.name.clone());
+                self.children.push(Child::new(spec));
+                let _ = myself.cast(SupervisorMsg::Start(index));
+            }
+        }
+        changes
+    }
+
+    /// Takes worker `index` off the schedule, lets it finish what it holds (bounded by
+    /// [`RETIRE_DRAIN`]), stops it, then reports `Retired`. Its stop is no failure: it is no
+    /// longer watched.
+    fn retire(&mut self, myself: &ActorRef<SupervisorMsg>, index: usize, then_start: Option<usize>) {
+        let child = &mut self.children[index];
+        child.retired = true;
+        child.then_start = then_start;
+        let _ = self.scheduler.cast(SchedulerMsg::Retire { name: child.spec.name.clone() });
+        let Some(actor) = child.actor.take() else {
+            // Not running (starting, restarting or down): a start in flight is stopped when it
+            // reports; nothing to wait for otherwise.
+            if !matches!(child.phase, WorkerPhase::Starting) {
+                let _ = myself.cast(SupervisorMsg::Retired { index });
+            }
+            return;
+        };
+        self.by_actor.remove(&actor.get_id());
+        let (me, scheduler, name) = (myself.clone(), self.scheduler.clone(), child.spec.name.clone());
+        tokio::spawn(async move {
+            let until = Instant::now() + RETIRE_DRAIN;
+            while Instant::now() < until {
+                match ractor::call_t!(actor, WorkerMsg::Snapshot, 2000) {
+                    Ok(s) if s.active > 0 => tokio::time::sleep(Duration::from_millis(100)).await,
+                    _ => break,
+                }
+            }
+            actor.stop(Some("removed by a reload".into()));
+            // Whatever it still held is released (its replies fail when the actor goes).
+            let _ = scheduler.cast(SchedulerMsg::WorkerDown { name });
+            let _ = me.cast(SupervisorMsg::Retired { index });
+        });
+    }
+
     fn failed(&mut self, myself: &ActorRef<SupervisorMsg>, index: usize, reason: String) {
         let now = Instant::now();
         let policy = self.policy.clone();
@@ -157,11 +264,7 @@ impl Actor for WorkerSupervisor {
         for index in 0..args.specs.len() {
             myself.cast(SupervisorMsg::Start(index))?;
         }
-        let children = args
-            .specs
-            .into_iter()
-            .map(|spec| Child { spec, actor: None, phase: WorkerPhase::Starting, recent: VecDeque::new(), restarts: 0 })
-            .collect();
+        let children = args.specs.into_iter().map(Child::new).collect();
         Ok(SupervisorState {
             children,
             by_actor: HashMap::new(),
@@ -182,6 +285,11 @@ impl Actor for WorkerSupervisor {
                 let Some(child) = state.children.get_mut(index) else {
                     return Ok(());
                 };
+                if child.retired {
+                    // Removed before it started: its replacement, if any, may go.
+                    myself.cast(SupervisorMsg::Retired { index })?;
+                    return Ok(());
+                }
                 if child.actor.is_some() || matches!(child.phase, WorkerPhase::Down { .. }) {
                     return Ok(());
                 }
@@ -203,6 +311,13 @@ impl Actor for WorkerSupervisor {
                     let _ = me.cast(SupervisorMsg::Started { index, result });
                 });
             }
+            SupervisorMsg::Started { index, result } if state.children[index].retired => {
+                // Removed while it was loading: it never joins the schedule.
+                if let Ok((actor, _)) = result {
+                    actor.stop(Some("removed by a reload".into()));
+                }
+                myself.cast(SupervisorMsg::Retired { index })?;
+            }
             SupervisorMsg::Started { index, result } => match result {
                 Ok((actor, parallel)) => {
                     let child = &mut state.children[index];
@@ -218,6 +333,7 @@ impl Actor for WorkerSupervisor {
                 let status = state
                     .children
                     .iter()
+                    .filter(|c| !c.retired)
                     .map(|c| WorkerStatus { name: c.spec.name.clone(), phase: c.phase.clone(), restarts: c.restarts })
                     .collect();
                 let _ = reply.send(status);
@@ -225,8 +341,27 @@ impl Actor for WorkerSupervisor {
             #[cfg(feature = "test-hooks")]
             SupervisorMsg::CrashForTest => panic!("worker supervisor: crash requested by a test"),
             SupervisorMsg::WorkerRef { name, reply } => {
-                let actor = state.children.iter().find(|c| c.spec.name == name).and_then(|c| c.actor.clone());
+                let actor =
+                    state.children.iter().find(|c| c.spec.name == name && !c.retired).and_then(|c| c.actor.clone());
                 let _ = reply.send(actor);
+            }
+            SupervisorMsg::SetWorkers { specs, reply } => {
+                let changes = state.set_workers(&myself, specs);
+                tracing::info!(
+                    added = ?changes.added, removed = ?changes.removed, replaced = ?changes.replaced, kept = ?changes.kept,
+                    "workers reloaded"
+                );
+                let _ = reply.send(changes);
+            }
+            SupervisorMsg::Retired { index } => {
+                let child = &mut state.children[index];
+                if let Some(next) = child.then_start.take() {
+                    tracing::info!(worker = %child.spec.name, "old worker stopped; starting its replacement");
+                    myself.cast(SupervisorMsg::Start(next))?;
+                } else {
+                    state.metrics.worker_down.with_label_values(&[&child.spec.name]).set(0);
+                    tracing::info!(worker = %child.spec.name, "removed worker stopped");
+                }
             }
         }
         Ok(())

@@ -26,7 +26,7 @@ use super::sampler::TokenSampler;
 use super::tool_calls::extract_tool_calls;
 
 /// How one embedded engine is set up (one per worker / device).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EmbeddedSpec {
     pub model_path: PathBuf,
     /// Context window in tokens (prompt + completion). 0 = the model's training context.

@@ -30,7 +30,7 @@ const ERROR_BODY_CAP: usize = 4096;
 const SSE_LINE_CAP: usize = 1024 * 1024;
 
 /// One OpenAI-compatible endpoint.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OpenAiSpec {
     /// Base URL including `/v1`, e.g. `http://127.0.0.1:8000/v1`.
     pub base_url: String,
