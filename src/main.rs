@@ -182,7 +182,7 @@ async fn reload(
         changed.push("WORKERS_FILE".into());
     }
     // The servers the miner runs itself are started once; a changed command needs a restart.
-    let servers_changed = workers::managed_servers(old).map(|s| format!("{s:?}")).ok() != Some(format!("{servers:?}"));
+    let servers_changed = workers::managed_servers(old).ok().as_ref() != Some(&servers);
     let (applied, mut restart): (Vec<String>, Vec<String>) = changed.into_iter().partition(|v| {
         loosh_miner::config::RELOADABLE.contains(&v.as_str()) || loosh_miner::config::WORKER_VARS.contains(&v.as_str())
     });
