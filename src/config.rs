@@ -1,6 +1,7 @@
 //! The node's configuration: the Python miner's `.env` variables (same names, same meaning) plus
-//! ours, loaded once from the environment, `./.env` and `/workspace/.env` (in that order of
-//! precedence), validated at start with messages that name the variable.
+//! ours, loaded once from the environment, then the file named by `--env-file` / `ENV_FILE`, or else
+//! `./.env` and `/workspace/.env` (in that order of precedence), validated at start with messages
+//! that name the variable.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,6 +11,9 @@ use thiserror::Error;
 
 /// Which backend workers the node runs (`WORKERS`, or what the Python miner's variables imply).
 pub mod workers;
+
+/// `.env` files read as python-dotenv reads them.
+pub mod dotenv;
 
 /// A variable that is set but wrong; the message names it and what it accepts.
 #[derive(Debug, Error)]
@@ -88,6 +92,9 @@ pub struct Config {
     pub metrics_port: Option<u16>,
     /// `METRICS_ON_PUBLIC_PORT`: also serve them on `API_PORT`, to anyone.
     pub metrics_on_public_port: bool,
+    /// `HEALTH_GRACE_SECONDS`: `/health` is 503 once no worker has been ready this long (the
+    /// default covers a large model's load).
+    pub health_grace: Duration,
     // Inference
     pub llm_backend: LlmBackend,
     /// `LLM_BACKEND` as written (lower case), for saying what it means here.
@@ -171,28 +178,89 @@ pub struct Config {
 /// Where variables come from: the environment first, then the `.env` files' values.
 pub struct Source {
     vars: BTreeMap<String, String>,
+    /// The files read, in the order read (a later one wins over an earlier one).
+    pub files: Vec<PathBuf>,
+    /// One line per statement of a file that could not be read (file and line, never the text:
+    /// it may hold a secret), or a named file that could not be read at all.
+    pub unreadable: Vec<String>,
+}
+
+/// `--env-file`, when given on the command line (see [`set_env_file`]).
+static ENV_FILE_ARG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Names the configuration file (`--env-file FILE`): read instead of `/workspace/.env` and
+/// `./.env`, and re-read on SIGHUP. `systemctl reload` needs it: values put in the environment by
+/// systemd's `EnvironmentFile=` are fixed for the life of the process.
+pub fn set_env_file(path: PathBuf) {
+    let _ = ENV_FILE_ARG.set(path);
+}
+
+/// The configuration file named by `--env-file` or `ENV_FILE`, if any.
+pub fn env_file() -> Option<PathBuf> {
+    ENV_FILE_ARG
+        .get()
+        .cloned()
+        .or_else(|| std::env::var_os("ENV_FILE").filter(|v| !v.is_empty()).map(PathBuf::from))
 }
 
 impl Source {
-    /// The process environment over `./.env` over `/workspace/.env`.
+    /// The process environment over the configuration file: the one named by `--env-file` /
+    /// `ENV_FILE`, else `./.env` over `/workspace/.env` (the Python miner's pydantic-settings
+    /// order). Files are read as python-dotenv reads them ([`dotenv`]).
     pub fn load() -> Self {
+        let named = env_file();
+        let files = match &named {
+            Some(path) => vec![path.clone()],
+            None => vec![PathBuf::from("/workspace/.env"), PathBuf::from(".env")],
+        };
         let mut vars = BTreeMap::new();
-        for file in ["/workspace/.env", ".env"] {
-            if let Ok(iter) = dotenvy::from_path_iter(file) {
-                for (k, v) in iter.flatten() {
-                    vars.insert(k, v);
+        let mut unreadable = Vec::new();
+        let mut read = Vec::new();
+        for file in files {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(text) => text,
+                Err(e) => {
+                    if named.is_some() {
+                        unreadable.push(format!("{}: {e}", file.display()));
+                    }
+                    continue;
                 }
+            };
+            let parsed = dotenv::parse(&text);
+            for line in &parsed.unreadable {
+                unreadable.push(format!("{} line {line}", file.display()));
             }
+            for (k, v) in parsed.expand(|name| std::env::var(name).ok()) {
+                vars.insert(k, v);
+            }
+            read.push(file);
         }
         for (k, v) in std::env::vars() {
             vars.insert(k, v);
         }
-        Self { vars }
+        Self { vars, files: read, unreadable }
+    }
+
+    /// A named configuration file that does not exist or cannot be read: a configuration error
+    /// (the operator named it; running on defaults instead would surprise them).
+    pub fn check_named_file(&self) -> Result<(), ConfigError> {
+        match env_file() {
+            Some(path) if !self.files.contains(&path) => Err(ConfigError {
+                var: "ENV_FILE",
+                value: path.display().to_string(),
+                expected: "a readable .env file (--env-file / ENV_FILE)".into(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// A source from explicit pairs (tests).
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        Self { vars: pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
+        Self {
+            vars: pairs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            files: Vec::new(),
+            unreadable: Vec::new(),
+        }
     }
 
     /// The variables whose values differ between two loads (set, unset or changed), sorted.
@@ -229,6 +297,11 @@ impl Source {
         self.parse(var, default, "a whole number of seconds").map(Duration::from_secs)
     }
 }
+
+/// `METRICS_PORT`'s default: outside Prometheus' exporter range (9100-9999, every port of it
+/// allocated; 9100 is node_exporter's, which many miners' hosts run) and clear of the ports beside
+/// a miner (8000 API, 8001 vLLM, 8080 llama.cpp, 9944 subtensor, 11434 Ollama); 78 is the subnet.
+pub const DEFAULT_METRICS_PORT: u16 = 8478;
 
 /// What a SIGHUP applies to the running miner; any other variable that changed is named in the
 /// log as needing a restart (a restart reloads every model and makes a new RSA key, so every
@@ -284,8 +357,17 @@ const NOT_ACTED_ON: &[(&str, &str)] = &[
     ("VLLM_MAX_NUM_BATCHED_TOKENS", "a vLLM launch setting"),
 ];
 
-fn physical_cores() -> i32 {
-    // Hyper-threads hurt llama.cpp (its threads spin-wait); count cores, not logical CPUs.
+/// `LLAMA_THREADS`' default: physical cores, but no more than this process may run on at once.
+/// Hyper-threads hurt llama.cpp (its threads spin-wait), so cores, not logical CPUs; and a CPU
+/// affinity mask (`taskset`) or a cgroup quota (`docker --cpus=8`) that std's
+/// `available_parallelism` sees caps it, or 64 spinning threads share 8 CPUs.
+pub fn default_threads() -> i32 {
+    let allowed = std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(1);
+    physical_cores().map_or(allowed, |cores| cores.min(allowed)).max(1)
+}
+
+/// Distinct (package, core) pairs of `/proc/cpuinfo`; `None` where it does not list them.
+fn physical_cores() -> Option<i32> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let mut cores = std::collections::HashSet::new();
     let (mut phys, mut core) = (None, None);
@@ -300,11 +382,7 @@ fn physical_cores() -> i32 {
             }
         }
     }
-    if cores.is_empty() {
-        std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(1)
-    } else {
-        cores.len() as i32
-    }
+    (!cores.is_empty()).then_some(cores.len() as i32)
 }
 
 impl Config {
@@ -431,9 +509,10 @@ impl Config {
             metrics_host: src.string("METRICS_HOST", "127.0.0.1"),
             metrics_port: match src.get("METRICS_PORT") {
                 Some(v) if v.eq_ignore_ascii_case("off") => None,
-                _ => Some(src.parse("METRICS_PORT", 9100, "a TCP port, or off")?),
+                _ => Some(src.parse("METRICS_PORT", DEFAULT_METRICS_PORT, "a TCP port, or off")?),
             },
             metrics_on_public_port: src.boolean("METRICS_ON_PUBLIC_PORT", false)?,
+            health_grace: src.secs("HEALTH_GRACE_SECONDS", 300)?,
             llm_backend,
             llm_backend_name,
             default_model: src.string("DEFAULT_MODEL", "Qwen/Qwen2.5-32B-Instruct"),
@@ -442,7 +521,7 @@ impl Config {
             default_top_p: top_p,
             model_path: src.get("MODEL_PATH").map(PathBuf::from),
             max_model_len: src.parse("MAX_MODEL_LEN", 8192, "a number of tokens (0 = the model's own)")?,
-            llama_threads: src.parse("LLAMA_THREADS", physical_cores(), "a whole number of threads")?.max(1),
+            llama_threads: src.parse("LLAMA_THREADS", default_threads(), "a whole number of threads")?.max(1),
             llama_gpu_layers: src.parse(
                 "LLAMA_GPU_LAYERS",
                 if cfg!(feature = "cuda") { 999 } else { 0 },
