@@ -9,7 +9,7 @@ use subxt::dynamic;
 use subxt::ext::futures::StreamExt;
 use subxt::{OnlineClient, PolkadotConfig};
 
-use crate::protocol::signature::{ss58_encode, Hotkey, BITTENSOR_SS58_PREFIX};
+use crate::protocol::signature::{ss58_encode, Hotkey};
 
 /// Why a chain operation failed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -265,7 +265,7 @@ impl Head {
             let Some((uid, account, alpha_stake)) = item? else { continue };
             neurons.push(Neuron {
                 uid,
-                hotkey: ss58_encode(&account, BITTENSOR_SS58_PREFIX),
+                hotkey: ss58_encode(&account),
                 validator_permit: permits.get(usize::from(uid)).copied().unwrap_or(false),
                 alpha_stake,
                 incentive: incentives.get(usize::from(uid)).copied().unwrap_or(0),

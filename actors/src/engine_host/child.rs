@@ -5,6 +5,10 @@
 //! It never outlives the node: the kernel kills it when the thread that started it ends (the
 //! worker's host thread lives until the child is reaped, and ends with the node, `kill -9`
 //! included), and it exits by itself once its stdin closes and its last answer is out.
+//!
+//! It ignores SIGTERM and SIGINT: a stop signal sent to the whole process group (systemd's default
+//! `KillMode`, PM2's `treekill`, Ctrl-C in a terminal) is the node's to act on. The node drains its
+//! challenges and then closes our stdin; an engine that died at the signal would fail them.
 
 use std::io::{self, BufWriter, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +32,7 @@ pub const PARENT_PID_VAR: &str = "LOOSH_ENGINE_PARENT_PID";
 /// means a clean end (stdin closed, every answer sent; or a model that failed to load, reported in
 /// the `Ready` frame).
 pub fn run_engine_child() -> i32 {
+    ignore_stop_signals();
     if !die_with_parent() {
         return 1;
     }
@@ -97,6 +102,15 @@ fn take_stdout_for_frames() -> Option<std::fs::File> {
             return None;
         }
         Some(std::fs::File::from_raw_fd(frames))
+    }
+}
+
+/// SIGTERM and SIGINT are for the node (see the module's doc); we stop when our stdin closes.
+fn ignore_stop_signals() {
+    // SAFETY: setting a signal's disposition to SIG_IGN touches no memory of ours.
+    unsafe {
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
     }
 }
 

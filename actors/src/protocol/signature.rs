@@ -3,7 +3,7 @@
 //! Verification runs before any RSA work because it is the cheap check: a flood of forged
 //! key exchanges costs us a few microseconds each, not a private-key operation.
 
-use blake2::{Blake2b512, Digest};
+use subxt::utils::AccountId32;
 use subxt_signer::sr25519;
 use thiserror::Error;
 
@@ -21,41 +21,16 @@ pub enum SignatureError {
     Invalid,
 }
 
-/// Decodes an SS58 address of any network prefix into the 32-byte public key, checking its checksum.
+/// Decodes an SS58 address of any network prefix into the 32-byte public key, checking its
+/// checksum (subxt's `AccountId32`, the chain client's own type).
 pub fn ss58_decode(address: &str) -> Result<[u8; 32], SignatureError> {
-    let raw = bs58::decode(address.trim()).into_vec().map_err(|_| SignatureError::BadAddress)?;
-    let prefix_len = match raw.first() {
-        Some(b) if *b < 64 => 1,
-        Some(b) if *b < 128 => 2,
-        _ => return Err(SignatureError::BadAddress),
-    };
-    if raw.len() != prefix_len + 32 + 2 {
-        return Err(SignatureError::BadAddress);
-    }
-    let (body, checksum) = raw.split_at(prefix_len + 32);
-    if ss58_checksum(body)[..2] != *checksum {
-        return Err(SignatureError::BadAddress);
-    }
-    let mut key = [0u8; 32];
-    key.copy_from_slice(&body[prefix_len..]);
-    Ok(key)
+    address.trim().parse::<AccountId32>().map(|account| account.0).map_err(|_| SignatureError::BadAddress)
 }
 
-/// Encodes a public key as SS58 with a one-byte prefix (< 64).
-pub fn ss58_encode(public: &[u8; 32], prefix: u16) -> String {
-    let mut body = Vec::with_capacity(35);
-    body.push(prefix as u8);
-    body.extend_from_slice(public);
-    let sum = ss58_checksum(&body);
-    body.extend_from_slice(&sum[..2]);
-    bs58::encode(body).into_string()
-}
-
-fn ss58_checksum(body: &[u8]) -> [u8; 64] {
-    let mut h = Blake2b512::new();
-    h.update(b"SS58PRE");
-    h.update(body);
-    h.finalize().into()
+/// Encodes a public key as SS58 with Bittensor's prefix ([`BITTENSOR_SS58_PREFIX`], substrate's
+/// generic 42, which is what subxt's `AccountId32` prints).
+pub fn ss58_encode(public: &[u8; 32]) -> String {
+    AccountId32(*public).to_string()
 }
 
 /// Parses `0x` + 128 hex characters; the `0x` is required, as the Python miner requires it.
@@ -115,7 +90,7 @@ impl Hotkey {
     /// From the 32-byte mini-secret seed (a wallet file's `secretSeed`).
     pub fn from_seed(seed: [u8; 32]) -> Result<Self, SignatureError> {
         let pair = sr25519::Keypair::from_secret_key(seed).map_err(|_| SignatureError::BadAddress)?;
-        let ss58 = ss58_encode(&pair.public_key().0, BITTENSOR_SS58_PREFIX);
+        let ss58 = ss58_encode(&pair.public_key().0);
         Ok(Self { pair, ss58 })
     }
 
