@@ -15,8 +15,10 @@ use crate::config::Config;
 pub enum StartError {
     #[error(transparent)]
     Chain(#[from] ChainError),
-    #[error("hotkey {hotkey} is not registered on subnet {netuid}: register it with `btcli subnet register --netuid {netuid} --wallet.name {wallet} --wallet.hotkey {hotkey_name}`")]
-    NotRegistered { hotkey: String, netuid: u16, wallet: String, hotkey_name: String },
+    /// The hint names the network and netuid in use: without `--subtensor.network`, btcli
+    /// registers on mainnet (and spends real TAO) for a miner configured for testnet.
+    #[error("hotkey {hotkey} is not registered on subnet {netuid} of {network}: register it with `btcli subnet register --subtensor.network {network} --netuid {netuid} --wallet.name {wallet} --wallet.hotkey {hotkey_name}`")]
+    NotRegistered { hotkey: String, netuid: u16, network: String, wallet: String, hotkey_name: String },
     #[error("{0}")]
     Config(String),
 }
@@ -34,36 +36,62 @@ pub fn settings(cfg: &Config, url: String) -> ChainSettings {
     }
 }
 
-/// Connects (a few tries) and checks that `hotkey` is registered on `NETUID`; returns the client
-/// and our uid.
-pub async fn connect_and_check(cfg: &Config, hotkey: &Hotkey) -> Result<(ChainClient, u16), StartError> {
+/// How long [`connect_and_check`] keeps trying to reach the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// A few tries over ~15 s (commands an operator runs by hand).
+    Few,
+    /// Until it answers, backing off to once a minute: a node that starts during a chain outage
+    /// waits for it instead of exiting into systemd's start limit or PM2's `max_restarts`.
+    Forever,
+}
+
+impl StartError {
+    /// Whether restarting with the same configuration cannot help (the node exits with
+    /// `EX_CONFIG`, which the unit and the PM2 file do not restart).
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, StartError::NotRegistered { .. } | StartError::Config(_))
+    }
+}
+
+/// Connects and checks that `hotkey` is registered on `NETUID`; returns the client and our uid.
+/// A chain that cannot be reached (or read) is retried as `retry` says; each retry is logged.
+pub async fn connect_and_check(cfg: &Config, hotkey: &Hotkey, retry: Retry) -> Result<(ChainClient, u16), StartError> {
     let url = cfg.chain_url().map_err(|e| StartError::Config(e.to_string()))?;
     let mut wait = Duration::from_secs(1);
-    let client = loop {
-        match ChainClient::connect(&url).await {
-            Ok(c) => break c,
-            Err(e) if wait <= Duration::from_secs(8) => {
-                tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "chain unreachable at start");
+    loop {
+        let attempt = match ChainClient::connect(&url).await {
+            Ok(client) => match client.uid_of(cfg.netuid, hotkey.account_id()).await {
+                Ok(uid) => Ok((client, uid)),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        match attempt {
+            Ok((client, Some(uid))) => return Ok((client, uid)),
+            Ok((_, None)) => {
+                return Err(StartError::NotRegistered {
+                    hotkey: hotkey.ss58().into(),
+                    netuid: cfg.netuid,
+                    network: cfg.subtensor_network.clone(),
+                    wallet: cfg.wallet_name.clone(),
+                    hotkey_name: cfg.hotkey_name.clone(),
+                })
+            }
+            // Few: waits of 1, 2, 4 and 8 s, then the error.
+            Err(e) if retry == Retry::Forever || wait <= Duration::from_secs(8) => {
+                tracing::warn!(error = %e, %url, retry_in_s = wait.as_secs(), "chain unreachable at start; retrying");
                 tokio::time::sleep(wait).await;
-                wait *= 2;
+                wait = (wait * 2).min(Duration::from_secs(60));
             }
             Err(e) => return Err(e.into()),
         }
-    };
-    match client.uid_of(cfg.netuid, hotkey.account_id()).await? {
-        Some(uid) => Ok((client, uid)),
-        None => Err(StartError::NotRegistered {
-            hotkey: hotkey.ss58().into(),
-            netuid: cfg.netuid,
-            wallet: cfg.wallet_name.clone(),
-            hotkey_name: cfg.hotkey_name.clone(),
-        }),
     }
 }
 
 /// `loosh-miner post-ip`: submits `serve_axon` and waits for inclusion, as `fiber-post-ip` does.
 pub async fn post_ip(cfg: &Config, hotkey: &Hotkey, ip: IpAddr, port: u16) -> Result<(), StartError> {
-    let (client, uid) = connect_and_check(cfg, hotkey).await?;
+    let (client, uid) = connect_and_check(cfg, hotkey, Retry::Few).await?;
     println!("hotkey {} is uid {uid} on subnet {}", hotkey.ss58(), cfg.netuid);
     if let Some(current) = client.axon_of(cfg.netuid, hotkey.account_id()).await?.and_then(|a| a.addr()) {
         println!("the chain holds {}:{}", current.0, current.1);

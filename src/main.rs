@@ -20,6 +20,10 @@ struct Cli {
     /// Local development: an ephemeral hotkey, no wallet, no chain.
     #[arg(long, global = true)]
     dev: bool,
+    /// The configuration file (`.env` syntax), read instead of `./.env` and `/workspace/.env` and
+    /// re-read on SIGHUP; also `ENV_FILE`. The environment still wins over it.
+    #[arg(long, global = true, value_name = "FILE")]
+    env_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -67,10 +71,34 @@ enum Command {
     EngineChild,
 }
 
+/// `EX_CONFIG` (sysexits.h): the configuration is wrong and no restart helps; the systemd unit's
+/// `RestartPreventExitStatus` and the PM2 file's `stop_exit_codes` name it. Any other failure
+/// exits 1 and is restarted.
+const EXIT_CONFIG: i32 = 78;
+
+/// Whether a failed start is the configuration's fault: a restart with the same file fails again.
+fn is_configuration_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.is::<loosh_miner::config::ConfigError>()
+            || cause.is::<wallet::WalletError>()
+            || cause.downcast_ref::<chain::StartError>().is_some_and(chain::StartError::is_configuration)
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(path) = cli.env_file.clone() {
+        loosh_miner::config::set_env_file(path);
+    }
     match cli.command.unwrap_or(Command::Run) {
-        Command::Run => run(cli.dev),
+        Command::Run => match run(cli.dev) {
+            Err(e) if is_configuration_error(&e) => {
+                tracing::error!("configuration error, not restarting (exit {EXIT_CONFIG}): {e:#}");
+                eprintln!("Error: {e:?}");
+                std::process::exit(EXIT_CONFIG);
+            }
+            other => other,
+        },
         Command::Probe { url, prompt, max_tokens, validator_seed } => {
             let validator_seed = validator_seed
                 .map(|s| {
@@ -116,7 +144,12 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Config => {
-            let cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
+            let src = Source::load();
+            for line in &src.unreadable {
+                println!("unreadable: {line} (skipped, as python-dotenv skips it)");
+            }
+            src.check_named_file().context("invalid configuration")?;
+            let cfg = Config::from_source(&src).context("invalid configuration")?;
             cfg.validate().context("invalid configuration")?;
             for line in cfg.summary() {
                 println!("{line}");
@@ -152,10 +185,11 @@ fn load_config(src: &Source, dev: bool) -> Result<Config, loosh_miner::config::C
     Ok(cfg)
 }
 
-/// SIGHUP: re-reads the environment, `.env` and `WORKERS_FILE`; applies the lists, the rate limits,
-/// the log level and the workers (added, removed or changed ones; the others keep running) without
-/// touching keys or in-flight challenges; names what needs a restart. A configuration that does
-/// not load is refused whole and the running one kept.
+/// SIGHUP: re-reads the configuration file (`--env-file`, else `.env`) and `WORKERS_FILE`; applies
+/// the lists, the rate limits, the log level and the workers (added, removed or changed ones; the
+/// others keep running) without touching keys or in-flight challenges; names what needs a
+/// restart, and says so when nothing changed. A configuration that does not load is refused whole
+/// and the running one kept. (The process environment is fixed for its life: only a file reloads.)
 async fn reload(
     dev: bool,
     old_src: &Source,
@@ -165,7 +199,10 @@ async fn reload(
     gpus: &[(usize, String)],
 ) -> Option<(Source, Config)> {
     let src = Source::load();
-    let loaded = load_config(&src, dev).and_then(|c| c.validate().map(|()| c));
+    for line in &src.unreadable {
+        tracing::warn!("{line} could not be read; it sets nothing (as in python-dotenv)");
+    }
+    let loaded = src.check_named_file().and_then(|()| load_config(&src, dev)).and_then(|c| c.validate().map(|()| c));
     let (cfg, specs, servers) = match loaded.and_then(|c| {
         let specs = workers::worker_specs(&c, gpus)?;
         let servers = workers::managed_servers(&c)?;
@@ -188,6 +225,10 @@ async fn reload(
     });
     if servers_changed {
         restart.push("WORKERS (a managed server's command)".into());
+    }
+    if applied.is_empty() && restart.is_empty() {
+        tracing::info!(files = ?src.files, "configuration re-read (SIGHUP): nothing changed");
+        return Some((src, cfg));
     }
     match node.graph.set_workers(specs).await {
         Ok(changes) if changes.added.len() + changes.removed.len() + changes.replaced.len() > 0 => {
@@ -215,7 +256,7 @@ async fn reload(
     if (cfg.rate_limit_enabled, &cfg.rate_limits) != (old.rate_limit_enabled, &old.rate_limits) {
         node.graph.set_rate_limits(cfg.rate_limit_enabled.unwrap_or(true).then_some(&cfg.rate_limits));
     }
-    tracing::info!(applied = ?applied, "configuration reloaded (SIGHUP)");
+    tracing::info!(applied = ?applied, files = ?src.files, "configuration reloaded (SIGHUP)");
     if !restart.is_empty() {
         tracing::warn!("changed but applied only at the next restart: {}", restart.join(", "));
     }
@@ -232,8 +273,12 @@ fn deny(auth: &ValidatorAuth, node: &Node, hotkeys: &[String]) {
 
 fn run(dev: bool) -> anyhow::Result<()> {
     let src = Source::load();
-    let cfg = load_config(&src, dev).context("invalid configuration")?;
+    let cfg = src.check_named_file().and_then(|()| load_config(&src, dev)).context("invalid configuration")?;
     let _log_guard = init_logs(&cfg)?;
+    tracing::info!(files = ?src.files, "configuration read");
+    for line in &src.unreadable {
+        tracing::warn!("{line} could not be read; it sets nothing (as in python-dotenv)");
+    }
     cfg.validate().context("invalid configuration")?;
     for line in cfg.summary() {
         tracing::info!("{line}");
@@ -245,16 +290,15 @@ fn run(dev: bool) -> anyhow::Result<()> {
 
     let actors =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("actors").enable_all().build()?;
-    let (hotkey, chain_url) = if dev {
+    let hotkey = if dev {
         tracing::warn!("--dev: using an ephemeral hotkey; no wallet is read and the chain is not contacted");
-        (Hotkey::ephemeral(), None)
+        Hotkey::ephemeral()
     } else {
-        let hotkey = wallet::load_hotkey(&cfg.wallet_path)?;
-        let (client, uid) = actors.block_on(chain::connect_and_check(&cfg, &hotkey))?;
-        tracing::info!(uid, netuid = cfg.netuid, url = %client.url(), "registered on the subnet");
-        (hotkey, Some(client.url().to_string()))
+        wallet::load_hotkey(&cfg.wallet_path)?
     };
     tracing::info!(hotkey = %hotkey.ss58(), "miner hotkey");
+    // Checked before any model loads: a wrong network name is a configuration error.
+    let chain_url = if dev { None } else { Some(cfg.chain_url().context("invalid configuration")?) };
 
     let auth = Arc::new(if dev && cfg.validator_hotkeys.is_empty() {
         tracing::warn!("--dev without VALIDATOR_HOTKEYS: every validator hotkey is admitted");
@@ -277,13 +321,9 @@ fn run(dev: bool) -> anyhow::Result<()> {
     for spec in &specs {
         tracing::info!(worker = %spec.name, device = %spec.device, engine = ?spec.engine, process = ?spec.process, "worker configured");
     }
-    let parts = NodeParts {
-        hotkey,
-        workers: specs,
-        auth: auth.clone(),
-        chain_url,
-        listen: (cfg.api_host.clone(), cfg.api_port),
-    };
+    // The chain actors start once the chain has answered (below), so that a chain outage at boot
+    // is waited out while serving `/availability: false`.
+    let parts = NodeParts { hotkey: hotkey.clone(), workers: specs, auth: auth.clone(), chain_url: None, listen: (cfg.api_host.clone(), cfg.api_port) };
     // Servers the miner runs itself come up before the workers that call them.
     let server_specs = workers::managed_servers(&cfg).context("invalid configuration")?;
     let servers = actors.block_on(async {
@@ -295,6 +335,11 @@ fn run(dev: bool) -> anyhow::Result<()> {
         servers
     });
     let node = actors.block_on(Node::start(&cfg, parts))?;
+    if chain_url.is_some() {
+        // Nothing is admitted before our registration is confirmed (the workers are still loading
+        // when the listener opens, so nothing is admitted before this either).
+        set_admission(&node, false);
+    }
     tracing::info!(addr = %node.addr, "serving validators");
     match node.http.ops_addr {
         Some(addr) => tracing::info!(%addr, "serving /health and /metrics to the operator"),
@@ -302,26 +347,44 @@ fn run(dev: bool) -> anyhow::Result<()> {
         None => tracing::info!("/health and /metrics are not served (METRICS_PORT=off)"),
     }
 
-    actors.block_on(async {
+    let outcome = actors.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut hup = signal(SignalKind::hangup())?;
         let (mut src, mut cfg) = (src, cfg);
-        loop {
+        let chain_cfg = cfg.clone();
+        let mut waiting_for_chain = chain_url.is_some();
+        let chain_check = chain::connect_and_check(&chain_cfg, &hotkey, chain::Retry::Forever);
+        tokio::pin!(chain_check);
+        let outcome: anyhow::Result<()> = loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
-                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break Ok(()),
+                _ = term.recv() => break Ok(()),
                 _ = hup.recv() => {
                     if let Some((new_src, new_cfg)) = reload(dev, &src, &cfg, &node, &auth, &gpus).await {
                         (src, cfg) = (new_src, new_cfg);
                     }
                 }
+                checked = &mut chain_check, if waiting_for_chain => {
+                    waiting_for_chain = false;
+                    let started = match checked {
+                        Ok((client, uid)) => {
+                            tracing::info!(uid, netuid = chain_cfg.netuid, url = %client.url(), "registered on the subnet");
+                            node.start_chain(&chain_cfg, &hotkey, client.url().to_string()).await
+                        }
+                        Err(e) => Err(e.into()),
+                    };
+                    match started {
+                        Ok(()) => set_admission(&node, true),
+                        Err(e) => break Err(e),
+                    }
+                }
             }
-        }
+        };
         tracing::info!("shutting down: closing admission, finishing in-flight challenges");
         node.stop().await;
         servers.stop().await;
-        Ok::<_, std::io::Error>(())
+        Ok::<_, std::io::Error>(outcome)
     })?;
     // The engines free their contexts and models on their own threads; a GPU context freed after
     // main returns (the CUDA driver already shut down) aborts the process instead of exiting 0.
@@ -330,5 +393,10 @@ fn run(dev: bool) -> anyhow::Result<()> {
     } else {
         tracing::warn!("an engine did not stop within 30 s; exiting anyway");
     }
-    Ok(())
+    outcome
+}
+
+/// Opens or closes admission (`/availability` says `admission closed` while it is closed).
+fn set_admission(node: &Node, open: bool) {
+    let _ = node.graph.scheduler.cast(loosh_actors::scheduler::SchedulerMsg::SetAdmission(open));
 }

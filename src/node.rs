@@ -59,6 +59,7 @@ pub fn http_settings(cfg: &Config) -> HttpSettings {
         ops_listen: cfg.metrics_port.map(|port| (cfg.metrics_host.clone(), port)),
         ops_on_public_port: cfg.metrics_on_public_port,
         api_docs: cfg.enable_api_docs,
+        health_grace: cfg.health_grace,
     }
 }
 
@@ -130,25 +131,7 @@ impl Node {
         }
         crate::process_metrics::register(&graph.metrics.registry)?;
         if let Some(url) = parts.chain_url {
-            let args = HeartbeatArgs {
-                settings: crate::chain::settings(cfg, url),
-                hotkey: parts.hotkey.clone(),
-                auth: parts.auth.clone(),
-                keys: graph.keys.clone(),
-                metrics: graph.metrics.clone(),
-            };
-            graph.spawn_chain(args).await?;
-            if let Some(url) = &cfg.challenge_api_url {
-                let args = ChallengeApiArgs {
-                    url: url.clone(),
-                    hotkey: parts.hotkey.clone(),
-                    every: cfg.challenge_api_poll,
-                    auth: parts.auth.clone(),
-                    keys: graph.keys.clone(),
-                    metrics: graph.metrics.clone(),
-                };
-                graph.spawn_challenge_api(args).await?;
-            }
+            start_chain(&graph, cfg, &parts.hotkey, url).await?;
         }
         let (host, port) = parts.listen;
         let http = HttpNode::start(
@@ -159,8 +142,14 @@ impl Node {
             port,
             cfg.http_workers,
         )
-        .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Self { graph, addr: http.addr, http })
+    }
+
+    /// Starts the chain actors (heartbeat, Challenge API poller) once the chain answers: `main`
+    /// serves before that, with admission closed, when the chain is down at boot.
+    pub async fn start_chain(&self, cfg: &Config, hotkey: &Hotkey, url: String) -> anyhow::Result<()> {
+        start_chain(&self.graph, cfg, hotkey, url).await
     }
 
     /// Graceful stop: admission closes, in-flight challenges finish, then every actor stops.
@@ -169,6 +158,30 @@ impl Node {
         self.http.stop().await;
         self.graph.stop();
     }
+}
+
+/// The heartbeat under the graph's root, and the Challenge API poller when `CHALLENGE_API_URL` is set.
+async fn start_chain(graph: &MinerGraph, cfg: &Config, hotkey: &Hotkey, url: String) -> anyhow::Result<()> {
+    let args = HeartbeatArgs {
+        settings: crate::chain::settings(cfg, url),
+        hotkey: hotkey.clone(),
+        auth: graph.auth.clone(),
+        keys: graph.keys.clone(),
+        metrics: graph.metrics.clone(),
+    };
+    graph.spawn_chain(args).await?;
+    if let Some(url) = &cfg.challenge_api_url {
+        let args = ChallengeApiArgs {
+            url: url.clone(),
+            hotkey: hotkey.clone(),
+            every: cfg.challenge_api_poll,
+            auth: graph.auth.clone(),
+            keys: graph.keys.clone(),
+            metrics: graph.metrics.clone(),
+        };
+        graph.spawn_challenge_api(args).await?;
+    }
+    Ok(())
 }
 
 /// A running HTTP server (and the operator's, when configured) on its own actix system thread.
@@ -197,6 +210,7 @@ impl HttpNode {
             settings,
             started: Instant::now(),
             refusals: RefusalLog::default(),
+            ready_clock: Default::default(),
         });
         let (tx, rx) = std::sync::mpsc::channel();
         let host = host.to_string();
@@ -208,7 +222,7 @@ impl HttpNode {
                         Err(e) => {
                             let _ = tx.send(Err(std::io::Error::new(
                                 e.kind(),
-                                format!("cannot listen on {ops_host}:{ops_port} for /metrics: {e}"),
+                                format!("METRICS_PORT={ops_port}: cannot listen on {ops_host}:{ops_port} for /health and /metrics ({e}); set METRICS_PORT to a free port, or off"),
                             )));
                             return Ok(());
                         }
@@ -228,7 +242,10 @@ impl HttpNode {
                         }
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(e));
+                        let _ = tx.send(Err(std::io::Error::new(
+                            e.kind(),
+                            format!("API_PORT={port}: cannot listen on {host}:{port} ({e})"),
+                        )));
                         Ok(())
                     }
                 }

@@ -86,7 +86,7 @@ mod tests {
     #[test]
     fn the_address_follows_the_miners_own_settings() {
         let cfg = |pairs: &[(&str, &str)]| Config::from_source(&Source::from_pairs(pairs.iter().copied())).unwrap();
-        assert_eq!(ops_address(&cfg(&[])).unwrap(), "127.0.0.1:9100");
+        assert_eq!(ops_address(&cfg(&[])).unwrap(), "127.0.0.1:8478");
         assert_eq!(
             ops_address(&cfg(&[("METRICS_HOST", "0.0.0.0"), ("METRICS_PORT", "9200")])).unwrap(),
             "127.0.0.1:9200"

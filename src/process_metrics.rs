@@ -11,8 +11,17 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Counter, Gauge, IntGaugeVec, Opts, Registry};
 
-/// Kernel clock ticks per second in `/proc/*/stat` (USER_HZ: 100 on every Linux ABI we build for).
-const TICKS_PER_SEC: f64 = 100.0;
+/// Kernel clock ticks per second in `/proc/*/stat` (USER_HZ), as the C library reports it: 100 on
+/// the common ABIs, but not a constant of the kernel's interface.
+fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf reads a configuration value and touches no memory of ours.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
 
 /// Adds `loosh_build_info` and the process collector to `registry` (once per registry).
 pub fn register(registry: &Registry) -> prometheus::Result<()> {
@@ -71,7 +80,7 @@ impl ProcessCollector {
         // Numbered as in proc(5) minus 3: utime 14, stime 15, num_threads 20, starttime 22, vsize 23.
         let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
         if let (Some(utime), Some(stime)) = (field(14), field(15)) {
-            let cpu = (utime + stime) / TICKS_PER_SEC;
+            let cpu = (utime + stime) / ticks_per_sec();
             self.cpu.inc_by((cpu - self.cpu.get()).max(0.0));
         }
         if let Some(threads) = field(20) {
@@ -84,7 +93,7 @@ impl ProcessCollector {
             .ok()
             .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok()));
         if let (Some(boot), Some(start)) = (boot, field(22)) {
-            self.start_time.set(boot + start / TICKS_PER_SEC);
+            self.start_time.set(boot + start / ticks_per_sec());
         }
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         if let Some(kb) =

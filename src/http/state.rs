@@ -30,6 +30,8 @@ pub struct HttpSettings {
     pub ops_on_public_port: bool,
     /// `ENABLE_API_DOCS`: serve `/openapi.json`, `/docs` and `/redoc` on the public port.
     pub api_docs: bool,
+    /// `HEALTH_GRACE_SECONDS`: `/health` answers 503 once no worker has been ready this long.
+    pub health_grace: Duration,
 }
 
 impl Default for HttpSettings {
@@ -45,6 +47,7 @@ impl Default for HttpSettings {
             ops_listen: Some(("127.0.0.1".into(), 0)),
             ops_on_public_port: false,
             api_docs: false,
+            health_grace: Duration::from_secs(300),
         }
     }
 }
@@ -56,4 +59,6 @@ pub struct AppState {
     pub settings: HttpSettings,
     pub started: Instant,
     pub refusals: RefusalLog,
+    /// Since when no worker has been ready (`/health`).
+    pub ready_clock: super::status::ReadyClock,
 }
