@@ -259,7 +259,13 @@ fn the_systemd_unit_verifies_and_outwaits_the_drain() {
     assert_eq!(setting(&unit, "Restart"), "on-failure");
     assert_eq!(setting(&unit, "StandardOutput"), "journal");
     assert_eq!(setting(&unit, "ExecReload"), "/bin/kill -HUP $MAINPID", "reload is the miner's SIGHUP");
-    assert!(setting(&unit, "EnvironmentFile").starts_with('/'));
+    // The miner reads the file itself (and re-reads it on reload); systemd puts nothing of it in
+    // the environment, where it would be fixed and win over the file.
+    assert!(setting(&unit, "ExecStart").ends_with(" --env-file /etc/loosh-miner/miner.env"), "{unit}");
+    assert!(!unit.lines().any(|l| l.starts_with("EnvironmentFile")), "{unit}");
+    // SIGTERM to the miner only; it stops its children when their challenges are answered.
+    assert_eq!(setting(&unit, "KillMode"), "mixed");
+    assert_eq!(setting(&unit, "RestartPreventExitStatus"), "78", "a configuration error is not restarted");
 }
 
 #[test]
@@ -276,6 +282,8 @@ fn the_pm2_file_loads_and_outwaits_the_drain() {
     assert_eq!(app["interpreter"], "none");
     assert!(app["kill_timeout"].as_u64().unwrap() > DRAIN_SECS * 1000, "{app}");
     assert!(app["script"].as_str().unwrap().ends_with("target/release/loosh-miner"), "{app}");
+    assert_eq!(app["treekill"], false, "the stop signal goes to the miner, not to its children: {app}");
+    assert_eq!(app["stop_exit_codes"], serde_json::json!([78]), "a configuration error is not restarted: {app}");
 }
 
 #[test]
@@ -528,4 +536,397 @@ async fn a_worker_with_a_command_gets_its_server_started_watched_restarted_and_s
         async move { gone }
     })
     .await;
+}
+
+/// The values python-dotenv 1.2 (the Python miner's parser, through pydantic-settings) reads from
+/// `path`, and the lines it could not parse, with only `vars` in its environment.
+fn python_dotenv(path: &Path, vars: &[(&str, &str)]) -> (Vec<(String, String)>, Vec<usize>) {
+    let script = r#"
+import json, logging, sys
+lines = []
+class Lines(logging.Handler):
+    def emit(self, record):
+        lines.append(int(record.getMessage().rsplit(" ", 1)[1]))
+logging.getLogger("dotenv.main").addHandler(Lines())
+from dotenv import dotenv_values
+values = dotenv_values(sys.argv[1])
+print(json.dumps({"values": [[k, v] for k, v in values.items() if v is not None], "lines": lines}))
+"#;
+    let mut cmd = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python3"));
+    cmd.arg("-c").arg(script).arg(path).env_clear();
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("the test venv's python runs (scripts/install.sh --test)");
+    assert!(out.status.success(), "{}", text(&out));
+    let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let values = parsed["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|kv| (kv[0].as_str().unwrap().to_string(), kv[1].as_str().unwrap().to_string()))
+        .collect();
+    let lines = parsed["lines"].as_array().unwrap().iter().map(|n| n.as_u64().unwrap() as usize).collect();
+    (values, lines)
+}
+
+/// Ours, on the same file and environment.
+fn our_dotenv(path: &Path, vars: &[(&str, &str)]) -> (Vec<(String, String)>, Vec<usize>) {
+    let parsed = loosh_miner::config::dotenv::parse(&std::fs::read_to_string(path).unwrap());
+    let values = parsed.expand(|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()));
+    // python-dotenv's dict keeps a key's first position and its last value.
+    let mut merged: Vec<(String, String)> = Vec::new();
+    for (k, v) in values {
+        match merged.iter_mut().find(|(mk, _)| *mk == k) {
+            Some(slot) => slot.1 = v,
+            None => merged.push((k, v)),
+        }
+    }
+    (merged, parsed.unreadable)
+}
+
+#[test]
+fn env_files_are_read_as_python_dotenv_reads_them_env_example_uncommented_included() {
+    let dir = tempfile::tempdir().unwrap();
+    // env.example with every commented setting uncommented (the WORKERS examples among them).
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/env.example")).unwrap();
+    let uncommented: String = example
+        .lines()
+        .map(|l| match l.strip_prefix('#') {
+            Some(rest) if rest.split('=').next().is_some_and(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_uppercase() || c == '_')) && rest.contains('=') => rest.to_string(),
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(uncommented.contains("\nWORKERS=[{"), "the WORKERS examples are uncommented");
+    let tricky = concat!(
+        "# a comment\n",
+        "PLAIN=value\n",
+        "SPACED = spaced value   \n",
+        "export EXPORTED=yes\n",
+        "LIST=a, b\n",
+        "INLINE=kept # dropped\n",
+        "HASH=no#comment\n",
+        "SINGLE='it''s #1'\n",
+        "SQ='a \\' b \\\\ c \\n'\n",
+        "DQ=\"tab\\there \\\"q\\\" \\\\ \\n new \\x\"\n",
+        "MULTI=\"line one\n",
+        "line two\"\n",
+        "'QUOTED_KEY'=quoted key\n",
+        "EMPTY=\n",
+        "BARE\n",
+        "EXPANDED=${PLAIN}-${FROM_ENV}-${MISSING:-fallback}-${MISSING}\n",
+        "NOT_EXPANDED=$PLAIN ${PLAIN:default}\n",
+        "JSON=[{\"kind\":\"openai\",\"command\":\"vllm serve 'a b'\"}]\n",
+        "=no key\n",
+        "BAD KEY=1\n",
+        "AFTER=still read\n",
+        "TRAIL=\"x\" junk\n",
+        "CRLF=windows\r\n",
+        "PLAIN=second wins\n",
+        "LAST=last\n",
+        "UNCLOSED=\"never closed",
+    );
+    let vars = [("FROM_ENV", "env"), ("HOME", "/home/x")];
+    for (name, text) in [("example.env", uncommented.as_str()), ("tricky.env", tricky)] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let (python, python_lines) = python_dotenv(&path, &vars);
+        let (ours, our_lines) = our_dotenv(&path, &vars);
+        assert_eq!(ours, python, "{name}");
+        assert_eq!(our_lines, python_lines, "{name}: the lines that cannot be read");
+        if name == "tricky.env" {
+            assert!(!python_lines.is_empty());
+            let get = |k: &str| ours.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+            assert_eq!(get("LIST"), Some("a, b"));
+            assert_eq!(get("MULTI"), Some("line one\nline two"));
+            assert_eq!(get("AFTER"), Some("still read"), "a bad line costs only itself");
+        }
+    }
+}
+
+#[test]
+fn config_reads_what_python_dotenv_reads_and_names_each_unreadable_line_without_its_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Hotkey::ephemeral(), Hotkey::ephemeral());
+    std::fs::write(
+        dir.path().join(".env"),
+        format!(
+            "VALIDATOR_HOTKEYS={}, {}\nLLAMA_THREADS=3 # three\nOPENAI_API_KEY=\"sk-secret-value\nBAD LINE=sk-another-secret\n",
+            a.ss58(),
+            b.ss58()
+        ),
+    )
+    .unwrap();
+    let out = run_miner(dir.path(), &["config"], &[]);
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    assert!(printed.contains("with 2 static hotkeys"), "`a, b` is both hotkeys: {printed}");
+    assert!(printed.contains(", 3 threads,"), "{printed}");
+    assert!(printed.contains("unreadable: .env line 3"), "{printed}");
+    assert!(printed.contains("unreadable: .env line 4"), "{printed}");
+    assert!(!printed.contains("secret"), "a line that cannot be read is named, never shown: {printed}");
+
+    // A file named with --env-file is read instead of ./.env; the environment wins over it.
+    let named = dir.path().join("miner.env");
+    std::fs::write(&named, "LLAMA_THREADS=5\nNETUID=11\n").unwrap();
+    let out = run_miner(dir.path(), &["--env-file", named.to_str().unwrap(), "config"], &[("NETUID", "12")]);
+    let printed = text(&out);
+    assert!(printed.contains(", 5 threads,") && printed.contains("netuid 12 "), "{printed}");
+    assert!(printed.contains("with 0 static hotkeys"), "./.env is not read beside --env-file: {printed}");
+    // A named file that is not there is a configuration error.
+    let out = run_miner(dir.path(), &["config"], &[("ENV_FILE", "/nonexistent/miner.env")]);
+    assert!(!out.status.success() && text(&out).contains("ENV_FILE"), "{}", text(&out));
+}
+
+#[test]
+fn llama_threads_default_to_the_cpus_this_process_may_use_not_the_hosts_cores() {
+    let dir = tempfile::tempdir().unwrap();
+    let threads = |taskset: Option<&str>| {
+        let mut cmd = match taskset {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpus]).arg(env!("CARGO_BIN_EXE_loosh-miner"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_loosh-miner")),
+        };
+        cmd.arg("config").env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).current_dir(dir.path());
+        let out = cmd.output().expect("taskset runs (util-linux)");
+        let printed = text(&out);
+        assert!(out.status.success(), "{printed}");
+        let n = printed.split(" threads,").next().and_then(|s| s.rsplit(' ').next()).and_then(|n| n.parse::<usize>().ok());
+        n.unwrap_or_else(|| panic!("no thread count in {printed}"))
+    };
+    let unpinned = threads(None);
+    assert!(unpinned >= 1);
+    // One CPU allowed (a cgroup quota or affinity mask of one): one thread, however many cores.
+    assert_eq!(threads(Some("0")), 1);
+    let allowed = std::thread::available_parallelism().unwrap().get();
+    if allowed >= 2 {
+        assert_eq!(threads(Some("0,1")), 2.min(unpinned), "two CPUs allowed");
+    }
+}
+
+#[test]
+fn a_configuration_error_exits_78_and_a_missing_hotkey_is_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_miner(dir.path(), &[], &[("API_PORT", "eighty")]);
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(text(&out).contains("API_PORT"), "{}", text(&out));
+    let out = run_miner(dir.path(), &[], &[("WALLET_PATH", dir.path().to_str().unwrap())]);
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(text(&out).contains("not found"), "{}", text(&out));
+}
+
+#[test]
+fn a_chain_outage_at_start_is_waited_out_serving_availability_false() {
+    // A wallet that loads, and a chain port that nobody listens on.
+    let dir = tempfile::tempdir().unwrap();
+    let hotkeys = dir.path().join("miner/hotkeys");
+    std::fs::create_dir_all(&hotkeys).unwrap();
+    std::fs::write(
+        hotkeys.join("miner"),
+        format!(r#"{{"secretSeed":"0x{}"}}"#, "11".repeat(32)),
+    )
+    .unwrap();
+    let closed = common::free_port();
+    let port = common::free_port();
+    let ops_port = common::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loosh-miner"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .env("WALLET_PATH", dir.path())
+        .env("SUBTENSOR_ADDRESS", format!("ws://127.0.0.1:{closed}"))
+        .env("MODEL_PATH", common::tiny_model())
+        .env("API_HOST", "127.0.0.1")
+        .env("API_PORT", port.to_string())
+        .env("METRICS_PORT", ops_port.to_string())
+        .env("LLAMA_THREADS", "1")
+        .env("MAX_MODEL_LEN", "2048")
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    {
+        use std::io::BufRead;
+        let (stdout, sink) = (child.stdout.take().unwrap(), log.clone());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+    }
+    let retries = || log.lock().unwrap().iter().filter(|l| l.contains("chain unreachable at start; retrying")).count();
+    let end = Instant::now() + Duration::from_secs(60);
+    let ops = format!("127.0.0.1:{ops_port}");
+    // Retrying past the old give-up point (four tries), the worker loaded, and still unavailable.
+    loop {
+        let healthy =
+            loosh_miner::ops_client::get(&ops, "/health", Duration::from_secs(2)).is_ok_and(|b| b.contains("Ready"));
+        if retries() >= 5 && healthy {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the miner exited:\n{}", log.lock().unwrap().join("\n"));
+        assert!(Instant::now() < end, "no retries while serving:\n{}", log.lock().unwrap().join("\n"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let availability =
+        loosh_miner::ops_client::get(&format!("127.0.0.1:{port}"), "/availability", Duration::from_secs(5)).unwrap();
+    assert!(availability.contains("\"available\":false"), "{availability}");
+    // SAFETY: kill takes a pid and a signal number; the pid is our unreaped child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "a stop while waiting for the chain is a clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_re_reads_the_named_file_and_says_when_nothing_changed() {
+    let validator = Hotkey::ephemeral();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("miner.env");
+    std::fs::write(&file, "LOG_LEVEL=INFO\nVALIDATOR_HOTKEYS=\n").unwrap();
+    let env_file = file.to_str().unwrap().to_string();
+    // As the unit runs it: the file named, nothing of it in the environment.
+    let miner = MinerProcess::start_in(&common::tiny_model(), true, &[("ENV_FILE", &env_file)], dir.path());
+    let mut v = ValidatorClient::new(&miner.url, validator.clone());
+    v.handshake().await.expect("--dev without a list admits anyone");
+
+    let seen = miner.log.lock().unwrap().len();
+    miner.signal("HUP");
+    let line = miner.wait_for_log("nothing changed", seen);
+    assert!(line.contains(&env_file), "{line}");
+
+    // Edited as an operator edits it: a quoted list with a comment, python-dotenv style.
+    let other = Hotkey::ephemeral();
+    std::fs::write(&file, format!("LOG_LEVEL=DEBUG\nVALIDATOR_HOTKEYS=\"{}, {}\"  # two\n", validator.ss58(), other.ss58()))
+        .unwrap();
+    let seen = miner.log.lock().unwrap().len();
+    miner.signal("HUP");
+    let line = miner.wait_for_log("configuration reloaded", seen);
+    assert!(line.contains("LOG_LEVEL") && line.contains("VALIDATOR_HOTKEYS") && line.contains(&env_file), "{line}");
+    let mut stranger = ValidatorClient::new(&miner.url, Hotkey::ephemeral());
+    assert!(stranger.handshake().await.is_err(), "the list from the file applies");
+    ValidatorClient::new(&miner.url, other).handshake().await.expect("both listed hotkeys are allowed");
+    v.challenge(&challenge_body("Say something.", 8, 0.7)).await.expect("the listed validator's key survived");
+    assert!(miner.log.lock().unwrap().iter().skip(seen).any(|l| l.contains("DEBUG")), "LOG_LEVEL=DEBUG applied");
+
+    let seen = miner.log.lock().unwrap().len();
+    miner.signal("HUP");
+    miner.wait_for_log("nothing changed", seen);
+    assert!(!miner.log.lock().unwrap().iter().skip(seen).any(|l| l.contains("configuration reloaded")));
+}
+
+#[test]
+fn health_is_503_once_no_worker_has_been_ready_for_the_grace_period() {
+    // A worker whose server never answers: never ready.
+    let dead = format!("http://127.0.0.1:{}/v1", common::free_port());
+    let workers = format!(r#"[{{"kind":"openai","name":"gone","base_url":"{dead}","model":"m"}}]"#);
+    let port = common::free_port();
+    let ops_port = common::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let spawn = |grace: &str| {
+        Command::new(env!("CARGO_BIN_EXE_loosh-miner"))
+            .arg("--dev")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("API_HOST", "127.0.0.1")
+            .env("API_PORT", port.to_string())
+            .env("METRICS_PORT", ops_port.to_string())
+            .env("WORKERS", &workers)
+            .env("HEALTH_GRACE_SECONDS", grace)
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let ops = format!("127.0.0.1:{ops_port}");
+    let ask = |ops: &str| loosh_miner::ops_client::get(ops, "/health", Duration::from_secs(2));
+    let answered = |ops: &str| {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            match ask(ops) {
+                Err(loosh_miner::ops_client::OpsError::Connect { .. }) => {}
+                other => return other,
+            }
+            assert!(Instant::now() < end, "/health never answered");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // Within the grace period: 200, though nothing is ready yet.
+    let mut within = spawn("3600");
+    let body = answered(&ops).expect("200 within the grace period");
+    assert!(body.contains("\"status\":\"ok\"") && body.contains("gone"), "{body}");
+    within.kill().unwrap();
+    within.wait().unwrap();
+    // Past it: 503, which `loosh-miner health` (Docker's HEALTHCHECK) turns into a failure.
+    let mut past = spawn("0");
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        match answered(&ops) {
+            Err(loosh_miner::ops_client::OpsError::Response { detail, .. }) if detail == "HTTP 503" => break,
+            other => assert!(Instant::now() < end, "never 503: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = run_miner(dir.path(), &["health"], &[("METRICS_PORT", &ops_port.to_string())]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("HTTP 503"), "{}", text(&out));
+    past.kill().unwrap();
+    past.wait().unwrap();
+}
+
+#[test]
+fn a_metrics_port_in_use_is_named_in_the_error_and_the_default_is_not_node_exporters() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_miner(dir.path(), &["config"], &[]);
+    assert!(text(&out).contains("/metrics on 127.0.0.1:8478"), "{}", text(&out));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let api = common::free_port().to_string();
+    let out = run_miner(
+        dir.path(),
+        &["--dev"],
+        &[
+            ("METRICS_PORT", &port),
+            ("API_HOST", "127.0.0.1"),
+            ("API_PORT", &api),
+            ("MODEL_PATH", common::tiny_model().to_str().unwrap()),
+            ("LLAMA_THREADS", "1"),
+            ("MAX_MODEL_LEN", "2048"),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains(&format!("METRICS_PORT={port}: cannot listen")), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_the_whole_process_group_drains_a_challenge_in_an_engine_child_and_exits_0() {
+    let mut miner = MinerProcess::start_grouped(&common::tiny_model(), true, &[("ENGINE_PROCESS", "always")]);
+    let children = common::children_of(miner.pid());
+    assert!(!children.is_empty(), "ENGINE_PROCESS=always runs the engine in a child");
+    let mut v = ValidatorClient::new(&miner.url, Hotkey::ephemeral());
+    v.handshake().await.unwrap();
+    let long = tokio::spawn(async move { v.challenge(&challenge_body("Tell me everything.", 400, 0.0)).await });
+    // Generating: admitted and past its first token.
+    let m = &miner;
+    common::wait_for("a challenge generating", Duration::from_secs(30), move || async move {
+        m.metric("loosh_challenges_in_flight") == Some(1.0)
+            && m.metric("loosh_time_to_first_token_seconds_count").is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    // What systemd's default KillMode, PM2's treekill and Ctrl-C do: every process of the group.
+    // SAFETY: kill takes a process group id (negated) and a signal number; the miner leads it.
+    assert_eq!(unsafe { libc::kill(-(miner.pid() as i32), libc::SIGTERM) }, 0);
+    let (reply, _) = long.await.unwrap().expect("the challenge in flight is answered");
+    assert!(reply.usage.completion_tokens > 8, "{:?}", reply.usage);
+    let status = miner.wait_exit(Duration::from_secs(90));
+    assert_eq!(status.code(), Some(0), "{}", miner.log.lock().unwrap().join("\n"));
+    for pid in children {
+        assert!(!common::process_alive(pid), "engine child {pid} outlived the node");
+    }
 }

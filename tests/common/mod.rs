@@ -321,7 +321,24 @@ impl MinerProcess {
 
     /// [`MinerProcess::start`] in `dir`, whose `.env` the miner reads (under the environment).
     pub fn start_in(model: &std::path::Path, dev: bool, extra: &[(&str, &str)], dir: &std::path::Path) -> Self {
+        Self::start_with(model, dev, extra, dir, false)
+    }
+
+    /// [`MinerProcess::start`] as the leader of a process group of its own (its pid is the group's
+    /// id), as systemd and PM2 run it: a signal to the group reaches its children too.
+    pub fn start_grouped(model: &std::path::Path, dev: bool, extra: &[(&str, &str)]) -> Self {
+        Self::start_with(model, dev, extra, &std::env::temp_dir(), true)
+    }
+
+    fn start_with(
+        model: &std::path::Path,
+        dev: bool,
+        extra: &[(&str, &str)],
+        dir: &std::path::Path,
+        own_group: bool,
+    ) -> Self {
         use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
         let port = free_port();
         let ops_port = free_port();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_loosh-miner"));
@@ -342,6 +359,9 @@ impl MinerProcess {
             .stderr(std::process::Stdio::inherit());
         for (k, v) in extra {
             cmd.env(k, v);
+        }
+        if own_group {
+            cmd.process_group(0);
         }
         let mut child = cmd.spawn().expect("the miner binary starts");
         let stdout = child.stdout.take().unwrap();
