@@ -275,7 +275,6 @@ fn run(dev: bool) -> anyhow::Result<()> {
     let src = Source::load();
     let cfg = src.check_named_file().and_then(|()| load_config(&src, dev)).context("invalid configuration")?;
     let _log_guard = init_logs(&cfg)?;
-    tracing::info!(files = ?src.files, "configuration read");
     for line in &src.unreadable {
         tracing::warn!("{line} could not be read; it sets nothing (as in python-dotenv)");
     }
@@ -283,6 +282,7 @@ fn run(dev: bool) -> anyhow::Result<()> {
     for line in cfg.summary() {
         tracing::info!("{line}");
     }
+    tracing::info!(files = ?src.files, "configuration files read (the environment wins over them)");
     let differences = cfg.python_differences();
     if !differences.is_empty() {
         tracing::warn!("differs from the Python miner: {}", differences.join("; "));

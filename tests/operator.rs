@@ -788,12 +788,14 @@ async fn sighup_re_reads_the_named_file_and_says_when_nothing_changed() {
     let validator = Hotkey::ephemeral();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("miner.env");
-    std::fs::write(&file, "LOG_LEVEL=INFO\nVALIDATOR_HOTKEYS=\n").unwrap();
+    std::fs::write(&file, format!("LOG_LEVEL=INFO\nVALIDATOR_HOTKEYS={}\n", validator.ss58())).unwrap();
     let env_file = file.to_str().unwrap().to_string();
     // As the unit runs it: the file named, nothing of it in the environment.
     let miner = MinerProcess::start_in(&common::tiny_model(), true, &[("ENV_FILE", &env_file)], dir.path());
     let mut v = ValidatorClient::new(&miner.url, validator.clone());
-    v.handshake().await.expect("--dev without a list admits anyone");
+    v.handshake().await.expect("the listed validator is admitted");
+    let other = Hotkey::ephemeral();
+    assert!(ValidatorClient::new(&miner.url, other.clone()).handshake().await.is_err(), "not listed yet");
 
     let seen = miner.log.lock().unwrap().len();
     miner.signal("HUP");
@@ -801,7 +803,6 @@ async fn sighup_re_reads_the_named_file_and_says_when_nothing_changed() {
     assert!(line.contains(&env_file), "{line}");
 
     // Edited as an operator edits it: a quoted list with a comment, python-dotenv style.
-    let other = Hotkey::ephemeral();
     std::fs::write(&file, format!("LOG_LEVEL=DEBUG\nVALIDATOR_HOTKEYS=\"{}, {}\"  # two\n", validator.ss58(), other.ss58()))
         .unwrap();
     let seen = miner.log.lock().unwrap().len();
@@ -911,19 +912,18 @@ async fn sigterm_to_the_whole_process_group_drains_a_challenge_in_an_engine_chil
     assert!(!children.is_empty(), "ENGINE_PROCESS=always runs the engine in a child");
     let mut v = ValidatorClient::new(&miner.url, Hotkey::ephemeral());
     v.handshake().await.unwrap();
-    let long = tokio::spawn(async move { v.challenge(&challenge_body("Tell me everything.", 400, 0.0)).await });
-    // Generating: admitted and past its first token.
+    let long = tokio::spawn(async move { v.challenge(&challenge_body("Tell me everything.", 6000, 0.0)).await });
+    // Generating (greedy, it runs to the context's end: seconds on one thread).
     let m = &miner;
-    common::wait_for("a challenge generating", Duration::from_secs(30), move || async move {
+    common::wait_for("a challenge in flight", Duration::from_secs(30), move || async move {
         m.metric("loosh_challenges_in_flight") == Some(1.0)
-            && m.metric("loosh_time_to_first_token_seconds_count").is_some_and(|n| n >= 1.0)
     })
     .await;
     // What systemd's default KillMode, PM2's treekill and Ctrl-C do: every process of the group.
     // SAFETY: kill takes a process group id (negated) and a signal number; the miner leads it.
     assert_eq!(unsafe { libc::kill(-(miner.pid() as i32), libc::SIGTERM) }, 0);
     let (reply, _) = long.await.unwrap().expect("the challenge in flight is answered");
-    assert!(reply.usage.completion_tokens > 8, "{:?}", reply.usage);
+    assert!(reply.usage.completion_tokens > 16, "{:?}", reply.usage);
     let status = miner.wait_exit(Duration::from_secs(90));
     assert_eq!(status.code(), Some(0), "{}", miner.log.lock().unwrap().join("\n"));
     for pid in children {
