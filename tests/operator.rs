@@ -930,3 +930,98 @@ async fn sigterm_to_the_whole_process_group_drains_a_challenge_in_an_engine_chil
         assert!(!common::process_alive(pid), "engine child {pid} outlived the node");
     }
 }
+
+/// A Dockerfile's instructions, continuation lines joined (no Docker engine here to build them).
+fn dockerfile(name: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(format!("{}/docker/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let mut out: Vec<String> = Vec::new();
+    let mut open = false;
+    for line in text.lines().filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty()) {
+        let (body, continues) = match line.trim_end().strip_suffix('\\') {
+            Some(b) => (b.to_string(), true),
+            None => (line.to_string(), false),
+        };
+        if open {
+            out.last_mut().unwrap().push_str(&body);
+        } else {
+            out.push(body);
+        }
+        open = continues;
+    }
+    out
+}
+
+#[test]
+fn the_docker_images_build_locked_with_a_pinned_toolchain_and_the_readme_runs_them_with_init() {
+    for name in ["Dockerfile", "Dockerfile.cuda"] {
+        let steps = dockerfile(name);
+        let position = |needle: &str| steps.iter().position(|s| s.contains(needle));
+        let install = position("RUN scripts/install.sh").unwrap_or_else(|| panic!("{name}: install.sh"));
+        let pin = position("rustup default \"$RUST_TOOLCHAIN\"").unwrap_or_else(|| panic!("{name}: no pinned toolchain"));
+        let build = position("cargo build --release --locked").unwrap_or_else(|| panic!("{name}: not --locked"));
+        assert!(install < pin && pin < build, "{name}: install, pin, then build");
+        let toolchain = steps.iter().find_map(|s| s.strip_prefix("ARG RUST_TOOLCHAIN=")).unwrap();
+        assert!(toolchain.split('.').count() == 3, "{name}: a version, not a channel: {toolchain}");
+        assert!(position("HEALTHCHECK").is_some_and(|i| steps[i].contains("\"loosh-miner\", \"health\"")));
+        assert!(steps.iter().any(|s| s.starts_with("EXPOSE") && s.contains("8478")), "{name}: the metrics port");
+        // The environment wins over the mounted .env: the image sets nothing an operator sets there.
+        let env = steps.iter().filter(|s| s.starts_with("ENV ")).cloned().collect::<Vec<_>>().join(" ");
+        for var in ["API_PORT", "METRICS_PORT", "METRICS_HOST"] {
+            assert!(!env.contains(var), "{name} fixes {var}: {env}");
+        }
+    }
+    let cuda = dockerfile("Dockerfile.cuda");
+    let arches = cuda.iter().find_map(|s| s.strip_prefix("ARG CMAKE_CUDA_ARCHITECTURES=")).expect("stated architectures");
+    for arch in ["80", "86", "89", "90"] {
+        assert!(arches.contains(&format!("{arch}-real")), "{arches}");
+    }
+    assert!(cuda.iter().any(|s| s == "ENV CMAKE_CUDA_ARCHITECTURES=${CMAKE_CUDA_ARCHITECTURES}"), "passed to the build");
+    assert!(cuda.iter().any(|s| s.contains("--features cuda")));
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let run = readme.lines().find(|l| l.starts_with("docker run")).expect("a docker run in the README");
+    assert!(run.contains(" --init ") && run.contains("--stop-timeout 100"), "{run}");
+    assert!(readme.contains("pm2 stop loosh-inference-miner && pm2 delete"), "the PM2 switching step");
+}
+
+#[test]
+fn quickstart_builds_for_cuda_when_nvcc_is_on_path_or_asked_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/quickstart.sh");
+    let run = |path: &str, args: &[&str]| {
+        let out = Command::new("/bin/bash")
+            .arg(script)
+            .args(args)
+            .env_clear()
+            .env("PATH", path)
+            .env("QUICKSTART_DRY_RUN", "1")
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out))
+    };
+    // A PATH with only what the script needs besides bash's builtins (no nvcc, whatever the host has).
+    let tools = dir.path().join("tools");
+    std::fs::create_dir(&tools).unwrap();
+    std::os::unix::fs::symlink("/usr/bin/dirname", tools.join("dirname")).unwrap();
+    let system = tools.to_str().unwrap().to_string();
+    let system = system.as_str();
+    let (code, out) = run(system, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("cargo build --release \n") || out.trim_end().ends_with("cargo build --release"), "{out}");
+    // A CUDA toolkit on PATH (an executable named nvcc; the script only looks for it).
+    let cuda = dir.path().join("cuda");
+    std::fs::create_dir(&cuda).unwrap();
+    let nvcc = cuda.join("nvcc");
+    std::fs::write(&nvcc, "#!/bin/sh\necho 'Cuda compilation tools, release 12.8'\n").unwrap();
+    std::fs::set_permissions(&nvcc, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755))
+        .unwrap();
+    let with_nvcc = format!("{}:{system}", cuda.display());
+    let (code, out) = run(&with_nvcc, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("cargo build --release --features cuda"), "{out}");
+    let (_, out) = run(&with_nvcc, &["--cpu"]);
+    assert!(!out.contains("--features cuda"), "{out}");
+    // Asked for CUDA without the toolkit: an error, not a CPU build.
+    let (code, out) = run(system, &["--cuda"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("nvcc is not on PATH"), "{out}");
+}
