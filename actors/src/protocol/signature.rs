@@ -125,6 +125,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ss58_is_substrates_alice_and_a_bad_checksum_or_length_is_refused() {
+        let alice = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
+        let public = ss58_decode(alice).unwrap();
+        assert_eq!(hex::encode(public), "d43593c715fdd31c61141abd04a99fd6822c8558854ccde39a5684e7a56da27d");
+        assert_eq!(ss58_encode(&public), alice);
+        assert_eq!(ss58_decode(&format!(" {alice}\n")), Ok(public), "surrounding whitespace is not part of it");
+        let mut damaged = alice.to_string();
+        damaged.replace_range(47.., "Z");
+        assert_eq!(ss58_decode(&damaged), Err(SignatureError::BadAddress));
+        assert_eq!(ss58_decode(&alice[..40]), Err(SignatureError::BadAddress));
+        assert_eq!(ss58_decode("not base58 0OIl"), Err(SignatureError::BadAddress));
+    }
+
+    #[test]
     fn signs_verifies_and_wraps() {
         let key = Hotkey::ephemeral();
         let sig = key.sign_hex(b"1.0.n.h");
