@@ -348,3 +348,119 @@ async fn the_miner_keeps_serving_through_a_chain_outage_and_reconnects() {
     drop(restarted);
     drop(process);
 }
+
+/// The miner binary with `vars` (and PATH), its stdout lines collected; not waited for.
+fn spawn_miner(vars: &[(&str, &str)]) -> (std::process::Child, Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::BufRead;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_loosh-miner"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let (stdout, log) = (child.stdout.take().unwrap(), Arc::new(std::sync::Mutex::new(Vec::new())));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (child, log)
+}
+
+/// Forwards every connection to `listener` to `to`, both ways, until the test ends: the chain
+/// "comes back" when the test opens it.
+fn forward(listener: std::net::TcpListener, to: std::net::SocketAddr) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let (Ok(a), Ok(b)) = (conn, std::net::TcpStream::connect(to)) else { continue };
+            let (a2, b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+            std::thread::spawn(move || std::io::copy(&mut &a, &mut &b2));
+            std::thread::spawn(move || std::io::copy(&mut &b, &mut &a2));
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miner_started_during_a_chain_outage_waits_for_the_chain_and_then_serves() {
+    let test_chain = TestChain::get();
+    let url = test_chain.url();
+    let chain = ChainClient::connect(&url).await.unwrap();
+    let (miner_seed, miner) = new_hotkey();
+    let (validator_seed, validator) = new_hotkey();
+    register(&chain, &miner).await;
+    let validator_uid = register(&chain, &validator).await;
+    grant_permits(&chain, &[validator_uid]).await;
+    let home = wallet_home(miner_seed, &miner);
+    let home_str = home.path().to_str().unwrap().to_string();
+    let chain_addr: std::net::SocketAddr = url.trim_start_matches("ws://").parse().unwrap();
+    // The address the miner is given: nothing listens there until the chain "comes back".
+    let gate_port = free_port();
+    let gate_url = format!("ws://127.0.0.1:{gate_port}");
+    let (port, ops_port) = (free_port().to_string(), free_port().to_string());
+    let model = tiny_model();
+    let mut vars = chain_env(&gate_url, &home_str);
+    vars.extend([
+        ("MODEL_PATH", model.to_str().unwrap()),
+        ("API_HOST", "127.0.0.1"),
+        ("API_PORT", port.as_str()),
+        ("METRICS_PORT", ops_port.as_str()),
+        ("LLAMA_THREADS", "1"),
+        ("MAX_MODEL_LEN", "2048"),
+    ]);
+    let (mut child, log) = spawn_miner(&vars);
+    let api = format!("127.0.0.1:{port}");
+    let ops = format!("127.0.0.1:{ops_port}");
+    let get = |addr: &str, path: &str| loosh_miner::ops_client::get(addr, path, Duration::from_secs(5));
+    let logged = |needle: &str| log.lock().unwrap().iter().filter(|l| l.contains(needle)).count();
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let end = Instant::now() + Duration::from_secs(120);
+        while !done() {
+            assert!(Instant::now() < end, "timed out waiting for {what}:\n{}", log.lock().unwrap().join("\n"));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // Down: it retries, loads its worker, and tells validators it is unavailable.
+    wait("retries with the worker ready", &|| {
+        logged("chain unreachable at start; retrying") >= 3
+            && get(&ops, "/health").is_ok_and(|b| b.contains("Ready"))
+    });
+    let availability = get(&api, "/availability").unwrap();
+    assert!(availability.contains("\"available\":false"), "{availability}");
+    assert!(child.try_wait().unwrap().is_none(), "the miner is still running");
+
+    // Back: the next retry reaches it (the backoff is at most a minute).
+    forward(std::net::TcpListener::bind(("127.0.0.1", gate_port)).unwrap(), chain_addr);
+    wait("registration confirmed and available", &|| {
+        logged("registered on the subnet") == 1 && get(&api, "/availability").is_ok_and(|b| b.contains("\"available\":true"))
+    });
+    let url_api = format!("http://{api}");
+    let mut v = ValidatorClient::new(&url_api, Hotkey::from_seed(validator_seed).unwrap());
+    let end = Instant::now() + Duration::from_secs(60);
+    // The metagraph's first sync admits the permitted validator.
+    while v.handshake().await.is_err() {
+        assert!(Instant::now() < end, "the permitted validator was never admitted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (reply, _) = v.challenge(&challenge_body("hi", 4, 0.7)).await.unwrap();
+    assert!(reply.usage.completion_tokens >= 1);
+    // SAFETY: kill takes a pid and a signal number; the pid is our unreaped child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+
+    // An unregistered hotkey is a configuration error (78, not restarted), with the hint for
+    // this network and netuid.
+    let (seed, stranger) = new_hotkey();
+    let home = wallet_home(seed, &stranger);
+    let home_str = home.path().to_str().unwrap().to_string();
+    let mut vars = chain_env(&url, &home_str);
+    vars.extend([("MODEL_PATH", model.to_str().unwrap()), ("API_HOST", "127.0.0.1"), ("API_PORT", port.as_str()), ("METRICS_PORT", ops_port.as_str()), ("LLAMA_THREADS", "1"), ("MAX_MODEL_LEN", "2048")]);
+    let (mut child, log) = spawn_miner(&vars);
+    let status = child.wait().unwrap();
+    let text = log.lock().unwrap().join("\n");
+    assert_eq!(status.code(), Some(78), "{text}");
+    assert!(text.contains("btcli subnet register --subtensor.network local --netuid 1 "), "{text}");
+}
