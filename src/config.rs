@@ -197,10 +197,7 @@ pub fn set_env_file(path: PathBuf) {
 
 /// The configuration file named by `--env-file` or `ENV_FILE`, if any.
 pub fn env_file() -> Option<PathBuf> {
-    ENV_FILE_ARG
-        .get()
-        .cloned()
-        .or_else(|| std::env::var_os("ENV_FILE").filter(|v| !v.is_empty()).map(PathBuf::from))
+    ENV_FILE_ARG.get().cloned().or_else(|| std::env::var_os("ENV_FILE").filter(|v| !v.is_empty()).map(PathBuf::from))
 }
 
 impl Source {

@@ -323,7 +323,13 @@ fn run(dev: bool) -> anyhow::Result<()> {
     }
     // The chain actors start once the chain has answered (below), so that a chain outage at boot
     // is waited out while serving `/availability: false`.
-    let parts = NodeParts { hotkey: hotkey.clone(), workers: specs, auth: auth.clone(), chain_url: None, listen: (cfg.api_host.clone(), cfg.api_port) };
+    let parts = NodeParts {
+        hotkey: hotkey.clone(),
+        workers: specs,
+        auth: auth.clone(),
+        chain_url: None,
+        listen: (cfg.api_host.clone(), cfg.api_port),
+    };
     // Servers the miner runs itself come up before the workers that call them.
     let server_specs = workers::managed_servers(&cfg).context("invalid configuration")?;
     let servers = actors.block_on(async {

@@ -425,8 +425,7 @@ async fn a_miner_started_during_a_chain_outage_waits_for_the_chain_and_then_serv
     };
     // Down: it retries, loads its worker, and tells validators it is unavailable.
     wait("retries with the worker ready", &|| {
-        logged("chain unreachable at start; retrying") >= 3
-            && get(&ops, "/health").is_ok_and(|b| b.contains("Ready"))
+        logged("chain unreachable at start; retrying") >= 3 && get(&ops, "/health").is_ok_and(|b| b.contains("Ready"))
     });
     let availability = get(&api, "/availability").unwrap();
     assert!(availability.contains("\"available\":false"), "{availability}");
@@ -435,7 +434,8 @@ async fn a_miner_started_during_a_chain_outage_waits_for_the_chain_and_then_serv
     // Back: the next retry reaches it (the backoff is at most a minute).
     forward(std::net::TcpListener::bind(("127.0.0.1", gate_port)).unwrap(), chain_addr);
     wait("registration confirmed and available", &|| {
-        logged("registered on the subnet") == 1 && get(&api, "/availability").is_ok_and(|b| b.contains("\"available\":true"))
+        logged("registered on the subnet") == 1
+            && get(&api, "/availability").is_ok_and(|b| b.contains("\"available\":true"))
     });
     let url_api = format!("http://{api}");
     let mut v = ValidatorClient::new(&url_api, Hotkey::from_seed(validator_seed).unwrap());
@@ -457,7 +457,14 @@ async fn a_miner_started_during_a_chain_outage_waits_for_the_chain_and_then_serv
     let home = wallet_home(seed, &stranger);
     let home_str = home.path().to_str().unwrap().to_string();
     let mut vars = chain_env(&url, &home_str);
-    vars.extend([("MODEL_PATH", model.to_str().unwrap()), ("API_HOST", "127.0.0.1"), ("API_PORT", port.as_str()), ("METRICS_PORT", ops_port.as_str()), ("LLAMA_THREADS", "1"), ("MAX_MODEL_LEN", "2048")]);
+    vars.extend([
+        ("MODEL_PATH", model.to_str().unwrap()),
+        ("API_HOST", "127.0.0.1"),
+        ("API_PORT", port.as_str()),
+        ("METRICS_PORT", ops_port.as_str()),
+        ("LLAMA_THREADS", "1"),
+        ("MAX_MODEL_LEN", "2048"),
+    ]);
     let (mut child, log) = spawn_miner(&vars);
     let status = child.wait().unwrap();
     let text = log.lock().unwrap().join("\n");

@@ -593,7 +593,15 @@ fn env_files_are_read_as_python_dotenv_reads_them_env_example_uncommented_includ
     let uncommented: String = example
         .lines()
         .map(|l| match l.strip_prefix('#') {
-            Some(rest) if rest.split('=').next().is_some_and(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_uppercase() || c == '_')) && rest.contains('=') => rest.to_string(),
+            Some(rest)
+                if rest
+                    .split('=')
+                    .next()
+                    .is_some_and(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+                    && rest.contains('=') =>
+            {
+                rest.to_string()
+            }
             _ => l.to_string(),
         })
         .collect::<Vec<_>>()
@@ -695,7 +703,8 @@ fn llama_threads_default_to_the_cpus_this_process_may_use_not_the_hosts_cores() 
         let out = cmd.output().expect("taskset runs (util-linux)");
         let printed = text(&out);
         assert!(out.status.success(), "{printed}");
-        let n = printed.split(" threads,").next().and_then(|s| s.rsplit(' ').next()).and_then(|n| n.parse::<usize>().ok());
+        let n =
+            printed.split(" threads,").next().and_then(|s| s.rsplit(' ').next()).and_then(|n| n.parse::<usize>().ok());
         n.unwrap_or_else(|| panic!("no thread count in {printed}"))
     };
     let unpinned = threads(None);
@@ -725,11 +734,7 @@ fn a_chain_outage_at_start_is_waited_out_serving_availability_false() {
     let dir = tempfile::tempdir().unwrap();
     let hotkeys = dir.path().join("miner/hotkeys");
     std::fs::create_dir_all(&hotkeys).unwrap();
-    std::fs::write(
-        hotkeys.join("miner"),
-        format!(r#"{{"secretSeed":"0x{}"}}"#, "11".repeat(32)),
-    )
-    .unwrap();
+    std::fs::write(hotkeys.join("miner"), format!(r#"{{"secretSeed":"0x{}"}}"#, "11".repeat(32))).unwrap();
     let closed = common::free_port();
     let port = common::free_port();
     let ops_port = common::free_port();
@@ -803,8 +808,11 @@ async fn sighup_re_reads_the_named_file_and_says_when_nothing_changed() {
     assert!(line.contains(&env_file), "{line}");
 
     // Edited as an operator edits it: a quoted list with a comment, python-dotenv style.
-    std::fs::write(&file, format!("LOG_LEVEL=DEBUG\nVALIDATOR_HOTKEYS=\"{}, {}\"  # two\n", validator.ss58(), other.ss58()))
-        .unwrap();
+    std::fs::write(
+        &file,
+        format!("LOG_LEVEL=DEBUG\nVALIDATOR_HOTKEYS=\"{}, {}\"  # two\n", validator.ss58(), other.ss58()),
+    )
+    .unwrap();
     let seen = miner.log.lock().unwrap().len();
     miner.signal("HUP");
     let line = miner.wait_for_log("configuration reloaded", seen);
@@ -957,7 +965,8 @@ fn the_docker_images_build_locked_with_a_pinned_toolchain_and_the_readme_runs_th
         let steps = dockerfile(name);
         let position = |needle: &str| steps.iter().position(|s| s.contains(needle));
         let install = position("RUN scripts/install.sh").unwrap_or_else(|| panic!("{name}: install.sh"));
-        let pin = position("rustup default \"$RUST_TOOLCHAIN\"").unwrap_or_else(|| panic!("{name}: no pinned toolchain"));
+        let pin =
+            position("rustup default \"$RUST_TOOLCHAIN\"").unwrap_or_else(|| panic!("{name}: no pinned toolchain"));
         let build = position("cargo build --release --locked").unwrap_or_else(|| panic!("{name}: not --locked"));
         assert!(install < pin && pin < build, "{name}: install, pin, then build");
         let toolchain = steps.iter().find_map(|s| s.strip_prefix("ARG RUST_TOOLCHAIN=")).unwrap();
@@ -971,11 +980,15 @@ fn the_docker_images_build_locked_with_a_pinned_toolchain_and_the_readme_runs_th
         }
     }
     let cuda = dockerfile("Dockerfile.cuda");
-    let arches = cuda.iter().find_map(|s| s.strip_prefix("ARG CMAKE_CUDA_ARCHITECTURES=")).expect("stated architectures");
+    let arches =
+        cuda.iter().find_map(|s| s.strip_prefix("ARG CMAKE_CUDA_ARCHITECTURES=")).expect("stated architectures");
     for arch in ["80", "86", "89", "90"] {
         assert!(arches.contains(&format!("{arch}-real")), "{arches}");
     }
-    assert!(cuda.iter().any(|s| s == "ENV CMAKE_CUDA_ARCHITECTURES=${CMAKE_CUDA_ARCHITECTURES}"), "passed to the build");
+    assert!(
+        cuda.iter().any(|s| s == "ENV CMAKE_CUDA_ARCHITECTURES=${CMAKE_CUDA_ARCHITECTURES}"),
+        "passed to the build"
+    );
     assert!(cuda.iter().any(|s| s.contains("--features cuda")));
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let run = readme.lines().find(|l| l.starts_with("docker run")).expect("a docker run in the README");
