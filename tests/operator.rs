@@ -1038,3 +1038,28 @@ fn quickstart_builds_for_cuda_when_nvcc_is_on_path_or_asked_and_says_so() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("nvcc is not on PATH"), "{out}");
 }
+
+#[test]
+fn process_metrics_count_time_in_the_kernels_clock_ticks() {
+    let miner = MinerProcess::start(&common::tiny_model(), true, &[]);
+    let out = Command::new("getconf").arg("CLK_TCK").output().expect("getconf runs");
+    let ticks: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let stat = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", miner.pid())).unwrap();
+        let fields: Vec<f64> =
+            stat.rsplit_once(')').unwrap().1.split_whitespace().map(|f| f.parse().unwrap_or(0.0)).collect();
+        // proc(5) numbering minus 3: utime 14, stime 15, starttime 22.
+        (fields[11] + fields[12], fields[19])
+    };
+    let boot: f64 = std::fs::read_to_string("/proc/stat")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())
+        .unwrap();
+    let (cpu_before, start) = stat();
+    let cpu = miner.metric("process_cpu_seconds_total").unwrap();
+    let (cpu_after, _) = stat();
+    assert!(cpu_before / ticks <= cpu && cpu <= cpu_after / ticks, "{cpu_before} <= {cpu} * {ticks} <= {cpu_after}");
+    let started = miner.metric("process_start_time_seconds").unwrap();
+    assert!((started - (boot + start / ticks)).abs() < 1.0 / ticks, "{started} vs {}", boot + start / ticks);
+}
