@@ -46,6 +46,12 @@ pub enum Retry {
     Forever,
 }
 
+/// What to give btcli as `--subtensor.network`: `SUBTENSOR_ADDRESS` when set (btcli takes an
+/// endpoint there too), else the `SUBTENSOR_NETWORK` name: the chain this miner checks.
+pub fn btcli_network(cfg: &Config) -> String {
+    cfg.subtensor_address.clone().unwrap_or_else(|| cfg.subtensor_network.clone())
+}
+
 impl StartError {
     /// Whether restarting with the same configuration cannot help (the node exits with
     /// `EX_CONFIG`, which the unit and the PM2 file do not restart).
@@ -73,7 +79,7 @@ pub async fn connect_and_check(cfg: &Config, hotkey: &Hotkey, retry: Retry) -> R
                 return Err(StartError::NotRegistered {
                     hotkey: hotkey.ss58().into(),
                     netuid: cfg.netuid,
-                    network: cfg.subtensor_network.clone(),
+                    network: btcli_network(cfg),
                     wallet: cfg.wallet_name.clone(),
                     hotkey_name: cfg.hotkey_name.clone(),
                 })

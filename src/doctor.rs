@@ -84,16 +84,16 @@ pub async fn run(cfg: &Config) -> bool {
     if let (Some(chain), Some(hotkey)) = (&chain, &hotkey) {
         match chain.uid_of(cfg.netuid, hotkey.account_id()).await {
             Ok(Some(uid)) => r.ok("registered", format!("uid {uid} on subnet {}", cfg.netuid)),
+            // The start-up error's text: the btcli command with the network and netuid in use.
             Ok(None) => r.fail(
                 "registered",
-                format!(
-                    "{} is not registered on subnet {}: btcli subnet register --netuid {} --wallet.name {} --wallet.hotkey {}",
-                    hotkey.ss58(),
-                    cfg.netuid,
-                    cfg.netuid,
-                    cfg.wallet_name,
-                    cfg.hotkey_name
-                ),
+                crate::chain::StartError::NotRegistered {
+                    hotkey: hotkey.ss58().into(),
+                    netuid: cfg.netuid,
+                    network: crate::chain::btcli_network(cfg),
+                    wallet: cfg.wallet_name.clone(),
+                    hotkey_name: cfg.hotkey_name.clone(),
+                },
             ),
             Err(e) => r.fail("registered", e),
         }

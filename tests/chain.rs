@@ -452,7 +452,7 @@ async fn a_miner_started_during_a_chain_outage_waits_for_the_chain_and_then_serv
     assert_eq!(child.wait().unwrap().code(), Some(0));
 
     // An unregistered hotkey is a configuration error (78, not restarted), with the hint for
-    // this network and netuid.
+    // this chain (SUBTENSOR_ADDRESS, which btcli takes as its network) and netuid.
     let (seed, stranger) = new_hotkey();
     let home = wallet_home(seed, &stranger);
     let home_str = home.path().to_str().unwrap().to_string();
@@ -469,5 +469,6 @@ async fn a_miner_started_during_a_chain_outage_waits_for_the_chain_and_then_serv
     let status = child.wait().unwrap();
     let text = log.lock().unwrap().join("\n");
     assert_eq!(status.code(), Some(78), "{text}");
-    assert!(text.contains("btcli subnet register --subtensor.network local --netuid 1 "), "{text}");
+    let hint = format!("btcli subnet register --subtensor.network {url} --netuid 1 ");
+    assert!(text.contains(&hint), "{text}");
 }
