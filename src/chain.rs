@@ -46,13 +46,20 @@ pub enum Retry {
     Forever,
 }
 
-/// What to give btcli as `--subtensor.network`: `SUBTENSOR_ADDRESS` when set (btcli takes an
-/// endpoint there too), else the `SUBTENSOR_NETWORK` name: the chain this miner checks.
-pub fn btcli_network(cfg: &Config) -> String {
-    cfg.subtensor_address.clone().unwrap_or_else(|| cfg.subtensor_network.clone())
-}
-
 impl StartError {
+    /// The hint for `hotkey` on this configuration's chain, shared by start-up and `doctor`.
+    /// btcli's `--subtensor.network` is `SUBTENSOR_ADDRESS` when set (btcli takes an endpoint there
+    /// too), else the `SUBTENSOR_NETWORK` name: the chain this miner checks.
+    pub fn not_registered(cfg: &Config, hotkey: &Hotkey) -> Self {
+        StartError::NotRegistered {
+            hotkey: hotkey.ss58().into(),
+            netuid: cfg.netuid,
+            network: cfg.subtensor_address.clone().unwrap_or_else(|| cfg.subtensor_network.clone()),
+            wallet: cfg.wallet_name.clone(),
+            hotkey_name: cfg.hotkey_name.clone(),
+        }
+    }
+
     /// Whether restarting with the same configuration cannot help (the node exits with
     /// `EX_CONFIG`, which the unit and the PM2 file do not restart).
     pub fn is_configuration(&self) -> bool {
@@ -75,15 +82,7 @@ pub async fn connect_and_check(cfg: &Config, hotkey: &Hotkey, retry: Retry) -> R
         };
         match attempt {
             Ok((client, Some(uid))) => return Ok((client, uid)),
-            Ok((_, None)) => {
-                return Err(StartError::NotRegistered {
-                    hotkey: hotkey.ss58().into(),
-                    netuid: cfg.netuid,
-                    network: btcli_network(cfg),
-                    wallet: cfg.wallet_name.clone(),
-                    hotkey_name: cfg.hotkey_name.clone(),
-                })
-            }
+            Ok((_, None)) => return Err(StartError::not_registered(cfg, hotkey)),
             // Few: waits of 1, 2, 4 and 8 s, then the error.
             Err(e) if retry == Retry::Forever || wait <= Duration::from_secs(8) => {
                 tracing::warn!(error = %e, %url, retry_in_s = wait.as_secs(), "chain unreachable at start; retrying");
