@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::http::state::DEFAULT_KEEP_ALIVE_SECS;
+
 /// Which backend workers the node runs (`WORKERS`, or what the Python miner's variables imply).
 pub mod workers;
 
@@ -68,7 +70,9 @@ pub struct Config {
     pub body_read_timeout: Duration,
     /// `HEADER_READ_TIMEOUT_SECONDS`: request headers must arrive within this.
     pub header_read_timeout: Duration,
-    /// `KEEP_ALIVE_SECONDS`: idle keep-alive connections close after this (uvicorn's 5 s).
+    /// `KEEP_ALIVE_SECONDS`: idle keep-alive connections close after this. 75 s (nginx's default),
+    /// well past the validator's httpx pool expiry of 5 s: a server that closes at the client's own
+    /// expiry races its reuse, and the request lost to that race is a challenge lost.
     pub keep_alive: Duration,
     /// `MAX_CONNECTIONS`: open connections across the server.
     pub max_connections: usize,
@@ -468,7 +472,7 @@ impl Config {
             max_key_exchange_bytes: src.parse("MAX_KEY_EXCHANGE_BYTES", 8 * 1024, "a number of bytes")?.max(1024),
             body_read_timeout: src.secs("BODY_READ_TIMEOUT_SECONDS", 10)?.max(Duration::from_secs(1)),
             header_read_timeout: src.secs("HEADER_READ_TIMEOUT_SECONDS", 5)?.max(Duration::from_secs(1)),
-            keep_alive: src.secs("KEEP_ALIVE_SECONDS", 5)?,
+            keep_alive: src.secs("KEEP_ALIVE_SECONDS", DEFAULT_KEEP_ALIVE_SECS)?,
             max_connections: src.parse("MAX_CONNECTIONS", 2048, "a number of connections (at least 1)")?.max(1),
             rsa_slots: src
                 .parse("RSA_SLOTS", loosh_actors::rsa_pool::DEFAULT_RSA_SLOTS, "a whole number of at least 1")?

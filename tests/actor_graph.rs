@@ -103,7 +103,10 @@ async fn a_full_miner_refuses_at_once_with_a_retry_hint() {
     let busy = g.clone();
     let long = tokio::spawn(async move { busy.generate(request("long", 12_288, Duration::from_secs(3))).await });
     wait_for("the first challenge to be admitted", LOAD, || async { g.status().await.unwrap().in_flight == 1 }).await;
-    assert_eq!(g.status().await.unwrap().availability(), Err("at capacity"));
+    // Full, yet still available: a refused challenge costs nothing, `false` costs selection.
+    let status = g.status().await.unwrap();
+    assert!(status.at_capacity());
+    assert_eq!(status.availability(), Ok(()));
     match g.generate(request("second", 4, Duration::from_secs(50))).await {
         Err(ScheduleError::Busy { in_flight: 1, retry_after_secs }) => assert!((1..=30).contains(&retry_after_secs)),
         other => panic!("expected Busy, got {other:?}"),

@@ -64,6 +64,8 @@ pub struct MinerGraph {
     pub(crate) door: Arc<DoorSettings>,
     pub(crate) verify_slots: Arc<Semaphore>,
     pub(crate) validator_in_flight: Arc<DashMap<String, usize>>,
+    /// The addresses each validator has completed a signed exchange from.
+    pub known_peers: Arc<crate::front_door::known_peers::KnownPeers>,
     /// Swapped whole by [`MinerGraph::set_rate_limits`] (a configuration reload).
     pub(crate) limits: Arc<std::sync::RwLock<Option<Arc<crate::front_door::rate_limit::RateLimiter>>>>,
     status: watch::Receiver<SchedulerStatus>,
@@ -354,6 +356,7 @@ impl MinerGraph {
             )),
             door: Arc::new(config.door),
             validator_in_flight: Default::default(),
+            known_peers: Default::default(),
             status,
             root,
         })

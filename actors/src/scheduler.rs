@@ -96,17 +96,26 @@ impl SchedulerStatus {
         Self { ready_workers: 0, in_flight: 0, capacity: 0, admission_open: true }
     }
 
-    /// Would a challenge be admitted right now? `Err` carries the reason for `/availability`.
+    /// Whether the miner can answer challenges at all, for `/availability`; `Err` carries the reason.
+    ///
+    /// Being at capacity is *not* a reason. The validator (1.2.8) drops a miner that says `false`
+    /// from selection until its next poll and zeroes its weight after 3 h without `true`, while a
+    /// challenge refused with 503 adds no sample and costs nothing (SCORING.md). A busy moment must
+    /// therefore cost at most the challenges that arrive during it, never a whole poll interval.
     pub fn availability(&self) -> Result<(), &'static str> {
         if !self.admission_open {
             Err("admission closed")
         } else if self.ready_workers == 0 {
             Err("no backend worker is ready")
-        } else if self.in_flight >= self.capacity {
-            Err("at capacity")
         } else {
             Ok(())
         }
+    }
+
+    /// Every challenge slot is taken: the next challenge gets a 503 (for `/metrics` and the tests;
+    /// not an `/availability` reason, see [`SchedulerStatus::availability`]).
+    pub fn at_capacity(&self) -> bool {
+        self.in_flight >= self.capacity
     }
 }
 

@@ -21,10 +21,16 @@ pub async fn public_key(state: web::Data<AppState>, req: HttpRequest) -> Result<
 /// Whether the caller's `validator-hotkey` header names an allowed validator (unverified: it only
 /// selects the larger per-IP budget).
 pub fn names_a_validator(state: &AppState, req: &HttpRequest) -> bool {
+    claimed_hotkey(req).is_some_and(|h| state.graph.auth.is_allowed(h))
+}
+
+/// The hotkey a caller's `validator-hotkey` header claims (unverified), if it is a plausible one.
+pub fn claimed_hotkey(req: &HttpRequest) -> Option<&str> {
     req.headers()
         .get("validator-hotkey")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|h| !h.is_empty() && h.len() <= 64 && state.graph.auth.is_allowed(h))
+        .map(str::trim)
+        .filter(|h| !h.is_empty() && h.len() <= 64)
 }
 
 #[post("/fiber/key-exchange")]

@@ -73,6 +73,8 @@ pub fn bind(
             .client_request_timeout(s.header_read_timeout)
             .client_disconnect_timeout(std::time::Duration::from_secs(1))
             .keep_alive(s.keep_alive)
+            // A reply is one write; Nagle would hold its last segment for the client's delayed ACK.
+            .tcp_nodelay(true)
             .shutdown_timeout(55)
             .disable_signals()
             .bind((host, port))?;

@@ -7,6 +7,12 @@ use loosh_actors::graph::MinerGraph;
 
 use super::refusals::RefusalLog;
 
+/// `KEEP_ALIVE_SECONDS`' default: nginx's 75 s, far past the validator's httpx pool, which drops
+/// an idle connection after 5 s. Closing at the client's own expiry races its reuse (httpx reports
+/// `RemoteProtocolError`, the validator counts no answer and does not retry); closing later never
+/// does, because the client gives the connection up first.
+pub const DEFAULT_KEEP_ALIVE_SECS: u64 = 75;
+
 /// HTTP-only settings, copied out of the node's configuration.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
@@ -18,7 +24,7 @@ pub struct HttpSettings {
     pub body_read_timeout: Duration,
     /// `HEADER_READ_TIMEOUT_SECONDS`: actix's `client_request_timeout`.
     pub header_read_timeout: Duration,
-    /// `KEEP_ALIVE_SECONDS`: an idle keep-alive connection is closed after this.
+    /// `KEEP_ALIVE_SECONDS`: an idle keep-alive connection is closed after this ([`DEFAULT_KEEP_ALIVE_SECS`]).
     pub keep_alive: Duration,
     /// `MAX_CONNECTIONS`: open connections across the server; past it, new ones wait in the backlog.
     pub max_connections: usize,
@@ -41,7 +47,7 @@ impl Default for HttpSettings {
             max_key_exchange_bytes: 8 * 1024,
             body_read_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(5),
-            keep_alive: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(DEFAULT_KEEP_ALIVE_SECS),
             max_connections: 2048,
             inference_enabled: false,
             ops_listen: Some(("127.0.0.1".into(), 0)),

@@ -8,25 +8,42 @@ use serde_json::json;
 
 use super::state::AppState;
 
-/// `true` only when a challenge would be admitted right now; otherwise the reason. Always 200, as
-/// the validator treats anything but `200 {"available": true}` as unavailable anyway.
+/// What a validator's selection poll hears: `true` whenever this miner can answer its challenges,
+/// `false` (with the reason) only when no worker is ready, admission is closed (starting, draining,
+/// waiting for the chain or a first validator set), or the asking validator is not allowed here.
+/// Always 200: the validator treats anything but `200 {"available": true}` as unavailable anyway.
+///
+/// Not "at capacity": `false` takes the miner out of that validator's selection until its next
+/// poll, and 3 h without `true` zeroes its weight, while a challenge refused with 503 costs nothing
+/// (SCORING.md). And never limited for a validator polling from an address it has completed a
+/// signed key exchange from: a 429 here reads as unavailable. The answer is a read of published
+/// state (no actor message, nothing queued behind challenges).
 #[get("/availability")]
 pub async fn availability(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let peer = req.peer_addr().map(|a| a.ip());
-    state
-        .graph
-        .check_ip_rate(Route::Availability, peer, super::key_exchange::names_a_validator(&state, &req))
-        .map_err(rate_limited)?;
+    let claimed = super::key_exchange::claimed_hotkey(&req);
+    let allowed = claimed.is_some_and(|h| state.graph.auth.is_allowed(h));
+    let proven = allowed && claimed.zip(peer).is_some_and(|(h, ip)| state.graph.known_peers.is_known(h, ip));
+    if !proven {
+        state.graph.check_ip_rate(Route::Availability, peer, allowed).map_err(rate_limited)?;
+    }
+    if claimed.is_some() && !allowed {
+        return Ok(unavailable("this validator is not allowed on this miner"));
+    }
     Ok(availability_now(&state))
+}
+
+fn unavailable(reason: &str) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "available": false, "reason": reason }))
 }
 
 fn availability_now(state: &AppState) -> HttpResponse {
     if let Some(reason) = state.graph.auth.unavailable_reason() {
-        return HttpResponse::Ok().json(json!({ "available": false, "reason": reason }));
+        return unavailable(reason);
     }
     match state.graph.status_now().availability() {
         Ok(()) => HttpResponse::Ok().json(json!({ "available": true })),
-        Err(reason) => HttpResponse::Ok().json(json!({ "available": false, "reason": reason })),
+        Err(reason) => unavailable(reason),
     }
 }
 

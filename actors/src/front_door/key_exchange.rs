@@ -155,6 +155,9 @@ impl MinerGraph {
             .store_key(&hotkey, &ke.symmetric_key_uuid, key)
             .await
             .map_err(|e| KeyExchangeError::Unavailable(e.to_string()))?;
+        if let Some(ip) = peer {
+            self.known_peers.record(&hotkey, ip);
+        }
         Ok(hotkey)
     }
 
