@@ -63,9 +63,9 @@ impl KnownPeers {
 
     /// Whether `hotkey` completed an exchange from `ip` within [`REMEMBER_FOR`].
     pub fn is_known(&self, hotkey: &str, ip: IpAddr) -> bool {
-        self.by_hotkey.get(hotkey).is_some_and(|peers| {
-            peers.iter().any(|(a, seen)| *a == ip && seen.elapsed() < REMEMBER_FOR)
-        })
+        self.by_hotkey
+            .get(hotkey)
+            .is_some_and(|peers| peers.iter().any(|(a, seen)| *a == ip && seen.elapsed() < REMEMBER_FOR))
     }
 
     /// Forgets a validator (no longer allowed).
