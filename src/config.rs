@@ -159,6 +159,12 @@ pub struct Config {
     pub validator_hotkeys: Vec<String>,
     /// `VALIDATOR_DENY_HOTKEYS`: refused whatever else allows them.
     pub validator_deny_hotkeys: Vec<String>,
+    /// `STRICT_VALIDATOR_ADDRESSES`: a validator may exchange keys only from the addresses the
+    /// Challenge API (and the chain) report for it; anything else gets 403 (off by default).
+    pub strict_validator_addresses: bool,
+    /// `TRUSTED_PROXIES`: the reverse proxies whose `X-Forwarded-For` names the client. Empty
+    /// (the default): the header is never read, since anyone can write it.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     pub challenge_api_url: Option<String>,
     pub challenge_api_poll: Duration,
     // Chain
@@ -311,6 +317,7 @@ pub const RELOADABLE: &[&str] = &[
     "LOG_LEVEL",
     "VALIDATOR_HOTKEYS",
     "VALIDATOR_DENY_HOTKEYS",
+    "STRICT_VALIDATOR_ADDRESSES",
     "RATE_LIMITS",
     "RATE_LIMIT_ENABLED",
     "HOTKEY_RATE_LIMIT_PER_MINUTE",
@@ -605,6 +612,22 @@ impl Config {
                 .get("VALIDATOR_DENY_HOTKEYS")
                 .map(|s| s.split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect())
                 .unwrap_or_default(),
+            strict_validator_addresses: src.boolean("STRICT_VALIDATOR_ADDRESSES", false)?,
+            trusted_proxies: match src.get("TRUSTED_PROXIES") {
+                None => Vec::new(),
+                Some(text) => text
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(|t| {
+                        t.parse().map_err(|_| ConfigError {
+                            var: "TRUSTED_PROXIES",
+                            value: text.to_string(),
+                            expected: "comma-separated IP addresses of your reverse proxies".into(),
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
             challenge_api_url: src.get("CHALLENGE_API_URL").map(|s| s.trim_end_matches('/').to_string()),
             challenge_api_poll: src.secs("CHALLENGE_API_POLL_SECONDS", 300)?.max(Duration::from_secs(10)),
             metagraph_sync_blocks: src.parse("METAGRAPH_SYNC_BLOCKS", 10, "a number of blocks (at least 1)")?.max(1),
@@ -844,6 +867,11 @@ impl Config {
                     Some(port) => format!("{}:{port}", self.metrics_host),
                     None => "no address of its own".into(),
                 }
+            ),
+            format!(
+                "addresses: strict validator addresses {}, trusted proxies {:?}",
+                if self.strict_validator_addresses { "on" } else { "off" },
+                self.trusted_proxies
             ),
             format!(
                 "validators: whitelist {} with {} static hotkeys",

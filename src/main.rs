@@ -253,6 +253,9 @@ async fn reload(
     if cfg.validator_deny_hotkeys != old.validator_deny_hotkeys {
         deny(auth, node, &cfg.validator_deny_hotkeys);
     }
+    if cfg.strict_validator_addresses != old.strict_validator_addresses {
+        auth.set_strict_addresses(cfg.strict_validator_addresses);
+    }
     if (cfg.rate_limit_enabled, &cfg.rate_limits) != (old.rate_limit_enabled, &old.rate_limits) {
         node.graph.set_rate_limits(cfg.rate_limit_enabled.unwrap_or(true).then_some(&cfg.rate_limits));
     }
@@ -312,6 +315,7 @@ fn run(dev: bool) -> anyhow::Result<()> {
     });
 
     auth.set_denied(cfg.validator_deny_hotkeys.iter().cloned().collect());
+    auth.set_strict_addresses(cfg.strict_validator_addresses);
 
     let gpus = loosh_actors::inference::embedded::gpu_devices();
     for (index, description) in &gpus {

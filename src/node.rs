@@ -60,6 +60,7 @@ pub fn http_settings(cfg: &Config) -> HttpSettings {
         ops_on_public_port: cfg.metrics_on_public_port,
         api_docs: cfg.enable_api_docs,
         health_grace: cfg.health_grace,
+        trusted_proxies: cfg.trusted_proxies.clone(),
     }
 }
 

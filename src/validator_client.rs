@@ -43,13 +43,35 @@ pub struct ChallengeTiming {
 
 impl ValidatorClient {
     pub fn new(base_url: &str, hotkey: Hotkey) -> Self {
+        Self::from_address(base_url, hotkey, None)
+    }
+
+    /// A client whose connections leave from `local` (a loopback alias such as 127.0.0.2 in the
+    /// tests and `bench attack`: another host, as the miner sees it).
+    pub fn from_address(base_url: &str, hotkey: Hotkey, local: Option<std::net::IpAddr>) -> Self {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
+            .local_address(local)
             .no_proxy()
             .build()
             .expect("a plain HTTP client builds");
         Self { http, base: base_url.trim_end_matches('/').to_string(), hotkey, public_pem: None, session: None }
+    }
+
+    /// Sends a key-exchange body as it is (a replayed or relayed one, in attack tests); the status
+    /// and the JSON answer. The client's own key is left as it was.
+    pub async fn post_exchange(&self, body: String) -> Result<(u16, Value), ClientError> {
+        let url = self.url("/fiber/key-exchange");
+        let (status, _, resp) =
+            Self::read(&url, self.http.post(&url).header("content-type", "application/json").body(body).send().await)
+                .await?;
+        Ok((status.as_u16(), serde_json::from_slice(&resp).unwrap_or(Value::Null)))
+    }
+
+    /// Uses `key` under `uuid` for the next challenges, as if a handshake had made it.
+    pub fn use_key(&mut self, uuid: &str, key: FernetKey) {
+        self.session = Some((uuid.to_string(), key));
     }
 
     pub fn hotkey(&self) -> &Hotkey {

@@ -64,7 +64,7 @@ async fn the_active_list_joins_the_allowed_set_and_leaving_it_revokes_keys() {
     assert!(auth.is_allowed(v1.ss58()) && auth.is_allowed(v2.ss58()));
     assert!(!auth.is_allowed(Hotkey::ephemeral().ss58()));
     keys.spend_nonce(v1.ss58(), "n", Duration::from_secs(60)).await.unwrap();
-    keys.store_key(v1.ss58(), "u", FernetKey::generate().1).await.unwrap();
+    keys.store_key(v1.ss58(), "u", FernetKey::generate().1, None).await.unwrap();
 
     // v1 leaves the list: it is no longer allowed and its keys are gone.
     *listing.lock().unwrap() = json!({"validators": [{"hotkey_ss58": v2.ss58()}]});

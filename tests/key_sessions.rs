@@ -20,8 +20,22 @@ fn key() -> FernetKey {
 
 /// A whole successful exchange as the front door runs it: nonce first, then the key.
 async fn exchange(keys: &KeyStore, hotkey: &str, uuid: &str, nonce: &str) -> Result<(), KeyStoreError> {
+    exchange_from(keys, hotkey, uuid, nonce, HOME).await
+}
+
+/// The validator's own address, and another (a relayer's) in the tests below.
+const HOME: [u8; 4] = [127, 0, 0, 1];
+const RELAYER: [u8; 4] = [127, 0, 0, 2];
+
+async fn exchange_from(
+    keys: &KeyStore,
+    hotkey: &str,
+    uuid: &str,
+    nonce: &str,
+    from: [u8; 4],
+) -> Result<(), KeyStoreError> {
     keys.spend_nonce(hotkey, nonce, WINDOW).await?;
-    keys.store_key(hotkey, uuid, key()).await
+    keys.store_key(hotkey, uuid, key(), Some(std::net::IpAddr::from(from))).await
 }
 
 #[tokio::test]
@@ -61,7 +75,7 @@ async fn keys_live_for_the_ttl_plus_grace_then_the_idle_session_goes_away() {
     let keys = store(settings).await;
     let stored = Instant::now();
     keys.spend_nonce("v1", "n", Duration::from_millis(300)).await.unwrap();
-    keys.store_key("v1", "u", key()).await.unwrap();
+    keys.store_key("v1", "u", key(), None).await.unwrap();
     assert!(keys.lookup("v1", "u").is_some());
     let end = stored + Duration::from_secs(10);
     while keys.lookup("v1", "u").is_some() {
@@ -112,4 +126,30 @@ async fn nonce_and_key_memory_is_bounded_per_validator() {
         Err(KeyStoreError::Refused(StoreError::TooManyExchanges)),
         "a full nonce memory refuses rather than forgetting a nonce inside its window"
     );
+}
+
+#[tokio::test]
+async fn a_key_remembers_its_exchange_address_and_another_address_cannot_take_its_uuid() {
+    let keys = store(SessionSettings::default()).await;
+    exchange(&keys, "v1", "u", "n1").await.unwrap();
+    assert_eq!(keys.lookup("v1", "u").unwrap().origin, Some(std::net::IpAddr::from(HOME)));
+    assert_eq!(
+        exchange_from(&keys, "v1", "u", "n2", RELAYER).await,
+        Err(KeyStoreError::Refused(StoreError::UuidTaken)),
+        "a relayed exchange cannot replace the validator's live key"
+    );
+    assert_eq!(keys.lookup("v1", "u").unwrap().origin, Some(std::net::IpAddr::from(HOME)));
+    exchange(&keys, "v1", "u", "n3").await.expect("the validator itself may re-key the same uuid");
+}
+
+#[tokio::test]
+async fn exchanges_from_one_address_push_out_only_that_addresss_keys() {
+    let settings = SessionSettings { max_keys: 3, ..SessionSettings::default() };
+    let keys = store(settings).await;
+    exchange(&keys, "v1", "home", "n0").await.unwrap();
+    for i in 0..10 {
+        exchange_from(&keys, "v1", &format!("relayed-{i}"), &format!("r{i}"), RELAYER).await.unwrap();
+    }
+    assert!(keys.lookup("v1", "home").is_some(), "the validator's own key survived the relayer's exchanges");
+    assert_eq!(keys.snapshot("v1").await.live_keys, 3);
 }

@@ -11,7 +11,8 @@
 //! non-empty set is loaded an empty, denying set is reported by `/availability` as the reason the
 //! miner cannot serve.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
@@ -32,6 +33,12 @@ pub struct ValidatorAuth {
     denied: RwLock<HashSet<String>>,
     /// Whether the union was empty at the last change (to log transitions once).
     was_empty: AtomicBool,
+    /// The addresses the Challenge API (its `ip` field) and the chain (a validator's axon) report
+    /// per validator hotkey, by source: the "home" addresses a validator's share belongs to, and
+    /// under `STRICT_VALIDATOR_ADDRESSES` the only ones it may exchange keys from.
+    reported: RwLock<[HashMap<String, HashSet<IpAddr>>; 3]>,
+    /// `STRICT_VALIDATOR_ADDRESSES`: refuse a validator's exchange from an address no source reports.
+    strict_addresses: AtomicBool,
 }
 
 fn index(source: Source) -> usize {
@@ -58,6 +65,8 @@ impl ValidatorAuth {
             sets: RwLock::new([fixed, HashSet::new(), HashSet::new()]),
             denied: RwLock::new(HashSet::new()),
             was_empty: AtomicBool::new(false),
+            reported: RwLock::new(Default::default()),
+            strict_addresses: AtomicBool::new(false),
         };
         if !enabled {
             tracing::warn!("validator whitelist is disabled: any hotkey may key-exchange and send challenges");
@@ -133,8 +142,11 @@ impl ValidatorAuth {
     /// empty metagraph or API answer is far more often a failed read than every validator leaving
     /// at once, and treating it as real would either lock every validator out or, with
     /// `ALLOW_ALL_WHEN_EMPTY`, let everyone in.
+    ///
+    /// The static list (`VALIDATOR_HOTKEYS`) is the operator's own word, not a read that can fail:
+    /// a reload that empties it is applied.
     pub fn replace(&self, source: Source, hotkeys: HashSet<String>) -> Vec<String> {
-        if hotkeys.is_empty() {
+        if hotkeys.is_empty() && source != Source::Static {
             let held = self.sets.read().unwrap_or_else(|e| e.into_inner())[index(source)].len();
             if held > 0 {
                 tracing::warn!(
@@ -163,10 +175,62 @@ impl ValidatorAuth {
         newly
     }
 
+    /// Replaces the addresses one source reports per validator (hotkeys it does not name lose
+    /// that source's addresses). Like [`Self::replace`], an empty read does not wipe a source that
+    /// held addresses.
+    pub fn set_reported_addresses(&self, source: Source, addresses: HashMap<String, HashSet<IpAddr>>) {
+        let mut reported = self.reported.write().unwrap_or_else(|e| e.into_inner());
+        if addresses.is_empty() && !reported[index(source)].is_empty() {
+            return;
+        }
+        reported[index(source)] = addresses;
+    }
+
+    /// The addresses any source reports for `hotkey` (empty: none known).
+    pub fn reported_addresses(&self, hotkey: &str) -> HashSet<IpAddr> {
+        let reported = self.reported.read().unwrap_or_else(|e| e.into_inner());
+        reported.iter().filter_map(|by_hotkey| by_hotkey.get(hotkey)).flatten().copied().collect()
+    }
+
+    /// Where `ip` stands for `hotkey`'s exchanges and shares.
+    pub fn address_standing(&self, hotkey: &str, ip: IpAddr) -> AddressStanding {
+        let reported = self.reported_addresses(hotkey);
+        if reported.contains(&ip) {
+            AddressStanding::Reported
+        } else if self.strict_addresses.load(Ordering::Relaxed) {
+            AddressStanding::Refused
+        } else if reported.is_empty() {
+            AddressStanding::Unreported
+        } else {
+            AddressStanding::Elsewhere
+        }
+    }
+
+    /// `STRICT_VALIDATOR_ADDRESSES` (reloadable).
+    pub fn set_strict_addresses(&self, strict: bool) {
+        self.strict_addresses.store(strict, Ordering::Relaxed);
+    }
+
     /// Hotkeys currently allowed (the union of every source).
     pub fn allowed_count(&self) -> usize {
         self.union_len()
     }
+}
+
+/// How an exchange's address relates to what the Challenge API and the chain report for the
+/// validator that signed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressStanding {
+    /// A reported address of this validator: its own share.
+    Reported,
+    /// Nothing is reported for this validator: every address it proves itself from has a share
+    /// of its own (a relayer elsewhere spends only its address's share).
+    Unreported,
+    /// Addresses are reported for this validator and this is not one of them: all such addresses
+    /// together share one small share (a relayer, or the validator moving before the reports do).
+    Elsewhere,
+    /// Strict mode, and not a reported address: refused (403).
+    Refused,
 }
 
 #[cfg(test)]
@@ -209,5 +273,40 @@ mod tests {
         assert!(ValidatorAuth::new(false, []).is_allowed("x"));
         assert!(deny.unavailable_reason().is_some() && allow.unavailable_reason().is_none());
         assert!(auth.unavailable_reason().is_none());
+    }
+
+    #[test]
+    fn the_operators_own_list_may_be_emptied_but_a_read_that_comes_back_empty_may_not() {
+        let auth = ValidatorAuth::new(true, ["s1".to_string()]);
+        auth.replace(Source::Chain, ["c1".into()].into());
+        assert_eq!(auth.replace(Source::Static, HashSet::new()), ["s1"]);
+        assert!(!auth.is_allowed("s1"), "VALIDATOR_HOTKEYS emptied by a reload is applied");
+        assert!(auth.replace(Source::Chain, HashSet::new()).is_empty());
+        assert!(auth.is_allowed("c1"), "an empty chain read keeps the last good set");
+    }
+
+    #[test]
+    fn an_address_stands_by_what_the_sources_report_and_strict_mode_refuses_the_rest() {
+        let auth = ValidatorAuth::new(true, ["v".to_string(), "w".to_string()]);
+        let (home, other) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        assert_eq!(auth.address_standing("v", home), AddressStanding::Unreported);
+        auth.set_reported_addresses(Source::ChallengeApi, [("v".to_string(), [home].into())].into());
+        assert_eq!(auth.address_standing("v", home), AddressStanding::Reported);
+        assert_eq!(auth.address_standing("v", other), AddressStanding::Elsewhere);
+        assert_eq!(auth.address_standing("w", other), AddressStanding::Unreported);
+        auth.set_strict_addresses(true);
+        assert_eq!(auth.address_standing("v", home), AddressStanding::Reported);
+        assert_eq!(auth.address_standing("v", other), AddressStanding::Refused);
+        assert_eq!(
+            auth.address_standing("w", other),
+            AddressStanding::Refused,
+            "strict: nothing reported, nothing pinned"
+        );
+        auth.set_reported_addresses(Source::ChallengeApi, HashMap::new());
+        assert_eq!(
+            auth.address_standing("v", home),
+            AddressStanding::Reported,
+            "an empty read keeps the last addresses"
+        );
     }
 }

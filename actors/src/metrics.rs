@@ -19,6 +19,11 @@ pub struct Metrics {
     pub challenge_latency: Histogram,
     /// Requests refused by a rate limit, by route (or `hotkey` for the per-validator limit).
     pub rate_limited: IntCounterVec,
+    /// Completed key exchanges by where they came from, for the validator that signed them:
+    /// `first` (its first proven address), `known` (one it had proven), `new` (a further address:
+    /// a validator that moved, or a relayer holding its signed exchange), `elsewhere` (an address
+    /// its reported ones do not include). A bounded label set: no hotkeys, no addresses.
+    pub exchange_addresses: IntCounterVec,
     /// RSA private-key operations started (one per genuine key exchange; a replay flood must not move it).
     pub rsa_operations: IntCounter,
     pub time_to_first_token: Histogram,
@@ -192,6 +197,14 @@ impl Metrics {
                 &["route"],
             )
             .unwrap(),
+            exchange_addresses: IntCounterVec::new(
+                Opts::new(
+                    "loosh_exchange_addresses_total",
+                    "Completed key exchanges by the standing of their address for the validator that signed them",
+                ),
+                &["kind"],
+            )
+            .unwrap(),
             challenge_latency: Histogram::with_opts(
                 HistogramOpts::new("loosh_challenge_seconds", "Challenge handling time, arrival to encrypted reply")
                     .buckets(latency_buckets.clone()),
@@ -317,6 +330,7 @@ impl Metrics {
         for c in [
             &m.challenges,
             &m.handshakes,
+            &m.exchange_addresses,
             &m.worker_restarts,
             &m.engine_stalls,
             &m.engine_process_exits,
@@ -374,6 +388,9 @@ impl Metrics {
         }
         for r in ["full", "too_late"] {
             m.admission_refusals.with_label_values(&[r]);
+        }
+        for k in ["first", "known", "new", "elsewhere"] {
+            m.exchange_addresses.with_label_values(&[k]);
         }
         for w in ["first", "hedge"] {
             m.hedge_wins.with_label_values(&[w]);

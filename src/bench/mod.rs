@@ -13,7 +13,8 @@
 //! - `process` (in `process`): an engine in a child process against one on a thread (tokens/s,
 //!   first token), and the time from a child's death to its replacement's first answer.
 //! - `attack` (in `attack`): issue 9's attacks on a local miner, with an honest validator's
-//!   latency during each against its latency alone.
+//!   latency during each against its latency alone; then (in `attack_shares`) replay-many and
+//!   relay, with the honest validator's answered count and latency against alone.
 //! - `answering` (in `answering`): seven validators' mixed load with slot-count admission and no
 //!   hedging against time-aware admission and hedging: challenge time, shares answered, refused
 //!   and cut; with `test-hooks`, time to first token with a slowed worker, without and with hedging.
@@ -45,6 +46,7 @@ use crate::validator_client::{challenge_body, ValidatorClient};
 
 mod answering;
 mod attack;
+mod attack_shares;
 mod process;
 mod reference;
 mod sampling;
@@ -134,7 +136,8 @@ enum BenchKind {
         max_tokens: u32,
     },
     /// Issue 9's attacks against a local miner (replayed key exchange, stalled bodies, malformed
-    /// flood), each with an honest validator's p50/p99 during it against its p50/p99 alone.
+    /// flood), each with an honest validator's p50/p99 during it against its p50/p99 alone; then
+    /// the attacks on a validator's share (replay-many, relay), with its answered count.
     Attack {
         #[arg(long)]
         model: PathBuf,
@@ -158,6 +161,15 @@ enum BenchKind {
         /// Attack requests in flight at once.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        /// Replays of one captured exchange from each of 16 addresses (replay-many).
+        #[arg(long, default_value_t = 8)]
+        replays_per_address: usize,
+        /// Deadline-length challenges a relayer tries to keep in flight (relay).
+        #[arg(long, default_value_t = 10)]
+        relay_in_flight: usize,
+        /// Only the attacks on a validator's share (replay-many, relay), not issue 9's.
+        #[arg(long)]
+        shares_only: bool,
     },
     /// Seven validators' mixed load on two CPU workers with a short deadline: slot-count admission
     /// without hedging against time-aware admission with hedging, same run.
@@ -280,17 +292,41 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             rt.block_on(workers::batching(engine, parallel, challenges, max_tokens, !no_reference))
         }
         BenchKind::Openai { model, requests, max_tokens } => rt.block_on(workers::openai(model, requests, max_tokens)),
-        BenchKind::Attack { model, threads, honest, replays, stalled, stall_window, malformed, concurrency } => rt
-            .block_on(attack::attack(attack::AttackPlan {
+        BenchKind::Attack {
+            model,
+            threads,
+            honest,
+            replays,
+            stalled,
+            stall_window,
+            malformed,
+            concurrency,
+            replays_per_address,
+            relay_in_flight,
+            shares_only,
+        } => rt.block_on(async {
+            if !shares_only {
+                attack::attack(attack::AttackPlan {
+                    model: model.clone(),
+                    threads,
+                    honest,
+                    replays,
+                    stalled,
+                    stall_window: Duration::from_secs(stall_window),
+                    malformed,
+                    concurrency,
+                })
+                .await?;
+            }
+            attack_shares::shares(attack_shares::SharePlan {
                 model,
                 threads,
                 honest,
-                replays,
-                stalled,
-                stall_window: Duration::from_secs(stall_window),
-                malformed,
-                concurrency,
-            })),
+                replays_per_address,
+                relay_in_flight,
+            })
+            .await
+        }),
         BenchKind::Answering { model, validators, rounds, deadline_ms, short_tokens, parallel } => {
             rt.block_on(answering::answering(answering::AnsweringPlan {
                 model,
@@ -357,12 +393,17 @@ pub(crate) fn bench_config_with(
 }
 
 pub(crate) async fn start(cfg: &Config) -> anyhow::Result<(MinerGraph, Node)> {
+    start_with_auth(cfg, Arc::new(ValidatorAuth::allow_all())).await
+}
+
+/// [`start`] admitting only whom `auth` allows.
+pub(crate) async fn start_with_auth(cfg: &Config, auth: Arc<ValidatorAuth>) -> anyhow::Result<(MinerGraph, Node)> {
     let specs = crate::config::workers::worker_specs(cfg, &[])?;
     let want = specs.len();
     let parts = NodeParts {
         hotkey: Hotkey::ephemeral(),
         workers: specs,
-        auth: Arc::new(ValidatorAuth::allow_all()),
+        auth,
         chain_url: None,
         listen: ("127.0.0.1".into(), 0),
     };

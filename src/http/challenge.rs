@@ -60,7 +60,7 @@ fn outcome_of(e: &ApiError) -> &'static str {
 fn log_refusal(state: &AppState, req: &HttpRequest, e: &ApiError) {
     let outcome = outcome_of(e);
     if let Some(suppressed) = state.refusals.admit(outcome) {
-        tracing::warn!(peer = ?req.peer_addr(), outcome, suppressed, error = %e, "challenge refused");
+        tracing::warn!(peer = ?super::client_ip(state, req), outcome, suppressed, error = %e, "challenge refused");
     }
 }
 
@@ -96,7 +96,7 @@ async fn handle(
     };
     let hotkey = header(req, HOTKEY_HEADER).map_err(refused)?;
     let uuid = header(req, UUID_HEADER).map_err(refused)?;
-    let peer = req.peer_addr().map(|a| a.ip());
+    let peer = super::client_ip(&state, &req);
     g.check_ip_rate(Route::Challenge, peer, g.auth.is_allowed(hotkey)).map_err(|secs| refused(rate_limited(secs)))?;
     g.check_caller(hotkey).map_err(|e| refused(e.into()))?;
     let s = &state.settings;

@@ -72,7 +72,8 @@ impl ResponseError for ApiError {
             },
             ApiError::KeyExchange(e) => match e {
                 KeyExchangeError::Malformed(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                KeyExchangeError::Forbidden => StatusCode::FORBIDDEN,
+                KeyExchangeError::Forbidden | KeyExchangeError::AddressNotReported => StatusCode::FORBIDDEN,
+                KeyExchangeError::UuidTaken => StatusCode::CONFLICT,
                 KeyExchangeError::StaleTimestamp(_)
                 | KeyExchangeError::BadSignature(_)
                 | KeyExchangeError::Replay

@@ -13,7 +13,7 @@ use loosh_actors::front_door::rate_limit::Route;
 #[get("/fiber/public-key")]
 pub async fn public_key(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let g = &state.graph;
-    g.check_ip_rate(Route::PublicKey, req.peer_addr().map(|a| a.ip()), names_a_validator(&state, &req))
+    g.check_ip_rate(Route::PublicKey, super::client_ip(&state, &req), names_a_validator(&state, &req))
         .map_err(rate_limited)?;
     Ok(HttpResponse::Ok().json(json!({ "public_key": g.rsa.public_pem() })))
 }
@@ -41,7 +41,7 @@ pub async fn key_exchange(
 ) -> Result<HttpResponse, ApiError> {
     let s = &state.settings;
     let result = match read_limited(&req, payload, s.max_key_exchange_bytes, s.body_read_timeout).await {
-        Ok(body) => state.graph.exchange_key(&body, req.peer_addr().map(|a| a.ip())).await.map_err(ApiError::from),
+        Ok(body) => state.graph.exchange_key(&body, super::client_ip(&state, &req)).await.map_err(ApiError::from),
         Err(e) => {
             let reason = match &e {
                 ApiError::TooLarge { .. } => "too_large",
@@ -66,7 +66,7 @@ pub async fn key_exchange(
                 _ => "malformed",
             };
             if let Some(suppressed) = state.refusals.admit(outcome) {
-                tracing::warn!(peer = ?req.peer_addr(), outcome, suppressed, error = %e, "key exchange refused");
+                tracing::warn!(peer = ?super::client_ip(&state, &req), outcome, suppressed, error = %e, "key exchange refused");
             }
         }
     }

@@ -18,9 +18,33 @@ use actix_web::{web, App, HttpServer};
 use error::ApiError;
 use state::AppState;
 
+/// The client's address: the TCP peer, or — only when the peer is one of `TRUSTED_PROXIES` — the
+/// nearest address in `X-Forwarded-For` that is not itself a trusted proxy. Every per-address
+/// limit, share and proof uses this, so behind a proxy they apply to the real clients, and
+/// without one a forged header changes nothing.
+pub fn client_ip(state: &AppState, req: &actix_web::HttpRequest) -> Option<std::net::IpAddr> {
+    let peer = req.peer_addr().map(|a| a.ip())?;
+    let trusted = &state.settings.trusted_proxies;
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let mut forwarded: Vec<std::net::IpAddr> = Vec::new();
+    for value in req.headers().get_all("x-forwarded-for") {
+        let Ok(text) = value.to_str() else { return Some(peer) };
+        for item in text.split(',') {
+            match item.trim().parse() {
+                Ok(ip) => forwarded.push(ip),
+                // An unreadable hop: nothing left of it can be believed; the proxy is the client.
+                Err(_) => return Some(peer),
+            }
+        }
+    }
+    Some(forwarded.into_iter().rev().find(|ip| !trusted.contains(ip)).unwrap_or(peer))
+}
+
 fn not_found(cfg: &mut web::ServiceConfig) {
     cfg.default_service(web::to(|state: web::Data<AppState>, req: actix_web::HttpRequest| async move {
-        let peer = req.peer_addr().map(|a| a.ip());
+        let peer = client_ip(&state, &req);
         let named = key_exchange::names_a_validator(&state, &req);
         state
             .graph

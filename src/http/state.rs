@@ -38,6 +38,8 @@ pub struct HttpSettings {
     pub api_docs: bool,
     /// `HEALTH_GRACE_SECONDS`: `/health` answers 503 once no worker has been ready this long.
     pub health_grace: Duration,
+    /// `TRUSTED_PROXIES`: whose `X-Forwarded-For` is believed ([`super::client_ip`]).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for HttpSettings {
@@ -54,6 +56,7 @@ impl Default for HttpSettings {
             ops_on_public_port: false,
             api_docs: false,
             health_grace: Duration::from_secs(300),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -20,7 +20,7 @@ use super::state::AppState;
 /// state (no actor message, nothing queued behind challenges).
 #[get("/availability")]
 pub async fn availability(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let peer = req.peer_addr().map(|a| a.ip());
+    let peer = super::client_ip(&state, &req);
     let claimed = super::key_exchange::claimed_hotkey(&req);
     let allowed = claimed.is_some_and(|h| state.graph.auth.is_allowed(h));
     let proven = allowed && claimed.zip(peer).is_some_and(|(h, ip)| state.graph.known_peers.is_known(h, ip));

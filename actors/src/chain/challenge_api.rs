@@ -4,7 +4,8 @@
 //! Runs beside the request path, never in it: a slow or failing API only means the last good list
 //! stays in force, and the logs and `/metrics` say so.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +64,31 @@ pub fn parse_active_hotkeys(body: &Value) -> HashSet<String> {
         .collect()
 }
 
+/// The address the API reports for each validator (`{hotkey_ss58, ip}` entries; an `ip` that is
+/// not an address, or `0.0.0.0`, is no report): where that validator's traffic is expected from.
+pub fn parse_active_addresses(body: &Value) -> HashMap<String, HashSet<IpAddr>> {
+    let list = match body {
+        Value::Array(items) => items.as_slice(),
+        Value::Object(map) => ["hotkeys", "validators", "active_hotkeys", "data"]
+            .iter()
+            .find_map(|k| map.get(*k).and_then(Value::as_array))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]),
+        _ => &[],
+    };
+    let mut out: HashMap<String, HashSet<IpAddr>> = HashMap::new();
+    for o in list.iter().filter_map(Value::as_object) {
+        let Some(hotkey) = o.get("hotkey_ss58").or_else(|| o.get("hotkey")).and_then(Value::as_str) else { continue };
+        let Some(ip) = o.get("ip").and_then(Value::as_str).and_then(|ip| ip.trim().parse::<IpAddr>().ok()) else {
+            continue;
+        };
+        if ss58_decode(hotkey).is_ok() && !ip.is_unspecified() {
+            out.entry(hotkey.to_string()).or_default().insert(ip);
+        }
+    }
+    out
+}
+
 impl PollerState {
     async fn poll(&mut self) -> Result<usize, String> {
         let url = format!("{}/validators/active-hotkeys", self.args.url.trim_end_matches('/'));
@@ -84,6 +110,9 @@ impl PollerState {
         let body: Value = res.json().await.map_err(|e| format!("{url}: not JSON: {e}"))?;
         let hotkeys = parse_active_hotkeys(&body);
         let count = hotkeys.len();
+        if count > 0 {
+            self.args.auth.set_reported_addresses(Source::ChallengeApi, parse_active_addresses(&body));
+        }
         for gone in self.args.auth.replace(Source::ChallengeApi, hotkeys) {
             tracing::info!(validator = %gone, "validator left the Challenge API list; dropping its keys");
             self.args.keys.revoke(&gone);

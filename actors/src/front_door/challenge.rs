@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
+use crate::front_door::share::Share;
 use crate::graph::MinerGraph;
 use crate::inference::request::{BackendError, Generation, GenerationRequest, JobControl};
 use crate::inference::tool_calls::describe_tool_calls;
@@ -178,15 +179,20 @@ impl MinerGraph {
         arrival: Instant,
     ) -> Result<Vec<u8>, ChallengeError> {
         self.check_caller(hotkey)?;
-        let key = self
+        let entry = self
             .keys
             .lookup(hotkey, uuid)
             .ok_or_else(|| ChallengeError::UnknownKey { public_key: self.rsa.public_pem().to_string() })?;
-        // The key was found: the hotkey is now a verified identity, with a budget of its own.
-        self.check_hotkey_rate(hotkey).map_err(|retry_after_secs| ChallengeError::RateLimited { retry_after_secs })?;
+        let key = entry.key;
         let plaintext = key.decrypt(token, self.door.fernet_ttl_secs).map_err(ChallengeError::BadToken)?;
+        // The token decrypted: the caller holds the key, so it is now a verified identity and
+        // spends the share of the address that key was exchanged from — never before, so that
+        // junk sent under a validator's name costs that validator nothing.
+        let share = self.share_of(hotkey, entry.origin);
+        self.check_hotkey_rate(&share.bucket)
+            .map_err(|retry_after_secs| ChallengeError::RateLimited { retry_after_secs })?;
         let request = parse_challenge(&plaintext)?;
-        let _slot = self.take_validator_slot(hotkey)?;
+        let _slot = self.take_validator_slot(&share)?;
         let reply = self.answer_request(request, arrival).await?;
         let json =
             serde_json::to_vec(&reply).map_err(|e| ChallengeError::Internal(format!("reply serialisation: {e}")))?;
@@ -199,18 +205,21 @@ impl MinerGraph {
         self.answer_request(request, arrival).await
     }
 
-    fn take_validator_slot(&self, hotkey: &str) -> Result<ValidatorSlot<'_>, ChallengeError> {
-        let cap = self.door.max_in_flight_per_validator;
-        let mut n = self.validator_in_flight.entry(hotkey.to_string()).or_insert(0);
+    /// A slot of the validator's in-flight share for this key's address ([`Share`]).
+    fn take_validator_slot(&self, share: &Share) -> Result<ValidatorSlot<'_>, ChallengeError> {
+        let cap = share.cap;
+        let mut n = self.validator_in_flight.entry(share.bucket.clone()).or_insert(0);
         if *n >= cap {
-            return Err(ChallengeError::Busy {
-                reason: format!("this validator already has {cap} challenges in flight"),
-                retry_after_secs: 1,
-            });
+            let reason = if share.elsewhere {
+                format!("this validator's keys from unreported addresses already have {cap} challenges in flight")
+            } else {
+                format!("this validator already has {cap} challenges in flight")
+            };
+            return Err(ChallengeError::Busy { reason, retry_after_secs: 1 });
         }
         *n += 1;
         drop(n);
-        Ok(ValidatorSlot { counts: &self.validator_in_flight, hotkey: hotkey.to_string() })
+        Ok(ValidatorSlot { counts: &self.validator_in_flight, hotkey: share.bucket.clone() })
     }
 
     /// Runs the challenge through the scheduler and builds the reply with the timing echo.

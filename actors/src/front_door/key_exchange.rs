@@ -1,16 +1,28 @@
 //! `exchange_key`: a validator hands us its Fernet key, wrapped with our RSA key and signed.
 //!
 //! Checks run cheapest first, and each one a peer can trigger for free is bounded:
-//! shape (lengths capped, the timestamp text at [`MAX_TIMESTAMP_TEXT`] bytes) → authorization →
-//! timestamp age → sr25519 signature (on a bounded blocking pool) → **the nonce is spent** → RSA
-//! (on its own bounded pool) → the key is stored. Spending the nonce before RSA is what makes a
-//! replayed exchange cost no RSA work: the signature covers timestamp, nonce and hotkey but not the
-//! ciphertext, so anyone who saw one exchange could otherwise resend it with random ciphertexts.
+//! shape (lengths capped, the timestamp text at [`MAX_TIMESTAMP_TEXT`] bytes) → authorization and
+//! the caller address's own rate limit → under `STRICT_VALIDATOR_ADDRESSES`, the address against
+//! the validator's reported ones → timestamp age → sr25519 signature (on a bounded blocking pool)
+//! → **the nonce is spent** → the validator's budget → RSA (on its own bounded pool) → the key is
+//! stored with the exchange's address.
+//!
+//! The signature covers `"{ts}.{nonce}.{validator}"` only — not our hotkey, the uuid or the
+//! ciphertext — so every miner a validator talks to holds exchanges that verify here. Hence:
+//! * spending the nonce before RSA makes a replayed exchange cost no RSA work, and spending it
+//!   before the validator's budget makes a replay cost that validator nothing (a replay from any
+//!   number of addresses is one signature check each, then 400);
+//! * a *relayed* exchange (one the validator sent another miner, its key swapped for one the
+//!   relayer chose) has an unspent nonce and is accepted, but the key it makes is tied to the
+//!   relayer's address: its challenges spend that address's budget and in-flight share, never the
+//!   share of the address the validator itself exchanges from ([`crate::front_door::share`]).
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use super::rate_limit::Route;
+use crate::authorization::AddressStanding;
+use crate::front_door::known_peers::Recorded;
 use crate::graph::MinerGraph;
 use crate::protocol::fernet_codec::FernetKey;
 use crate::protocol::messages::{unix_time_f64, KeyExchangeRequest};
@@ -43,6 +55,13 @@ pub enum KeyExchangeError {
     KeyUnwrap,
     #[error("too many key exchanges from this validator; retry later")]
     TooManyExchanges { retry_after_secs: u64 },
+    /// `STRICT_VALIDATOR_ADDRESSES`: the validator's exchange came from an address that neither the
+    /// Challenge API nor the chain reports for it.
+    #[error("key exchanges from this validator are accepted only from its reported addresses")]
+    AddressNotReported,
+    /// The uuid names a live key made by an exchange from another address.
+    #[error("symmetric_key_uuid is in use; choose another")]
+    UuidTaken,
     /// Over a rate limit (per IP, or per verified hotkey).
     #[error("rate limit exceeded; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
@@ -60,6 +79,8 @@ impl KeyExchangeError {
         match self {
             Self::Malformed(_) => "malformed",
             Self::Forbidden => "unauthorized",
+            Self::AddressNotReported => "address_not_reported",
+            Self::UuidTaken => "uuid_taken",
             Self::StaleTimestamp(_) => "stale_timestamp",
             Self::BadSignature(_) => "bad_signature",
             Self::Replay => "replay",
@@ -103,10 +124,15 @@ impl MinerGraph {
             )));
         }
         let allowed = self.auth.is_allowed(&hotkey);
+        // The caller's own address budget: a flood from one address spends that address's.
         self.check_ip_rate(Route::KeyExchange, peer, allowed)
             .map_err(|retry_after_secs| KeyExchangeError::RateLimited { retry_after_secs })?;
         if !allowed {
             return Err(KeyExchangeError::Forbidden);
+        }
+        let standing = peer.map(|ip| self.auth.address_standing(&hotkey, ip));
+        if standing == Some(AddressStanding::Refused) {
+            return Err(KeyExchangeError::AddressNotReported);
         }
 
         let s = &self.door;
@@ -130,8 +156,6 @@ impl MinerGraph {
         }
 
         self.verify_signature(&hotkey, ke.candidate_signed_messages(), ke.signature.clone()).await?;
-        self.check_hotkey_rate(&hotkey)
-            .map_err(|retry_after_secs| KeyExchangeError::RateLimited { retry_after_secs })?;
 
         // The exchange is genuine: spend its nonce now, before any RSA work. It is remembered until
         // the timestamp itself falls out of the accepted window, so a future-stamped exchange cannot
@@ -143,22 +167,53 @@ impl MinerGraph {
             KeyStoreError::Refused(StoreError::TooManyExchanges) => {
                 KeyExchangeError::TooManyExchanges { retry_after_secs: s.max_timestamp_age.as_secs().max(1) }
             }
+            KeyStoreError::Refused(StoreError::UuidTaken) => KeyExchangeError::UuidTaken,
             KeyStoreError::Unavailable(e) => KeyExchangeError::Unavailable(e),
         })?;
+        // Genuine and first seen: only now does it spend a budget, the one of the validator's
+        // share this address belongs to.
+        let share = self.share_of(&hotkey, peer);
+        self.check_hotkey_rate(&share.bucket)
+            .map_err(|retry_after_secs| KeyExchangeError::RateLimited { retry_after_secs })?;
 
         let key_text = self.rsa.unwrap_key(ke.encrypted_symmetric_key).await.map_err(|e| match e {
             RsaPoolError::Full => KeyExchangeError::Busy { retry_after_secs: 1 },
             RsaPoolError::Unwrap(_) => KeyExchangeError::KeyUnwrap,
         })?;
         let key = FernetKey::from_key_text(&key_text).map_err(|_| KeyExchangeError::KeyUnwrap)?;
-        self.keys
-            .store_key(&hotkey, &ke.symmetric_key_uuid, key)
-            .await
-            .map_err(|e| KeyExchangeError::Unavailable(e.to_string()))?;
+        self.keys.store_key(&hotkey, &ke.symmetric_key_uuid, key, peer).await.map_err(|e| match e {
+            KeyStoreError::Refused(StoreError::UuidTaken) => KeyExchangeError::UuidTaken,
+            other => KeyExchangeError::Unavailable(other.to_string()),
+        })?;
         if let Some(ip) = peer {
-            self.known_peers.record(&hotkey, ip);
+            self.note_exchange_address(&hotkey, ip, standing == Some(AddressStanding::Elsewhere));
         }
         Ok(hotkey)
+    }
+
+    /// Remembers the address a validator proved itself from, and counts (and logs, rate-limited)
+    /// an address that is new for it: a validator that moved, or someone relaying its exchanges.
+    fn note_exchange_address(&self, hotkey: &str, ip: IpAddr, elsewhere: bool) {
+        let recorded = self.known_peers.record(hotkey, ip);
+        let kind = match recorded {
+            _ if elsewhere => "elsewhere",
+            Recorded::First | Recorded::NotKept => "first",
+            Recorded::Known => "known",
+            Recorded::NewAddress => "new",
+        };
+        self.metrics.exchange_addresses.with_label_values(&[kind]).inc();
+        if matches!(kind, "new" | "elsewhere") {
+            if let Some(suppressed) = self.known_peers.admit_log() {
+                tracing::warn!(
+                    validator = %hotkey,
+                    %ip,
+                    kind,
+                    suppressed,
+                    "a validator's key exchange came from a new address (it moved, or its exchange was relayed); \
+                     its challenges spend that address's share only"
+                );
+            }
+        }
     }
 
     /// sr25519 verification off the async threads, at most `verify_slots` at once. A verification

@@ -28,9 +28,32 @@ pub const MAX_VALIDATORS: usize = 4096;
 #[derive(Debug, Default)]
 pub struct KnownPeers {
     by_hotkey: DashMap<String, Vec<(IpAddr, Instant)>>,
+    /// (window start, lines logged in it, lines suppressed since the last one logged).
+    log_window: std::sync::Mutex<Option<(Instant, u32, u64)>>,
 }
 
+/// Lines a minute about validators exchanging from new addresses.
+const LOG_PER_MINUTE: u32 = 5;
+
 impl KnownPeers {
+    /// Whether a line about a new address may be logged now (`Some(lines suppressed before it)`):
+    /// a relayer cycling addresses must not flood the log.
+    pub fn admit_log(&self) -> Option<u64> {
+        let now = Instant::now();
+        let mut w = self.log_window.lock().unwrap_or_else(|e| e.into_inner());
+        let (start, logged, suppressed) = w.get_or_insert((now, 0, 0));
+        if now.duration_since(*start) >= Duration::from_secs(60) {
+            (*start, *logged) = (now, 0);
+        }
+        if *logged < LOG_PER_MINUTE {
+            *logged += 1;
+            Some(std::mem::take(suppressed))
+        } else {
+            *suppressed += 1;
+            None
+        }
+    }
+
     /// Records a completed exchange by `hotkey` from `ip`. Returns whether the address is new for
     /// this validator (it had exchanged before, from elsewhere), for the log and the metrics.
     pub fn record(&self, hotkey: &str, ip: IpAddr) -> Recorded {

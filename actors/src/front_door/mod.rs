@@ -13,6 +13,7 @@ pub mod challenge;
 pub mod key_exchange;
 pub mod known_peers;
 pub mod rate_limit;
+pub mod share;
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -7,6 +7,7 @@
 //! its own mailbox means one validator's handshake storm never delays another's.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -22,6 +23,10 @@ pub enum StoreError {
     ReplayedNonce,
     #[error("too many key exchanges from this validator in the replay window")]
     TooManyExchanges,
+    /// The uuid names a live key that an exchange from another address made: replacing it would let
+    /// whoever holds a validator's signed exchange take over that validator's key.
+    #[error("symmetric_key_uuid is in use by a key from another address")]
+    UuidTaken,
 }
 
 pub enum KeySessionMsg {
@@ -36,7 +41,9 @@ pub enum KeySessionMsg {
     StoreKey {
         uuid: String,
         key: FernetKey,
-        reply: RpcReplyPort<()>,
+        /// The address of the exchange that made it.
+        origin: Option<IpAddr>,
+        reply: RpcReplyPort<Result<(), StoreError>>,
     },
     /// Drops every key (the validator lost its authorization).
     Revoke,
@@ -64,8 +71,8 @@ pub struct KeySessionState {
     hotkey: String,
     settings: SessionSettings,
     live: LiveKeys,
-    /// uuid → expiry of the keys this session put into `live`.
-    keys: HashMap<String, Instant>,
+    /// uuid → (expiry, exchange address) of the keys this session put into `live`.
+    keys: HashMap<String, (Instant, Option<IpAddr>)>,
     /// nonce → until when it is remembered. Lifetimes differ (a future-stamped exchange is
     /// remembered longer), so the sweep walks the whole map, which `max_nonces` keeps small.
     nonces: HashMap<String, Instant>,
@@ -75,7 +82,7 @@ impl KeySessionState {
     fn sweep(&mut self, now: Instant) {
         let live = &self.live;
         let hotkey = &self.hotkey;
-        self.keys.retain(|uuid, expires| {
+        self.keys.retain(|uuid, (expires, _)| {
             let keep = *expires > now;
             if !keep {
                 live.remove(hotkey, uuid);
@@ -103,17 +110,36 @@ impl KeySessionState {
         Ok(())
     }
 
-    fn store_key(&mut self, uuid: String, key: FernetKey, now: Instant) {
+    fn store_key(
+        &mut self,
+        uuid: String,
+        key: FernetKey,
+        origin: Option<IpAddr>,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        if let Some((expires, held_by)) = self.keys.get(&uuid) {
+            if *expires > now && *held_by != origin {
+                return Err(StoreError::UuidTaken);
+            }
+        }
         if self.keys.len() >= self.settings.max_keys && !self.keys.contains_key(&uuid) {
-            // Bounded per validator: the key closest to expiry goes first.
-            if let Some(oldest) = self.keys.iter().min_by_key(|(_, e)| **e).map(|(u, _)| u.clone()) {
+            // Bounded per validator: the key closest to expiry goes first, taken from the keys of
+            // the same address when it has any, so that exchanges from one address (a relayer's)
+            // cannot push out the keys made from another (the validator's own).
+            let same_origin = self.keys.iter().filter(|(_, (_, o))| *o == origin);
+            let oldest = same_origin
+                .min_by_key(|(_, (e, _))| *e)
+                .or_else(|| self.keys.iter().min_by_key(|(_, (e, _))| *e))
+                .map(|(u, _)| u.clone());
+            if let Some(oldest) = oldest {
                 self.keys.remove(&oldest);
                 self.live.remove(&self.hotkey, &oldest);
             }
         }
         let expires = now + self.settings.key_ttl + self.settings.key_grace;
-        self.live.insert(&self.hotkey, &uuid, key, expires);
-        self.keys.insert(uuid, expires);
+        self.live.insert(&self.hotkey, &uuid, key, expires, origin);
+        self.keys.insert(uuid, (expires, origin));
+        Ok(())
     }
 }
 
@@ -154,9 +180,8 @@ impl Actor for KeySession {
             KeySessionMsg::SpendNonce { nonce, remember_for, reply } => {
                 let _ = reply.send(state.spend_nonce(nonce, remember_for, now));
             }
-            KeySessionMsg::StoreKey { uuid, key, reply } => {
-                state.store_key(uuid, key, now);
-                let _ = reply.send(());
+            KeySessionMsg::StoreKey { uuid, key, origin, reply } => {
+                let _ = reply.send(state.store_key(uuid, key, origin, now));
             }
             KeySessionMsg::Revoke => {
                 tracing::info!(validator = %state.hotkey, keys = state.keys.len(), "revoking validator keys");
@@ -171,7 +196,7 @@ impl Actor for KeySession {
                 }
             }
             KeySessionMsg::Snapshot(reply) => {
-                let live_keys = state.keys.values().filter(|e| **e > now).count();
+                let live_keys = state.keys.values().filter(|(e, _)| *e > now).count();
                 let _ = reply.send(SessionSnapshot { live_keys, nonces: state.nonces.len() });
             }
         }

@@ -7,6 +7,7 @@
 //! writes here, so the session remains the single owner of a validator's key state.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,6 +19,16 @@ use crate::protocol::fernet_codec::FernetKey;
 struct LiveKey {
     key: FernetKey,
     expires: Instant,
+    origin: Option<IpAddr>,
+}
+
+/// A live key and the address of the exchange that made it: a challenge under this key spends the
+/// budget and the in-flight share of that (validator, address), so a relayer that made a key of
+/// its own with a validator's signed exchange spends only its own address's share.
+#[derive(Clone)]
+pub struct LiveKeyEntry {
+    pub key: FernetKey,
+    pub origin: Option<IpAddr>,
 }
 
 /// hotkey → (uuid → key). Keyed by hotkey first so that a lookup borrows `&str` (no allocation)
@@ -27,13 +38,15 @@ pub struct LiveKeys(Arc<DashMap<String, HashMap<String, LiveKey>>>);
 
 impl LiveKeys {
     /// The live key for (hotkey, uuid); an expired one reads as absent even before its sweep.
-    pub fn get(&self, hotkey: &str, uuid: &str) -> Option<FernetKey> {
+    pub fn get(&self, hotkey: &str, uuid: &str) -> Option<LiveKeyEntry> {
         let keys = self.0.get(hotkey)?;
-        keys.get(uuid).filter(|k| k.expires > Instant::now()).map(|k| k.key.clone())
+        keys.get(uuid)
+            .filter(|k| k.expires > Instant::now())
+            .map(|k| LiveKeyEntry { key: k.key.clone(), origin: k.origin })
     }
 
-    pub(crate) fn insert(&self, hotkey: &str, uuid: &str, key: FernetKey, expires: Instant) {
-        self.0.entry(hotkey.to_string()).or_default().insert(uuid.to_string(), LiveKey { key, expires });
+    pub(crate) fn insert(&self, hotkey: &str, uuid: &str, key: FernetKey, expires: Instant, origin: Option<IpAddr>) {
+        self.0.entry(hotkey.to_string()).or_default().insert(uuid.to_string(), LiveKey { key, expires, origin });
     }
 
     pub(crate) fn remove(&self, hotkey: &str, uuid: &str) {

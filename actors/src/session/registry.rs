@@ -3,6 +3,7 @@
 //! index (hotkey → session) and the [`LiveKeys`] map (written by the sessions it supervises).
 //! Only the registry writes the index.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use dashmap::DashMap;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use super::key_session::{KeySession, KeySessionArgs, KeySessionMsg, SessionSnapshot, StoreError};
-use super::live_keys::LiveKeys;
+use super::live_keys::{LiveKeyEntry, LiveKeys};
 use super::SessionSettings;
 use crate::protocol::fernet_codec::FernetKey;
 
@@ -155,7 +156,7 @@ impl KeyStore {
     }
 
     /// The live key for (hotkey, uuid): a map read, no mailbox.
-    pub fn lookup(&self, hotkey: &str, uuid: &str) -> Option<FernetKey> {
+    pub fn lookup(&self, hotkey: &str, uuid: &str) -> Option<LiveKeyEntry> {
         self.live.get(hotkey, uuid)
     }
 
@@ -184,11 +185,23 @@ impl KeyStore {
 
     /// Makes `key` live under (hotkey, uuid). Call after [`Self::spend_nonce`] succeeded: a session
     /// holding a fresh nonce does not stop as idle, so this reaches the same session.
-    pub async fn store_key(&self, hotkey: &str, uuid: &str, key: FernetKey) -> Result<(), KeyStoreError> {
+    /// `origin` is the exchange's address: the key's challenges spend that address's share.
+    pub async fn store_key(
+        &self,
+        hotkey: &str,
+        uuid: &str,
+        key: FernetKey,
+        origin: Option<IpAddr>,
+    ) -> Result<(), KeyStoreError> {
         let session = self.session_for(hotkey).await?;
         let uuid = uuid.to_string();
-        ractor::call_t!(session, |reply| KeySessionMsg::StoreKey { uuid, key, reply }, CALL_TIMEOUT.as_millis() as u64)
-            .map_err(|e| KeyStoreError::Unavailable(e.to_string()))
+        ractor::call_t!(
+            session,
+            |reply| KeySessionMsg::StoreKey { uuid, key, origin, reply },
+            CALL_TIMEOUT.as_millis() as u64
+        )
+        .map_err(|e| KeyStoreError::Unavailable(e.to_string()))?
+        .map_err(KeyStoreError::from)
     }
 
     /// Drops every key a validator holds. The keys stop reading as live at once (a validator that

@@ -1,0 +1,192 @@
+//! `bench attack`'s attacks on a validator's share (issue 29): what a competing miner can do with
+//! key exchanges the validator signed, measured by what the honest validator gets meanwhile.
+//!
+//! The miner runs as an operator runs it: the allow list is the honest validator, rate limits on.
+//! The honest validator sends challenges from 127.0.0.1, one after another, alone and then during
+//! each attack in the same run; the attacker works from 127.0.0.2 and above (loopback aliases:
+//! other hosts, as the miner sees them).
+//! - replay-many: one of the validator's exchanges, captured, replayed from 16 addresses.
+//! - relay: an exchange the validator signed for another miner, its wrapped key swapped for one
+//!   the relayer chose; the relayer then keeps deadline-length challenges in flight as the
+//!   validator.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use loosh_actors::authorization::ValidatorAuth;
+use loosh_actors::protocol::fernet_codec::FernetKey;
+use loosh_actors::protocol::messages::unix_time_f64;
+use loosh_actors::protocol::rsa_keys::wrap_fernet_key;
+use loosh_actors::protocol::signature::Hotkey;
+
+use super::{bench_config_with, start_with_auth, stats, stop};
+use crate::validator_client::{challenge_body, key_exchange_body, ValidatorClient};
+
+pub struct SharePlan {
+    pub model: PathBuf,
+    pub threads: i32,
+    /// Challenges the honest validator sends per measurement.
+    pub honest: usize,
+    /// Replays of the captured exchange from each of 16 addresses.
+    pub replays_per_address: usize,
+    /// Challenges the relayer tries to keep in flight.
+    pub relay_in_flight: usize,
+}
+
+/// What the honest validator got: answered of sent, and the answered ones' p50/p99.
+struct Honest {
+    answered: usize,
+    sent: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn loopback(n: u8) -> Option<IpAddr> {
+    Some(IpAddr::from([127, 0, 0, n]))
+}
+
+async fn honest_challenges(client: &ValidatorClient, n: usize) -> Honest {
+    let body = challenge_body("Say hello.", 8, 0.7);
+    let (mut lat, began) = (Vec::new(), Instant::now());
+    for _ in 0..n {
+        let t = Instant::now();
+        if client.challenge_once(&body).await.is_ok() {
+            lat.push(t.elapsed());
+        }
+    }
+    let answered = lat.len();
+    let (p50_ms, p99_ms) = if lat.is_empty() {
+        (f64::NAN, f64::NAN)
+    } else {
+        let s = stats(lat, began.elapsed());
+        (s.p50_ms, s.p99_ms)
+    };
+    Honest { answered, sent: n, p50_ms, p99_ms }
+}
+
+fn line(name: &str, h: &Honest, alone: &Honest, what: String) {
+    println!(
+        "{name:<13} honest {}/{} answered, p50 {:7.1} ms p99 {:7.1} ms (alone {}/{}, p50 {:.1} ms p99 {:.1} ms); {what}",
+        h.answered, h.sent, h.p50_ms, h.p99_ms, alone.answered, alone.sent, alone.p50_ms, alone.p99_ms
+    );
+}
+
+pub async fn shares(plan: SharePlan) -> anyhow::Result<()> {
+    let validator = Hotkey::ephemeral();
+    let cfg = bench_config_with(
+        &plan.model,
+        plan.threads,
+        10,
+        &[
+            ("RATE_LIMIT_ENABLED", "true"),
+            ("VALIDATOR_HOTKEYS", validator.ss58()),
+            ("CHALLENGE_DEADLINE_MS", "8000"),
+            ("MAX_MODEL_LEN", "16384"),
+        ],
+    )?;
+    let auth = Arc::new(ValidatorAuth::new(true, [validator.ss58().to_string()]));
+    let (graph, node) = start_with_auth(&cfg, auth).await?;
+    let url = format!("http://{}", node.addr);
+    println!(
+        "share attacks: allow list = the honest validator (127.0.0.1), rate limits on, MAX_CONCURRENT_REQUESTS 10, {} in flight per validator share; attacker on 127.0.0.2+",
+        cfg.max_in_flight_per_validator
+    );
+    let mut honest = ValidatorClient::new(&url, validator.clone());
+    let pem = honest.fetch_public_key().await?;
+    let (key_text, key) = FernetKey::generate();
+    let wrapped = wrap_fernet_key(&pem, &key_text)?;
+    let captured =
+        key_exchange_body(&validator, &wrapped, "honest", &uuid::Uuid::new_v4().to_string(), unix_time_f64());
+    anyhow::ensure!(honest.post_exchange(captured.clone()).await?.0 == 200, "the honest exchange was refused");
+    honest.use_key("honest", key);
+    let alone = honest_challenges(&honest, plan.honest).await;
+    line("alone:", &alone, &alone, String::new());
+
+    // replay-many: the captured exchange from 16 addresses, all at once, while the validator works.
+    let rsa_before = graph.metrics.rsa_operations.get();
+    let mut replayers = Vec::new();
+    for n in 2..18 {
+        let (url, captured, per) = (url.clone(), captured.clone(), plan.replays_per_address);
+        replayers.push(tokio::spawn(async move {
+            let client = ValidatorClient::from_address(&url, Hotkey::ephemeral(), loopback(n));
+            let mut statuses = Vec::new();
+            for _ in 0..per {
+                statuses.push(client.post_exchange(captured.clone()).await.map(|(s, _)| s).unwrap_or(0));
+            }
+            statuses
+        }));
+    }
+    let during = honest_challenges(&honest, plan.honest).await;
+    let mut counts = std::collections::BTreeMap::new();
+    for r in replayers {
+        for s in r.await? {
+            *counts.entry(s).or_insert(0usize) += 1;
+        }
+    }
+    let statuses = counts.iter().map(|(s, n)| format!("{s}×{n}")).collect::<Vec<_>>().join(" ");
+    line(
+        "replay-many:",
+        &during,
+        &alone,
+        format!(
+            "{} replays from 16 addresses: statuses {statuses}, RSA ops {}",
+            16 * plan.replays_per_address,
+            graph.metrics.rsa_operations.get() - rsa_before
+        ),
+    );
+
+    // relay: the validator's exchange for another miner, with the relayer's own key.
+    let (theirs, _) = FernetKey::generate();
+    let their_wrapped = wrap_fernet_key(&pem, &theirs)?;
+    let for_them =
+        key_exchange_body(&validator, &their_wrapped, "theirs", &uuid::Uuid::new_v4().to_string(), unix_time_f64());
+    let (chosen_text, chosen) = FernetKey::generate();
+    let relayed =
+        for_them.replace(&their_wrapped, &wrap_fernet_key(&pem, &chosen_text)?).replace("\"theirs\"", "\"relayed\"");
+    let mut relayer = ValidatorClient::from_address(&url, validator.clone(), loopback(2));
+    let (status, _) = relayer.post_exchange(relayed).await?;
+    relayer.use_key("relayed", chosen);
+    let stop_relay = Arc::new(AtomicBool::new(false));
+    let (admitted, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut holders = Vec::new();
+    for _ in 0..plan.relay_in_flight {
+        let (relayer, stop_relay, admitted, refused) =
+            (relayer.clone(), stop_relay.clone(), admitted.clone(), refused.clone());
+        holders.push(tokio::spawn(async move {
+            let long = challenge_body("Tell me everything you know.", 12_000, 0.7);
+            while !stop_relay.load(Ordering::Relaxed) {
+                match relayer.challenge_once(&long).await {
+                    Ok(_) => admitted.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        refused.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    // Let the relayer take whatever it can before the validator starts.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let in_flight_by_relayer = graph.status_now().in_flight;
+    let during = honest_challenges(&honest, plan.honest).await;
+    stop_relay.store(true, Ordering::Relaxed);
+    for h in holders {
+        h.abort();
+    }
+    line(
+        "relay:",
+        &during,
+        &alone,
+        format!(
+            "relayed exchange {status}; the relayer held {in_flight_by_relayer} challenges in flight (tried {}), {} of its challenges answered, {} refused",
+            plan.relay_in_flight,
+            admitted.load(Ordering::Relaxed),
+            refused.load(Ordering::Relaxed)
+        ),
+    );
+    stop(node).await;
+    Ok(())
+}
