@@ -345,6 +345,9 @@ fn run(dev: bool) -> anyhow::Result<()> {
         servers
     });
     let node = actors.block_on(Node::start(&cfg, parts))?;
+    if chain_url.is_none() {
+        actors.block_on(node.start_challenge_api(&cfg, &hotkey))?;
+    }
     if chain_url.is_some() {
         // Nothing is admitted before our registration is confirmed (the workers are still loading
         // when the listener opens, so nothing is admitted before this either).

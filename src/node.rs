@@ -153,6 +153,12 @@ impl Node {
         start_chain(&self.graph, cfg, hotkey, url).await
     }
 
+    /// Starts only the Challenge API poller (when `CHALLENGE_API_URL` is set): `--dev` has no
+    /// chain, but the Challenge API still names validators and their addresses.
+    pub async fn start_challenge_api(&self, cfg: &Config, hotkey: &Hotkey) -> anyhow::Result<()> {
+        start_challenge_api(&self.graph, cfg, hotkey).await
+    }
+
     /// Graceful stop: admission closes, in-flight challenges finish, then every actor stops.
     pub async fn stop(self) {
         self.graph.close_admission();
@@ -171,6 +177,11 @@ async fn start_chain(graph: &MinerGraph, cfg: &Config, hotkey: &Hotkey, url: Str
         metrics: graph.metrics.clone(),
     };
     graph.spawn_chain(args).await?;
+    start_challenge_api(graph, cfg, hotkey).await
+}
+
+/// The Challenge API poller, when `CHALLENGE_API_URL` is set.
+async fn start_challenge_api(graph: &MinerGraph, cfg: &Config, hotkey: &Hotkey) -> anyhow::Result<()> {
     if let Some(url) = &cfg.challenge_api_url {
         let args = ChallengeApiArgs {
             url: url.clone(),
