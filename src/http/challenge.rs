@@ -96,7 +96,7 @@ async fn handle(
     };
     let hotkey = header(req, HOTKEY_HEADER).map_err(refused)?;
     let uuid = header(req, UUID_HEADER).map_err(refused)?;
-    let peer = super::client_ip(&state, &req);
+    let peer = super::client_ip(state, req);
     g.check_ip_rate(Route::Challenge, peer, g.auth.is_allowed(hotkey)).map_err(|secs| refused(rate_limited(secs)))?;
     g.check_caller(hotkey).map_err(|e| refused(e.into()))?;
     let s = &state.settings;
