@@ -76,6 +76,9 @@ pub struct Config {
     pub keep_alive: Duration,
     /// `MAX_CONNECTIONS`: open connections across the server.
     pub max_connections: usize,
+    /// `MAX_CONNECTIONS_PER_ADDRESS`: connections one address may hold unless a validator has
+    /// proven itself from it (see `http::connections`).
+    pub max_connections_per_address: usize,
     /// `RSA_SLOTS`: RSA private-key operations at once; a key exchange past them gets 503.
     pub rsa_slots: usize,
     /// `SIGNATURE_SLOTS`: sr25519 verifications at once; a key exchange past them gets 503.
@@ -481,6 +484,9 @@ impl Config {
             header_read_timeout: src.secs("HEADER_READ_TIMEOUT_SECONDS", 5)?.max(Duration::from_secs(1)),
             keep_alive: src.secs("KEEP_ALIVE_SECONDS", DEFAULT_KEEP_ALIVE_SECS)?,
             max_connections: src.parse("MAX_CONNECTIONS", 2048, "a number of connections (at least 1)")?.max(1),
+            max_connections_per_address: src
+                .parse("MAX_CONNECTIONS_PER_ADDRESS", 64, "a number of connections (at least 1)")?
+                .max(1),
             rsa_slots: src
                 .parse("RSA_SLOTS", loosh_actors::rsa_pool::DEFAULT_RSA_SLOTS, "a whole number of at least 1")?
                 .max(1),

@@ -286,6 +286,7 @@ fn run(dev: bool) -> anyhow::Result<()> {
         tracing::info!("{line}");
     }
     tracing::info!(files = ?src.files, "configuration files read (the environment wins over them)");
+    raise_open_files_limit(&cfg);
     let differences = cfg.python_differences();
     if !differences.is_empty() {
         tracing::warn!("differs from the Python miner: {}", differences.join("; "));
@@ -412,4 +413,32 @@ fn run(dev: bool) -> anyhow::Result<()> {
 /// Opens or closes admission (`/availability` says `admission closed` while it is closed).
 fn set_admission(node: &Node, open: bool) {
     let _ = node.graph.scheduler.cast(loosh_actors::scheduler::SchedulerMsg::SetAdmission(open));
+}
+
+/// Raises the soft limit on open files to the hard one, as nginx and most servers do: each
+/// connection costs two descriptors (the socket and the connection layer's duplicate), and a
+/// soft limit of 1,024 — the default on many hosts — would refuse connections well below
+/// `MAX_CONNECTIONS`. Says so when even the hard limit is too low.
+fn raise_open_files_limit(cfg: &Config) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit write or read the struct passed, which outlives the calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    let needed = (4 * cfg.max_connections + 256) as u64;
+    if (lim.rlim_cur as u64) < needed {
+        tracing::warn!(
+            limit = lim.rlim_cur as u64,
+            needed,
+            "the open-files limit is low for MAX_CONNECTIONS; raise it (systemd: LimitNOFILE=65536)"
+        );
+    }
 }

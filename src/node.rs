@@ -55,6 +55,7 @@ pub fn http_settings(cfg: &Config) -> HttpSettings {
         header_read_timeout: cfg.header_read_timeout,
         keep_alive: cfg.keep_alive,
         max_connections: cfg.max_connections,
+        max_connections_per_address: cfg.max_connections_per_address,
         inference_enabled: cfg.enable_inference_endpoint,
         ops_listen: cfg.metrics_port.map(|port| (cfg.metrics_host.clone(), port)),
         ops_on_public_port: cfg.metrics_on_public_port,

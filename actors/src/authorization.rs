@@ -192,6 +192,12 @@ impl ValidatorAuth {
         reported.iter().filter_map(|by_hotkey| by_hotkey.get(hotkey)).flatten().copied().collect()
     }
 
+    /// Whether any source reports `ip` for any validator.
+    pub fn reports_ip(&self, ip: IpAddr) -> bool {
+        let reported = self.reported.read().unwrap_or_else(|e| e.into_inner());
+        reported.iter().any(|by_hotkey| by_hotkey.values().any(|ips| ips.contains(&ip)))
+    }
+
     /// Where `ip` stands for `hotkey`'s exchanges and shares.
     pub fn address_standing(&self, hotkey: &str, ip: IpAddr) -> AddressStanding {
         let reported = self.reported_addresses(hotkey);

@@ -47,6 +47,7 @@ use crate::validator_client::{challenge_body, ValidatorClient};
 mod answering;
 mod attack;
 mod attack_shares;
+pub mod hog;
 mod process;
 mod reference;
 mod sampling;

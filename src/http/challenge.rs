@@ -99,6 +99,12 @@ async fn handle(
     let peer = super::client_ip(state, req);
     g.check_ip_rate(Route::Challenge, peer, g.auth.is_allowed(hotkey)).map_err(|secs| refused(rate_limited(secs)))?;
     g.check_caller(hotkey).map_err(|e| refused(e.into()))?;
+    // An unknown key is refused before the body is read: it gets its 401 (with our public key)
+    // without the server reading up to MAX_BODY_BYTES for nothing.
+    if g.keys.lookup(hotkey, uuid).is_none() {
+        let public_key = g.rsa.public_pem().to_string();
+        return Err(refused(loosh_actors::front_door::challenge::ChallengeError::UnknownKey { public_key }.into()));
+    }
     let s = &state.settings;
     let body = read_limited(req, payload, s.max_body_bytes, s.body_read_timeout).await.map_err(refused)?;
     tracing::debug!(bytes = body.len(), read_ms = arrival.elapsed().as_millis() as u64, "challenge body read");

@@ -1,13 +1,16 @@
 //! Legacy `POST /inference` (plain JSON). Off by default: in the Python miner it is an
-//! unauthenticated GPU proxy. When enabled it still requires a whitelisted `validator-hotkey`.
+//! unauthenticated GPU proxy. When enabled it still requires a whitelisted `validator-hotkey`
+//! header — a claim anyone can write, so it is limited as a stranger's traffic is: the per-address
+//! challenge budget and an in-flight share of that (claimed validator, address).
 
 use std::time::Instant;
 
 use actix_web::{post, web, HttpRequest, HttpResponse};
 
 use super::body::read_limited;
-use super::error::ApiError;
+use super::error::{rate_limited, ApiError};
 use super::state::AppState;
+use loosh_actors::front_door::rate_limit::Route;
 
 #[post("/inference")]
 pub async fn inference(
@@ -23,9 +26,14 @@ pub async fn inference(
     if hotkey.is_empty() {
         return Err(loosh_actors::front_door::challenge::ChallengeError::Forbidden.into());
     }
+    // Unauthenticated (the header is a claim), so it is held to the challenge route's per-address
+    // budget and to an in-flight share of that (claimed validator, address).
+    let ip = super::client_ip(&state, &req);
+    let allowed = state.graph.auth.is_allowed(hotkey);
+    state.graph.check_ip_rate(Route::Challenge, ip, allowed).map_err(rate_limited)?;
     state.graph.check_caller(hotkey)?;
     let s = &state.settings;
     let body = read_limited(&req, payload, s.max_body_bytes, s.body_read_timeout).await?;
-    let reply = state.graph.answer_plain(&body, arrival).await?;
+    let reply = state.graph.answer_plain_as(hotkey, ip, &body, arrival).await?;
     Ok(HttpResponse::Ok().json(reply))
 }

@@ -4,6 +4,7 @@
 pub mod api_docs;
 pub mod body;
 pub mod challenge;
+pub mod connections;
 pub mod error;
 pub mod inference;
 pub mod key_exchange;
@@ -89,19 +90,39 @@ pub fn bind(
     let s = state.settings.clone();
     let workers = workers.max(1);
     let (with_ops, with_docs) = (s.ops_on_public_port, s.api_docs);
-    let server =
-        HttpServer::new(move || App::new().app_data(state.clone()).configure(|c| routes(c, with_ops, with_docs)))
-            .workers(workers)
-            // actix counts per worker thread.
-            .max_connections(s.max_connections.div_ceil(workers).max(1))
-            .client_request_timeout(s.header_read_timeout)
-            .client_disconnect_timeout(std::time::Duration::from_secs(1))
-            .keep_alive(s.keep_alive)
-            // A reply is one write; Nagle would hold its last segment for the client's delayed ACK.
-            .tcp_nodelay(true)
-            .shutdown_timeout(55)
-            .disable_signals()
-            .bind((host, port))?;
+    let limits = connections::ConnLimits {
+        total: s.max_connections,
+        per_address: s.max_connections_per_address,
+        idle_head_limit: s.keep_alive + s.header_read_timeout,
+    };
+    let tracker = connections::ConnTracker::new(limits, s.header_read_timeout, state.graph.clone());
+    tracker.spawn_watchdog();
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap_fn(|req, srv| connections::mark_requests(req, srv))
+            .app_data(state.clone())
+            .configure(|c| routes(c, with_ops, with_docs))
+    })
+    .on_connect(move |conn, ext| {
+        if let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            if let Some(guard) = tracker.admit(stream) {
+                ext.insert(guard);
+            }
+        }
+    })
+    .workers(workers)
+    // actix counts per worker thread. Its cap is a backstop above ours
+    // (`connections::ConnTracker`, which shuts what is over at once): past it, accepts
+    // would wait in the backlog for everyone, validators included.
+    .max_connections((2 * s.max_connections).div_ceil(workers).max(1))
+    .client_request_timeout(s.header_read_timeout)
+    .client_disconnect_timeout(std::time::Duration::from_secs(1))
+    .keep_alive(s.keep_alive)
+    // A reply is one write; Nagle would hold its last segment for the client's delayed ACK.
+    .tcp_nodelay(true)
+    .shutdown_timeout(55)
+    .disable_signals()
+    .bind((host, port))?;
     let addr = *server.addrs().first().ok_or_else(|| std::io::Error::other("no listening address"))?;
     Ok((server.run(), addr))
 }

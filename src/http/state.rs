@@ -28,6 +28,8 @@ pub struct HttpSettings {
     pub keep_alive: Duration,
     /// `MAX_CONNECTIONS`: open connections across the server; past it, new ones wait in the backlog.
     pub max_connections: usize,
+    /// `MAX_CONNECTIONS_PER_ADDRESS`: one unproven address's connections ([`super::connections`]).
+    pub max_connections_per_address: usize,
     pub inference_enabled: bool,
     /// `METRICS_HOST` / `METRICS_PORT`: where `/health` and `/metrics` are served (`None`: nowhere
     /// but the public port, if `ops_on_public_port`). Port 0 picks a free one.
@@ -51,6 +53,7 @@ impl Default for HttpSettings {
             header_read_timeout: Duration::from_secs(5),
             keep_alive: Duration::from_secs(DEFAULT_KEEP_ALIVE_SECS),
             max_connections: 2048,
+            max_connections_per_address: 64,
             inference_enabled: false,
             ops_listen: Some(("127.0.0.1".into(), 0)),
             ops_on_public_port: false,

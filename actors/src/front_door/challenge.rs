@@ -205,6 +205,20 @@ impl MinerGraph {
         self.answer_request(request, arrival).await
     }
 
+    /// [`Self::answer_plain`] for a caller claiming `hotkey` from `ip`: it spends the in-flight
+    /// share of that (hotkey, address), as a key from there would.
+    pub async fn answer_plain_as(
+        &self,
+        hotkey: &str,
+        ip: Option<std::net::IpAddr>,
+        body: &[u8],
+        arrival: Instant,
+    ) -> Result<ChallengeReply, ChallengeError> {
+        let request = parse_challenge(body)?;
+        let _slot = self.take_validator_slot(&self.share_of(hotkey, ip))?;
+        self.answer_request(request, arrival).await
+    }
+
     /// A slot of the validator's in-flight share for this key's address ([`Share`]).
     fn take_validator_slot(&self, share: &Share) -> Result<ValidatorSlot<'_>, ChallengeError> {
         let cap = share.cap;

@@ -28,6 +28,9 @@ pub const MAX_VALIDATORS: usize = 4096;
 #[derive(Debug, Default)]
 pub struct KnownPeers {
     by_hotkey: DashMap<String, Vec<(IpAddr, Instant)>>,
+    /// Every proven address and when it was last proven, by any validator: one read per accepted
+    /// connection. Bounded by `MAX_VALIDATORS × PER_VALIDATOR`, trimmed as `by_hotkey` is.
+    by_ip: DashMap<IpAddr, Instant>,
     /// (window start, lines logged in it, lines suppressed since the last one logged).
     log_window: std::sync::Mutex<Option<(Instant, u32, u64)>>,
 }
@@ -64,6 +67,10 @@ impl KnownPeers {
                 return Recorded::NotKept;
             }
         }
+        self.by_ip.insert(ip, now);
+        if self.by_ip.len() > MAX_VALIDATORS * PER_VALIDATOR {
+            self.by_ip.retain(|_, seen| now.duration_since(*seen) < REMEMBER_FOR);
+        }
         let mut peers = self.by_hotkey.entry(hotkey.to_string()).or_default();
         peers.retain(|(_, seen)| now.duration_since(*seen) < REMEMBER_FOR);
         if let Some(entry) = peers.iter_mut().find(|(a, _)| *a == ip) {
@@ -89,6 +96,12 @@ impl KnownPeers {
         self.by_hotkey
             .get(hotkey)
             .is_some_and(|peers| peers.iter().any(|(a, seen)| *a == ip && seen.elapsed() < REMEMBER_FOR))
+    }
+
+    /// Whether any validator completed an exchange from `ip` within [`REMEMBER_FOR`] (the
+    /// connection layer keeps a share of its slots for such addresses).
+    pub fn is_proven_ip(&self, ip: IpAddr) -> bool {
+        self.by_ip.get(&ip).is_some_and(|seen| seen.elapsed() < REMEMBER_FOR)
     }
 
     /// Forgets a validator (no longer allowed).
