@@ -9,6 +9,8 @@
 //! - relay: an exchange the validator signed for another miner, its wrapped key swapped for one
 //!   the relayer chose; the relayer then keeps deadline-length challenges in flight as the
 //!   validator.
+//! - hog (issue 30): 3,000 connections from one address trickling headers or bodies, reopened
+//!   when dropped ([`super::hog`]); the validator's `/availability` polls and challenges meanwhile.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -34,6 +36,8 @@ pub struct SharePlan {
     pub replays_per_address: usize,
     /// Challenges the relayer tries to keep in flight.
     pub relay_in_flight: usize,
+    /// Connections the hog keeps trying to hold from one address.
+    pub hog_connections: usize,
 }
 
 /// What the honest validator got: answered of sent, and the answered ones' p50/p99.
@@ -187,6 +191,73 @@ pub async fn shares(plan: SharePlan) -> anyhow::Result<()> {
             refused.load(Ordering::Relaxed)
         ),
     );
+
+    // hog: one address holding every connection it can, while the validator polls and works.
+    let polls_alone =
+        availability_polls(&url, &validator, Duration::from_secs(5), None::<&tokio::task::JoinHandle<()>>).await;
+    let target: std::net::SocketAddr = node.addr;
+    let attack = tokio::spawn(super::hog::hog(
+        target,
+        IpAddr::from([127, 0, 0, 2]),
+        plan.hog_connections,
+        Duration::from_secs(20),
+        Duration::from_secs(1),
+    ));
+    let polls = availability_polls(&url, &validator, Duration::from_secs(20), Some(&attack)).await;
+    let during = honest_challenges(&honest, plan.honest).await;
+    let report = attack.await?;
+    line(
+        "hog:",
+        &during,
+        &alone,
+        format!(
+            "{} connections from 127.0.0.2: /availability p50 {:.1} ms p99 {:.1} ms over {} polls (alone p50 {:.1} ms p99 {:.1} ms), {} not true; the hog opened {}, was dropped {} times, its longest connection {:.1} s",
+            plan.hog_connections,
+            polls.p50_ms,
+            polls.p99_ms,
+            polls.polls,
+            polls_alone.p50_ms,
+            polls_alone.p99_ms,
+            polls.not_true,
+            report.opened,
+            report.dropped,
+            report.longest_held.as_secs_f64()
+        ),
+    );
     stop(node).await;
     Ok(())
+}
+
+/// The validator's selection polls: how many, how many not `true`, p50/p99.
+struct Polls {
+    polls: usize,
+    not_true: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// Polls `/availability` as the validator does, every 0.25 s, for `at_least` and while `attack`
+/// runs.
+async fn availability_polls<T>(
+    url: &str,
+    validator: &Hotkey,
+    at_least: Duration,
+    attack: Option<&tokio::task::JoinHandle<T>>,
+) -> Polls {
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(3)).build().expect("a client builds");
+    let (began, mut lat, mut not_true) = (Instant::now(), Vec::new(), 0);
+    while began.elapsed() < at_least || attack.is_some_and(|a| !a.is_finished()) {
+        let t = Instant::now();
+        let ok = match http.get(format!("{url}/availability")).header("validator-hotkey", validator.ss58()).send().await
+        {
+            Ok(r) => r.json::<serde_json::Value>().await.is_ok_and(|v| v["available"] == true),
+            Err(_) => false,
+        };
+        not_true += usize::from(!ok);
+        lat.push(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let polls = lat.len();
+    let s = stats(lat, began.elapsed());
+    Polls { polls, not_true, p50_ms: s.p50_ms, p99_ms: s.p99_ms }
 }

@@ -168,7 +168,11 @@ enum BenchKind {
         /// Deadline-length challenges a relayer tries to keep in flight (relay).
         #[arg(long, default_value_t = 10)]
         relay_in_flight: usize,
-        /// Only the attacks on a validator's share (replay-many, relay), not issue 9's.
+        /// Connections the hog keeps trying to hold from one address (hog).
+        #[arg(long, default_value_t = 3000)]
+        hog_connections: usize,
+        /// Only the attacks on a validator's share and the door (replay-many, relay, hog), not
+        /// issue 9's.
         #[arg(long)]
         shares_only: bool,
     },
@@ -304,6 +308,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             concurrency,
             replays_per_address,
             relay_in_flight,
+            hog_connections,
             shares_only,
         } => rt.block_on(async {
             if !shares_only {
@@ -325,6 +330,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 honest,
                 replays_per_address,
                 relay_in_flight,
+                hog_connections,
             })
             .await
         }),
