@@ -433,10 +433,10 @@ fn raise_open_files_limit(cfg: &Config) {
             }
         }
     }
-    let needed = (4 * cfg.max_connections + 256) as u64;
-    if (lim.rlim_cur as u64) < needed {
+    let needed = (4 * cfg.max_connections + 256) as libc::rlim_t;
+    if lim.rlim_cur < needed {
         tracing::warn!(
-            limit = lim.rlim_cur as u64,
+            limit = lim.rlim_cur,
             needed,
             "the open-files limit is low for MAX_CONNECTIONS; raise it (systemd: LimitNOFILE=65536)"
         );

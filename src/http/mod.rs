@@ -99,7 +99,7 @@ pub fn bind(
     tracker.spawn_watchdog();
     let server = HttpServer::new(move || {
         App::new()
-            .wrap_fn(|req, srv| connections::mark_requests(req, srv))
+            .wrap_fn(connections::mark_requests)
             .app_data(state.clone())
             .configure(|c| routes(c, with_ops, with_docs))
     })
