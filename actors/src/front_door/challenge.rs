@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
+use super::limits::{self, LimitError};
 use crate::graph::MinerGraph;
 use crate::inference::request::{BackendError, Generation, GenerationRequest, JobControl};
 use crate::inference::tool_calls::describe_tool_calls;
@@ -36,6 +37,13 @@ pub enum ChallengeError {
     /// The challenge decrypted but is not one we can answer (422, never 400).
     #[error("{0}")]
     Unprocessable(String),
+    /// The challenge passed one of the caps of [`limits`] (413 for the prompt's size, else 422).
+    #[error(transparent)]
+    OverLimit(#[from] LimitError),
+    /// The prompt cannot fit the worker's context, judged by its byte length before any
+    /// tokenizing (413).
+    #[error("{0}")]
+    TooLarge(String),
     /// Over a rate limit: 429 with the hint.
     #[error("rate limit exceeded; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
@@ -59,7 +67,7 @@ impl ChallengeError {
             Self::Forbidden => "unauthorized",
             Self::UnknownKey { .. } => "unknown_key",
             Self::BadToken(_) => "bad_token",
-            Self::Unprocessable(_) => "bad_request",
+            Self::Unprocessable(_) | Self::OverLimit(_) | Self::TooLarge(_) => "bad_request",
             Self::Busy { .. } => "busy",
             Self::RateLimited { .. } => "rate_limited",
             Self::Unavailable { .. } => "unavailable",
@@ -215,6 +223,7 @@ impl MinerGraph {
 
     /// Runs the challenge through the scheduler and builds the reply with the timing echo.
     async fn answer_request(&self, req: ChallengeRequest, arrival: Instant) -> Result<ChallengeReply, ChallengeError> {
+        limits::check(&req)?;
         let messages = req
             .conversation()
             .ok_or_else(|| ChallengeError::Unprocessable("challenge has neither `messages` nor `prompt`".into()))?;
@@ -246,6 +255,7 @@ impl MinerGraph {
             ScheduleError::Backend(BackendError::PromptTooLong { .. } | BackendError::Template(_)) => {
                 ChallengeError::Unprocessable(e.to_string())
             }
+            ScheduleError::Backend(BackendError::PromptTooLarge { .. }) => ChallengeError::TooLarge(e.to_string()),
             other => ChallengeError::Internal(other.to_string()),
         })?;
         let inference_end = unix_time_f64();

@@ -11,6 +11,7 @@
 
 pub mod challenge;
 pub mod key_exchange;
+pub mod limits;
 pub mod rate_limit;
 
 use std::net::IpAddr;

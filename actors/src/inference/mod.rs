@@ -5,4 +5,5 @@ pub mod embedded;
 pub mod openai;
 pub mod request;
 pub mod sampler;
+pub mod stop;
 pub mod tool_calls;
