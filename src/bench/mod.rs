@@ -45,6 +45,7 @@ use crate::validator_client::{challenge_body, ValidatorClient};
 
 mod answering;
 mod attack;
+pub mod hostile_backend;
 mod process;
 mod reference;
 mod sampling;

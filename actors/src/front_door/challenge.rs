@@ -44,6 +44,9 @@ pub enum ChallengeError {
     /// tokenizing (413).
     #[error("{0}")]
     TooLarge(String),
+    /// The backend behind the miner answered with something no honest server sends (502).
+    #[error("{0}")]
+    BadGateway(String),
     /// Over a rate limit: 429 with the hint.
     #[error("rate limit exceeded; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
@@ -72,7 +75,7 @@ impl ChallengeError {
             Self::RateLimited { .. } => "rate_limited",
             Self::Unavailable { .. } => "unavailable",
             Self::NoAnswer(_) => "no_answer",
-            Self::Internal(_) => "error",
+            Self::BadGateway(_) | Self::Internal(_) => "error",
         }
     }
 }
@@ -256,6 +259,7 @@ impl MinerGraph {
                 ChallengeError::Unprocessable(e.to_string())
             }
             ScheduleError::Backend(BackendError::PromptTooLarge { .. }) => ChallengeError::TooLarge(e.to_string()),
+            ScheduleError::Backend(BackendError::Misbehaved(_)) => ChallengeError::BadGateway(e.to_string()),
             other => ChallengeError::Internal(other.to_string()),
         })?;
         let inference_end = unix_time_f64();

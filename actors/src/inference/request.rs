@@ -154,6 +154,10 @@ pub enum BackendError {
     WorkerGone,
     #[error("backend server unreachable: {0}")]
     Unreachable(String),
+    /// The backend answered with something no honest server sends (a tool call numbered in the
+    /// billions, more text than `max_tokens` allows, a line without end): a bad gateway.
+    #[error("the backend misbehaved: {0}")]
+    Misbehaved(String),
     /// The scheduler stopped this attempt (another one of the same challenge won the race).
     #[error("the attempt was cancelled")]
     Cancelled,
