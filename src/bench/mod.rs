@@ -13,7 +13,9 @@
 //! - `process` (in `process`): an engine in a child process against one on a thread (tokens/s,
 //!   first token), and the time from a child's death to its replacement's first answer.
 //! - `attack` (in `attack`): issue 9's attacks on a local miner, with an honest validator's
-//!   latency during each against its latency alone.
+//!   latency during each against its latency alone; issue 32's (in `attack_bounds`): a stop list
+//!   of 300,000 strings (the honest validator's tokens/s during it against alone) and a hostile
+//!   OpenAI-compatible backend (the node's peak memory per misbehaviour).
 //! - `answering` (in `answering`): seven validators' mixed load with slot-count admission and no
 //!   hedging against time-aware admission and hedging: challenge time, shares answered, refused
 //!   and cut; with `test-hooks`, time to first token with a slowed worker, without and with hedging.
@@ -45,6 +47,7 @@ use crate::validator_client::{challenge_body, ValidatorClient};
 
 mod answering;
 mod attack;
+mod attack_bounds;
 pub mod hostile_backend;
 mod process;
 mod reference;
@@ -135,7 +138,9 @@ enum BenchKind {
         max_tokens: u32,
     },
     /// Issue 9's attacks against a local miner (replayed key exchange, stalled bodies, malformed
-    /// flood), each with an honest validator's p50/p99 during it against its p50/p99 alone.
+    /// flood), each with an honest validator's p50/p99 during it against its p50/p99 alone; then
+    /// issue 32's: a 300,000-string stop list (honest tokens/s during it against alone) and a
+    /// hostile OpenAI-compatible backend (peak memory per misbehaviour).
     Attack {
         #[arg(long)]
         model: PathBuf,
@@ -159,6 +164,15 @@ enum BenchKind {
         /// Attack requests in flight at once.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        /// Which attacks to run.
+        #[arg(long, value_delimiter = ',', default_value = "replay,stalled,malformed,stop-list,hostile-backend")]
+        attacks: Vec<attack::AttackKind>,
+        /// Honest challenges per measurement of the stop-list attack (alone, then during it).
+        #[arg(long, default_value_t = 10)]
+        stop_rounds: usize,
+        /// Tokens each of those challenges asks for.
+        #[arg(long, default_value_t = 128)]
+        stop_tokens: u32,
     },
     /// Seven validators' mixed load on two CPU workers with a short deadline: slot-count admission
     /// without hedging against time-aware admission with hedging, same run.
@@ -281,17 +295,31 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             rt.block_on(workers::batching(engine, parallel, challenges, max_tokens, !no_reference))
         }
         BenchKind::Openai { model, requests, max_tokens } => rt.block_on(workers::openai(model, requests, max_tokens)),
-        BenchKind::Attack { model, threads, honest, replays, stalled, stall_window, malformed, concurrency } => rt
-            .block_on(attack::attack(attack::AttackPlan {
-                model,
-                threads,
-                honest,
-                replays,
-                stalled,
-                stall_window: Duration::from_secs(stall_window),
-                malformed,
-                concurrency,
-            })),
+        BenchKind::Attack {
+            model,
+            threads,
+            honest,
+            replays,
+            stalled,
+            stall_window,
+            malformed,
+            concurrency,
+            attacks,
+            stop_rounds,
+            stop_tokens,
+        } => rt.block_on(attack::attack(attack::AttackPlan {
+            attacks,
+            stop_rounds,
+            stop_tokens,
+            model,
+            threads,
+            honest,
+            replays,
+            stalled,
+            stall_window: Duration::from_secs(stall_window),
+            malformed,
+            concurrency,
+        })),
         BenchKind::Answering { model, validators, rounds, deadline_ms, short_tokens, parallel } => {
             rt.block_on(answering::answering(answering::AnsweringPlan {
                 model,
