@@ -1,6 +1,7 @@
 //! How the OpenAI-compatible worker reads a misbehaving server: an error body that never ends,
-//! one that stalls, and an SSE line that never ends are each cut by a size cap or the request's
-//! deadline instead of holding the worker (or its memory) for as long as the server likes.
+//! one that stalls, an SSE line that never ends and a `GET /models` answer that never ends are
+//! each cut by a size cap or the request's deadline instead of holding the worker (or its memory)
+//! for as long as the server likes.
 //!
 //! The server here is a stand-in written on a raw TCP socket, not a real inference server: what is
 //! under test is our reading of the bytes, and no real server misbehaves on demand. The real
@@ -22,6 +23,8 @@ enum Misbehaviour {
     StalledErrorBody,
     /// 200 text/event-stream, then one line without end.
     EndlessSseLine,
+    /// 200 application/json (as `GET /models` answers), then a body without end.
+    EndlessJson,
 }
 
 /// Serves `what` on every connection; returns the base URL.
@@ -87,6 +90,15 @@ async fn serve(mut stream: TcpStream, what: Misbehaviour) {
             let _ = stream.write_all(&chunk(b"data: ")).await;
             while stream.write_all(&block).await.is_ok() {}
         }
+        Misbehaviour::EndlessJson => {
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let _ = stream.write_all(&chunk(b"{\"data\": [\"")).await;
+            let block = chunk(&[b'a'; 8192]);
+            while stream.write_all(&block).await.is_ok() {}
+        }
     }
 }
 
@@ -142,9 +154,20 @@ async fn a_stalled_error_body_is_read_until_the_deadline_and_keeps_what_arrived(
 async fn an_sse_line_without_end_is_refused_at_its_cap() {
     // The deadline is an hour away: only the line cap can end this read.
     match chat(Misbehaviour::EndlessSseLine, Duration::from_secs(3600)).await {
-        Err(BackendError::Inference(message)) => {
+        Err(BackendError::Misbehaved(message)) => {
             assert!(message.contains("SSE line passed"), "{message}")
         }
         other => panic!("expected the SSE line cap's error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_endless_models_list_is_refused_at_its_cap() {
+    let client = client(stand_in(Misbehaviour::EndlessJson).await);
+    // `GET /models` has a 5 s timeout of its own; the cap ends the read long before it, and a
+    // timeout would say "timed out" instead of naming the limit.
+    match client.health().await {
+        Err(BackendError::Unreachable(message)) => assert!(message.contains("byte limit"), "{message}"),
+        other => panic!("expected the body cap's error, got {other:?}"),
     }
 }

@@ -23,6 +23,7 @@
 pub mod admission;
 pub mod authorization;
 pub mod backend_worker;
+pub mod bounded_body;
 pub mod chain;
 pub mod engine_host;
 pub mod front_door;

@@ -10,8 +10,9 @@
 //!   seconds; the body read deadline should drop every one.
 //! - malformed flood: mutated key exchanges, tokens and JSON on every endpoint, with bad headers;
 //!   none should get a 5xx other than a busy 503.
+//! - stop list and hostile backend: issue 32's attacks, in `attack_bounds.rs`.
 //!
-//! Rate limits are off, as in the other benches: the attacks come from one address, and limits
+//! `--attacks` picks which run (all by default). Rate limits are off, as in the other benches: the attacks come from one address, and limits
 //! would hide what the rest of the hardening does.
 
 use std::collections::BTreeMap;
@@ -32,8 +33,26 @@ use tokio::net::TcpStream;
 use super::{bench_config, start, stats, stop};
 use crate::validator_client::{challenge_body, key_exchange_body, ValidatorClient};
 
+/// One attack of the bench.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttackKind {
+    Replay,
+    Stalled,
+    Malformed,
+    StopList,
+    HostileBackend,
+    ReplayMany,
+    Relay,
+    Hog,
+}
+
 /// What to throw at the miner, and how hard.
 pub struct AttackPlan {
+    /// The attacks to run, in the bench's order.
+    pub attacks: Vec<AttackKind>,
+    /// Honest challenges per measurement of the stop-list attack, and their tokens.
+    pub stop_rounds: usize,
+    pub stop_tokens: u32,
     pub model: PathBuf,
     pub threads: i32,
     /// Honest handshake + challenge rounds per measurement (alone, and during each attack).
@@ -48,6 +67,12 @@ pub struct AttackPlan {
     pub malformed: usize,
     /// Attack requests in flight at once (replay and malformed floods).
     pub concurrency: usize,
+    /// Replays of one captured exchange from each of 16 addresses (replay-many).
+    pub replays_per_address: usize,
+    /// Challenges a relayer tries to keep in flight (relay).
+    pub relay_in_flight: usize,
+    /// Connections the hog keeps trying to hold from one address (hog).
+    pub hog_connections: usize,
 }
 
 /// Latencies of honest rounds and how many failed.
@@ -59,6 +84,36 @@ struct Honest {
 }
 
 pub async fn attack(plan: AttackPlan) -> anyhow::Result<()> {
+    let protocol = [AttackKind::Replay, AttackKind::Stalled, AttackKind::Malformed];
+    if protocol.iter().any(|a| plan.attacks.contains(a)) {
+        protocol_attacks(&plan).await?;
+    }
+    if plan.attacks.contains(&AttackKind::StopList) {
+        super::attack_bounds::stop_list(&plan.model, plan.threads, plan.stop_rounds, plan.stop_tokens).await?;
+    }
+    if plan.attacks.contains(&AttackKind::HostileBackend) {
+        super::attack_bounds::hostile_backend(&plan.model, plan.threads).await?;
+    }
+    let shares = [AttackKind::ReplayMany, AttackKind::Relay, AttackKind::Hog];
+    if shares.iter().any(|a| plan.attacks.contains(a)) {
+        super::attack_shares::shares(super::attack_shares::SharePlan {
+            model: plan.model.clone(),
+            threads: plan.threads,
+            honest: plan.honest,
+            replays_per_address: plan.replays_per_address,
+            relay_in_flight: plan.relay_in_flight,
+            hog_connections: plan.hog_connections,
+            replay_many: plan.attacks.contains(&AttackKind::ReplayMany),
+            relay: plan.attacks.contains(&AttackKind::Relay),
+            hog: plan.attacks.contains(&AttackKind::Hog),
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Issue 9's attacks (those of them in the plan), on one node.
+async fn protocol_attacks(plan: &AttackPlan) -> anyhow::Result<()> {
     let cfg = bench_config(&plan.model, plan.threads, 16)?;
     let (graph, node) = start(&cfg).await?;
     let addr = node.addr;
@@ -75,6 +130,28 @@ pub async fn attack(plan: AttackPlan) -> anyhow::Result<()> {
     );
 
     // (a) Replay flood.
+    if plan.attacks.contains(&AttackKind::Replay) {
+        replay_attack(&graph, &url, plan, &alone).await?;
+    }
+    // (b) Stalled bodies.
+    if plan.attacks.contains(&AttackKind::Stalled) {
+        stalled_attack(addr, &url, plan, &alone).await?;
+    }
+    // (c) Malformed flood.
+    if plan.attacks.contains(&AttackKind::Malformed) {
+        malformed_attack(addr, &url, plan, &alone).await?;
+    }
+    stop(node).await;
+    Ok(())
+}
+
+async fn replay_attack(
+    graph: &loosh_actors::graph::MinerGraph,
+    url: &str,
+    plan: &AttackPlan,
+    alone: &Honest,
+) -> anyhow::Result<()> {
+    let url = url.to_string();
     let rsa_before = graph.metrics.rsa_operations.get();
     let replay = tokio::spawn(replay_flood(url.clone(), plan.replays, plan.concurrency));
     let honest = honest_rounds(&url, plan.honest, Some(&replay)).await?;
@@ -86,17 +163,22 @@ pub async fn attack(plan: AttackPlan) -> anyhow::Result<()> {
         "replay flood:    honest p50 {:7.1} ms p99 {:7.1} ms (alone p99 {:.1} ms), {} rounds, errors {}; {} replays of one signed exchange: RSA ops {rsa_for_flood}, statuses {}",
         honest.p50_ms, honest.p99_ms, alone.p99_ms, honest.rounds, honest.errors, plan.replays, show(&statuses)
     );
+    Ok(())
+}
 
-    // (b) Stalled bodies.
+async fn stalled_attack(addr: SocketAddr, url: &str, plan: &AttackPlan, alone: &Honest) -> anyhow::Result<()> {
     let stall = tokio::spawn(stalled_bodies(addr, plan.stalled, plan.stall_window));
-    let honest = honest_rounds(&url, plan.honest, Some(&stall)).await?;
+    let honest = honest_rounds(url, plan.honest, Some(&stall)).await?;
     let (dropped, slowest, refused) = stall.await??;
     println!(
         "stalled bodies:  honest p50 {:7.1} ms p99 {:7.1} ms (alone p99 {:.1} ms), {} rounds, errors {}; {} connections announcing 2 MiB, a byte per 2 s: {dropped} dropped within {} s (slowest after {:.1} s, {refused} refused at connect)",
         honest.p50_ms, honest.p99_ms, alone.p99_ms, honest.rounds, honest.errors, plan.stalled, plan.stall_window.as_secs(), slowest.as_secs_f64()
     );
+    Ok(())
+}
 
-    // (c) Malformed flood.
+async fn malformed_attack(addr: SocketAddr, url: &str, plan: &AttackPlan, alone: &Honest) -> anyhow::Result<()> {
+    let url = url.to_string();
     let flood = tokio::spawn(malformed_flood(addr, plan.malformed, plan.concurrency));
     let honest = honest_rounds(&url, plan.honest, Some(&flood)).await?;
     let statuses = flood.await??;
@@ -107,11 +189,10 @@ pub async fn attack(plan: AttackPlan) -> anyhow::Result<()> {
         "malformed flood: honest p50 {:7.1} ms p99 {:7.1} ms (alone p99 {:.1} ms), {} rounds, errors {}; {} requests: 5xx (not 503) {server_errors}, miner answering after: {alive}, statuses {}",
         honest.p50_ms, honest.p99_ms, alone.p99_ms, honest.rounds, honest.errors, plan.malformed, show(&statuses)
     );
-    stop(node).await;
     Ok(())
 }
 
-fn show(counts: &BTreeMap<String, usize>) -> String {
+pub(super) fn show(counts: &BTreeMap<String, usize>) -> String {
     counts.iter().map(|(s, n)| format!("{s}×{n}")).collect::<Vec<_>>().join(" ")
 }
 

@@ -38,6 +38,10 @@ pub struct SharePlan {
     pub relay_in_flight: usize,
     /// Connections the hog keeps trying to hold from one address.
     pub hog_connections: usize,
+    /// Which of the three to run.
+    pub replay_many: bool,
+    pub relay: bool,
+    pub hog: bool,
 }
 
 /// What the honest validator got: answered of sent, and the answered ones' p50/p99.
@@ -109,121 +113,126 @@ pub async fn shares(plan: SharePlan) -> anyhow::Result<()> {
     let alone = honest_challenges(&honest, plan.honest).await;
     line("alone:", &alone, &alone, String::new());
 
-    // replay-many: the captured exchange from 16 addresses, all at once, while the validator works.
-    let rsa_before = graph.metrics.rsa_operations.get();
-    let mut replayers = Vec::new();
-    for n in 2..18 {
-        let (url, captured, per) = (url.clone(), captured.clone(), plan.replays_per_address);
-        replayers.push(tokio::spawn(async move {
-            let client = ValidatorClient::from_address(&url, Hotkey::ephemeral(), loopback(n));
-            let mut statuses = Vec::new();
-            for _ in 0..per {
-                statuses.push(client.post_exchange(captured.clone()).await.map(|(s, _)| s).unwrap_or(0));
-            }
-            statuses
-        }));
-    }
-    let during = honest_challenges(&honest, plan.honest).await;
-    let mut counts = std::collections::BTreeMap::new();
-    for r in replayers {
-        for s in r.await? {
-            *counts.entry(s).or_insert(0usize) += 1;
+    if plan.replay_many {
+        // replay-many: the captured exchange from 16 addresses, all at once, while the validator works.
+        let rsa_before = graph.metrics.rsa_operations.get();
+        let mut replayers = Vec::new();
+        for n in 2..18 {
+            let (url, captured, per) = (url.clone(), captured.clone(), plan.replays_per_address);
+            replayers.push(tokio::spawn(async move {
+                let client = ValidatorClient::from_address(&url, Hotkey::ephemeral(), loopback(n));
+                let mut statuses = Vec::new();
+                for _ in 0..per {
+                    statuses.push(client.post_exchange(captured.clone()).await.map(|(s, _)| s).unwrap_or(0));
+                }
+                statuses
+            }));
         }
-    }
-    let statuses = counts.iter().map(|(s, n)| format!("{s}×{n}")).collect::<Vec<_>>().join(" ");
-    line(
-        "replay-many:",
-        &during,
-        &alone,
-        format!(
-            "{} replays from 16 addresses: statuses {statuses}, RSA ops {}",
-            16 * plan.replays_per_address,
-            graph.metrics.rsa_operations.get() - rsa_before
-        ),
-    );
-
-    // relay: the validator's exchange for another miner, with the relayer's own key.
-    let (theirs, _) = FernetKey::generate();
-    let their_wrapped = wrap_fernet_key(&pem, &theirs)?;
-    let for_them =
-        key_exchange_body(&validator, &their_wrapped, "theirs", &uuid::Uuid::new_v4().to_string(), unix_time_f64());
-    let (chosen_text, chosen) = FernetKey::generate();
-    let relayed =
-        for_them.replace(&their_wrapped, &wrap_fernet_key(&pem, &chosen_text)?).replace("\"theirs\"", "\"relayed\"");
-    let mut relayer = ValidatorClient::from_address(&url, validator.clone(), loopback(2));
-    let (status, _) = relayer.post_exchange(relayed).await?;
-    relayer.use_key("relayed", chosen);
-    let stop_relay = Arc::new(AtomicBool::new(false));
-    let (admitted, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut holders = Vec::new();
-    for _ in 0..plan.relay_in_flight {
-        let (relayer, stop_relay, admitted, refused) =
-            (relayer.clone(), stop_relay.clone(), admitted.clone(), refused.clone());
-        holders.push(tokio::spawn(async move {
-            let long = challenge_body("Tell me everything you know.", 12_000, 0.7);
-            while !stop_relay.load(Ordering::Relaxed) {
-                match relayer.challenge_once(&long).await {
-                    Ok(_) => admitted.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        refused.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
+        let during = honest_challenges(&honest, plan.honest).await;
+        let mut counts = std::collections::BTreeMap::new();
+        for r in replayers {
+            for s in r.await? {
+                *counts.entry(s).or_insert(0usize) += 1;
             }
-        }));
+        }
+        let statuses = counts.iter().map(|(s, n)| format!("{s}×{n}")).collect::<Vec<_>>().join(" ");
+        line(
+            "replay-many:",
+            &during,
+            &alone,
+            format!(
+                "{} replays from 16 addresses: statuses {statuses}, RSA ops {}",
+                16 * plan.replays_per_address,
+                graph.metrics.rsa_operations.get() - rsa_before
+            ),
+        );
     }
-    // Let the relayer take whatever it can before the validator starts.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let in_flight_by_relayer = graph.status_now().in_flight;
-    let during = honest_challenges(&honest, plan.honest).await;
-    stop_relay.store(true, Ordering::Relaxed);
-    for h in holders {
-        h.abort();
+    if plan.relay {
+        // relay: the validator's exchange for another miner, with the relayer's own key.
+        let (theirs, _) = FernetKey::generate();
+        let their_wrapped = wrap_fernet_key(&pem, &theirs)?;
+        let for_them =
+            key_exchange_body(&validator, &their_wrapped, "theirs", &uuid::Uuid::new_v4().to_string(), unix_time_f64());
+        let (chosen_text, chosen) = FernetKey::generate();
+        let relayed = for_them
+            .replace(&their_wrapped, &wrap_fernet_key(&pem, &chosen_text)?)
+            .replace("\"theirs\"", "\"relayed\"");
+        let mut relayer = ValidatorClient::from_address(&url, validator.clone(), loopback(2));
+        let (status, _) = relayer.post_exchange(relayed).await?;
+        relayer.use_key("relayed", chosen);
+        let stop_relay = Arc::new(AtomicBool::new(false));
+        let (admitted, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut holders = Vec::new();
+        for _ in 0..plan.relay_in_flight {
+            let (relayer, stop_relay, admitted, refused) =
+                (relayer.clone(), stop_relay.clone(), admitted.clone(), refused.clone());
+            holders.push(tokio::spawn(async move {
+                let long = challenge_body("Tell me everything you know.", 12_000, 0.7);
+                while !stop_relay.load(Ordering::Relaxed) {
+                    match relayer.challenge_once(&long).await {
+                        Ok(_) => admitted.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            refused.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            }));
+        }
+        // Let the relayer take whatever it can before the validator starts.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let in_flight_by_relayer = graph.status_now().in_flight;
+        let during = honest_challenges(&honest, plan.honest).await;
+        stop_relay.store(true, Ordering::Relaxed);
+        for h in holders {
+            h.abort();
+        }
+        line(
+            "relay:",
+            &during,
+            &alone,
+            format!(
+                "relayed exchange {status}; the relayer held {in_flight_by_relayer} challenges in flight (tried {}), {} of its challenges answered, {} refused",
+                plan.relay_in_flight,
+                admitted.load(Ordering::Relaxed),
+                refused.load(Ordering::Relaxed)
+            ),
+        );
     }
-    line(
-        "relay:",
-        &during,
-        &alone,
-        format!(
-            "relayed exchange {status}; the relayer held {in_flight_by_relayer} challenges in flight (tried {}), {} of its challenges answered, {} refused",
-            plan.relay_in_flight,
-            admitted.load(Ordering::Relaxed),
-            refused.load(Ordering::Relaxed)
-        ),
-    );
-
-    // hog: one address holding every connection it can, while the validator polls and works.
-    let polls_alone =
-        availability_polls(&url, &validator, Duration::from_secs(5), None::<&tokio::task::JoinHandle<()>>).await;
-    let target: std::net::SocketAddr = node.addr;
-    let attack = tokio::spawn(super::hog::hog(
-        target,
-        IpAddr::from([127, 0, 0, 2]),
-        plan.hog_connections,
-        Duration::from_secs(20),
-        Duration::from_secs(1),
-    ));
-    let polls = availability_polls(&url, &validator, Duration::from_secs(20), Some(&attack)).await;
-    let during = honest_challenges(&honest, plan.honest).await;
-    let report = attack.await?;
-    line(
-        "hog:",
-        &during,
-        &alone,
-        format!(
-            "{} connections from 127.0.0.2: /availability p50 {:.1} ms p99 {:.1} ms over {} polls (alone p50 {:.1} ms p99 {:.1} ms), {} not true; the hog opened {}, was dropped {} times, its longest connection {:.1} s",
+    if plan.hog {
+        // hog: one address holding every connection it can, while the validator polls and works.
+        let polls_alone =
+            availability_polls(&url, &validator, Duration::from_secs(5), None::<&tokio::task::JoinHandle<()>>).await;
+        let target: std::net::SocketAddr = node.addr;
+        let attack = tokio::spawn(super::hog::hog(
+            target,
+            IpAddr::from([127, 0, 0, 2]),
             plan.hog_connections,
-            polls.p50_ms,
-            polls.p99_ms,
-            polls.polls,
-            polls_alone.p50_ms,
-            polls_alone.p99_ms,
-            polls.not_true,
-            report.opened,
-            report.dropped,
-            report.longest_held.as_secs_f64()
-        ),
-    );
+            Duration::from_secs(20),
+            Duration::from_secs(1),
+        ));
+        let polls = availability_polls(&url, &validator, Duration::from_secs(20), Some(&attack)).await;
+        let during = honest_challenges(&honest, plan.honest).await;
+        let report = attack.await?;
+        line(
+            "hog:",
+            &during,
+            &alone,
+            format!(
+                "{} connections from 127.0.0.2: /availability p50 {:.1} ms p99 {:.1} ms over {} polls (alone p50 {:.1} ms p99 {:.1} ms), {} not true; the hog opened {}, was dropped {} times, its longest connection {:.1} s",
+                plan.hog_connections,
+                polls.p50_ms,
+                polls.p99_ms,
+                polls.polls,
+                polls_alone.p50_ms,
+                polls_alone.p99_ms,
+                polls.not_true,
+                report.opened,
+                report.dropped,
+                report.longest_held.as_secs_f64()
+            ),
+        );
+    }
     stop(node).await;
     Ok(())
 }

@@ -13,8 +13,11 @@
 //! - `process` (in `process`): an engine in a child process against one on a thread (tokens/s,
 //!   first token), and the time from a child's death to its replacement's first answer.
 //! - `attack` (in `attack`): issue 9's attacks on a local miner, with an honest validator's
-//!   latency during each against its latency alone; then (in `attack_shares`) replay-many and
-//!   relay, with the honest validator's answered count and latency against alone.
+//!   latency during each against its latency alone; issue 32's (in `attack_bounds`): a stop list
+//!   of 300,000 strings (the honest validator's tokens/s during it against alone) and a hostile
+//!   OpenAI-compatible backend (the node's peak memory per misbehaviour); issues 29 and 30's (in
+//!   `attack_shares`): replay-many, relay and hog, with the honest validator's answered count and
+//!   latency against alone.
 //! - `answering` (in `answering`): seven validators' mixed load with slot-count admission and no
 //!   hedging against time-aware admission and hedging: challenge time, shares answered, refused
 //!   and cut; with `test-hooks`, time to first token with a slowed worker, without and with hedging.
@@ -46,8 +49,10 @@ use crate::validator_client::{challenge_body, ValidatorClient};
 
 mod answering;
 mod attack;
+mod attack_bounds;
 mod attack_shares;
 pub mod hog;
+pub mod hostile_backend;
 mod process;
 mod reference;
 mod sampling;
@@ -138,7 +143,9 @@ enum BenchKind {
     },
     /// Issue 9's attacks against a local miner (replayed key exchange, stalled bodies, malformed
     /// flood), each with an honest validator's p50/p99 during it against its p50/p99 alone; then
-    /// the attacks on a validator's share (replay-many, relay), with its answered count.
+    /// issue 32's: a 300,000-string stop list (honest tokens/s during it against alone) and a
+    /// hostile OpenAI-compatible backend (peak memory per misbehaviour); issues 29 and 30's:
+    /// replay-many, relay and hog (the honest validator's answered count during each).
     Attack {
         #[arg(long)]
         model: PathBuf,
@@ -162,6 +169,19 @@ enum BenchKind {
         /// Attack requests in flight at once.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        /// Which attacks to run.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "replay,stalled,malformed,stop-list,hostile-backend,replay-many,relay,hog"
+        )]
+        attacks: Vec<attack::AttackKind>,
+        /// Honest challenges per measurement of the stop-list attack (alone, then during it).
+        #[arg(long, default_value_t = 10)]
+        stop_rounds: usize,
+        /// Tokens each of those challenges asks for.
+        #[arg(long, default_value_t = 128)]
+        stop_tokens: u32,
         /// Replays of one captured exchange from each of 16 addresses (replay-many).
         #[arg(long, default_value_t = 8)]
         replays_per_address: usize,
@@ -171,10 +191,6 @@ enum BenchKind {
         /// Connections the hog keeps trying to hold from one address (hog).
         #[arg(long, default_value_t = 3000)]
         hog_connections: usize,
-        /// Only the attacks on a validator's share and the door (replay-many, relay, hog), not
-        /// issue 9's.
-        #[arg(long)]
-        shares_only: bool,
     },
     /// Seven validators' mixed load on two CPU workers with a short deadline: slot-count admission
     /// without hedging against time-aware admission with hedging, same run.
@@ -306,34 +322,28 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             stall_window,
             malformed,
             concurrency,
+            attacks,
+            stop_rounds,
+            stop_tokens,
             replays_per_address,
             relay_in_flight,
             hog_connections,
-            shares_only,
-        } => rt.block_on(async {
-            if !shares_only {
-                attack::attack(attack::AttackPlan {
-                    model: model.clone(),
-                    threads,
-                    honest,
-                    replays,
-                    stalled,
-                    stall_window: Duration::from_secs(stall_window),
-                    malformed,
-                    concurrency,
-                })
-                .await?;
-            }
-            attack_shares::shares(attack_shares::SharePlan {
-                model,
-                threads,
-                honest,
-                replays_per_address,
-                relay_in_flight,
-                hog_connections,
-            })
-            .await
-        }),
+        } => rt.block_on(attack::attack(attack::AttackPlan {
+            attacks,
+            stop_rounds,
+            stop_tokens,
+            model,
+            threads,
+            honest,
+            replays,
+            stalled,
+            stall_window: Duration::from_secs(stall_window),
+            malformed,
+            concurrency,
+            replays_per_address,
+            relay_in_flight,
+            hog_connections,
+        })),
         BenchKind::Answering { model, validators, rounds, deadline_ms, short_tokens, parallel } => {
             rt.block_on(answering::answering(answering::AnsweringPlan {
                 model,

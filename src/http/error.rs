@@ -8,12 +8,18 @@
 //! ended with nothing), never an empty 200: the validator scores an empty 200 (a 0, or outside
 //! the consensus) and folds it into its moving average, while any 5xx makes its client give up on
 //! this challenge for this miner, which adds no sample. 504 and 502 say which side failed: the
-//! backend behind the miner, not the miner's admission (503).
+//! backend behind the miner, not the miner's admission (503). A backend that misbehaves (a tool
+//! call numbered in the billions, endless text) is a 502 too.
+//!
+//! A challenge over one of the front door's caps (`front_door::limits`) gets 422 naming the cap,
+//! or 413 when it is the prompt's size (also when a worker finds, by its byte length alone, that
+//! the prompt cannot fit its context).
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use loosh_actors::front_door::challenge::{ChallengeError, NoAnswer};
 use loosh_actors::front_door::key_exchange::KeyExchangeError;
+use loosh_actors::front_door::limits::LimitError;
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +70,14 @@ impl ResponseError for ApiError {
                 ChallengeError::Forbidden => StatusCode::FORBIDDEN,
                 ChallengeError::UnknownKey { .. } | ChallengeError::BadToken(_) => StatusCode::UNAUTHORIZED,
                 ChallengeError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                // A prompt too large for any context is the request's size; every other cap is
+                // about its shape.
+                ChallengeError::OverLimit(LimitError::PromptTooLarge { .. }) | ChallengeError::TooLarge(_) => {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                }
+                ChallengeError::OverLimit(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                // The backend, not the miner, failed: as for a model that ended with nothing.
+                ChallengeError::BadGateway(_) => StatusCode::BAD_GATEWAY,
                 ChallengeError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
                 ChallengeError::Busy { .. } | ChallengeError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 ChallengeError::NoAnswer(NoAnswer::NoToken) => StatusCode::GATEWAY_TIMEOUT,

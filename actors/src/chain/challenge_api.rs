@@ -13,6 +13,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::Value;
 
 use crate::authorization::{Source, ValidatorAuth};
+use crate::bounded_body::{read_json_capped, SMALL_ANSWER_CAP};
 use crate::metrics::Metrics;
 use crate::protocol::signature::{ss58_decode, Hotkey};
 use crate::session::registry::KeyStore;
@@ -107,7 +108,8 @@ impl PollerState {
         if !res.status().is_success() {
             return Err(format!("{url} answered {}", res.status()));
         }
-        let body: Value = res.json().await.map_err(|e| format!("{url}: not JSON: {e}"))?;
+        // A list of validators is a few KiB: an answer without end is refused at the cap.
+        let body: Value = read_json_capped(res, SMALL_ANSWER_CAP).await.map_err(|e| format!("{url}: {e}"))?;
         let hotkeys = parse_active_hotkeys(&body);
         let count = hotkeys.len();
         if count > 0 {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
+use super::limits::{self, LimitError};
 use crate::front_door::share::Share;
 use crate::graph::MinerGraph;
 use crate::inference::request::{BackendError, Generation, GenerationRequest, JobControl};
@@ -37,6 +38,16 @@ pub enum ChallengeError {
     /// The challenge decrypted but is not one we can answer (422, never 400).
     #[error("{0}")]
     Unprocessable(String),
+    /// The challenge passed one of the caps of [`limits`] (413 for the prompt's size, else 422).
+    #[error(transparent)]
+    OverLimit(#[from] LimitError),
+    /// The prompt cannot fit the worker's context, judged by its byte length before any
+    /// tokenizing (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The backend behind the miner answered with something no honest server sends (502).
+    #[error("{0}")]
+    BadGateway(String),
     /// Over a rate limit: 429 with the hint.
     #[error("rate limit exceeded; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
@@ -60,12 +71,12 @@ impl ChallengeError {
             Self::Forbidden => "unauthorized",
             Self::UnknownKey { .. } => "unknown_key",
             Self::BadToken(_) => "bad_token",
-            Self::Unprocessable(_) => "bad_request",
+            Self::Unprocessable(_) | Self::OverLimit(_) | Self::TooLarge(_) => "bad_request",
             Self::Busy { .. } => "busy",
             Self::RateLimited { .. } => "rate_limited",
             Self::Unavailable { .. } => "unavailable",
             Self::NoAnswer(_) => "no_answer",
-            Self::Internal(_) => "error",
+            Self::BadGateway(_) | Self::Internal(_) => "error",
         }
     }
 }
@@ -238,6 +249,7 @@ impl MinerGraph {
 
     /// Runs the challenge through the scheduler and builds the reply with the timing echo.
     async fn answer_request(&self, req: ChallengeRequest, arrival: Instant) -> Result<ChallengeReply, ChallengeError> {
+        limits::check(&req)?;
         let messages = req
             .conversation()
             .ok_or_else(|| ChallengeError::Unprocessable("challenge has neither `messages` nor `prompt`".into()))?;
@@ -269,6 +281,8 @@ impl MinerGraph {
             ScheduleError::Backend(BackendError::PromptTooLong { .. } | BackendError::Template(_)) => {
                 ChallengeError::Unprocessable(e.to_string())
             }
+            ScheduleError::Backend(BackendError::PromptTooLarge { .. }) => ChallengeError::TooLarge(e.to_string()),
+            ScheduleError::Backend(BackendError::Misbehaved(_)) => ChallengeError::BadGateway(e.to_string()),
             other => ChallengeError::Internal(other.to_string()),
         })?;
         let inference_end = unix_time_f64();

@@ -12,6 +12,7 @@
 pub mod challenge;
 pub mod key_exchange;
 pub mod known_peers;
+pub mod limits;
 pub mod rate_limit;
 pub mod share;
 

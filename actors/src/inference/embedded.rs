@@ -23,6 +23,7 @@ use llama_cpp_2::token::LlamaToken;
 use super::chat_template::{ChatTemplate, CHATML_TEMPLATE};
 use super::request::{BackendError, FinishReason, Generation, GenerationRequest, JobControl};
 use super::sampler::TokenSampler;
+use super::stop::StopMatcher;
 use super::tool_calls::extract_tool_calls;
 
 /// How one embedded engine is set up (one per worker / device).
@@ -161,7 +162,8 @@ struct Slot<T> {
     tag: T,
     seq: i32,
     deadline: Instant,
-    stop: Vec<String>,
+    /// The request's stop strings, compiled; matched against each token's new bytes only.
+    stop: StopMatcher,
     max_new: u32,
     prompt: Vec<LlamaToken>,
     /// Prompt tokens already decoded (prefill progress).
@@ -210,6 +212,9 @@ pub struct EmbeddedEngine<'m, T> {
     /// Smoothed seconds per decode step, to stop one step before a deadline rather than after.
     secs_per_step: f64,
     stats: StepStats,
+    /// Bytes of this model's longest token (special tokens as text): no prompt of more than
+    /// `n_ctx_seq` times this many bytes can fit a sequence's context.
+    max_token_bytes: u64,
 }
 
 /// Loads the model file (the expensive part; call once per worker thread).
@@ -249,6 +254,42 @@ pub fn tokenize_prompt(model: &LlamaModel, prompt: &str) -> Vec<LlamaToken> {
     let bos_text = String::from_utf8_lossy(&vocab.token_to_piece(vocab.bos(), true, None)).into_owned();
     let add_bos = vocab.should_add_bos() && (bos_text.is_empty() || !prompt.starts_with(&bos_text));
     vocab.tokenize(prompt.as_bytes(), add_bos, true)
+}
+
+/// Bytes of the model's longest token as text (special tokens included, as the tokenizer parses
+/// them in a prompt). Once per engine: a walk over the vocabulary, milliseconds.
+pub fn longest_token_bytes(model: &LlamaModel) -> u64 {
+    let vocab = model.vocab();
+    let mut piece = Vec::new();
+    let longest = vocab
+        .tokens()
+        .map(|t| {
+            piece.clear();
+            vocab.token_to_piece_into(t, &mut piece, true, None);
+            piece.len()
+        })
+        .max()
+        .unwrap_or(1);
+    longest.max(1) as u64
+}
+
+/// Bytes of text a request's prompt holds at least, without rendering it: its messages' text and
+/// tool calls. The template only adds to them, so a prompt whose text alone cannot fit is refused
+/// soundly.
+fn prompt_text_bytes(req: &GenerationRequest) -> u64 {
+    req.messages
+        .iter()
+        .map(|m| {
+            let text = match &m.content {
+                Some(serde_json::Value::String(s)) => s.len(),
+                Some(serde_json::Value::Array(parts)) => {
+                    parts.iter().filter_map(|p| p.get("text").and_then(serde_json::Value::as_str)).map(str::len).sum()
+                }
+                _ => 0,
+            };
+            text as u64
+        })
+        .sum()
 }
 
 /// KV cache bytes one token costs in this model (K and V, f16, every layer).
@@ -328,6 +369,7 @@ impl<'m, T> EmbeddedEngine<'m, T> {
         // llama.cpp pads the context; each sequence gets an equal share of what it made.
         let n_ctx_seq = ctx.n_ctx() / n_parallel;
         let template = model_template(model)?;
+        let max_token_bytes = longest_token_bytes(model);
         let slots = (0..n_parallel).map(|_| None).collect();
         Ok(Self {
             model,
@@ -343,6 +385,7 @@ impl<'m, T> EmbeddedEngine<'m, T> {
             secs_per_step: 0.0,
             stats: StepStats::default(),
             sizing,
+            max_token_bytes,
         })
     }
 
@@ -378,6 +421,14 @@ impl<'m, T> EmbeddedEngine<'m, T> {
         if !self.has_free_slot() {
             return Err((tag, BackendError::Inference("no free sequence".into())));
         }
+        // A prompt that cannot fit even at the longest token is refused by its byte length: the
+        // template and the tokenizer would otherwise spend time proportional to it on this thread,
+        // which every other sequence of the worker waits for.
+        let bytes = prompt_text_bytes(&req);
+        let max_bytes = u64::from(self.n_ctx_seq) * self.max_token_bytes;
+        if bytes > max_bytes {
+            return Err((tag, BackendError::PromptTooLarge { bytes, max_bytes, n_ctx: self.n_ctx_seq }));
+        }
         let prompt = match self.template.render(&req.messages, req.tools.as_deref()) {
             Ok(p) => tokenize_prompt(self.model, &p),
             Err(e) => return Err((tag, BackendError::Template(e.to_string()))),
@@ -396,7 +447,7 @@ impl<'m, T> EmbeddedEngine<'m, T> {
             tag,
             seq,
             deadline: req.deadline,
-            stop: req.stop,
+            stop: StopMatcher::new(&req.stop),
             // max_tokens is clamped to the context left after the prompt.
             max_new: req.max_tokens.min(self.n_ctx_seq - prompt_tokens),
             prompt,
@@ -612,7 +663,7 @@ impl<'m, T> EmbeddedEngine<'m, T> {
             } else {
                 vocab.token_to_piece_into(token, &mut slot.out, false, None);
                 slot.completion += 1;
-                if let Some(cut_at) = stop_string_end(&slot.out, &slot.stop) {
+                if let Some(cut_at) = slot.stop.feed(&slot.out) {
                     slot.out.truncate(cut_at);
                     Some(FinishReason::Stop)
                 } else if slot.completion >= slot.max_new {
@@ -715,15 +766,6 @@ pub fn sampler_for(temperature: f32, top_p: f32) -> LlamaSampler {
     ])
 }
 
-/// Where the text should be cut if it now ends with a stop string. Checked after every token, so
-/// only the tail can hold a new match: the search stays O(1) per token.
-fn stop_string_end(out: &[u8], stops: &[String]) -> Option<usize> {
-    stops.iter().filter(|s| !s.is_empty()).find_map(|s| {
-        let from = out.len().saturating_sub(s.len() + 32);
-        out[from..].windows(s.len()).position(|w| w == s.as_bytes()).map(|p| from + p)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -740,12 +782,5 @@ mod tests {
         assert_eq!(auto_parallel(130 * GIB, kv, 8192), MAX_AUTO_PARALLEL);
         // A card with no room still runs one sequence (llama.cpp reports if even that fails).
         assert_eq!(auto_parallel(GIB, kv, 8192), 1);
-    }
-
-    #[test]
-    fn stop_strings_cut_at_their_start() {
-        assert_eq!(stop_string_end(b"hello END", &["END".into()]), Some(6));
-        assert_eq!(stop_string_end(b"hello", &["END".into()]), None);
-        assert_eq!(stop_string_end(b"hello", &[]), None);
     }
 }

@@ -3,6 +3,9 @@
 pub mod chat_template;
 pub mod embedded;
 pub mod openai;
+pub mod openai_stream;
 pub mod request;
 pub mod sampler;
+pub mod sse;
+pub mod stop;
 pub mod tool_calls;

@@ -8,6 +8,11 @@
 //! vLLM), `reasoning` / `reasoning_content` deltas (not part of the answer text), usage only in
 //! the last chunk or not at all.
 //!
+//! The server is not trusted with the node's memory or time: its SSE lines are split searching
+//! each byte once and capped in length (`sse.rs`), the answer is capped near what `max_tokens`
+//! allows and tool-call indexes are bounded (`openai_stream.rs`), and `GET /models` is read up to
+//! a cap. Past any of them the backend misbehaved: a 502 for that challenge, never the node's end.
+//!
 //! `max_tokens` is clamped to the context the server has left after the prompt: vLLM refuses
 //! (400) a request whose prompt plus `max_tokens` passes its `--max-model-len`, and the
 //! validator asks for 12,288 tokens. The context length comes from `GET /models` where the server
@@ -20,14 +25,18 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::openai_stream::{Flow, StreamedAnswer};
 use super::request::{BackendError, FinishReason, Generation, GenerationRequest};
+use super::sse::LineReader;
 use super::tool_calls::extract_tool_calls;
+use crate::bounded_body::{read_json_capped, SMALL_ANSWER_CAP};
 use crate::protocol::messages::{ToolCall, ToolCallFunction};
 
 /// Bytes of an error body kept for the message.
 const ERROR_BODY_CAP: usize = 4096;
-/// Longest SSE line buffered before the stream is treated as broken.
-const SSE_LINE_CAP: usize = 1024 * 1024;
+/// Longest SSE line buffered before the stream is treated as broken: an event is a few hundred
+/// bytes, and Ollama's whole tool-call arguments in one event are far below this.
+const SSE_LINE_CAP: usize = 256 * 1024;
 
 /// One OpenAI-compatible endpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,13 +65,6 @@ pub struct OpenAiClient {
     spec: OpenAiSpec,
     /// The context length the server reported at its last health check (0: none reported).
     reported_context: Arc<AtomicU32>,
-}
-
-#[derive(Default)]
-struct PartialCall {
-    id: String,
-    name: String,
-    arguments: String,
 }
 
 impl OpenAiClient {
@@ -110,7 +112,10 @@ impl OpenAiClient {
         if !res.status().is_success() {
             return Err(BackendError::Unreachable(format!("{url} answered {}", res.status())));
         }
-        let v: Value = res.json().await.map_err(|e| BackendError::Unreachable(format!("{url}: not JSON: {e}")))?;
+        // A list of models is a few KiB: an answer without end is refused at the cap.
+        let v: Value = read_json_capped(res, SMALL_ANSWER_CAP)
+            .await
+            .map_err(|e| BackendError::Unreachable(format!("{url}: {e}")))?;
         if let Some(n) = reported_context(&v, &self.spec.model) {
             self.reported_context.store(n, Ordering::Relaxed);
         }
@@ -193,13 +198,8 @@ impl OpenAiClient {
             )));
         }
 
-        let mut text = String::new();
-        let mut calls: Vec<PartialCall> = Vec::new();
-        let mut finish: Option<String> = None;
-        let mut usage: Option<(u32, u32)> = None;
-        let mut deltas = 0u32;
-        let mut first_token_at = None;
-        let mut buf: Vec<u8> = Vec::new();
+        let mut answer = StreamedAnswer::new(max_tokens);
+        let mut lines = LineReader::new();
         let mut cut = false;
         'read: loop {
             let chunk = match tokio::time::timeout_at(deadline_tokio, res.chunk()).await {
@@ -211,55 +211,21 @@ impl OpenAiClient {
                 Ok(Ok(None)) => break,
                 Ok(Ok(Some(bytes))) => bytes,
             };
-            buf.extend_from_slice(&chunk);
-            if buf.len() > SSE_LINE_CAP && !buf.contains(&b'\n') {
+            lines.push(&chunk);
+            while let Some(line) = lines.next_line() {
+                if answer.line(line, &req.control, &url)? == Flow::Done {
+                    break 'read;
+                }
+            }
+            if lines.pending() > SSE_LINE_CAP {
                 // One SSE event is a few hundred bytes; a line this long without a newline is not
                 // an event we will ever parse.
-                return Err(BackendError::Inference(format!(
+                return Err(BackendError::Misbehaved(format!(
                     "{url}: an SSE line passed {SSE_LINE_CAP} bytes without ending"
                 )));
             }
-            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=nl).collect();
-                let line = String::from_utf8_lossy(&line);
-                let Some(data) = line.trim().strip_prefix("data:") else { continue };
-                let data = data.trim();
-                if data == "[DONE]" {
-                    break 'read;
-                }
-                let Ok(event) = serde_json::from_str::<Value>(data) else { continue };
-                if let Some(err) = event.get("error") {
-                    return Err(BackendError::Inference(format!("{url}: {err}")));
-                }
-                if let Some(u) = event.get("usage").filter(|u| u.is_object()) {
-                    let p = u["prompt_tokens"].as_u64().unwrap_or(0) as u32;
-                    let c = u["completion_tokens"].as_u64().unwrap_or(0) as u32;
-                    usage = Some((p, c));
-                }
-                let Some(choice) = event["choices"].get(0) else { continue };
-                let delta = &choice["delta"];
-                if let Some(content) = delta["content"].as_str().filter(|c| !c.is_empty()) {
-                    first_token_at.get_or_insert_with(Instant::now);
-                    req.control.first_token();
-                    text.push_str(content);
-                    deltas += 1;
-                }
-                if let Some(tool_deltas) = delta["tool_calls"].as_array() {
-                    first_token_at.get_or_insert_with(Instant::now);
-                    req.control.first_token();
-                    for (n, d) in tool_deltas.iter().enumerate() {
-                        let index = d["index"].as_u64().map_or(n, |i| i as usize);
-                        while calls.len() <= index {
-                            calls.push(PartialCall::default());
-                        }
-                        merge_tool_delta(&mut calls[index], d);
-                    }
-                }
-                if let Some(reason) = choice["finish_reason"].as_str() {
-                    finish = Some(reason.to_string());
-                }
-            }
         }
+        let StreamedAnswer { text, calls, finish, usage, deltas, first_token_at, .. } = answer;
 
         let (mut prose, parsed) = extract_tool_calls(&text);
         if parsed.is_empty() {
@@ -302,23 +268,6 @@ impl OpenAiClient {
             cut_by_deadline: cut,
             worker: String::new(),
         })
-    }
-}
-
-/// Folds one streamed tool-call delta into the call it belongs to.
-fn merge_tool_delta(call: &mut PartialCall, d: &Value) {
-    if let Some(id) = d["id"].as_str() {
-        call.id = id.to_string();
-    }
-    let f = &d["function"];
-    if let Some(name) = f["name"].as_str() {
-        call.name.push_str(name);
-    }
-    match &f["arguments"] {
-        Value::String(s) => call.arguments.push_str(s),
-        // Ollama sends the arguments as a JSON object, whole.
-        Value::Object(o) => call.arguments = Value::Object(o.clone()).to_string(),
-        _ => {}
     }
 }
 
@@ -380,23 +329,6 @@ pub fn with_v1(base: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tool_deltas_merge_across_chunks_and_dialects() {
-        let mut call = PartialCall::default();
-        merge_tool_delta(
-            &mut call,
-            &json!({"index":0,"id":"c1","function":{"name":"get_weather","arguments":"{\"ci"}}),
-        );
-        merge_tool_delta(&mut call, &json!({"index":0,"function":{"arguments":"ty\":\"Paris\"}"}}));
-        assert_eq!(
-            (call.id.as_str(), call.name.as_str(), call.arguments.as_str()),
-            ("c1", "get_weather", "{\"city\":\"Paris\"}")
-        );
-        let mut ollama = PartialCall::default();
-        merge_tool_delta(&mut ollama, &json!({"function":{"name":"f","arguments":{"x":1}}}));
-        assert_eq!(ollama.arguments, "{\"x\":1}");
-    }
 
     #[test]
     fn the_context_length_is_read_where_servers_report_it() {

@@ -142,6 +142,10 @@ pub enum BackendError {
     ModelLoad(String),
     #[error("the prompt has {prompt_tokens} tokens but the context holds {n_ctx}")]
     PromptTooLong { prompt_tokens: u32, n_ctx: u32 },
+    /// Refused by its byte length alone, before the template renders it or the tokenizer reads it:
+    /// even at the model's longest token it would not fit the context.
+    #[error("the prompt's text is {bytes} bytes, more than a context of {n_ctx} tokens holds (at most {max_bytes} bytes of this model's longest tokens)")]
+    PromptTooLarge { bytes: u64, max_bytes: u64, n_ctx: u32 },
     #[error("{0}")]
     Template(String),
     #[error("inference failed: {0}")]
@@ -150,6 +154,10 @@ pub enum BackendError {
     WorkerGone,
     #[error("backend server unreachable: {0}")]
     Unreachable(String),
+    /// The backend answered with something no honest server sends (a tool call numbered in the
+    /// billions, more text than `max_tokens` allows, a line without end): a bad gateway.
+    #[error("the backend misbehaved: {0}")]
+    Misbehaved(String),
     /// The scheduler stopped this attempt (another one of the same challenge won the race).
     #[error("the attempt was cancelled")]
     Cancelled,
