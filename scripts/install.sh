@@ -140,6 +140,13 @@ if [ "$WANT_TEST" -eq 1 ]; then
   fi
   say "model: $TINY"
 
+  # 4c''. libfaketime, with which a test runs the miner with its clock ahead of the validator's.
+  if ! dpkg -s faketime >/dev/null 2>&1; then
+    say "apt: installing faketime (a miner clock set ahead, in the tests)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends faketime >/dev/null
+  fi
+
   # 4c'. systemd-analyze, with which the tests verify deploy/loosh-miner.service as systemd reads it.
   if ! command -v systemd-analyze >/dev/null 2>&1; then
     say "apt: installing systemd (for systemd-analyze verify)"

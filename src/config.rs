@@ -142,7 +142,9 @@ pub struct Config {
     /// one in `GET /models` (llama-cpp-python, Ollama); `max_tokens` is clamped to it.
     pub openai_max_model_len: Option<u32>,
     /// `TOOL_CALL_TEXT`: an answer that is only tool calls also states them in `response_text`
-    /// (the validator reads only the text).
+    /// (the validator reads only the text). Off by default: peers on vLLM's hermes parser answer a
+    /// tool-only call with `""`, which the quality filter drops, so a sentence of ours would be the
+    /// lone survivor (θ = 0, a zero sample) — a 502 adds no sample at all (SCORING.md).
     pub tool_call_text: bool,
     /// `TIME_AWARE_ADMISSION`: refuse at once a challenge no worker can start in time to answer usefully.
     pub time_aware_admission: bool,
@@ -589,7 +591,7 @@ impl Config {
                 0 => None,
                 n => Some(n),
             },
-            tool_call_text: src.boolean("TOOL_CALL_TEXT", true)?,
+            tool_call_text: src.boolean("TOOL_CALL_TEXT", false)?,
             time_aware_admission: src.boolean("TIME_AWARE_ADMISSION", true)?,
             admission_min_tokens: src.parse("ADMISSION_MIN_TOKENS", 48, "a number of tokens")?,
             hedging: src.boolean("HEDGING", true)?,
@@ -1000,7 +1002,7 @@ mod tests {
     #[test]
     fn answering_settings_default_on_and_bad_values_name_the_variable() {
         let c = Config::from_source(&Source::from_pairs([])).unwrap();
-        assert!(c.time_aware_admission && c.hedging && c.tool_call_text);
+        assert!(c.time_aware_admission && c.hedging && !c.tool_call_text);
         assert_eq!((c.admission_min_tokens, c.hedge_after_factor, c.hedge_min), (48, 3.0, Duration::from_millis(500)));
         assert_eq!(c.openai_max_model_len, None);
         let c = Config::from_source(&Source::from_pairs([("OPENAI_MAX_MODEL_LEN", "32768"), ("HEDGING", "false")]))

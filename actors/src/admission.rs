@@ -3,8 +3,9 @@
 //!
 //! Counting slots is not enough: a worker with every sequence busy and more challenges waiting
 //! would start the next one only when one of those ends, often at its deadline, and the waiting
-//! challenge comes back at ~50 s truncated or empty (a 0 in the validator's moving average, where
-//! a refusal adds no sample at all). So the scheduler keeps, per worker, the expected end of each
+//! challenge comes back at ~50 s truncated or empty. A late answer is still scored, at
+//! `(1 - t/Σt)·θ` (SCORING.md): with t near the round's 60 s cut that is usually well below the
+//! miner's moving average, which it pulls down, where a refusal adds no sample at all. So the scheduler keeps, per worker, the expected end of each
 //! job it holds and an EWMA of the time to first token and of tokens/s, both measured on real
 //! challenges; a challenge that no worker can start in time to produce
 //! [`AdmissionSettings::min_useful_tokens`] before its deadline is refused at once. Before a

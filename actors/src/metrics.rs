@@ -34,6 +34,12 @@ pub struct Metrics {
     /// Challenges answered with an error instead of an empty 200, by reason: `no_token` (none by
     /// the deadline) or `empty` (the model ended without text).
     pub no_answer: IntCounterVec,
+    /// The `model` hint each challenge carries, by family (`qwen2.5-32b-instruct` from
+    /// `Qwen/Qwen2.5-32B-Instruct`): the validators' consensus cluster forms around the model most
+    /// miners serve, and the hint is how a miner learns which. At most [`MODEL_HINT_LABELS`]
+    /// distinct labels, then `other`.
+    pub model_hints: IntCounterVec,
+    model_hint_labels: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Challenges refused at admission, by reason: `full` (no queue room) or `too_late` (no worker
     /// can start it in time to produce a useful answer before its deadline).
     pub admission_refusals: IntCounterVec,
@@ -229,6 +235,12 @@ impl Metrics {
                 &["reason"],
             )
             .unwrap(),
+            model_hints: IntCounterVec::new(
+                Opts::new("loosh_challenge_model_hints_total", "Challenges by the model family their `model` hint names"),
+                &["model"],
+            )
+            .unwrap(),
+            model_hint_labels: Default::default(),
             admission_refusals: IntCounterVec::new(
                 Opts::new("loosh_admission_refusals_total", "Challenges refused at admission, by reason"),
                 &["reason"],
@@ -330,6 +342,7 @@ impl Metrics {
         for c in [
             &m.challenges,
             &m.handshakes,
+            &m.model_hints,
             &m.exchange_addresses,
             &m.worker_restarts,
             &m.engine_stalls,
@@ -411,6 +424,20 @@ impl Metrics {
         m
     }
 
+    /// Counts a challenge's `model` hint under a bounded label (see [`Metrics::model_hints`]).
+    pub fn count_model_hint(&self, hint: Option<&str>) {
+        let family = model_family(hint.unwrap_or(""));
+        let label = {
+            let mut seen = self.model_hint_labels.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.contains(&family) || (seen.len() < MODEL_HINT_LABELS && seen.insert(family.clone())) {
+                family
+            } else {
+                "other".to_string()
+            }
+        };
+        self.model_hints.with_label_values(&[&label]).inc();
+    }
+
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut buf = String::new();
@@ -425,5 +452,46 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Distinct `model` hint labels kept before the rest count as `other`.
+pub const MODEL_HINT_LABELS: usize = 16;
+
+/// A model hint's family: the name without its organisation, lowercased, only `[a-z0-9.-]`, at
+/// most 48 characters (`Qwen/Qwen2.5-32B-Instruct` → `qwen2.5-32b-instruct`); `none` when absent.
+pub fn model_family(hint: &str) -> String {
+    let name = hint.trim().rsplit('/').next().unwrap_or("");
+    let family: String = name
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '-')
+        .take(48)
+        .collect();
+    if family.is_empty() {
+        "none".to_string()
+    } else {
+        family
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_hints_are_counted_by_family_under_a_bounded_label_set() {
+        assert_eq!(model_family("Qwen/Qwen2.5-32B-Instruct"), "qwen2.5-32b-instruct");
+        assert_eq!(model_family(" meta-llama/Llama-3.1-8B-Instruct "), "llama-3.1-8b-instruct");
+        assert_eq!(model_family("x\"}{bad label"), "xbadlabel");
+        assert_eq!(model_family(""), "none");
+        let m = Metrics::new();
+        m.count_model_hint(Some("Qwen/Qwen2.5-32B-Instruct"));
+        m.count_model_hint(Some("qwen/qwen2.5-32b-instruct"));
+        for i in 0..40 {
+            m.count_model_hint(Some(&format!("org/model-{i}")));
+        }
+        assert_eq!(m.model_hints.with_label_values(&["qwen2.5-32b-instruct"]).get(), 2);
+        assert_eq!(m.model_hints.with_label_values(&["other"]).get(), 40 - (MODEL_HINT_LABELS as u64 - 1));
     }
 }

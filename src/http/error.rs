@@ -5,8 +5,9 @@
 //! never 401. Every 503 and 429 carries `Retry-After`.
 //!
 //! A challenge that ran but has no text gets 504 (no token by the deadline) or 502 (the model
-//! ended with nothing), never an empty 200: the validator scores an empty 200 (a 0, or outside
-//! the consensus) and folds it into its moving average, while any 5xx makes its client give up on
+//! ended with nothing), never an empty 200: the validator scores every 200, an empty one at
+//! `(1 - t/Σt)·θ` with θ near 0 (it fails the quality filter, or is its lone survivor), and folds
+//! it into its moving average, while any 5xx makes its client give up on
 //! this challenge for this miner, which adds no sample. 504 and 502 say which side failed: the
 //! backend behind the miner, not the miner's admission (503). A backend that misbehaves (a tool
 //! call numbered in the billions, endless text) is a 502 too.

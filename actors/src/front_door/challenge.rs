@@ -21,7 +21,7 @@ use crate::front_door::share::Share;
 use crate::graph::MinerGraph;
 use crate::inference::request::{BackendError, Generation, GenerationRequest, JobControl};
 use crate::inference::tool_calls::describe_tool_calls;
-use crate::protocol::fernet_codec::FernetError;
+use crate::protocol::fernet_codec::{reply_timestamp, stamped_at, unix_now, FernetError};
 use crate::protocol::messages::{echo_timing, unix_time_f64, ChallengeReply, ChallengeRequest, Usage};
 use crate::scheduler::ScheduleError;
 
@@ -83,8 +83,9 @@ impl ChallengeError {
 
 /// Why a challenge that ran has no text.
 ///
-/// An empty `response_text` in a 200 is scored: 0 when the miner answers alone (relevance under
-/// 0.20), outside the consensus otherwise, and either way a sample in the moving average. A
+/// An empty `response_text` in a 200 is scored like any 200, at `(1 - t/Σt)·θ`: θ = 0 when it
+/// fails the quality filter or is the lone survivor of it, and outside the consensus otherwise —
+/// either way a sample, usually far below the moving average it joins. A
 /// non-200 other than 400/401 makes the validator's client raise, log and return `None` for this
 /// miner, and `None` is skipped: no sample, the average untouched (400/401 would make it drop its
 /// key, re-handshake and send the challenge again, to be late again). So no text is an error
@@ -207,7 +208,13 @@ impl MinerGraph {
         let reply = self.answer_request(request, arrival).await?;
         let json =
             serde_json::to_vec(&reply).map_err(|e| ChallengeError::Internal(format!("reply serialisation: {e}")))?;
-        Ok(key.encrypt(&json).into_bytes())
+        // Stamped on the validator's clock as best we know it, so that a clock of ours running
+        // ahead cannot make the validator refuse the reply as from the future.
+        let stamp = match stamped_at(token) {
+            Ok(challenge_stamp) => reply_timestamp(challenge_stamp, arrival.elapsed(), unix_now()),
+            Err(_) => unix_now(),
+        };
+        Ok(key.encrypt_at(&json, stamp).into_bytes())
     }
 
     /// Answers a plain-JSON challenge (the legacy `/inference`): no key, no Fernet.
@@ -249,6 +256,7 @@ impl MinerGraph {
 
     /// Runs the challenge through the scheduler and builds the reply with the timing echo.
     async fn answer_request(&self, req: ChallengeRequest, arrival: Instant) -> Result<ChallengeReply, ChallengeError> {
+        self.metrics.count_model_hint(req.model.as_deref());
         limits::check(&req)?;
         let messages = req
             .conversation()

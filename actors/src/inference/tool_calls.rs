@@ -42,10 +42,27 @@ pub fn extract_tool_calls(text: &str) -> (String, Vec<ToolCall>) {
 const DESCRIBED_ARGUMENTS_CAP: usize = 200;
 
 /// A short plain-text statement of `calls`, for the `response_text` of an answer that is only
-/// tool calls: the validator reads only the text, and empty text scores 0 (or falls outside the
-/// consensus). The statement names each function and its arguments, so that it stays about the
-/// prompt.
+/// tool calls when `TOOL_CALL_TEXT` asks for one (the validator reads only the text). The
+/// statement names each function and its arguments, so that it stays about the prompt, and its
+/// wording is drawn at random: a fixed template would be byte-identical between two miners running
+/// this code, which the validator's sybil checks flag (identical text over 50 characters).
 pub fn describe_tool_calls(calls: &[ToolCall]) -> String {
+    use rand::seq::SliceRandom;
+    const ONE: &[&str] = &[
+        "To answer this, I am calling the tool {}.",
+        "I will use the tool {} to answer this.",
+        "This needs a tool: {}.",
+        "Calling {} to get what this question needs.",
+        "The answer comes from a tool call: {}.",
+    ];
+    const MANY: &[&str] = &[
+        "To answer this, I am calling the tools {}.",
+        "I will use these tools in turn: {}.",
+        "This needs several tool calls: {}.",
+        "Calling, in order, {} to answer this.",
+    ];
+    const THEN: &[&str] = &["; then ", ", followed by ", "; after that, "];
+    let mut rng = rand::thread_rng();
     let described: Vec<String> = calls
         .iter()
         .map(|c| {
@@ -60,10 +77,16 @@ pub fn describe_tool_calls(calls: &[ToolCall]) -> String {
             }
         })
         .collect();
+    let pick = |options: &[&'static str], rng: &mut rand::rngs::ThreadRng| -> &'static str {
+        options.choose(rng).copied().unwrap_or("{}")
+    };
     match described.as_slice() {
         [] => String::new(),
-        [one] => format!("To answer this, I am calling the tool {one}."),
-        many => format!("To answer this, I am calling the tools {}.", many.join("; then ")),
+        [one] => pick(ONE, &mut rng).replacen("{}", one, 1),
+        many => {
+            let joined = many.join(pick(THEN, &mut rng));
+            pick(MANY, &mut rng).replacen("{}", &joined, 1)
+        }
     }
 }
 
@@ -110,19 +133,24 @@ mod tests {
     }
 
     #[test]
-    fn tool_calls_are_stated_in_plain_text() {
+    fn tool_calls_are_stated_in_plain_text_in_varied_wording() {
         let (_, calls) = extract_tool_calls(
             "<tool_call>{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}</tool_call><tool_call>{\"name\":\"now\"}</tool_call>",
         );
-        assert_eq!(
-            describe_tool_calls(&calls),
-            "To answer this, I am calling the tools get_weather with arguments {\"city\":\"Paris\"}; then now with no arguments."
-        );
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..64 {
+            let text = describe_tool_calls(&calls);
+            assert!(text.contains("get_weather with arguments {\"city\":\"Paris\"}"), "{text}");
+            assert!(text.contains("now with no arguments"), "{text}");
+            assert!(text.find("get_weather") < text.find("now with"), "the order is kept: {text}");
+            seen.insert(text);
+        }
+        assert!(seen.len() >= 3, "the wording never varies: {seen:?}");
         assert_eq!(describe_tool_calls(&[]), "");
         let mut long = calls[0].clone();
         long.function.arguments = format!("{{\"q\":\"{}\"}}", "x".repeat(1000));
         let text = describe_tool_calls(&[long]);
-        assert!(text.len() < 300 && text.ends_with("...."), "{text}");
+        assert!(text.len() < 300 && text.contains("xxx..."), "{text}");
     }
 
     #[test]

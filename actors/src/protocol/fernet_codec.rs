@@ -78,6 +78,26 @@ impl FernetKey {
     pub fn encrypt(&self, plaintext: &[u8]) -> String {
         self.inner.encrypt(plaintext)
     }
+
+    /// Encrypts `plaintext` into a padded token stamped `unix_secs` (a reply stamped on the
+    /// validator's clock rather than ours: see [`reply_timestamp`]).
+    pub fn encrypt_at(&self, plaintext: &[u8], unix_secs: u64) -> String {
+        self.inner.encrypt_at_time(plaintext, unix_secs)
+    }
+}
+
+/// The seconds stamped into a token (by the clock of whoever encrypted it).
+pub fn stamped_at(token: &[u8]) -> Result<u64, FernetError> {
+    token_timestamp(std::str::from_utf8(token).map_err(|_| FernetError::Malformed)?.trim())
+}
+
+/// The time to stamp a reply with: ours, but never later than the challenge token's stamp plus
+/// the whole seconds since it arrived — the validator's clock as best we know it. The validator
+/// refuses a reply stamped more than 60 s in its future, re-handshakes and resends until its own
+/// 60 s cancel, so a miner whose clock runs ahead would lose every challenge; one whose clock runs
+/// behind is harmless (the TTL is an hour).
+pub fn reply_timestamp(challenge_stamp: u64, since_arrival: std::time::Duration, now: u64) -> u64 {
+    now.min(challenge_stamp.saturating_add(since_arrival.as_secs()))
 }
 
 /// Reads the big-endian seconds stamped into a token, checking its shape on the way.
@@ -103,6 +123,19 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reply_is_never_stamped_ahead_of_the_validators_clock() {
+        let (_, key) = FernetKey::generate();
+        let arrived = std::time::Duration::from_secs(3);
+        // Our clock 600 s ahead of the validator's: the reply carries its time, not ours.
+        assert_eq!(reply_timestamp(1_000, arrived, 1_603), 1_003);
+        // Our clock behind: ours (earlier) is kept.
+        assert_eq!(reply_timestamp(1_000, arrived, 990), 990);
+        let token = key.encrypt_at(b"reply", 1_003);
+        assert_eq!(stamped_at(token.as_bytes()), Ok(1_003));
+        assert_eq!(key.decrypt_at(token.as_bytes(), 3600, 1_010).unwrap(), b"reply");
+    }
 
     #[test]
     fn round_trips_and_names_failures() {
