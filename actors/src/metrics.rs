@@ -236,7 +236,10 @@ impl Metrics {
             )
             .unwrap(),
             model_hints: IntCounterVec::new(
-                Opts::new("loosh_challenge_model_hints_total", "Challenges by the model family their `model` hint names"),
+                Opts::new(
+                    "loosh_challenge_model_hints_total",
+                    "Challenges by the model family their `model` hint names",
+                ),
                 &["model"],
             )
             .unwrap(),
