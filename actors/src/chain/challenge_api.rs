@@ -42,10 +42,10 @@ pub struct PollerState {
     http: reqwest::Client,
 }
 
-/// The hotkeys in the API's answer: a list of `{hotkey_ss58, ip}` objects or bare strings, possibly
-/// wrapped in an object. Entries that are not SS58 addresses are skipped.
-pub fn parse_active_hotkeys(body: &Value) -> HashSet<String> {
-    let list = match body {
+/// The entries of the API's answer: a list of `{hotkey_ss58, ip}` objects or bare strings, possibly
+/// wrapped in an object.
+fn active_entries(body: &Value) -> &[Value] {
+    match body {
         Value::Array(items) => items.as_slice(),
         Value::Object(map) => ["hotkeys", "validators", "active_hotkeys", "data"]
             .iter()
@@ -53,11 +53,22 @@ pub fn parse_active_hotkeys(body: &Value) -> HashSet<String> {
             .map(Vec::as_slice)
             .unwrap_or(&[]),
         _ => &[],
-    };
-    list.iter()
+    }
+}
+
+/// An object entry's hotkey (`hotkey_ss58`, else `hotkey`).
+fn entry_hotkey(o: &serde_json::Map<String, Value>) -> Option<&str> {
+    o.get("hotkey_ss58").or_else(|| o.get("hotkey")).and_then(Value::as_str)
+}
+
+/// The hotkeys in the API's answer ([`active_entries`]). Entries that are not SS58 addresses are
+/// skipped.
+pub fn parse_active_hotkeys(body: &Value) -> HashSet<String> {
+    active_entries(body)
+        .iter()
         .filter_map(|e| match e {
             Value::String(s) => Some(s.as_str()),
-            Value::Object(o) => o.get("hotkey_ss58").or_else(|| o.get("hotkey")).and_then(Value::as_str),
+            Value::Object(o) => entry_hotkey(o),
             _ => None,
         })
         .filter(|h| ss58_decode(h).is_ok())
@@ -68,18 +79,9 @@ pub fn parse_active_hotkeys(body: &Value) -> HashSet<String> {
 /// The address the API reports for each validator (`{hotkey_ss58, ip}` entries; an `ip` that is
 /// not an address, or `0.0.0.0`, is no report): where that validator's traffic is expected from.
 pub fn parse_active_addresses(body: &Value) -> HashMap<String, HashSet<IpAddr>> {
-    let list = match body {
-        Value::Array(items) => items.as_slice(),
-        Value::Object(map) => ["hotkeys", "validators", "active_hotkeys", "data"]
-            .iter()
-            .find_map(|k| map.get(*k).and_then(Value::as_array))
-            .map(Vec::as_slice)
-            .unwrap_or(&[]),
-        _ => &[],
-    };
     let mut out: HashMap<String, HashSet<IpAddr>> = HashMap::new();
-    for o in list.iter().filter_map(Value::as_object) {
-        let Some(hotkey) = o.get("hotkey_ss58").or_else(|| o.get("hotkey")).and_then(Value::as_str) else { continue };
+    for o in active_entries(body).iter().filter_map(Value::as_object) {
+        let Some(hotkey) = entry_hotkey(o) else { continue };
         let Some(ip) = o.get("ip").and_then(Value::as_str).and_then(|ip| ip.trim().parse::<IpAddr>().ok()) else {
             continue;
         };
@@ -176,6 +178,21 @@ impl Actor for ChallengeApiPoller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reported_addresses_are_read_from_the_entries_that_carry_one() {
+        let (v, w) = (Hotkey::ephemeral(), Hotkey::ephemeral());
+        let body = serde_json::json!({"validators": [
+            {"hotkey_ss58": v.ss58(), "ip": "203.0.113.5"},
+            {"hotkey": w.ss58(), "ip": "0.0.0.0"},
+            {"hotkey_ss58": "not-an-address", "ip": "203.0.113.6"},
+            w.ss58(),
+        ]});
+        let addresses = parse_active_addresses(&body);
+        assert_eq!(addresses.len(), 1, "{addresses:?}");
+        assert!(addresses[v.ss58()].contains(&"203.0.113.5".parse::<IpAddr>().unwrap()));
+        assert_eq!(parse_active_hotkeys(&body).len(), 2);
+    }
 
     #[test]
     fn active_hotkeys_parse_in_every_shape_the_api_uses() {
