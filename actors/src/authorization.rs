@@ -186,12 +186,6 @@ impl ValidatorAuth {
         reported[index(source)] = addresses;
     }
 
-    /// The addresses any source reports for `hotkey` (empty: none known).
-    pub fn reported_addresses(&self, hotkey: &str) -> HashSet<IpAddr> {
-        let reported = self.reported.read().unwrap_or_else(|e| e.into_inner());
-        reported.iter().filter_map(|by_hotkey| by_hotkey.get(hotkey)).flatten().copied().collect()
-    }
-
     /// Whether any source reports `ip` for any validator.
     pub fn reports_ip(&self, ip: IpAddr) -> bool {
         let reported = self.reported.read().unwrap_or_else(|e| e.into_inner());
@@ -199,13 +193,20 @@ impl ValidatorAuth {
     }
 
     /// Where `ip` stands for `hotkey`'s exchanges and shares.
+    ///
+    /// On every exchange and challenge: a read of the reports, nothing allocated.
     pub fn address_standing(&self, hotkey: &str, ip: IpAddr) -> AddressStanding {
-        let reported = self.reported_addresses(hotkey);
-        if reported.contains(&ip) {
+        let (is_reported, any_reported) = {
+            let reported = self.reported.read().unwrap_or_else(|e| e.into_inner());
+            let mut sets = reported.iter().filter_map(|by_hotkey| by_hotkey.get(hotkey));
+            let any = sets.clone().any(|ips| !ips.is_empty());
+            (sets.any(|ips| ips.contains(&ip)), any)
+        };
+        if is_reported {
             AddressStanding::Reported
         } else if self.strict_addresses.load(Ordering::Relaxed) {
             AddressStanding::Refused
-        } else if reported.is_empty() {
+        } else if !any_reported {
             AddressStanding::Unreported
         } else {
             AddressStanding::Elsewhere
