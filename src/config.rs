@@ -150,6 +150,12 @@ pub struct Config {
     pub time_aware_admission: bool,
     /// `ADMISSION_MIN_TOKENS`: the tokens a useful answer needs before the deadline.
     pub admission_min_tokens: u32,
+    /// `ADMISSION_MAX_WAIT_MS` (0: off): the longest expected wait for a sequence, and the most a
+    /// new sequence may slow a running challenge, before a challenge is refused (503).
+    pub admission_max_wait: Option<Duration>,
+    /// `ADMISSION_KEEP_SAMPLE_MINUTES`: a validator without an answer for this long has its next
+    /// challenge taken past the wait cap.
+    pub admission_keep_sample: Duration,
     /// `HEDGING`: race a challenge whose first token is late on an idle sibling.
     pub hedging: bool,
     /// `HEDGE_AFTER_FACTOR` x the median recent time to first token, at least `HEDGE_MIN_MS`.
@@ -594,6 +600,26 @@ impl Config {
             tool_call_text: src.boolean("TOOL_CALL_TEXT", false)?,
             time_aware_admission: src.boolean("TIME_AWARE_ADMISSION", true)?,
             admission_min_tokens: src.parse("ADMISSION_MIN_TOKENS", 48, "a number of tokens")?,
+            admission_max_wait: match src.parse(
+                "ADMISSION_MAX_WAIT_MS",
+                loosh_actors::admission::DEFAULT_MAX_WAIT.as_millis() as u64,
+                "milliseconds (0 = no cap)",
+            )? {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
+            admission_keep_sample: {
+                let default = loosh_actors::admission::DEFAULT_KEEP_SAMPLE_EVERY.as_secs() / 60;
+                let minutes: u64 = src.parse("ADMISSION_KEEP_SAMPLE_MINUTES", default, "minutes (at least 1)")?;
+                if minutes == 0 {
+                    return Err(ConfigError {
+                        var: "ADMISSION_KEEP_SAMPLE_MINUTES",
+                        value: "0".into(),
+                        expected: "minutes (at least 1)".into(),
+                    });
+                }
+                Duration::from_secs(minutes * 60)
+            },
             hedging: src.boolean("HEDGING", true)?,
             hedge_after_factor: {
                 let f: f64 = src.parse("HEDGE_AFTER_FACTOR", 3.0, "a number of at least 1")?;
@@ -840,9 +866,11 @@ impl Config {
                 self.max_concurrent_requests
             ),
             format!(
-                "answering: time-aware admission {} (useful answer: {} tokens), hedging {} (after {} x median first token, at least {} ms), tool-call text {}, OpenAI context {}",
+                "answering: time-aware admission {} (useful answer: {} tokens, wait cap {}, a sample per validator every {} min), hedging {} (after {} x median first token, at least {} ms), tool-call text {}, OpenAI context {}",
                 if self.time_aware_admission { "on" } else { "off" },
                 self.admission_min_tokens,
+                self.admission_max_wait.map_or("off".to_string(), |w| format!("{} ms", w.as_millis())),
+                self.admission_keep_sample.as_secs() / 60,
                 if self.hedging { "on" } else { "off" },
                 self.hedge_after_factor,
                 self.hedge_min.as_millis(),

@@ -10,6 +10,8 @@ use loosh_actors::protocol::messages::unix_time_f64;
 
 use crate::config::Config;
 
+mod hints;
+
 struct Report {
     failed: bool,
 }
@@ -115,10 +117,17 @@ pub async fn run(cfg: &Config) -> bool {
     }
 
     let gpus = loosh_actors::inference::embedded::gpu_devices();
+    let mut served: Vec<String> = Vec::new();
     match crate::config::workers::worker_specs(cfg, &gpus) {
         Err(e) => r.fail("workers", e),
         Ok(specs) => {
             for spec in specs {
+                served.push(match &spec.engine {
+                    EngineSpec::Embedded(e) => hints::gguf_name(&e.model_path).ok().flatten().unwrap_or_else(|| {
+                        e.model_path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+                    }),
+                    EngineSpec::OpenAi(o) => o.model.clone(),
+                });
                 match &spec.engine {
                     EngineSpec::Embedded(e) => match gguf_version(&e.model_path) {
                         Ok(Some(version)) => r.ok(
@@ -143,5 +152,42 @@ pub async fn run(cfg: &Config) -> bool {
             }
         }
     }
+    model_hints(&r, cfg, &served);
     !r.failed
+}
+
+/// Compares the served models' family with the hint most challenges carried, as counted by the
+/// running miner (see [`hints`]). A warning, never a failure: the hint is the validator's own
+/// model, not a rule.
+fn model_hints(r: &Report, cfg: &Config, served: &[String]) {
+    let metrics = crate::ops_client::ops_address(cfg)
+        .and_then(|addr| crate::ops_client::get(&addr, "/metrics", Duration::from_secs(3)));
+    let text = match metrics {
+        Ok(text) => text,
+        Err(e) => {
+            r.warn("model hint", format!("cannot read the validators' model hints from the running miner: {e}"));
+            return;
+        }
+    };
+    let Some((hint, n, total)) = hints::top_hint(&text) else {
+        r.ok("model hint", "no challenge has carried a model hint yet");
+        return;
+    };
+    let want = hints::family(&hint);
+    let others: Vec<&String> = served.iter().filter(|m| hints::family(m) != want).collect();
+    if others.is_empty() {
+        r.ok(
+            "model hint",
+            format!("validators mostly hint {hint} ({n} of {total} challenges): family {want}, as served"),
+        );
+    } else {
+        let names: Vec<String> = others.iter().map(|m| format!("{m} (family {})", hints::family(m))).collect();
+        r.warn(
+            "model hint",
+            format!(
+                "validators mostly hint {hint} ({n} of {total} challenges, family {want}), but this miner serves {}: answers from another family fall outside the validators' dominant cluster more often (x1.2 inside it); serve a {want} model",
+                names.join(", ")
+            ),
+        );
+    }
 }

@@ -80,6 +80,8 @@ pub async fn spawn_graph(
             admission: AdmissionSettings {
                 enabled: cfg.time_aware_admission,
                 min_useful_tokens: cfg.admission_min_tokens,
+                max_wait: cfg.admission_max_wait,
+                keep_sample_every: cfg.admission_keep_sample,
             },
             hedge: HedgeSettings { enabled: cfg.hedging, factor: cfg.hedge_after_factor, min_after: cfg.hedge_min },
             ..SchedulerSettings::default()

@@ -136,7 +136,8 @@ async fn seven_validators_under_mixed_load_get_text_or_a_prompt_refusal_never_an
     let no_answer = fates.iter().filter(|(_, f)| matches!(f, Fate::Refused { status: 502 | 504, .. })).count() as f64;
     assert_eq!(
         count("loosh_admission_refusals_total{reason=\"full\"}")
-            + count("loosh_admission_refusals_total{reason=\"too_late\"}"),
+            + count("loosh_admission_refusals_total{reason=\"too_late\"}")
+            + count("loosh_admission_refusals_total{reason=\"wait\"}"),
         refusals,
         "every 503 is counted at admission"
     );

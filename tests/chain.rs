@@ -315,6 +315,53 @@ async fn a_permitted_validator_is_served_and_a_plain_neuron_gets_403() {
     drop(process);
 }
 
+/// Issue 29: the metagraph's axon of a validator is where that validator's exchanges come from.
+/// Under `STRICT_VALIDATOR_ADDRESSES` its hotkey is taken from that address only: an exchange it
+/// signed, arriving from elsewhere (a relayer on 127.0.0.2), is refused with 403 and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mode_pins_a_validator_to_the_address_its_axon_gives() {
+    let test_chain = TestChain::get();
+    let url = test_chain.url();
+    let model = tiny_model();
+    let chain = ChainClient::connect(&url).await.unwrap();
+    let (miner_seed, miner) = new_hotkey();
+    let (validator_seed, validator) = new_hotkey();
+    register(&chain, &miner).await;
+    let validator_uid = register(&chain, &validator).await;
+    grant_permits(&chain, &[validator_uid]).await;
+    set_stake(&chain, &validator, 2_000_000_000).await;
+    // The validator's axon on loopback. `serve_axon` refuses a loopback address
+    // (InvalidIpAddress), so the axon is written as the chain stores it: 127.0.0.1 as IPv4.
+    let axon = json!({"block": 1, "version": 1, "ip": u32::from(std::net::Ipv4Addr::LOCALHOST), "port": 9000,
+        "ip_type": 4, "protocol": 4, "placeholder1": 0, "placeholder2": 0});
+    set_storage(&chain, json!({"SubtensorModule": {"Axons": [[[NETUID, validator.ss58()], axon]]}})).await;
+    let posted = chain.axon_of(NETUID, validator.account_id()).await.unwrap().and_then(|a| a.addr());
+    assert_eq!(posted, Some(("127.0.0.1".parse().unwrap(), 9000)), "the chain holds the validator's axon");
+
+    let home = wallet_home(miner_seed, &miner);
+    let home_str = home.path().to_str().unwrap().to_string();
+    let mut env = chain_env(&url, &home_str);
+    env.push(("MIN_VALIDATOR_STAKE", "1"));
+    env.push(("STRICT_VALIDATOR_ADDRESSES", "true"));
+    let process = MinerProcess::start(&model, false, &env);
+    wait_metric(&process, "loosh_chain_validator_axons", "the validators' axons", |v| v >= 1.0);
+
+    let mut home_client = ValidatorClient::new(&process.url, Hotkey::from_seed(validator_seed).unwrap());
+    home_client.handshake().await.expect("the validator exchanges from the address its axon gives");
+    let (reply, _) = home_client.challenge(&challenge_body("hi", 4, 0.7)).await.unwrap();
+    assert!(reply.usage.completion_tokens >= 1);
+
+    let elsewhere = Some("127.0.0.2".parse().unwrap());
+    let mut relayer =
+        ValidatorClient::from_address(&process.url, Hotkey::from_seed(validator_seed).unwrap(), elsewhere);
+    match relayer.handshake().await {
+        Err(ClientError::Status { status: 403, body, .. }) => assert!(body.contains("reported addresses"), "{body}"),
+        other => panic!("an exchange from an address the chain does not report must get 403, got {other:?}"),
+    }
+    assert_eq!(process.metric("loosh_handshakes_total{outcome=\"address_not_reported\"}"), Some(1.0));
+    drop(process);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_miner_keeps_serving_through_a_chain_outage_and_reconnects() {
     let model = tiny_model();

@@ -203,6 +203,50 @@ fn doctor_reads_only_the_header_of_a_model_file() {
     }
 }
 
+/// Issue 31: doctor reads the model hints the running miner counted and says when the served
+/// model is of another family than the one most validators hint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_compares_the_served_models_family_with_the_validators_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model();
+    let miner = MinerProcess::start(&model, true, &[]);
+    let mut client = ValidatorClient::new(&miner.url, Hotkey::ephemeral());
+    let mut llama = challenge_body("Say something.", 4, 0.7);
+    llama["model"] = "meta-llama/Llama-3.1-8B-Instruct".into();
+    for body in [challenge_body("Say something.", 4, 0.7), challenge_body("And more.", 4, 0.7), llama] {
+        client.challenge(&body).await.unwrap();
+    }
+    let port = miner.ops_url.rsplit(':').next().unwrap().to_string();
+    let doctor = |vars: &[(&str, &str)]| {
+        let mut all = vec![
+            ("METRICS_PORT", port.as_str()),
+            ("SUBTENSOR_ADDRESS", "ws://127.0.0.1:1"),
+            ("BITTENSOR_WALLET_PATH", dir.path().to_str().unwrap()),
+        ];
+        all.extend_from_slice(vars);
+        text(&run_miner(dir.path(), &["doctor"], &all))
+    };
+    // The tiny test model calls itself tiny-random-llama in its GGUF metadata.
+    let report = doctor(&[("MODEL_PATH", model.to_str().unwrap())]);
+    let line = report.lines().find(|l| l.contains("model hint")).unwrap_or_else(|| panic!("{report}"));
+    assert!(line.starts_with("warn"), "{report}");
+    assert!(line.contains("qwen2.5-32b-instruct (2 of 3 challenges, family qwen2.5)"), "{line}");
+    assert!(line.contains("tiny-random-llama (family tiny)"), "{line}");
+    // An OpenAI-compatible server serving a Qwen2.5 model: the same family as the hint.
+    let workers =
+        r#"[{"kind":"openai","name":"vllm0","base_url":"http://127.0.0.1:1/v1","model":"Qwen/Qwen2.5-7B-Instruct"}]"#;
+    let report = doctor(&[("WORKERS", workers)]);
+    let line = report.lines().find(|l| l.contains("model hint")).unwrap_or_else(|| panic!("{report}"));
+    assert!(line.starts_with("ok") && line.contains("family qwen2.5, as served"), "{report}");
+    // No miner running: said plainly, not guessed.
+    drop(miner);
+    let report = doctor(&[("MODEL_PATH", model.to_str().unwrap())]);
+    assert!(
+        report.lines().any(|l| l.starts_with("warn  model hint") && l.contains("is the miner running")),
+        "{report}"
+    );
+}
+
 #[test]
 fn health_and_metrics_ask_the_running_miner_and_health_fails_when_none_answers() {
     let dir = tempfile::tempdir().unwrap();

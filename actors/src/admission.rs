@@ -10,6 +10,20 @@
 //! challenges; a challenge that no worker can start in time to produce
 //! [`AdmissionSettings::min_useful_tokens`] before its deadline is refused at once. Before a
 //! worker has been measured, it is trusted: nothing is refused on a guess.
+//!
+//! Reaching 48 tokens in time is not the same as a good sample. Every second a challenge waits
+//! for a sequence is a second added to its `t`, and every sequence started beside running ones
+//! slows them all (a batch of k+1 decodes each sequence slower than a batch of k), adding to
+//! *their* `t`. Both lower samples that a refusal would have left out of the average. So, once a
+//! worker is measured, a challenge is also refused when it would wait more than
+//! [`AdmissionSettings::max_wait`] for a sequence, or when starting it would add more than that
+//! to the time of any challenge already running (see [`imposed_delay`]). The default wait
+//! (`ADMISSION_MAX_WAIT_MS`, 2000) is argued in [`DEFAULT_MAX_WAIT`].
+//!
+//! A validator that never gets a sample gives weight 0 (24 h without one, SCORING.md). So the
+//! wait cap is waived for a validator that has had no answer from this miner in
+//! [`AdmissionSettings::keep_sample_every`]: its next challenge is taken whenever a worker can
+//! still answer it usefully before its deadline.
 
 use std::time::{Duration, Instant};
 
@@ -29,13 +43,40 @@ pub struct AdmissionSettings {
     /// drops one whose relevance to the prompt is under 0.20: a few dozen tokens is the least
     /// that can say something on topic.
     pub min_useful_tokens: u32,
+    /// `ADMISSION_MAX_WAIT_MS` (`0`: no cap): the longest a challenge may be expected to wait for a
+    /// sequence, and the most that starting it may add to a running challenge's time.
+    pub max_wait: Option<Duration>,
+    /// `ADMISSION_KEEP_SAMPLE_MINUTES`: a validator with no answer from us for this long has its
+    /// next challenge taken past the wait cap (when a worker can still answer it in time).
+    pub keep_sample_every: Duration,
 }
+
+/// The default wait cap, from the scoring rule: a sample is `(1 - t/Σt)·θ = θ·S/(t+S)` with `S`
+/// the other responders' times summed (up to 6 peers), and it enters a 24 h average where a
+/// refusal adds nothing. With peers at ~20 s each (`S` ≈ 120 s) and our answer at 20 s, a wait of
+/// 2 s lowers the sample by ~1.4 % — inside the round-to-round spread of `θ` — where 10 s lowers
+/// it by ~7 %, a sample that pulls the average down. So the cap sits where the loss is still
+/// noise, and a longer expected wait is a refusal.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_millis(2000);
+
+/// How often a validator is kept supplied with at least one sample, by default: well inside the
+/// 24 h after which a validator with no sample of ours gives weight 0, so that a few busy hours
+/// never come near it.
+pub const DEFAULT_KEEP_SAMPLE_EVERY: Duration = Duration::from_secs(4 * 3600);
 
 impl Default for AdmissionSettings {
     fn default() -> Self {
-        Self { enabled: true, min_useful_tokens: 48 }
+        Self {
+            enabled: true,
+            min_useful_tokens: 48,
+            max_wait: Some(DEFAULT_MAX_WAIT),
+            keep_sample_every: DEFAULT_KEEP_SAMPLE_EVERY,
+        }
     }
 }
+
+/// Batch sizes whose decode pace is tracked apart (larger batches share the last entry).
+pub const TRACKED_BATCH: usize = 16;
 
 /// What one finished attempt tells about its worker's pace.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -45,6 +86,8 @@ pub struct PaceSample {
     pub ttft: Option<Duration>,
     /// Tokens after the first, and the time they took.
     pub decode: Option<(u32, Duration)>,
+    /// Sequences the worker ran, this one included, when it started (see [`Pace::batch_slowdown`]).
+    pub batch: usize,
 }
 
 impl PaceSample {
@@ -55,7 +98,12 @@ impl PaceSample {
             .filter(|_| gen.completion_tokens >= 2)
             .map(|t| (gen.completion_tokens - 1, gen.finished_at.saturating_duration_since(t)))
             .filter(|(_, d)| !d.is_zero());
-        Self { ttft, decode }
+        Self { ttft, decode, batch: 1 }
+    }
+
+    /// The same sample, taken with `batch` sequences running.
+    pub fn in_batch(self, batch: usize) -> Self {
+        Self { batch: batch.max(1), ..self }
     }
 }
 
@@ -64,6 +112,8 @@ impl PaceSample {
 pub struct Pace {
     ttft_secs: Option<f64>,
     tokens_per_sec: Option<f64>,
+    /// Tokens/s of one sequence, by the number of sequences decoding beside it (index: batch - 1).
+    by_batch: [Option<f64>; TRACKED_BATCH],
 }
 
 fn ewma(old: Option<f64>, sample: f64) -> f64 {
@@ -76,7 +126,25 @@ impl Pace {
             self.ttft_secs = Some(ewma(self.ttft_secs, t.as_secs_f64()));
         }
         if let Some((tokens, took)) = s.decode {
-            self.tokens_per_sec = Some(ewma(self.tokens_per_sec, f64::from(tokens) / took.as_secs_f64()));
+            let rate = f64::from(tokens) / took.as_secs_f64();
+            self.tokens_per_sec = Some(ewma(self.tokens_per_sec, rate));
+            let slot = &mut self.by_batch[s.batch.clamp(1, TRACKED_BATCH) - 1];
+            *slot = Some(ewma(*slot, rate));
+        }
+    }
+
+    /// How much slower each of `running` sequences decodes once one more joins them: the ratio
+    /// of the measured per-sequence rates at `running` and `running + 1`. 1 (no slowdown) until
+    /// both are measured: nothing is refused on a guess, and admitting is how the larger batch
+    /// gets measured.
+    pub fn batch_slowdown(&self, running: usize) -> f64 {
+        if running == 0 {
+            return 1.0;
+        }
+        let at = |batch: usize| self.by_batch[batch.clamp(1, TRACKED_BATCH) - 1];
+        match (at(running), at(running + 1)) {
+            (Some(now), Some(after)) if after > 0.0 && running < TRACKED_BATCH => (now / after).max(1.0),
+            _ => 1.0,
         }
     }
 
@@ -143,6 +211,52 @@ pub fn expected_start<'a>(
     free_at.pop().map_or(now, |Reverse(t)| t.max(now))
 }
 
+/// What a new challenge started now on this worker would add to the time of the challenges
+/// already running there: each running job's remaining time, stretched by the
+/// [`Pace::batch_slowdown`] of one more sequence; the largest such delay. Zero when the new
+/// challenge would not start now (it takes a sequence that frees; the batch does not grow).
+pub fn imposed_delay<'a>(
+    now: Instant,
+    jobs: impl Iterator<Item = &'a JobPlan>,
+    parallel: usize,
+    pace: &Pace,
+) -> Duration {
+    let ends = running_ends(now, jobs, parallel, pace);
+    if ends.len() >= parallel.max(1) {
+        return Duration::ZERO;
+    }
+    let stretch = pace.batch_slowdown(ends.len()) - 1.0;
+    ends.iter().map(|end| end.saturating_duration_since(now).mul_f64(stretch)).max().unwrap_or(Duration::ZERO)
+}
+
+/// The expected end of every job running at `now` (replayed as in [`expected_start`]).
+fn running_ends<'a>(
+    now: Instant,
+    jobs: impl Iterator<Item = &'a JobPlan>,
+    parallel: usize,
+    pace: &Pace,
+) -> Vec<Instant> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let parallel = parallel.max(1);
+    let mut free_at: BinaryHeap<Reverse<Instant>> = BinaryHeap::with_capacity(parallel + 1);
+    let mut running = Vec::new();
+    for job in jobs {
+        let start = if free_at.len() < parallel {
+            job.placed
+        } else {
+            let Reverse(freed) = free_at.pop().expect("parallel >= 1 entries");
+            job.placed.max(freed)
+        };
+        let end = expected_end(start, pace, job.max_tokens, job.deadline).max(now);
+        if start <= now && end > now {
+            running.push(end);
+        }
+        free_at.push(Reverse(end));
+    }
+    running
+}
+
 /// When a job started at `start` is expected to end: after `max_tokens` at the worker's pace, or
 /// at its deadline, whichever comes first; at its deadline before any measurement.
 pub fn expected_end(start: Instant, pace: &Pace, max_tokens: u32, deadline: Instant) -> Instant {
@@ -158,17 +272,38 @@ mod tests {
         p.record(PaceSample {
             ttft: Some(Duration::from_millis(ttft_ms)),
             decode: Some((tps as u32, Duration::from_secs(1))),
+            batch: 1,
         });
         p
+    }
+
+    #[test]
+    fn a_new_sequence_stretches_the_running_ones_by_the_measured_batch_slowdown() {
+        let now = Instant::now();
+        // One sequence alone: 10 tokens/s; two side by side: 8 tokens/s each.
+        let mut pace = measured(0, 10.0);
+        let decode = |rate: u32| Some((rate, Duration::from_secs(1)));
+        assert_eq!(pace.batch_slowdown(1), 1.0, "the pair is not measured yet: no slowdown assumed");
+        pace.record(PaceSample { ttft: None, decode: decode(8), batch: 2 });
+        assert!((pace.batch_slowdown(1) - 1.25).abs() < 1e-9);
+        // A job with 10 s left at 10 tokens/s (101 tokens) is stretched by a quarter: 2.5 s.
+        let pace = Pace { tokens_per_sec: Some(10.0), ..pace };
+        let job = JobPlan { placed: now, max_tokens: 101, deadline: now + Duration::from_secs(50) };
+        let delay = imposed_delay(now, [job].iter(), 2, &pace);
+        assert!((delay.as_secs_f64() - 2.5).abs() < 1e-6, "{delay:?}");
+        // A full worker: the new job waits for a sequence and slows no one.
+        assert_eq!(imposed_delay(now, [job, job].iter(), 2, &pace), Duration::ZERO);
+        // Nothing running: nothing to slow.
+        assert_eq!(imposed_delay(now, [].iter(), 2, &pace), Duration::ZERO);
     }
 
     #[test]
     fn a_worker_is_trusted_until_both_figures_are_measured() {
         let mut p = Pace::default();
         assert_eq!(p.time_to(10), None);
-        p.record(PaceSample { ttft: Some(Duration::from_millis(200)), decode: None });
+        p.record(PaceSample { ttft: Some(Duration::from_millis(200)), decode: None, batch: 1 });
         assert!(!p.is_measured(), "tokens/s still unknown");
-        p.record(PaceSample { ttft: None, decode: Some((50, Duration::from_secs(1))) });
+        p.record(PaceSample { ttft: None, decode: Some((50, Duration::from_secs(1))), batch: 1 });
         assert!(p.is_measured());
         assert_eq!(p.time_to(51), Some(Duration::from_millis(1200)));
     }
@@ -176,7 +311,7 @@ mod tests {
     #[test]
     fn samples_move_the_average_by_alpha() {
         let mut p = measured(100, 10.0);
-        p.record(PaceSample { ttft: Some(Duration::from_millis(200)), decode: None });
+        p.record(PaceSample { ttft: Some(Duration::from_millis(200)), decode: None, batch: 1 });
         assert!((p.ttft_secs().unwrap() - 0.13).abs() < 1e-9);
     }
 

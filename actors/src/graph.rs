@@ -374,7 +374,18 @@ impl MinerGraph {
 
     /// Sends one generation through the scheduler.
     pub async fn generate(&self, request: GenerationRequest) -> Result<Generation, ScheduleError> {
-        match self.scheduler.call(|reply| SchedulerMsg::Submit { request, reply, avoid: None }, None).await {
+        self.generate_for(None, request).await
+    }
+
+    /// [`Self::generate`] for a validator's challenge: the scheduler keeps each validator supplied
+    /// with samples past its wait cap (see [`crate::admission`]).
+    pub async fn generate_for(
+        &self,
+        validator: Option<&str>,
+        request: GenerationRequest,
+    ) -> Result<Generation, ScheduleError> {
+        let validator = validator.map(str::to_string);
+        match self.scheduler.call(|reply| SchedulerMsg::Submit { request, reply, avoid: None, validator }, None).await {
             Ok(ractor::rpc::CallResult::Success(result)) => result,
             _ => Err(ScheduleError::NoWorker),
         }

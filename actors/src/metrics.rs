@@ -67,6 +67,8 @@ pub struct Metrics {
     pub metagraph_neurons: IntGauge,
     /// Validators the chain allows (permit and minimum stake).
     pub chain_validators: IntGauge,
+    /// Chain validators whose axon gives an address (their reported home for shares and strict mode).
+    pub chain_validator_axons: IntGauge,
     /// Our uid on the subnet, -1 when not registered.
     pub our_uid: IntGauge,
     /// Our incentive as the 0-1 share the chain's u16 fixed point stands for.
@@ -293,6 +295,11 @@ impl Metrics {
             metagraph_neurons: IntGauge::new("loosh_metagraph_neurons", "Neurons on the subnet at the last sync")
                 .unwrap(),
             chain_validators: IntGauge::new("loosh_chain_validators", "Validators allowed by the chain").unwrap(),
+            chain_validator_axons: IntGauge::new(
+                "loosh_chain_validator_axons",
+                "Chain validators whose axon reports an address",
+            )
+            .unwrap(),
             our_uid: IntGauge::new("loosh_uid", "Our uid on the subnet (-1: not registered)").unwrap(),
             our_incentive: Gauge::new("loosh_incentive_ratio", "Our incentive (0-1) at the last sync").unwrap(),
             challenge_api_polls: IntCounterVec::new(
@@ -377,6 +384,7 @@ impl Metrics {
             &m.metagraph_synced_at,
             &m.metagraph_neurons,
             &m.chain_validators,
+            &m.chain_validator_axons,
             &m.our_uid,
         ] {
             m.registry.register(Box::new(g.clone())).unwrap();
@@ -399,10 +407,10 @@ impl Metrics {
         ] {
             m.challenges.with_label_values(&[o]);
         }
-        for r in ["no_token", "empty"] {
+        for r in ["no_token", "empty", "tool_calls_only"] {
             m.no_answer.with_label_values(&[r]);
         }
-        for r in ["full", "too_late"] {
+        for r in ["full", "too_late", "wait"] {
             m.admission_refusals.with_label_values(&[r]);
         }
         for k in ["first", "known", "new", "elsewhere"] {

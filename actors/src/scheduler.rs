@@ -10,14 +10,14 @@
 //! a `watch` channel after every message, so `/availability` and the front door's readiness check
 //! read it without a mailbox round trip.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::watch;
 
-use crate::admission::{expected_start, AdmissionSettings, JobPlan, Pace, PaceSample};
+use crate::admission::{expected_start, imposed_delay, AdmissionSettings, JobPlan, Pace, PaceSample};
 use crate::backend_worker::WorkerMsg;
 use crate::hedging::{Attempt, HedgeSettings, RecentTtft};
 use crate::inference::request::{BackendError, Generation, GenerationRequest};
@@ -33,6 +33,10 @@ pub enum ScheduleError {
     /// No worker could start the challenge in time to produce a useful answer before its deadline.
     #[error("no worker can start this challenge in time to answer it before its deadline")]
     TooLate { retry_after_secs: u64 },
+    /// Every worker that could take it would make it wait, or slow the challenges it runs, by
+    /// more than `ADMISSION_MAX_WAIT_MS` (see [`crate::admission`]).
+    #[error("every worker is busy: this challenge would wait {wait_ms} ms for a sequence, or slow those running, past ADMISSION_MAX_WAIT_MS")]
+    WaitTooLong { wait_ms: u64, retry_after_secs: u64 },
     #[error("admission is closed (the miner is shutting down)")]
     Closed,
     #[error(transparent)]
@@ -47,6 +51,13 @@ pub enum SchedulerMsg {
         reply: RpcReplyPort<Result<Generation, ScheduleError>>,
         /// Set when re-dispatching after a worker died: the worker not to pick again.
         avoid: Option<String>,
+        /// The validator that sent it (none for the operator's own requests): a validator long
+        /// without an answer has its next challenge taken past the wait cap.
+        validator: Option<String>,
+    },
+    /// A validator's challenge was answered (see [`AdmissionSettings::keep_sample_every`]).
+    Answered {
+        validator: String,
     },
     WorkerUp {
         name: String,
@@ -154,6 +165,8 @@ pub struct Dispatch {
     pub job: u64,
     /// The job got a free sequence at once (its time to first token measures the worker).
     pub started_free: bool,
+    /// Sequences the worker ran when the job started, the job included (its pace is that batch's).
+    pub batch: usize,
 }
 
 struct Slot {
@@ -177,6 +190,10 @@ impl Slot {
     fn expected_start(&self, now: Instant) -> Instant {
         expected_start(now, self.jobs.values(), self.parallel, &self.pace)
     }
+
+    fn imposed_delay(&self, now: Instant) -> Duration {
+        imposed_delay(now, self.jobs.values(), self.parallel, &self.pace)
+    }
 }
 
 pub struct Scheduler;
@@ -190,6 +207,9 @@ pub struct SchedulerState {
     published: watch::Sender<SchedulerStatus>,
     next_job: u64,
     recent_ttft: RecentTtft,
+    /// When each validator last had a challenge answered (bounded: entries older than the
+    /// keep-sample period say no more than an absent one, and are dropped).
+    last_answered: HashMap<String, Instant>,
 }
 
 /// Why no worker was picked.
@@ -198,6 +218,9 @@ enum NoPick {
     Full,
     /// Some worker has room, but none can start in time; retry after this long.
     TooLate(Duration),
+    /// Some worker could answer in time, but each would make the challenge wait (or slow running
+    /// ones) past the wait cap: the longest of those waits, and when a sequence frees.
+    WaitTooLong { wait: Duration, free_in: Duration },
 }
 
 impl SchedulerState {
@@ -213,11 +236,22 @@ impl SchedulerState {
     /// The ready worker expected to have a useful answer to `request` first: when it would get a
     /// sequence, plus its time to the first [`AdmissionSettings::min_useful_tokens`]. Full workers
     /// and `avoid` are skipped; with time-aware admission, so are measured workers that could
-    /// not produce them before the deadline (unmeasured ones are trusted).
-    fn pick(&self, request: &GenerationRequest, avoid: Option<&str>, now: Instant) -> Result<String, NoPick> {
+    /// not produce them before the deadline (unmeasured ones are trusted), and, unless `waive_wait`,
+    /// measured workers that would make it wait, or slow their running challenges, past
+    /// [`AdmissionSettings::max_wait`].
+    fn pick(
+        &self,
+        request: &GenerationRequest,
+        avoid: Option<&str>,
+        waive_wait: bool,
+        now: Instant,
+    ) -> Result<String, NoPick> {
+        let admission = &self.settings.admission;
         let max_queue = self.settings.max_queue_per_worker;
-        let useful_tokens = self.settings.admission.min_useful_tokens.min(request.max_tokens).max(1);
+        let useful_tokens = admission.min_useful_tokens.min(request.max_tokens).max(1);
+        let wait_cap = admission.max_wait.filter(|_| admission.enabled && !waive_wait);
         let mut earliest_start: Option<Instant> = None;
+        let mut too_long: Option<Duration> = None;
         let mut best: Option<(&String, Instant, f64)> = None;
         for (name, s) in &self.workers {
             if s.retiring || s.queued() >= s.parallel + max_queue || Some(name.as_str()) == avoid {
@@ -226,8 +260,15 @@ impl SchedulerState {
             let start = s.expected_start(now);
             earliest_start = Some(earliest_start.map_or(start, |e| e.min(start)));
             let useful_at = s.pace.time_to(useful_tokens).map(|d| start + d);
-            if self.settings.admission.enabled && useful_at.is_some_and(|t| t > request.deadline) {
+            if admission.enabled && useful_at.is_some_and(|t| t > request.deadline) {
                 continue;
+            }
+            if let Some(cap) = wait_cap.filter(|_| s.pace.is_measured()) {
+                let cost = start.saturating_duration_since(now).max(s.imposed_delay(now));
+                if cost > cap {
+                    too_long = Some(too_long.map_or(cost, |t| t.min(cost)));
+                    continue;
+                }
             }
             let at = useful_at.unwrap_or(start);
             let load = (s.queued() + 1) as f64 / s.parallel as f64;
@@ -235,11 +276,22 @@ impl SchedulerState {
                 best = Some((name, at, load));
             }
         }
-        match (best, earliest_start) {
-            (Some((name, _, _)), _) => Ok(name.clone()),
-            (None, Some(start)) => Err(NoPick::TooLate(start.saturating_duration_since(now))),
-            (None, None) => Err(NoPick::Full),
+        match (best, earliest_start, too_long) {
+            (Some((name, _, _)), _, _) => Ok(name.clone()),
+            (None, Some(start), Some(wait)) => {
+                Err(NoPick::WaitTooLong { wait, free_in: start.saturating_duration_since(now) })
+            }
+            (None, Some(start), None) => Err(NoPick::TooLate(start.saturating_duration_since(now))),
+            (None, None, _) => Err(NoPick::Full),
         }
+    }
+
+    /// Whether `validator` has gone [`AdmissionSettings::keep_sample_every`] without an answer
+    /// (or has had none since the miner started): its challenge is taken past the wait cap.
+    fn owed_a_sample(&self, validator: Option<&str>, now: Instant) -> bool {
+        let every = self.settings.admission.keep_sample_every;
+        validator
+            .is_some_and(|v| self.last_answered.get(v).is_none_or(|at| now.saturating_duration_since(*at) >= every))
     }
 
     /// Places a job for `request` on worker `name`.
@@ -248,10 +300,11 @@ impl SchedulerState {
         self.next_job += 1;
         let slot = self.workers.get_mut(name).expect("placed on a ready worker");
         let started_free = slot.queued() < slot.parallel;
+        let batch = if started_free { slot.queued() + 1 } else { slot.parallel };
         slot.jobs.insert(job, JobPlan { placed: now, max_tokens: request.max_tokens, deadline: request.deadline });
         self.in_flight += 1;
         self.metrics.in_flight.set(self.in_flight as i64);
-        Dispatch { name: name.to_string(), actor: slot.actor.clone(), job, started_free }
+        Dispatch { name: name.to_string(), actor: slot.actor.clone(), job, started_free, batch }
     }
 
     fn retry_after_secs(&self) -> u64 {
@@ -280,6 +333,7 @@ impl Actor for Scheduler {
             published,
             next_job: 0,
             recent_ttft: RecentTtft::default(),
+            last_answered: HashMap::new(),
         };
         state.published.send_replace(state.status());
         Ok(state)
@@ -297,7 +351,7 @@ impl Actor for Scheduler {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SchedulerMsg::Submit { request, reply, avoid } => {
+            SchedulerMsg::Submit { request, reply, avoid, validator } => {
                 if !state.admission_open {
                     let _ = reply.send(Err(ScheduleError::Closed));
                     return Ok(());
@@ -308,7 +362,8 @@ impl Actor for Scheduler {
                 }
                 let now = Instant::now();
                 let pick = if state.in_flight < state.settings.max_in_flight {
-                    state.pick(&request, avoid.as_deref(), now)
+                    let owed = state.owed_a_sample(validator.as_deref(), now);
+                    state.pick(&request, avoid.as_deref(), owed, now)
                 } else {
                     Err(NoPick::Full)
                 };
@@ -321,6 +376,13 @@ impl Actor for Scheduler {
                             retry_after_secs: state.retry_after_secs(),
                         };
                         let _ = reply.send(Err(err));
+                        return Ok(());
+                    }
+                    Err(NoPick::WaitTooLong { wait, free_in }) => {
+                        state.metrics.admission_refusals.with_label_values(&["wait"]).inc();
+                        let retry_after_secs = free_in.as_secs_f64().ceil().clamp(1.0, 30.0) as u64;
+                        let wait_ms = wait.as_millis().min(u128::from(u64::MAX)) as u64;
+                        let _ = reply.send(Err(ScheduleError::WaitTooLong { wait_ms, retry_after_secs }));
                         return Ok(());
                     }
                     Err(NoPick::TooLate(free_in)) => {
@@ -349,6 +411,11 @@ impl Actor for Scheduler {
                         None => crate::hedging::single(first).await,
                     };
                     let name = dispatch.name;
+                    if let (Some(v), Ok(gen)) = (&validator, &result) {
+                        if gen.completion_tokens > 0 {
+                            let _ = run.scheduler.cast(SchedulerMsg::Answered { validator: v.clone() });
+                        }
+                    }
                     let worker_died = matches!(
                         result,
                         Err(ScheduleError::Backend(BackendError::WorkerGone | BackendError::Unreachable(_)))
@@ -361,11 +428,12 @@ impl Actor for Scheduler {
                         {
                             tracing::warn!(worker = %name, "worker failed mid-challenge; re-dispatching to a sibling");
                             let avoid = Some(name);
-                            match run.scheduler.call(|r| SchedulerMsg::Submit { request, reply: r, avoid }, None).await
-                            {
+                            let submit = |r| SchedulerMsg::Submit { request, reply: r, avoid, validator };
+                            match run.scheduler.call(submit, None).await {
                                 // No sibling could take it: the first worker's failure is the real story.
                                 Ok(ractor::rpc::CallResult::Success(Err(
                                     ScheduleError::Busy { .. }
+                                    | ScheduleError::WaitTooLong { .. }
                                     | ScheduleError::NoWorker
                                     | ScheduleError::TooLate { .. },
                                 ))) => {
@@ -459,6 +527,15 @@ impl Actor for Scheduler {
                     }
                 }
             }
+            SchedulerMsg::Answered { validator } => {
+                let now = Instant::now();
+                let every = state.settings.admission.keep_sample_every;
+                // Bounded by the validators that get answers; stale entries mean what absence does.
+                if state.last_answered.len() >= 1024 {
+                    state.last_answered.retain(|_, at| now.saturating_duration_since(*at) < every);
+                }
+                state.last_answered.insert(validator, now);
+            }
             SchedulerMsg::SetAdmission(open) => state.admission_open = open,
             SchedulerMsg::Status(reply) => {
                 let _ = reply.send(state.status());
@@ -485,7 +562,7 @@ impl Run {
         let scheduler = self.scheduler.clone();
         let wait = request.deadline.saturating_duration_since(Instant::now()) + self.deadline_slack;
         let handle = tokio::spawn(async move {
-            let Dispatch { name, actor, job, started_free } = dispatch;
+            let Dispatch { name, actor, job, started_free, batch } = dispatch;
             let worker = actor.get_id();
             let dispatched = Instant::now();
             let result = match actor.call(|r| WorkerMsg::Generate { request, reply: r }, Some(wait)).await {
@@ -496,7 +573,7 @@ impl Run {
                     Err(ScheduleError::Backend(BackendError::WorkerGone))
                 }
             };
-            let pace = result.as_ref().ok().map(|g| PaceSample::of(g, dispatched, started_free));
+            let pace = result.as_ref().ok().map(|g| PaceSample::of(g, dispatched, started_free).in_batch(batch));
             let _ = scheduler.cast(SchedulerMsg::Done { name, worker, job, elapsed: dispatched.elapsed(), pace });
             result
         });

@@ -1,7 +1,8 @@
 //! `bench answering`: seven validators' mixed load (short challenges and the validator's own
-//! 12,288-token ones) on two CPU workers with a short deadline, with time-aware admission and
-//! hedging off and then on, in the same run: p50/p99 challenge time and the shares answered,
-//! refused and cut, and how fast a refusal comes back. With `--features test-hooks`, a second
+//! 12,288-token ones) on two CPU workers with a short deadline, in the same run: slot admission
+//! without hedging, time-aware admission with hedging and no wait cap, and the same with the
+//! `ADMISSION_MAX_WAIT_MS` cap: the shares answered, refused and cut, p50/p99 time of the answered
+//! challenges (what the validator scores), and how fast a refusal comes back. With `--features test-hooks`, a second
 //! part slows one worker's first token and compares p50/p99 time to first token without and with
 //! hedging.
 
@@ -23,13 +24,15 @@ pub struct AnsweringPlan {
     pub short_tokens: u32,
     /// Sequences each of the two workers generates at once.
     pub parallel: u32,
+    /// The wait cap of the last mode (`ADMISSION_MAX_WAIT_MS`).
+    pub wait_cap_ms: u64,
 }
 
 /// One challenge's fate, client side.
 enum Fate {
     Answered { took: Duration, cut: bool },
     Refused { took: Duration },
-    NoAnswer { took: Duration },
+    NoAnswer,
 }
 
 fn quantile(mut v: Vec<Duration>, q: f64) -> f64 {
@@ -52,36 +55,35 @@ pub async fn answering(plan: AnsweringPlan) -> anyhow::Result<()> {
     );
     println!(
         "{:<34} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11}",
-        "mode", "answered", "refused", "no-text", "cut", "p50 ms", "p99 ms", "refusal p50", "refusal p99"
+        "mode", "answered", "refused", "no-text", "cut", "answer p50", "answer p99", "refusal p50", "refusal p99"
     );
-    for (label, time_aware, hedging) in
-        [("slot admission, no hedging", false, false), ("time-aware admission + hedging", true, true)]
-    {
-        let fates = mixed_load(&plan, time_aware, hedging).await?;
+    let capped = format!("time-aware + hedging, wait cap {} ms", plan.wait_cap_ms);
+    for (label, time_aware, hedging, wait_cap_ms) in [
+        ("slot admission, no hedging", false, false, 0),
+        ("time-aware + hedging, no wait cap", true, true, 0),
+        (capped.as_str(), true, true, plan.wait_cap_ms),
+    ] {
+        let fates = mixed_load(&plan, time_aware, hedging, wait_cap_ms).await?;
         let n = fates.len() as f64;
         let share = |f: &dyn Fn(&Fate) -> bool| 100.0 * fates.iter().filter(|x| f(x)).count() as f64 / n;
-        let all: Vec<Duration> = fates
-            .iter()
-            .map(|f| match f {
-                Fate::Answered { took, .. } | Fate::Refused { took } | Fate::NoAnswer { took } => *took,
-            })
-            .collect();
+        let answered: Vec<Duration> =
+            fates.iter().filter_map(|f| if let Fate::Answered { took, .. } = f { Some(*took) } else { None }).collect();
         let refusals: Vec<Duration> =
             fates.iter().filter_map(|f| if let Fate::Refused { took } = f { Some(*took) } else { None }).collect();
         println!(
-            "{:<34} {:>8.1}% {:>8.1}% {:>8.1}% {:>8.1}% {:>9.0} {:>9.0} {:>11.2} {:>11.2}",
+            "{:<34} {:>8.1}% {:>8.1}% {:>8.1}% {:>8.1}% {:>10.0} {:>10.0} {:>11.2} {:>11.2}",
             label,
             share(&|f| matches!(f, Fate::Answered { .. })),
             share(&|f| matches!(f, Fate::Refused { .. })),
-            share(&|f| matches!(f, Fate::NoAnswer { .. })),
+            share(&|f| matches!(f, Fate::NoAnswer)),
             share(&|f| matches!(f, Fate::Answered { cut: true, .. })),
-            quantile(all.clone(), 0.5),
-            quantile(all, 0.99),
+            quantile(answered.clone(), 0.5),
+            quantile(answered, 0.99),
             quantile(refusals.clone(), 0.5),
             quantile(refusals, 0.99),
         );
     }
-    println!("(cut: answered, but stopped by the deadline; no-text: 504/502 instead of an empty 200; times are the validator's round trip)");
+    println!("(cut: answered, but stopped by the deadline; no-text: 504/502 instead of an empty 200; times in ms, the validator's round trip)");
     #[cfg(feature = "test-hooks")]
     slowed_worker(&plan).await?;
     Ok(())
@@ -97,9 +99,15 @@ fn workers_json(plan: &AnsweringPlan) -> anyhow::Result<String> {
     Ok(serde_json::json!([worker("cpu0"), worker("cpu1")]).to_string())
 }
 
-async fn mixed_load(plan: &AnsweringPlan, time_aware: bool, hedging: bool) -> anyhow::Result<Vec<Fate>> {
+async fn mixed_load(
+    plan: &AnsweringPlan,
+    time_aware: bool,
+    hedging: bool,
+    wait_cap_ms: u64,
+) -> anyhow::Result<Vec<Fate>> {
     let workers = workers_json(plan)?;
     let deadline = plan.deadline_ms.to_string();
+    let wait_cap = wait_cap_ms.to_string();
     let cfg = bench_config_with(
         &plan.model,
         1,
@@ -109,6 +117,7 @@ async fn mixed_load(plan: &AnsweringPlan, time_aware: bool, hedging: bool) -> an
             ("CHALLENGE_DEADLINE_MS", deadline.as_str()),
             ("TIME_AWARE_ADMISSION", if time_aware { "true" } else { "false" }),
             ("HEDGING", if hedging { "true" } else { "false" }),
+            ("ADMISSION_MAX_WAIT_MS", wait_cap.as_str()),
         ],
     )?;
     let (_graph, node) = start(&cfg).await?;
@@ -135,7 +144,7 @@ async fn mixed_load(plan: &AnsweringPlan, time_aware: bool, hedging: bool) -> an
                         cut: reply.finish_reason == "length" && reply.usage.completion_tokens < max_tokens,
                     },
                     Err(ClientError::Status { status: 503 | 429, .. }) => Fate::Refused { took: sent.elapsed() },
-                    Err(ClientError::Status { status: 502 | 504, .. }) => Fate::NoAnswer { took: sent.elapsed() },
+                    Err(ClientError::Status { status: 502 | 504, .. }) => Fate::NoAnswer,
                     Err(e) => return Err(anyhow::anyhow!("validator {v}: {e}")),
                 };
                 fates.push(fate);

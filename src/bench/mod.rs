@@ -210,6 +210,10 @@ enum BenchKind {
         /// Sequences each worker generates at once.
         #[arg(long, default_value_t = 2)]
         parallel: u32,
+        /// The last mode's `ADMISSION_MAX_WAIT_MS`; by default the product's 2000 ms scaled from
+        /// its 50 s deadline to this bench's (`deadline_ms` x 0.04).
+        #[arg(long)]
+        wait_cap_ms: Option<u64>,
     },
     /// An engine in a child process vs on a thread (tokens/s and first token, same requests),
     /// then the time from a child's death (SIGKILL) to its replacement's first answer.
@@ -344,16 +348,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             relay_in_flight,
             hog_connections,
         })),
-        BenchKind::Answering { model, validators, rounds, deadline_ms, short_tokens, parallel } => {
-            rt.block_on(answering::answering(answering::AnsweringPlan {
+        BenchKind::Answering { model, validators, rounds, deadline_ms, short_tokens, parallel, wait_cap_ms } => rt
+            .block_on(answering::answering(answering::AnsweringPlan {
                 model,
                 validators,
                 rounds,
                 deadline_ms,
                 short_tokens,
                 parallel,
-            }))
-        }
+                wait_cap_ms: wait_cap_ms.unwrap_or(deadline_ms * 2000 / 50_000).max(1),
+            })),
         #[cfg(feature = "test-hooks")]
         BenchKind::Recovery { model, runs } => rt.block_on(workers::recovery(model, runs)),
         #[cfg(not(feature = "test-hooks"))]

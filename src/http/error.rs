@@ -82,7 +82,7 @@ impl ResponseError for ApiError {
                 ChallengeError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
                 ChallengeError::Busy { .. } | ChallengeError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 ChallengeError::NoAnswer(NoAnswer::NoToken) => StatusCode::GATEWAY_TIMEOUT,
-                ChallengeError::NoAnswer(NoAnswer::Empty) => StatusCode::BAD_GATEWAY,
+                ChallengeError::NoAnswer(NoAnswer::Empty | NoAnswer::ToolCallsOnly) => StatusCode::BAD_GATEWAY,
                 ChallengeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::KeyExchange(e) => match e {

@@ -379,9 +379,13 @@ impl MinerProcess {
             log,
         };
         let end = Instant::now() + Duration::from_secs(90);
+        let mut miner = miner;
         loop {
             if miner.get("/availability").is_some_and(|b| b.contains("\"available\":true")) {
                 return miner;
+            }
+            if let Ok(Some(status)) = miner.child.try_wait() {
+                panic!("the miner exited ({status}) before it was available; its stderr is above");
             }
             assert!(
                 Instant::now() < end,

@@ -64,6 +64,8 @@ pub fn encode_ip(ip: IpAddr) -> (u128, u8) {
 pub struct Neuron {
     pub uid: u16,
     pub hotkey: String,
+    /// The hotkey's account id (the key of its `Axons` entry).
+    pub account: [u8; 32],
     pub validator_permit: bool,
     /// Alpha stake on this subnet, in rao.
     pub alpha_stake: u64,
@@ -76,6 +78,9 @@ pub struct ChainClient {
     api: OnlineClient<PolkadotConfig>,
     url: String,
 }
+
+/// An account and the address its axon gives.
+type AxonAddress = ([u8; 32], IpAddr);
 
 /// What the metagraph reads per uid: (uid, account, alpha stake).
 type NeuronRead = (u16, [u8; 32], u64);
@@ -219,6 +224,28 @@ impl Head {
         }
     }
 
+    /// The addresses that `accounts` advertise on `netuid`, read concurrently: an account with no
+    /// axon, or one posted as an unspecified address (`0.0.0.0`, as validators that serve nothing
+    /// post), is left out.
+    pub async fn axon_addresses(&self, netuid: u16, accounts: &[[u8; 32]]) -> Result<Vec<AxonAddress>, ChainError> {
+        let storage = self.0.storage();
+        let storage = &storage;
+        let axons_addr = dynamic::storage::<(u16, [u8; 32]), AxonInfo>("SubtensorModule", "Axons");
+        let reads = accounts.iter().copied().map(|account| {
+            let axons_addr = axons_addr.clone();
+            async move {
+                let Some(v) = storage.try_fetch(axons_addr, (netuid, account)).await.map_err(rpc)? else {
+                    return Ok::<_, ChainError>(None);
+                };
+                let axon: AxonInfo = v.decode().map_err(rpc)?;
+                Ok(axon.addr().filter(|(ip, _)| !ip.is_unspecified()).map(|(ip, _)| (account, ip)))
+            }
+        });
+        let found: Vec<Result<Option<AxonAddress>, ChainError>> =
+            subxt::ext::futures::stream::iter(reads).buffered(METAGRAPH_READS_IN_FLIGHT).collect().await;
+        found.into_iter().filter_map(Result::transpose).collect()
+    }
+
     /// Every neuron of `netuid`: hotkeys, validator permits, alpha stake, incentive.
     pub async fn metagraph(&self, netuid: u16) -> Result<Vec<Neuron>, ChainError> {
         let at = &self.0;
@@ -266,6 +293,7 @@ impl Head {
             neurons.push(Neuron {
                 uid,
                 hotkey: ss58_encode(&account),
+                account,
                 validator_permit: permits.get(usize::from(uid)).copied().unwrap_or(false),
                 alpha_stake,
                 incentive: incentives.get(usize::from(uid)).copied().unwrap_or(0),

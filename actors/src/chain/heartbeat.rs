@@ -1,12 +1,13 @@
 //! The chain heartbeat: follows the chain head, re-syncs the metagraph every
 //! `METAGRAPH_SYNC_BLOCKS`, keeps the chain-sourced validator set current (revoking the keys of a
 //! validator that loses its permit), and posts our axon when the configured address differs from
-//! what the chain holds. On a lost connection it reconnects with backoff while the miner keeps
+//! what the chain holds. Each sync also reads the validators' axons: the addresses the chain
+//! reports for them (see [`crate::front_door::share`]). On a lost connection it reconnects with backoff while the miner keeps
 //! serving with the last good metagraph; `/metrics` and the logs show the outage.
 //!
 //! Spawned by the node (not in `--dev`); talks to the authorization set and the key store.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +36,8 @@ pub struct ChainStatus {
     pub synced_at_block: Option<u64>,
     pub neurons: usize,
     pub validators: usize,
+    /// Validators whose axon gives an address (the chain's report of where they exchange from).
+    pub validator_axons: usize,
     pub our_uid: Option<u16>,
     pub our_incentive: u16,
     pub posted_axon: Option<(IpAddr, u16)>,
@@ -116,6 +119,20 @@ impl HeartbeatState {
             .filter(|n| n.validator_permit && n.alpha_stake >= s.min_validator_stake)
             .map(|n| n.hotkey.clone())
             .collect();
+        // The validators' advertised addresses: their "home" for the shares of this miner and, under
+        // STRICT_VALIDATOR_ADDRESSES, the only addresses their exchanges are taken from. Read
+        // before the set is published, so that a validator is never admitted without them.
+        let listed: Vec<&Neuron> = neurons.iter().filter(|n| validators.contains(&n.hotkey)).collect();
+        let accounts: Vec<[u8; 32]> = listed.iter().map(|n| n.account).collect();
+        let mut addresses: HashMap<String, HashSet<IpAddr>> = HashMap::new();
+        for (account, ip) in head.axon_addresses(s.netuid, &accounts).await? {
+            if let Some(n) = listed.iter().find(|n| n.account == account) {
+                addresses.entry(n.hotkey.clone()).or_default().insert(ip);
+            }
+        }
+        self.status.validator_axons = addresses.len();
+        self.args.metrics.chain_validator_axons.set(addresses.len() as i64);
+        self.args.auth.set_reported_addresses(Source::Chain, addresses);
         let ours = neurons.iter().find(|n| n.hotkey == self.args.hotkey.ss58());
         self.status.our_uid = ours.map(|n| n.uid);
         self.status.our_incentive = ours.map_or(0, |n| n.incentive);

@@ -96,9 +96,13 @@ pub enum NoAnswer {
     /// sequence at its deadline).
     #[error("no token was generated before the challenge deadline")]
     NoToken,
-    /// The model ended its answer without any text (and tool-call text is off).
+    /// The model ended its answer without any text or tool call.
     #[error("the model produced an empty answer")]
     Empty,
+    /// The model answered only with tool calls, and `TOOL_CALL_TEXT` is off: the validator reads
+    /// only the text, so a 200 would be scored as an empty answer.
+    #[error("the model answered only with tool calls, and the validator reads only text (TOOL_CALL_TEXT=true states them in words)")]
+    ToolCallsOnly,
 }
 
 impl NoAnswer {
@@ -107,6 +111,7 @@ impl NoAnswer {
         match self {
             NoAnswer::NoToken => "no_token",
             NoAnswer::Empty => "empty",
+            NoAnswer::ToolCallsOnly => "tool_calls_only",
         }
     }
 }
@@ -120,7 +125,13 @@ pub fn answer_text(gen: &Generation, tool_call_text: bool) -> Result<String, NoA
     if tool_call_text && !gen.tool_calls.is_empty() {
         return Ok(describe_tool_calls(&gen.tool_calls));
     }
-    Err(if gen.first_token_at.is_none() { NoAnswer::NoToken } else { NoAnswer::Empty })
+    Err(if !gen.tool_calls.is_empty() {
+        NoAnswer::ToolCallsOnly
+    } else if gen.first_token_at.is_none() {
+        NoAnswer::NoToken
+    } else {
+        NoAnswer::Empty
+    })
 }
 
 /// Time kept back from a challenge's deadline for carrying its answer out: the hop back from the
@@ -205,7 +216,9 @@ impl MinerGraph {
             .map_err(|retry_after_secs| ChallengeError::RateLimited { retry_after_secs })?;
         let request = parse_challenge(&plaintext)?;
         let _slot = self.take_validator_slot(&share)?;
-        let reply = self.answer_request(request, arrival).await?;
+        // The share's bucket, not the bare hotkey, is what is kept supplied with samples: a
+        // relayer answered on its own address must not make the validator look served.
+        let reply = self.answer_request(request, arrival, Some(&share.bucket)).await?;
         let json =
             serde_json::to_vec(&reply).map_err(|e| ChallengeError::Internal(format!("reply serialisation: {e}")))?;
         // Stamped on the validator's clock as best we know it, so that a clock of ours running
@@ -220,7 +233,7 @@ impl MinerGraph {
     /// Answers a plain-JSON challenge (the legacy `/inference`): no key, no Fernet.
     pub async fn answer_plain(&self, body: &[u8], arrival: Instant) -> Result<ChallengeReply, ChallengeError> {
         let request = parse_challenge(body)?;
-        self.answer_request(request, arrival).await
+        self.answer_request(request, arrival, None).await
     }
 
     /// [`Self::answer_plain`] for a caller claiming `hotkey` from `ip`: it spends the in-flight
@@ -234,7 +247,7 @@ impl MinerGraph {
     ) -> Result<ChallengeReply, ChallengeError> {
         let request = parse_challenge(body)?;
         let _slot = self.take_validator_slot(&self.share_of(hotkey, ip))?;
-        self.answer_request(request, arrival).await
+        self.answer_request(request, arrival, None).await
     }
 
     /// A slot of the validator's in-flight share for this key's address ([`Share`]).
@@ -255,7 +268,13 @@ impl MinerGraph {
     }
 
     /// Runs the challenge through the scheduler and builds the reply with the timing echo.
-    async fn answer_request(&self, req: ChallengeRequest, arrival: Instant) -> Result<ChallengeReply, ChallengeError> {
+    /// `validator`: who is owed samples for this challenge (a share's bucket), when it is known.
+    async fn answer_request(
+        &self,
+        req: ChallengeRequest,
+        arrival: Instant,
+        validator: Option<&str>,
+    ) -> Result<ChallengeReply, ChallengeError> {
         self.metrics.count_model_hint(req.model.as_deref());
         limits::check(&req)?;
         let messages = req
@@ -279,8 +298,10 @@ impl MinerGraph {
             control: JobControl::default(),
         };
         let inference_start = unix_time_f64();
-        let gen = self.generate(generation).await.map_err(|e| match e {
-            ScheduleError::Busy { retry_after_secs, .. } | ScheduleError::TooLate { retry_after_secs } => {
+        let gen = self.generate_for(validator, generation).await.map_err(|e| match e {
+            ScheduleError::Busy { retry_after_secs, .. }
+            | ScheduleError::TooLate { retry_after_secs }
+            | ScheduleError::WaitTooLong { retry_after_secs, .. } => {
                 ChallengeError::Busy { reason: e.to_string(), retry_after_secs }
             }
             ScheduleError::NoWorker | ScheduleError::Closed => {
@@ -379,7 +400,7 @@ mod tests {
         let text = answer_text(&only_calls, true).expect("stated");
         assert!(text.contains("get_weather") && text.contains("Paris"), "{text}");
         assert_eq!(only_calls.tool_calls.len(), 1, "the tool calls stay as they are");
-        assert_eq!(answer_text(&only_calls, false), Err(NoAnswer::Empty));
+        assert_eq!(answer_text(&only_calls, false), Err(NoAnswer::ToolCallsOnly));
     }
 
     #[test]

@@ -158,8 +158,12 @@ pub fn merge_tool_delta(call: &mut PartialCall, d: &Value) {
         call.id = id.to_string();
     }
     let f = &d["function"];
-    if let Some(name) = f["name"].as_str() {
-        call.name.push_str(name);
+    // OpenAI and vLLM send the name once, in the call's first delta; llama-cpp-python repeats it
+    // whole in every delta. A name is never streamed in pieces, so the first one stands.
+    if let Some(name) = f["name"].as_str().filter(|n| !n.is_empty()) {
+        if call.name.is_empty() {
+            call.name = name.to_string();
+        }
     }
     match &f["arguments"] {
         Value::String(s) => call.arguments.push_str(s),
@@ -190,6 +194,12 @@ mod tests {
             (call.id.as_str(), call.name.as_str(), call.arguments.as_str()),
             ("c1", "get_weather", "{\"city\":\"Paris\"}")
         );
+        // llama-cpp-python repeats the name in every delta.
+        let mut repeated = PartialCall::default();
+        for part in ["{\"city\": ", "\"Paris\"}"] {
+            merge_tool_delta(&mut repeated, &json!({"index":0,"function":{"name":"get_weather","arguments":part}}));
+        }
+        assert_eq!((repeated.name.as_str(), repeated.arguments.as_str()), ("get_weather", "{\"city\": \"Paris\"}"));
         let mut ollama = PartialCall::default();
         merge_tool_delta(&mut ollama, &json!({"function":{"name":"f","arguments":{"x":1}}}));
         assert_eq!(ollama.arguments, "{\"x\":1}");
