@@ -54,7 +54,7 @@ pub async fn answering(plan: AnsweringPlan) -> anyhow::Result<()> {
         plan.model.display()
     );
     println!(
-        "{:<34} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11}",
+        "{:<40} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>11} {:>11}",
         "mode", "answered", "refused", "no-text", "cut", "answer p50", "answer p99", "refusal p50", "refusal p99"
     );
     let capped = format!("time-aware + hedging, wait cap {} ms", plan.wait_cap_ms);
@@ -71,7 +71,7 @@ pub async fn answering(plan: AnsweringPlan) -> anyhow::Result<()> {
         let refusals: Vec<Duration> =
             fates.iter().filter_map(|f| if let Fate::Refused { took } = f { Some(*took) } else { None }).collect();
         println!(
-            "{:<34} {:>8.1}% {:>8.1}% {:>8.1}% {:>8.1}% {:>10.0} {:>10.0} {:>11.2} {:>11.2}",
+            "{:<40} {:>8.1}% {:>8.1}% {:>8.1}% {:>8.1}% {:>10.0} {:>10.0} {:>11.2} {:>11.2}",
             label,
             share(&|f| matches!(f, Fate::Answered { .. })),
             share(&|f| matches!(f, Fate::Refused { .. })),
