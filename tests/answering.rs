@@ -137,7 +137,8 @@ async fn seven_validators_under_mixed_load_get_text_or_a_prompt_refusal_never_an
     assert_eq!(
         count("loosh_admission_refusals_total{reason=\"full\"}")
             + count("loosh_admission_refusals_total{reason=\"too_late\"}")
-            + count("loosh_admission_refusals_total{reason=\"wait\"}"),
+            + count("loosh_admission_refusals_total{reason=\"wait\"}")
+            + count("loosh_admission_refusals_total{reason=\"slowdown\"}"),
         refusals,
         "every 503 is counted at admission"
     );

@@ -213,8 +213,11 @@ pub fn expected_start<'a>(
 
 /// What a new challenge started now on this worker would add to the time of the challenges
 /// already running there: each running job's remaining time, stretched by the
-/// [`Pace::batch_slowdown`] of one more sequence; the largest such delay. Zero when the new
-/// challenge would not start now (it takes a sequence that frees; the batch does not grow).
+/// [`Pace::batch_slowdown`] of one more sequence, up to its deadline; the largest such delay.
+/// A job that runs to its deadline anyway (the validator's 12,288-token challenges) is cut there
+/// whatever the pace: slowing it costs tokens past what the validator reads, not time, so it
+/// counts for nothing. Zero when the new challenge would not start now (it takes a sequence that
+/// frees; the batch does not grow).
 pub fn imposed_delay<'a>(
     now: Instant,
     jobs: impl Iterator<Item = &'a JobPlan>,
@@ -226,16 +229,23 @@ pub fn imposed_delay<'a>(
         return Duration::ZERO;
     }
     let stretch = pace.batch_slowdown(ends.len()) - 1.0;
-    ends.iter().map(|end| end.saturating_duration_since(now).mul_f64(stretch)).max().unwrap_or(Duration::ZERO)
+    ends.iter()
+        .map(|(end, deadline)| {
+            let stretched = end.checked_add(end.saturating_duration_since(now).mul_f64(stretch)).unwrap_or(*deadline);
+            stretched.min(*deadline).saturating_duration_since(*end)
+        })
+        .max()
+        .unwrap_or(Duration::ZERO)
 }
 
-/// The expected end of every job running at `now` (replayed as in [`expected_start`]).
+/// The expected end and the deadline of every job running at `now` (replayed as in
+/// [`expected_start`]).
 fn running_ends<'a>(
     now: Instant,
     jobs: impl Iterator<Item = &'a JobPlan>,
     parallel: usize,
     pace: &Pace,
-) -> Vec<Instant> {
+) -> Vec<(Instant, Instant)> {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
     let parallel = parallel.max(1);
@@ -250,7 +260,7 @@ fn running_ends<'a>(
         };
         let end = expected_end(start, pace, job.max_tokens, job.deadline).max(now);
         if start <= now && end > now {
-            running.push(end);
+            running.push((end, job.deadline));
         }
         free_at.push(Reverse(end));
     }
@@ -291,6 +301,12 @@ mod tests {
         let job = JobPlan { placed: now, max_tokens: 101, deadline: now + Duration::from_secs(50) };
         let delay = imposed_delay(now, [job].iter(), 2, &pace);
         assert!((delay.as_secs_f64() - 2.5).abs() < 1e-6, "{delay:?}");
+        // A job cut at its deadline anyway loses tokens, not time: no delay counted.
+        let long = JobPlan { max_tokens: 12_288, deadline: now + Duration::from_secs(5), ..job };
+        assert_eq!(imposed_delay(now, [long].iter(), 2, &pace), Duration::ZERO);
+        let near = JobPlan { deadline: now + Duration::from_secs(11), ..job };
+        let delay = imposed_delay(now, [near].iter(), 2, &pace);
+        assert!((delay.as_secs_f64() - 1.0).abs() < 1e-6, "stretched up to its deadline only: {delay:?}");
         // A full worker: the new job waits for a sequence and slows no one.
         assert_eq!(imposed_delay(now, [job, job].iter(), 2, &pace), Duration::ZERO);
         // Nothing running: nothing to slow.

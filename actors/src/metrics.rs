@@ -410,7 +410,7 @@ impl Metrics {
         for r in ["no_token", "empty", "tool_calls_only"] {
             m.no_answer.with_label_values(&[r]);
         }
-        for r in ["full", "too_late", "wait"] {
+        for r in ["full", "too_late", "wait", "slowdown"] {
             m.admission_refusals.with_label_values(&[r]);
         }
         for k in ["first", "known", "new", "elsewhere"] {

@@ -219,8 +219,9 @@ enum NoPick {
     /// Some worker has room, but none can start in time; retry after this long.
     TooLate(Duration),
     /// Some worker could answer in time, but each would make the challenge wait (or slow running
-    /// ones) past the wait cap: the longest of those waits, and when a sequence frees.
-    WaitTooLong { wait: Duration, free_in: Duration },
+    /// ones) past the wait cap: the shortest of those costs, whether it was a slowdown imposed on
+    /// running challenges rather than a wait, and when a sequence frees.
+    WaitTooLong { wait: Duration, slowdown: bool, free_in: Duration },
 }
 
 impl SchedulerState {
@@ -251,7 +252,7 @@ impl SchedulerState {
         let useful_tokens = admission.min_useful_tokens.min(request.max_tokens).max(1);
         let wait_cap = admission.max_wait.filter(|_| admission.enabled && !waive_wait);
         let mut earliest_start: Option<Instant> = None;
-        let mut too_long: Option<Duration> = None;
+        let mut too_long: Option<(Duration, bool)> = None;
         let mut best: Option<(&String, Instant, f64)> = None;
         for (name, s) in &self.workers {
             if s.retiring || s.queued() >= s.parallel + max_queue || Some(name.as_str()) == avoid {
@@ -264,8 +265,9 @@ impl SchedulerState {
                 continue;
             }
             if let Some(cap) = wait_cap.filter(|_| s.pace.is_measured()) {
-                let cost = start.saturating_duration_since(now).max(s.imposed_delay(now));
-                if cost > cap {
+                let (wait, imposed) = (start.saturating_duration_since(now), s.imposed_delay(now));
+                let cost = (wait.max(imposed), imposed > wait);
+                if cost.0 > cap {
                     too_long = Some(too_long.map_or(cost, |t| t.min(cost)));
                     continue;
                 }
@@ -278,8 +280,8 @@ impl SchedulerState {
         }
         match (best, earliest_start, too_long) {
             (Some((name, _, _)), _, _) => Ok(name.clone()),
-            (None, Some(start), Some(wait)) => {
-                Err(NoPick::WaitTooLong { wait, free_in: start.saturating_duration_since(now) })
+            (None, Some(start), Some((wait, slowdown))) => {
+                Err(NoPick::WaitTooLong { wait, slowdown, free_in: start.saturating_duration_since(now) })
             }
             (None, Some(start), None) => Err(NoPick::TooLate(start.saturating_duration_since(now))),
             (None, None, _) => Err(NoPick::Full),
@@ -378,8 +380,9 @@ impl Actor for Scheduler {
                         let _ = reply.send(Err(err));
                         return Ok(());
                     }
-                    Err(NoPick::WaitTooLong { wait, free_in }) => {
-                        state.metrics.admission_refusals.with_label_values(&["wait"]).inc();
+                    Err(NoPick::WaitTooLong { wait, slowdown, free_in }) => {
+                        let reason = if slowdown { "slowdown" } else { "wait" };
+                        state.metrics.admission_refusals.with_label_values(&[reason]).inc();
                         let retry_after_secs = free_in.as_secs_f64().ceil().clamp(1.0, 30.0) as u64;
                         let wait_ms = wait.as_millis().min(u128::from(u64::MAX)) as u64;
                         let _ = reply.send(Err(ScheduleError::WaitTooLong { wait_ms, retry_after_secs }));

@@ -63,7 +63,7 @@ pub async fn answering(plan: AnsweringPlan) -> anyhow::Result<()> {
         ("time-aware + hedging, no wait cap", true, true, 0),
         (capped.as_str(), true, true, plan.wait_cap_ms),
     ] {
-        let fates = mixed_load(&plan, time_aware, hedging, wait_cap_ms).await?;
+        let (fates, reasons) = mixed_load(&plan, time_aware, hedging, wait_cap_ms).await?;
         let n = fates.len() as f64;
         let share = |f: &dyn Fn(&Fate) -> bool| 100.0 * fates.iter().filter(|x| f(x)).count() as f64 / n;
         let answered: Vec<Duration> =
@@ -82,6 +82,7 @@ pub async fn answering(plan: AnsweringPlan) -> anyhow::Result<()> {
             quantile(refusals.clone(), 0.5),
             quantile(refusals, 0.99),
         );
+        println!("{:<40} {reasons}", "");
     }
     println!("(cut: answered, but stopped by the deadline; no-text: 504/502 instead of an empty 200; times in ms, the validator's round trip)");
     #[cfg(feature = "test-hooks")]
@@ -104,7 +105,7 @@ async fn mixed_load(
     time_aware: bool,
     hedging: bool,
     wait_cap_ms: u64,
-) -> anyhow::Result<Vec<Fate>> {
+) -> anyhow::Result<(Vec<Fate>, String)> {
     let workers = workers_json(plan)?;
     let deadline = plan.deadline_ms.to_string();
     let wait_cap = wait_cap_ms.to_string();
@@ -120,7 +121,7 @@ async fn mixed_load(
             ("ADMISSION_MAX_WAIT_MS", wait_cap.as_str()),
         ],
     )?;
-    let (_graph, node) = start(&cfg).await?;
+    let (graph, node) = start(&cfg).await?;
     let url = format!("http://{}", node.addr);
     let mut clients = Vec::new();
     for _ in 0..plan.validators {
@@ -157,7 +158,15 @@ async fn mixed_load(
         fates.extend(t.await??);
     }
     stop(node).await;
-    Ok(fates)
+    let refused = |reason: &str| graph.metrics.admission_refusals.with_label_values(&[reason]).get();
+    let reasons = format!(
+        "refused at admission: {} full, {} too late, {} wait, {} slowdown",
+        refused("full"),
+        refused("too_late"),
+        refused("wait"),
+        refused("slowdown")
+    );
+    Ok((fates, reasons))
 }
 
 /// One worker slowed to its first token (test hook): time to first token of short challenges,
