@@ -12,6 +12,9 @@
 //! backend behind the miner, not the miner's admission (503). A backend that misbehaves (a tool
 //! call numbered in the billions, endless text) is a 502 too.
 //!
+//! A `tool_choice` that cannot be honoured (an unknown function, a call forced with no tools, a
+//! malformed value) is a malformed challenge: 422.
+//!
 //! A challenge over one of the front door's caps (`front_door::limits`) gets 422 naming the cap,
 //! or 413 when it is the prompt's size (also when a worker finds, by its byte length alone, that
 //! the prompt cannot fit its context).
@@ -70,7 +73,7 @@ impl ResponseError for ApiError {
             ApiError::Challenge(e) => match e {
                 ChallengeError::Forbidden => StatusCode::FORBIDDEN,
                 ChallengeError::UnknownKey { .. } | ChallengeError::BadToken(_) => StatusCode::UNAUTHORIZED,
-                ChallengeError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                ChallengeError::Unprocessable(_) | ChallengeError::ToolChoice(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 // A prompt too large for any context is the request's size; every other cap is
                 // about its shape.
                 ChallengeError::OverLimit(LimitError::PromptTooLarge { .. }) | ChallengeError::TooLarge(_) => {

@@ -21,6 +21,7 @@ use crate::front_door::share::Share;
 use crate::graph::MinerGraph;
 use crate::inference::request::{BackendError, Generation, GenerationRequest, JobControl};
 use crate::inference::tool_calls::describe_tool_calls;
+use crate::inference::tool_choice::{ToolChoice, ToolChoiceError};
 use crate::protocol::fernet_codec::{reply_timestamp, stamped_at, unix_now, FernetError};
 use crate::protocol::messages::{echo_timing, unix_time_f64, ChallengeReply, ChallengeRequest, Usage};
 use crate::scheduler::ScheduleError;
@@ -41,6 +42,10 @@ pub enum ChallengeError {
     /// The challenge passed one of the caps of [`limits`] (413 for the prompt's size, else 422).
     #[error(transparent)]
     OverLimit(#[from] LimitError),
+    /// A `tool_choice` that cannot be honoured: an unknown function, a call forced with no tools,
+    /// a malformed value (422, as any malformed challenge).
+    #[error(transparent)]
+    ToolChoice(#[from] ToolChoiceError),
     /// The prompt cannot fit the worker's context, judged by its byte length before any
     /// tokenizing (413).
     #[error("{0}")]
@@ -71,7 +76,7 @@ impl ChallengeError {
             Self::Forbidden => "unauthorized",
             Self::UnknownKey { .. } => "unknown_key",
             Self::BadToken(_) => "bad_token",
-            Self::Unprocessable(_) | Self::OverLimit(_) | Self::TooLarge(_) => "bad_request",
+            Self::Unprocessable(_) | Self::OverLimit(_) | Self::ToolChoice(_) | Self::TooLarge(_) => "bad_request",
             Self::Busy { .. } => "busy",
             Self::RateLimited { .. } => "rate_limited",
             Self::Unavailable { .. } => "unavailable",
@@ -277,6 +282,9 @@ impl MinerGraph {
     ) -> Result<ChallengeReply, ChallengeError> {
         self.metrics.count_model_hint(req.model.as_deref());
         limits::check(&req)?;
+        // Read here for every backend, so that a `tool_choice` no server could honour is refused
+        // before any work; the embedded engine reads it again to honour it.
+        ToolChoice::parse(req.tool_choice.as_ref(), req.tools.as_deref())?;
         let messages = req
             .conversation()
             .ok_or_else(|| ChallengeError::Unprocessable("challenge has neither `messages` nor `prompt`".into()))?;
@@ -307,9 +315,9 @@ impl MinerGraph {
             ScheduleError::NoWorker | ScheduleError::Closed => {
                 ChallengeError::Unavailable { reason: e.to_string(), retry_after_secs: 5 }
             }
-            ScheduleError::Backend(BackendError::PromptTooLong { .. } | BackendError::Template(_)) => {
-                ChallengeError::Unprocessable(e.to_string())
-            }
+            ScheduleError::Backend(
+                BackendError::PromptTooLong { .. } | BackendError::Template(_) | BackendError::ToolChoice(_),
+            ) => ChallengeError::Unprocessable(e.to_string()),
             ScheduleError::Backend(BackendError::PromptTooLarge { .. }) => ChallengeError::TooLarge(e.to_string()),
             ScheduleError::Backend(BackendError::Misbehaved(_)) => ChallengeError::BadGateway(e.to_string()),
             other => ChallengeError::Internal(other.to_string()),

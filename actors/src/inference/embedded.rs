@@ -21,10 +21,12 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
 use super::chat_template::{ChatTemplate, CHATML_TEMPLATE};
+use super::grammar::ToolGrammar;
 use super::request::{BackendError, FinishReason, Generation, GenerationRequest, JobControl};
 use super::sampler::TokenSampler;
 use super::stop::StopMatcher;
 use super::tool_calls::extract_tool_calls;
+use super::tool_choice::ToolChoice;
 
 /// How one embedded engine is set up (one per worker / device).
 #[derive(Debug, Clone, PartialEq)]
@@ -171,6 +173,10 @@ struct Slot<T> {
     /// Next KV position of this sequence.
     pos: i32,
     sampler: TokenSampler,
+    /// When `tool_choice` forces a call: the grammar every token is drawn within.
+    grammar: Option<ToolGrammar>,
+    /// Whether `<tool_call>` blocks become tool calls (not with `tool_choice: "none"`).
+    extract_calls: bool,
     /// The token sampled last step, to be decoded this step.
     pending: Option<LlamaToken>,
     /// Where this sequence's logits sit in the batch just decoded.
@@ -414,8 +420,12 @@ impl<'m, T> EmbeddedEngine<'m, T> {
     }
 
     /// Starts a request in a free sequence. Fails at once (handing `tag` back) when the request
-    /// cannot run: template error, or a prompt that does not fit the sequence's context. The caller
-    /// checks [`Self::has_free_slot`] first.
+    /// cannot run: a `tool_choice` it cannot honour, template error, or a prompt that does not fit
+    /// the sequence's context. The caller checks [`Self::has_free_slot`] first.
+    ///
+    /// `tool_choice` (see [`ToolChoice`]): `"none"` leaves the tools out of the prompt and the
+    /// answer's `<tool_call>` blocks in its text; a forced call draws every token within a
+    /// grammar of one Hermes tool call ([`ToolGrammar`]).
     pub fn admit(&mut self, req: GenerationRequest, tag: T) -> Result<(), (T, BackendError)> {
         let started_at = Instant::now();
         if !self.has_free_slot() {
@@ -429,7 +439,12 @@ impl<'m, T> EmbeddedEngine<'m, T> {
         if bytes > max_bytes {
             return Err((tag, BackendError::PromptTooLarge { bytes, max_bytes, n_ctx: self.n_ctx_seq }));
         }
-        let prompt = match self.template.render(&req.messages, req.tools.as_deref()) {
+        let choice = match ToolChoice::parse(req.tool_choice.as_ref(), req.tools.as_deref()) {
+            Ok(choice) => choice,
+            Err(e) => return Err((tag, BackendError::ToolChoice(e.to_string()))),
+        };
+        let tools = req.tools.as_deref().filter(|_| choice.offers_tools());
+        let prompt = match self.template.render(&req.messages, tools) {
             Ok(p) => tokenize_prompt(self.model, &p),
             Err(e) => return Err((tag, BackendError::Template(e.to_string()))),
         };
@@ -437,6 +452,13 @@ impl<'m, T> EmbeddedEngine<'m, T> {
         if prompt_tokens == 0 || prompt_tokens >= self.n_ctx_seq {
             return Err((tag, BackendError::PromptTooLong { prompt_tokens, n_ctx: self.n_ctx_seq }));
         }
+        let grammar = match choice.forced() {
+            Some(names) => match ToolGrammar::new(self.model, &names) {
+                Ok(grammar) => Some(grammar),
+                Err(e) => return Err((tag, e)),
+            },
+            None => None,
+        };
         let (index, reused) = self.place(&prompt);
         self.stats.reused_prompt_tokens += reused as u64;
         // A live sequence still prefilling a longer common prefix than the cache holds: wait for
@@ -454,6 +476,8 @@ impl<'m, T> EmbeddedEngine<'m, T> {
             prefilled: reused,
             pos: reused as i32,
             sampler: TokenSampler::new(req.temperature, req.top_p),
+            grammar,
+            extract_calls: choice.extracts_calls(),
             pending: None,
             logits_at: None,
             waiting,
@@ -654,6 +678,13 @@ impl<'m, T> EmbeddedEngine<'m, T> {
         let vocab = self.model.vocab();
         for (i, token) in sampled {
             let Some(slot) = self.slots[i].as_mut() else { continue };
+            // A forced call whose grammar no token of the vocabulary can continue ends here, with
+            // what it has (no vocabulary llama.cpp loads lacks the bytes the grammar needs).
+            let Some(token) = token else {
+                let slot = self.slots[i].take().expect("present");
+                done.push(self.finish(slot, FinishReason::Stop, false));
+                continue;
+            };
             if slot.first_token_at.is_none() {
                 slot.first_token_at = Some(now);
                 slot.control.first_token();
@@ -661,6 +692,9 @@ impl<'m, T> EmbeddedEngine<'m, T> {
             let finish = if vocab.is_eog(token) {
                 Some(FinishReason::Stop)
             } else {
+                if let Some(grammar) = slot.grammar.as_mut() {
+                    grammar.accept(token);
+                }
                 vocab.token_to_piece_into(token, &mut slot.out, false, None);
                 slot.completion += 1;
                 if let Some(cut_at) = slot.stop.feed(&slot.out) {
@@ -683,26 +717,30 @@ impl<'m, T> EmbeddedEngine<'m, T> {
         done
     }
 
-    /// Samples the next token of every sequence that has logits this step, as (slot, token).
+    /// Samples the next token of every sequence that has logits this step, as (slot, token); a
+    /// sequence forced to call a tool draws within its grammar, and gets `None` when the grammar
+    /// allows no token.
     ///
     /// On a GPU engine the sequences are sampled in parallel: the CPU cores idle while the GPU
     /// decodes, and sampling them one after another would make the next decode wait for the sum
     /// (16 sequences x ~0.1 ms at a 152k vocabulary). On a CPU engine llama.cpp's own threads are
     /// still spinning right after a decode, so the sequences are sampled in order on this thread.
-    fn sample_all(&mut self) -> Vec<(usize, LlamaToken)> {
+    fn sample_all(&mut self) -> Vec<(usize, Option<LlamaToken>)> {
+        type Job<'a> = (usize, &'a mut TokenSampler, Option<&'a mut ToolGrammar>, &'a [f32]);
         let ctx = &self.ctx;
-        let jobs: Vec<(usize, &mut TokenSampler, &[f32])> = self
+        let jobs: Vec<Job<'_>> = self
             .slots
             .iter_mut()
             .enumerate()
             .filter_map(|(i, slot)| {
                 let slot = slot.as_mut()?;
                 let at = slot.logits_at?;
-                Some((i, &mut slot.sampler, ctx.get_logits_ith(at)))
+                Some((i, &mut slot.sampler, slot.grammar.as_mut(), ctx.get_logits_ith(at)))
             })
             .collect();
-        let draw = |(i, sampler, logits): (usize, &mut TokenSampler, &[f32])| {
-            (i, LlamaToken::new(sampler.sample(logits) as i32))
+        let draw = |(i, sampler, grammar, logits): Job<'_>| match grammar {
+            Some(grammar) => (i, grammar.draw(sampler, logits)),
+            None => (i, Some(LlamaToken::new(sampler.sample(logits) as i32))),
         };
         if self.parallel_sampling && jobs.len() > 1 {
             use rayon::prelude::*;
@@ -732,7 +770,8 @@ impl<'m, T> EmbeddedEngine<'m, T> {
         let _ = self.ctx.clear_kv_cache_seq(Some(seq), Some(keep as u32), None);
         self.cached[seq as usize].truncate(keep);
         let text = String::from_utf8_lossy(&slot.out).into_owned();
-        let (text, tool_calls) = extract_tool_calls(&text);
+        let (text, tool_calls) =
+            if slot.extract_calls { extract_tool_calls(&text) } else { (text.trim().to_string(), Vec::new()) };
         let finish_reason =
             if !tool_calls.is_empty() && finish == FinishReason::Stop { FinishReason::ToolCalls } else { finish };
         let generation = Generation {

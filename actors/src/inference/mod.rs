@@ -1,7 +1,9 @@
-//! Inference: requests, the embedded llama.cpp engine, chat templates and tool-call parsing.
+//! Inference: requests, the embedded llama.cpp engine, chat templates, tool-call parsing and
+//! `tool_choice` (forced calls by grammar).
 
 pub mod chat_template;
 pub mod embedded;
+pub mod grammar;
 pub mod openai;
 pub mod openai_stream;
 pub mod request;
@@ -9,3 +11,4 @@ pub mod sampler;
 pub mod sse;
 pub mod stop;
 pub mod tool_calls;
+pub mod tool_choice;

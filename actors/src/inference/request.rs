@@ -148,6 +148,10 @@ pub enum BackendError {
     PromptTooLarge { bytes: u64, max_bytes: u64, n_ctx: u32 },
     #[error("{0}")]
     Template(String),
+    /// A `tool_choice` the engine cannot honour (see [`super::tool_choice::ToolChoiceError`]);
+    /// the front door refuses these first, so this reaches only callers of the engine itself.
+    #[error("{0}")]
+    ToolChoice(String),
     #[error("inference failed: {0}")]
     Inference(String),
     #[error("the backend worker stopped while handling the request")]
