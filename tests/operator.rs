@@ -134,6 +134,10 @@ fn log_file_is_the_file_written_and_rotation_keeps_log_max_files() {
     assert_eq!(names, ["miner.log", "miner.log.1", "miner.log.2"]);
     let mut kept = String::new();
     for name in &names {
+        // Issue 33: owner and group only (0640, less under a narrower umask), rotated files too.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("logs").join(name)).unwrap().permissions().mode() & 0o777;
+        assert!(mode & 0o600 == 0o600 && mode & 0o037 == 0, "{name} is {mode:o}");
         let text = std::fs::read_to_string(dir.path().join("logs").join(name)).unwrap();
         assert!(text.len() <= 1024, "{name} has {} bytes, over LOG_ROTATION=1KB", text.len());
         kept.push_str(&text);
@@ -310,6 +314,7 @@ fn the_systemd_unit_verifies_and_outwaits_the_drain() {
     // SIGTERM to the miner only; it stops its children when their challenges are answered.
     assert_eq!(setting(&unit, "KillMode"), "mixed");
     assert_eq!(setting(&unit, "RestartPreventExitStatus"), "78", "a configuration error is not restarted");
+    assert_eq!(setting(&unit, "UMask"), "0077", "what the miner writes is its own");
 }
 
 #[test]
@@ -580,6 +585,59 @@ async fn a_worker_with_a_command_gets_its_server_started_watched_restarted_and_s
         async move { gone }
     })
     .await;
+}
+
+/// Issue 33: a managed server's `command` given as one string is split as a shell splits it, so
+/// a quoted argument (a chat template, a path with spaces) reaches the server whole. The "server"
+/// here writes the arguments it was given and waits.
+#[test]
+fn a_quoted_argument_in_a_managed_servers_command_reaches_it_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = dir.path().join("argv.json");
+    let script = format!(
+        "import json, sys, time; open('{}', 'w').write(json.dumps(sys.argv[1:])); time.sleep(600)",
+        seen.to_str().unwrap()
+    );
+    let command = format!("{} -c \"{script}\" --chat-template \"{{{{ a b }}}}\" 'two words' plain", common::python());
+    let workers = serde_json::json!([{
+        "kind": "openai", "name": "managed", "base_url": format!("http://127.0.0.1:{}/v1", common::free_port()),
+        "model": "m", "command": command, "ready_timeout_s": 600
+    }]);
+    /// Stopped however the test ends: a miner left running would hold the test's output open.
+    struct Stopped(std::process::Child);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+            let _ = self.0.wait();
+        }
+    }
+    let mut miner = Stopped(
+        Command::new(env!("CARGO_BIN_EXE_loosh-miner"))
+            .arg("--dev")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", std::env::var("HOME").unwrap_or_default())
+            .env("API_PORT", common::free_port().to_string())
+            .env("METRICS_PORT", common::free_port().to_string())
+            .env("WORKERS", workers.to_string())
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let end = Instant::now() + Duration::from_secs(60);
+    let argv: Vec<String> = loop {
+        if let Some(v) = std::fs::read_to_string(&seen).ok().and_then(|t| serde_json::from_str(&t).ok()) {
+            break v;
+        }
+        if let Ok(Some(status)) = miner.0.try_wait() {
+            panic!("the miner exited ({status}) before starting its server");
+        }
+        assert!(Instant::now() < end, "the managed server was never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(miner);
+    assert_eq!(argv, ["--chat-template", "{{ a b }}", "two words", "plain"]);
 }
 
 /// The values python-dotenv 1.2 (the Python miner's parser, through pydantic-settings) reads from

@@ -8,7 +8,8 @@
 //! - replay-many: one of the validator's exchanges, captured, replayed from 16 addresses.
 //! - relay: an exchange the validator signed for another miner, its wrapped key swapped for one
 //!   the relayer chose; the relayer then keeps deadline-length challenges in flight as the
-//!   validator.
+//!   validator. Twice: with no address reported for the validator, then with its own reported
+//!   (the Challenge API's `ip`, its axon), where the relayer gets only the small shared share.
 //! - hog (issue 30): 3,000 connections from one address trickling headers or bodies, reopened
 //!   when dropped ([`super::hog`]); the validator's `/availability` polls and challenges meanwhile.
 
@@ -18,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use loosh_actors::authorization::ValidatorAuth;
+use loosh_actors::authorization::{Source, ValidatorAuth};
 use loosh_actors::protocol::fernet_codec::FernetKey;
 use loosh_actors::protocol::messages::unix_time_f64;
 use loosh_actors::protocol::rsa_keys::wrap_fernet_key;
@@ -77,7 +78,7 @@ async fn honest_challenges(client: &ValidatorClient, n: usize) -> Honest {
 
 fn line(name: &str, h: &Honest, alone: &Honest, what: String) {
     println!(
-        "{name:<13} honest {}/{} answered, p50 {:7.1} ms p99 {:7.1} ms (alone {}/{}, p50 {:.1} ms p99 {:.1} ms); {what}",
+        "{name:<14} honest {}/{} answered, p50 {:7.1} ms p99 {:7.1} ms (alone {}/{}, p50 {:.1} ms p99 {:.1} ms); {what}",
         h.answered, h.sent, h.p50_ms, h.p99_ms, alone.answered, alone.sent, alone.p50_ms, alone.p99_ms
     );
 }
@@ -96,7 +97,7 @@ pub async fn shares(plan: SharePlan) -> anyhow::Result<()> {
         ],
     )?;
     let auth = Arc::new(ValidatorAuth::new(true, [validator.ss58().to_string()]));
-    let (graph, node) = start_with_auth(&cfg, auth).await?;
+    let (graph, node) = start_with_auth(&cfg, auth.clone()).await?;
     let url = format!("http://{}", node.addr);
     println!(
         "share attacks: allow list = the honest validator (127.0.0.1), rate limits on, MAX_CONCURRENT_REQUESTS 10, {} in flight per validator share; attacker on 127.0.0.2+",
@@ -147,8 +148,15 @@ pub async fn shares(plan: SharePlan) -> anyhow::Result<()> {
             ),
         );
     }
-    if plan.relay {
-        // relay: the validator's exchange for another miner, with the relayer's own key.
+    // relay: the validator's exchange for another miner, with the relayer's own key; first with
+    // no address reported for the validator (every address its exchanges come from has a share of
+    // its own), then with 127.0.0.1 reported, as the Challenge API's `ip` or its axon report it.
+    for reported in [false, true].into_iter().filter(|_| plan.relay) {
+        if reported {
+            let home = [(validator.ss58().to_string(), [IpAddr::from([127, 0, 0, 1])].into())].into();
+            auth.set_reported_addresses(Source::ChallengeApi, home);
+        }
+        let uuid = if reported { "relayed-reported" } else { "relayed" };
         let (theirs, _) = FernetKey::generate();
         let their_wrapped = wrap_fernet_key(&pem, &theirs)?;
         let for_them =
@@ -156,10 +164,10 @@ pub async fn shares(plan: SharePlan) -> anyhow::Result<()> {
         let (chosen_text, chosen) = FernetKey::generate();
         let relayed = for_them
             .replace(&their_wrapped, &wrap_fernet_key(&pem, &chosen_text)?)
-            .replace("\"theirs\"", "\"relayed\"");
+            .replace("\"theirs\"", &format!("\"{uuid}\""));
         let mut relayer = ValidatorClient::from_address(&url, validator.clone(), loopback(2));
         let (status, _) = relayer.post_exchange(relayed).await?;
-        relayer.use_key("relayed", chosen);
+        relayer.use_key(uuid, chosen);
         let stop_relay = Arc::new(AtomicBool::new(false));
         let (admitted, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let mut holders = Vec::new();
@@ -188,7 +196,7 @@ pub async fn shares(plan: SharePlan) -> anyhow::Result<()> {
             h.abort();
         }
         line(
-            "relay:",
+            if reported { "relay (home):" } else { "relay:" },
             &during,
             &alone,
             format!(

@@ -80,7 +80,7 @@ pub enum WorkerConfig {
         #[serde(default)]
         max_model_len: Option<u32>,
         /// The command that serves it, started and watched by the miner (`managed_server`): a
-        /// string split on whitespace, or an argv array.
+        /// string split as a POSIX shell splits it (quotes and backslashes), or an argv array.
         #[serde(default)]
         command: Option<CommandLine>,
         /// Environment for `command`, over the miner's own (`CUDA_VISIBLE_DEVICES`).
@@ -101,10 +101,12 @@ pub enum CommandLine {
 }
 
 impl CommandLine {
-    fn argv(&self) -> Vec<String> {
+    /// The argv, as `sh` would split the line (`--chat-template "a b"` is one argument); `None`
+    /// for a line a shell could not split (an unclosed quote).
+    fn argv(&self) -> Option<Vec<String>> {
         match self {
-            Self::Line(s) => s.split_whitespace().map(String::from).collect(),
-            Self::Argv(v) => v.clone(),
+            Self::Line(s) => shlex::split(s),
+            Self::Argv(v) => Some(v.clone()),
         }
     }
 }
@@ -114,7 +116,12 @@ pub fn managed_servers(cfg: &Config) -> Result<Vec<crate::managed_server::Server
     let mut out = Vec::new();
     for (i, w) in cfg.workers.iter().flatten().enumerate() {
         if let WorkerConfig::Openai { name, base_url, command: Some(command), env, ready_timeout_s, .. } = w {
-            let argv = command.argv();
+            let worker = name.clone().unwrap_or_else(|| format!("openai{i}"));
+            let argv = command.argv().ok_or_else(|| ConfigError {
+                var: "WORKERS",
+                value: format!("the command of worker {worker}"),
+                expected: "a command line a shell can split (a quote is left open)".into(),
+            })?;
             if argv.is_empty() {
                 return Err(ConfigError {
                     var: "WORKERS",
@@ -123,7 +130,7 @@ pub fn managed_servers(cfg: &Config) -> Result<Vec<crate::managed_server::Server
                 });
             }
             out.push(crate::managed_server::ServerSpec {
-                worker: name.clone().unwrap_or_else(|| format!("openai{i}")),
+                worker,
                 argv,
                 env: env.clone().unwrap_or_default(),
                 base_url: with_v1(base_url),
@@ -134,15 +141,45 @@ pub fn managed_servers(cfg: &Config) -> Result<Vec<crate::managed_server::Server
     Ok(out)
 }
 
+/// What a `WORKERS` error shows of the text: nothing of it, since it may hold an `api_key` and
+/// the error is printed and logged; its length says which text was read.
+fn withheld(text: &str) -> String {
+    format!("<{} bytes, not shown: the worker list may hold an api_key>", text.len())
+}
+
+/// serde_json's message for a bad `WORKERS`, its quoted values withheld: `invalid type: string
+/// "sk-…", expected u32` must not print the key a misplaced field holds. Field names, which serde
+/// quotes with backticks, and the line and column stay.
+fn redacted(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let mut out = String::with_capacity(text.len());
+    let mut quoted = false;
+    for c in text.chars() {
+        match (c, quoted) {
+            ('"', false) => {
+                quoted = true;
+                out.push_str("\"…");
+            }
+            ('"', true) => {
+                quoted = false;
+                out.push('"');
+            }
+            (_, true) => {}
+            (c, false) => out.push(c),
+        }
+    }
+    out
+}
+
 /// Parses the `WORKERS` JSON text.
 pub fn parse_workers(text: &str) -> Result<Vec<WorkerConfig>, ConfigError> {
     let list: Vec<WorkerConfig> = serde_json::from_str(text).map_err(|e| ConfigError {
         var: "WORKERS",
-        value: text.chars().take(120).collect(),
-        expected: format!("a JSON array of workers (see env.example): {e}"),
+        value: withheld(text),
+        expected: format!("a JSON array of workers (see env.example): {}", redacted(&e)),
     })?;
     if list.is_empty() {
-        return Err(ConfigError { var: "WORKERS", value: text.into(), expected: "at least one worker".into() });
+        return Err(ConfigError { var: "WORKERS", value: withheld(text), expected: "at least one worker".into() });
     }
     Ok(list)
 }
@@ -297,6 +334,17 @@ pub fn worker_specs(cfg: &Config, gpus: &[(usize, String)]) -> Result<Vec<Worker
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_worker_list_is_reported_without_any_of_its_values() {
+        let text = r#"[{"kind":"openai","base_url":"http://10.0.0.9:8000","model":"m","api_key":"sk-live-4242","n_parallel":"sk-live-4242"}]"#;
+        let e = parse_workers(text).unwrap_err().to_string();
+        assert!(!e.contains("sk-live-4242") && !e.contains("10.0.0.9"), "{e}");
+        assert!(e.contains("WORKERS") && e.contains("line 1 column"), "{e}");
+        let broken = r#"[{"kind":"openai","api_key":"sk-live-4242""#;
+        let e = parse_workers(broken).unwrap_err().to_string();
+        assert!(!e.contains("sk-live-4242"), "{e}");
+    }
     use crate::config::Source;
 
     fn cfg(pairs: &[(&str, &str)]) -> Config {
@@ -382,6 +430,16 @@ mod tests {
         assert_eq!(servers[0].env["CUDA_VISIBLE_DEVICES"], "1");
         assert_eq!((servers[1].worker.as_str(), servers[1].argv.len()), ("openai1", 3));
         assert!(parse_workers(r#"[{"kind":"embedded","gpu":"x"}]"#).unwrap_err().expected.contains("unknown field"));
+        // Issue 33: split as a shell splits it, quoted arguments whole.
+        let quoted = cfg(&[(
+            "WORKERS",
+            r#"[{"kind":"openai","base_url":"http://127.0.0.1:8101","command":"vllm serve 'Q Q' --chat-template \"a b\" x\\ y"}]"#,
+        )]);
+        let argv = &managed_servers(&quoted).unwrap()[0].argv;
+        assert_eq!(argv, &["vllm", "serve", "Q Q", "--chat-template", "a b", "x y"]);
+        let open =
+            cfg(&[("WORKERS", r#"[{"kind":"openai","base_url":"http://127.0.0.1:8101","command":"vllm \"a"}]"#)]);
+        assert!(managed_servers(&open).unwrap_err().expected.contains("a quote is left open"));
         let bad_url = cfg(&[("WORKERS", r#"[{"kind":"openai","base_url":"localhost:8000"}]"#)]);
         assert_eq!(worker_specs(&bad_url, &[]).unwrap_err().var, "WORKERS");
         let dup = format!(

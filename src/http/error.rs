@@ -15,6 +15,10 @@
 //! A `tool_choice` that cannot be honoured (an unknown function, a call forced with no tools, a
 //! malformed value) is a malformed challenge: 422.
 //!
+//! A body never carries the miner's insides: a backend's URL, a model path, an engine's own error
+//! text are for the operator, in the (rate-limited) log line of the refusal, not for whoever sent
+//! the request. Failures on the miner's side get a fixed text; every body carries a stable `code`.
+//!
 //! A challenge over one of the front door's caps (`front_door::limits`) gets 422 naming the cap,
 //! or 413 when it is the prompt's size (also when a worker finds, by its byte length alone, that
 //! the prompt cannot fit its context).
@@ -48,6 +52,39 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// What the caller reads: the error itself when it is about the request, a fixed text when
+    /// the miner's side failed (its detail, which may name a backend URL, a model path or an
+    /// engine error, goes to the log only).
+    pub fn public_detail(&self) -> String {
+        match self {
+            ApiError::Challenge(ChallengeError::Internal(_)) => "internal error; the miner's log has the detail".into(),
+            ApiError::Challenge(ChallengeError::BadGateway(_)) => {
+                "the backend misbehaved; the miner's log has the detail".into()
+            }
+            ApiError::KeyExchange(KeyExchangeError::Unavailable(_)) => {
+                "the key exchange could not be completed now; retry".into()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// A stable, machine-readable name of the error (the body's `code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Challenge(ChallengeError::NoAnswer(n)) => n.label(),
+            ApiError::Challenge(ChallengeError::Internal(_)) => "internal",
+            ApiError::Challenge(ChallengeError::BadGateway(_)) => "backend_error",
+            ApiError::Challenge(c) => c.outcome(),
+            ApiError::KeyExchange(k) => k.outcome(),
+            ApiError::Unprocessable(_) => "unprocessable",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::TooLarge { .. } => "too_large",
+            ApiError::BodyTimeout { .. } => "body_timeout",
+            ApiError::TooMany { .. } => "rate_limited",
+            ApiError::NotFound(_) => "not_found",
+        }
+    }
+
     fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::TooMany { retry_after_secs, .. }
@@ -115,10 +152,11 @@ impl ResponseError for ApiError {
         let body = match self {
             ApiError::Challenge(ChallengeError::UnknownKey { public_key }) => json!({
                 "detail": self.to_string(),
+                "code": self.code(),
                 "public_key": public_key,
                 "requires_handshake": true,
             }),
-            _ => json!({ "detail": self.to_string() }),
+            _ => json!({ "detail": self.public_detail(), "code": self.code() }),
         };
         if let Some(secs) = self.retry_after() {
             res.insert_header((header::RETRY_AFTER, secs.to_string()));

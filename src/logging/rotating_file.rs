@@ -59,13 +59,20 @@ pub struct RotatingFile {
     day: u64,
 }
 
+/// A log file is created 0640 (owner and group; the process umask may narrow it further): its
+/// lines name validators, peers and backends, which are no business of other users on the host.
+fn open_log(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new().create(true).append(true).mode(0o640).open(path)
+}
+
 impl RotatingFile {
     /// Opens (appending to) `path`, creating its directory.
     pub fn open(path: &Path, rotation: Rotation, max_files: usize) -> io::Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = open_log(path)?;
         let meta = file.metadata()?;
         // A file left from an earlier day rotates at the first write, as if the miner had run on.
         let day = utc_day(meta.modified().unwrap_or_else(|_| SystemTime::now()));
@@ -92,7 +99,7 @@ impl RotatingFile {
                 }
             }
             std::fs::rename(&self.path, self.numbered(1))?;
-            self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            self.file = open_log(&self.path)?;
         }
         self.len = 0;
         Ok(())
