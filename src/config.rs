@@ -248,8 +248,13 @@ impl Source {
             for line in &parsed.unreadable {
                 unreadable.push(format!("{} line {line}", file.display()));
             }
-            for (k, v) in parsed.expand(|name| std::env::var(name).ok()) {
-                vars.insert(k, v);
+            // pydantic-settings merges the files' `dotenv_values` dicts: a later file's bare `KEY`
+            // (no value) unsets what an earlier file set.
+            for (k, v) in parsed.values(|name| std::env::var(name).ok()) {
+                match v {
+                    Some(v) => vars.insert(k, v),
+                    None => vars.remove(&k),
+                };
             }
             read.push(file);
         }

@@ -82,6 +82,7 @@ fn is_configuration_error(e: &anyhow::Error) -> bool {
         cause.is::<loosh_miner::config::ConfigError>()
             || cause.is::<wallet::WalletError>()
             || cause.downcast_ref::<chain::StartError>().is_some_and(chain::StartError::is_configuration)
+            || cause.downcast_ref::<loosh_miner::node::ListenError>().is_some_and(|e| e.is_configuration())
     })
 }
 
@@ -170,9 +171,14 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn init_logs(cfg: &Config) -> anyhow::Result<logging::LogGuard> {
-    logging::init(&cfg.log_level, cfg.log_file.as_ref(), cfg.log_json)
-        .with_context(|| format!("LOG_FILE={:?} cannot be opened", cfg.log_file.as_ref().map(|f| &f.path)))
+/// Logging as configured. A `LOG_FILE` that cannot be created or appended to is a configuration
+/// error: a restart opens the same path and fails the same way.
+fn init_logs(cfg: &Config) -> Result<logging::LogGuard, loosh_miner::config::ConfigError> {
+    logging::init(&cfg.log_level, cfg.log_file.as_ref(), cfg.log_json).map_err(|e| loosh_miner::config::ConfigError {
+        var: "LOG_FILE",
+        value: cfg.log_file.as_ref().map(|f| f.path.display().to_string()).unwrap_or_default(),
+        expected: format!("a file the miner can create and append to ({e})"),
+    })
 }
 
 /// The configuration as `run` uses it: `--dev` turns rate limits off unless they are set.

@@ -146,7 +146,7 @@ impl Node {
             port,
             cfg.http_workers,
         )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(ListenError)?;
         Ok(Self { graph, addr: http.addr, http })
     }
 
@@ -167,6 +167,22 @@ impl Node {
         self.graph.close_admission();
         self.http.stop().await;
         self.graph.stop();
+    }
+}
+
+/// `API_PORT` or `METRICS_PORT` cannot be listened on (the message names which and where).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ListenError(pub std::io::Error);
+
+impl ListenError {
+    /// A host address this machine does not have, a port it may not open (below 1024 without the
+    /// capability) or a host that is not an address: the same file fails again. A port in use is
+    /// not: the process holding it (often the Python miner, not yet stopped) may let it go, and
+    /// a restart then succeeds.
+    pub fn is_configuration(&self) -> bool {
+        use std::io::ErrorKind::*;
+        matches!(self.0.kind(), AddrNotAvailable | PermissionDenied | InvalidInput)
     }
 }
 

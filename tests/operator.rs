@@ -640,121 +640,6 @@ fn a_quoted_argument_in_a_managed_servers_command_reaches_it_whole() {
     assert_eq!(argv, ["--chat-template", "{{ a b }}", "two words", "plain"]);
 }
 
-/// The values python-dotenv 1.2 (the Python miner's parser, through pydantic-settings) reads from
-/// `path`, and the lines it could not parse, with only `vars` in its environment.
-fn python_dotenv(path: &Path, vars: &[(&str, &str)]) -> (Vec<(String, String)>, Vec<usize>) {
-    let script = r#"
-import json, logging, sys
-lines = []
-class Lines(logging.Handler):
-    def emit(self, record):
-        lines.append(int(record.getMessage().rsplit(" ", 1)[1]))
-logging.getLogger("dotenv.main").addHandler(Lines())
-from dotenv import dotenv_values
-values = dotenv_values(sys.argv[1])
-print(json.dumps({"values": [[k, v] for k, v in values.items() if v is not None], "lines": lines}))
-"#;
-    let mut cmd = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python3"));
-    cmd.arg("-c").arg(script).arg(path).env_clear();
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("the test venv's python runs (scripts/install.sh --test)");
-    assert!(out.status.success(), "{}", text(&out));
-    let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let values = parsed["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|kv| (kv[0].as_str().unwrap().to_string(), kv[1].as_str().unwrap().to_string()))
-        .collect();
-    let lines = parsed["lines"].as_array().unwrap().iter().map(|n| n.as_u64().unwrap() as usize).collect();
-    (values, lines)
-}
-
-/// Ours, on the same file and environment.
-fn our_dotenv(path: &Path, vars: &[(&str, &str)]) -> (Vec<(String, String)>, Vec<usize>) {
-    let parsed = loosh_miner::config::dotenv::parse(&std::fs::read_to_string(path).unwrap());
-    let values = parsed.expand(|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()));
-    // python-dotenv's dict keeps a key's first position and its last value.
-    let mut merged: Vec<(String, String)> = Vec::new();
-    for (k, v) in values {
-        match merged.iter_mut().find(|(mk, _)| *mk == k) {
-            Some(slot) => slot.1 = v,
-            None => merged.push((k, v)),
-        }
-    }
-    (merged, parsed.unreadable)
-}
-
-#[test]
-fn env_files_are_read_as_python_dotenv_reads_them_env_example_uncommented_included() {
-    let dir = tempfile::tempdir().unwrap();
-    // env.example with every commented setting uncommented (the WORKERS examples among them).
-    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/env.example")).unwrap();
-    let uncommented: String = example
-        .lines()
-        .map(|l| match l.strip_prefix('#') {
-            Some(rest)
-                if rest
-                    .split('=')
-                    .next()
-                    .is_some_and(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
-                    && rest.contains('=') =>
-            {
-                rest.to_string()
-            }
-            _ => l.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert!(uncommented.contains("\nWORKERS=[{"), "the WORKERS examples are uncommented");
-    let tricky = concat!(
-        "# a comment\n",
-        "PLAIN=value\n",
-        "SPACED = spaced value   \n",
-        "export EXPORTED=yes\n",
-        "LIST=a, b\n",
-        "INLINE=kept # dropped\n",
-        "HASH=no#comment\n",
-        "SINGLE='it''s #1'\n",
-        "SQ='a \\' b \\\\ c \\n'\n",
-        "DQ=\"tab\\there \\\"q\\\" \\\\ \\n new \\x\"\n",
-        "MULTI=\"line one\n",
-        "line two\"\n",
-        "'QUOTED_KEY'=quoted key\n",
-        "EMPTY=\n",
-        "BARE\n",
-        "EXPANDED=${PLAIN}-${FROM_ENV}-${MISSING:-fallback}-${MISSING}\n",
-        "NOT_EXPANDED=$PLAIN ${PLAIN:default}\n",
-        "JSON=[{\"kind\":\"openai\",\"command\":\"vllm serve 'a b'\"}]\n",
-        "=no key\n",
-        "BAD KEY=1\n",
-        "AFTER=still read\n",
-        "TRAIL=\"x\" junk\n",
-        "CRLF=windows\r\n",
-        "PLAIN=second wins\n",
-        "LAST=last\n",
-        "UNCLOSED=\"never closed",
-    );
-    let vars = [("FROM_ENV", "env"), ("HOME", "/home/x")];
-    for (name, text) in [("example.env", uncommented.as_str()), ("tricky.env", tricky)] {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        let (python, python_lines) = python_dotenv(&path, &vars);
-        let (ours, our_lines) = our_dotenv(&path, &vars);
-        assert_eq!(ours, python, "{name}");
-        assert_eq!(our_lines, python_lines, "{name}: the lines that cannot be read");
-        if name == "tricky.env" {
-            assert!(!python_lines.is_empty());
-            let get = |k: &str| ours.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
-            assert_eq!(get("LIST"), Some("a, b"));
-            assert_eq!(get("MULTI"), Some("line one\nline two"));
-            assert_eq!(get("AFTER"), Some("still read"), "a bad line costs only itself");
-        }
-    }
-}
-
 #[test]
 fn config_reads_what_python_dotenv_reads_and_names_each_unreadable_line_without_its_value() {
     let dir = tempfile::tempdir().unwrap();
@@ -787,6 +672,55 @@ fn config_reads_what_python_dotenv_reads_and_names_each_unreadable_line_without_
     // A named file that is not there is a configuration error.
     let out = run_miner(dir.path(), &["config"], &[("ENV_FILE", "/nonexistent/miner.env")]);
     assert!(!out.status.success() && text(&out).contains("ENV_FILE"), "{}", text(&out));
+}
+
+#[test]
+fn a_bare_key_after_a_value_unsets_it_as_python_dotenv_does() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(".env"), "NETUID=11\nNETUID\nSUBTENSOR_NETWORK=test\n").unwrap();
+    let out = run_miner(dir.path(), &["config"], &[]);
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    assert!(printed.contains("netuid 78 "), "the bare NETUID leaves the default: {printed}");
+}
+
+/// Exit status and output of `loosh-miner --dev` (no wallet, no chain) with `vars`.
+fn start_dev(vars: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut vars = vars.to_vec();
+    vars.push(("METRICS_PORT", "off"));
+    let out = run_miner(dir.path(), &["--dev"], &vars);
+    (out.status.code(), text(&out))
+}
+
+#[test]
+fn a_log_file_that_cannot_be_opened_is_a_configuration_error_naming_log_file_exit_78() {
+    let dir = tempfile::tempdir().unwrap();
+    // Its directory is a regular file: no restart can create the log there.
+    let blocker = dir.path().join("not-a-directory");
+    std::fs::write(&blocker, "").unwrap();
+    let log_file = blocker.join("miner.log");
+    let out = run_miner(dir.path(), &[], &[("LOG_FILE", log_file.to_str().unwrap())]);
+    let printed = text(&out);
+    assert_eq!(out.status.code(), Some(78), "{printed}");
+    assert!(printed.contains(&format!("LOG_FILE=\"{}\"", log_file.display())), "{printed}");
+    assert!(!printed.contains("Some("), "the path, not a Rust Option: {printed}");
+}
+
+#[test]
+fn an_api_host_this_machine_does_not_have_exits_78_a_port_in_use_exits_1_to_be_retried() {
+    // 192.0.2.1 is TEST-NET-1 (RFC 5737): no host has it.
+    let (code, printed) = start_dev(&[("API_HOST", "192.0.2.1"), ("API_PORT", "8000")]);
+    assert_eq!(code, Some(78), "{printed}");
+    assert!(printed.contains("API_PORT=8000: cannot listen on 192.0.2.1:8000"), "{printed}");
+
+    // Held by another process (the Python miner not yet stopped, say): it may let go; systemd
+    // and PM2 restart on exit 1.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port().to_string();
+    let (code, printed) = start_dev(&[("API_HOST", "127.0.0.1"), ("API_PORT", &port)]);
+    assert_eq!(code, Some(1), "{printed}");
+    assert!(printed.contains(&format!("API_PORT={port}: cannot listen on 127.0.0.1:{port}")), "{printed}");
 }
 
 #[test]
