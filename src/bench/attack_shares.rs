@@ -195,6 +195,12 @@ pub async fn shares(plan: SharePlan) -> anyhow::Result<()> {
         for h in holders {
             h.abort();
         }
+        // The relayer's challenges run on to their deadline after its client gives up: the next
+        // phase starts from an idle miner.
+        let drained = Instant::now() + Duration::from_secs(30);
+        while graph.status_now().in_flight > 0 && Instant::now() < drained {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         line(
             if reported { "relay (home):" } else { "relay:" },
             &during,
