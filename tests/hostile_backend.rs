@@ -62,8 +62,7 @@ async fn a_hostile_backend_costs_one_502_per_challenge_not_the_node() {
             Err(ClientError::Status { status: 502, body, .. }) => {
                 assert!(body.contains("the backend misbehaved"), "{hostility:?}: {body}");
                 // Issue 33: the backend's address and its misbehaviour are for the log, not the caller.
-                assert!(!body.contains("127.0.0.1") && !body.contains("http"), "{hostility:?}: {body}");
-                assert!(body.contains("\"code\":\"backend_error\""), "{hostility:?}: {body}")
+                assert!(!body.contains("127.0.0.1") && !body.contains("http"), "{hostility:?}: {body}")
             }
             other => panic!(
                 "{hostility:?}: expected a 502, got {other:?} (peak memory {:?} MiB)",

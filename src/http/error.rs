@@ -17,7 +17,8 @@
 //!
 //! A body never carries the miner's insides: a backend's URL, a model path, an engine's own error
 //! text are for the operator, in the (rate-limited) log line of the refusal, not for whoever sent
-//! the request. Failures on the miner's side get a fixed text; every body carries a stable `code`.
+//! the request. Failures on the miner's side get a fixed text. Bodies stay `{"detail": ...}`, as
+//! PROTOCOL.md pins them (the Python miner's), with `public_key` and `requires_handshake` on a 401.
 //!
 //! A challenge over one of the front door's caps (`front_door::limits`) gets 422 naming the cap,
 //! or 413 when it is the prompt's size (also when a worker finds, by its byte length alone, that
@@ -65,23 +66,6 @@ impl ApiError {
                 "the key exchange could not be completed now; retry".into()
             }
             other => other.to_string(),
-        }
-    }
-
-    /// A stable, machine-readable name of the error (the body's `code`).
-    pub fn code(&self) -> &'static str {
-        match self {
-            ApiError::Challenge(ChallengeError::NoAnswer(n)) => n.label(),
-            ApiError::Challenge(ChallengeError::Internal(_)) => "internal",
-            ApiError::Challenge(ChallengeError::BadGateway(_)) => "backend_error",
-            ApiError::Challenge(c) => c.outcome(),
-            ApiError::KeyExchange(k) => k.outcome(),
-            ApiError::Unprocessable(_) => "unprocessable",
-            ApiError::BadRequest(_) => "bad_request",
-            ApiError::TooLarge { .. } => "too_large",
-            ApiError::BodyTimeout { .. } => "body_timeout",
-            ApiError::TooMany { .. } => "rate_limited",
-            ApiError::NotFound(_) => "not_found",
         }
     }
 
@@ -152,11 +136,10 @@ impl ResponseError for ApiError {
         let body = match self {
             ApiError::Challenge(ChallengeError::UnknownKey { public_key }) => json!({
                 "detail": self.to_string(),
-                "code": self.code(),
                 "public_key": public_key,
                 "requires_handshake": true,
             }),
-            _ => json!({ "detail": self.public_detail(), "code": self.code() }),
+            _ => json!({ "detail": self.public_detail() }),
         };
         if let Some(secs) = self.retry_after() {
             res.insert_header((header::RETRY_AFTER, secs.to_string()));
