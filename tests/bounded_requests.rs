@@ -10,19 +10,8 @@ use loosh_actors::front_door::limits::{
     MAX_MESSAGES, MAX_PROMPT_BYTES, MAX_STOP_BYTES, MAX_STOP_STRINGS, MAX_TOOLS, MAX_TOOL_ARGUMENTS_BYTES,
 };
 use loosh_actors::protocol::signature::Hotkey;
-use loosh_miner::validator_client::{challenge_body, ClientError, ValidatorClient};
+use loosh_miner::validator_client::{challenge_body, ValidatorClient};
 use serde_json::{json, Value};
-
-/// The status and detail of a challenge the miner should refuse.
-async fn refused(client: &mut ValidatorClient, challenge: &Value) -> (u16, String) {
-    match client.challenge(challenge).await {
-        Err(ClientError::Status { status, body, .. }) => {
-            let detail = serde_json::from_str::<Value>(&body).ok().and_then(|v| v["detail"].as_str().map(String::from));
-            (status, detail.unwrap_or(body))
-        }
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-}
 
 /// A validator's challenge with `key` set to `value`.
 fn with(key: &str, value: Value) -> Value {

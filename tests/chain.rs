@@ -162,6 +162,33 @@ fn chain_env<'a>(url: &'a str, home: &'a str) -> Vec<(&'a str, &'a str)> {
     ]
 }
 
+/// Registers a new hotkey as the subnet's only permitted validator, with 2 alpha of stake (over
+/// the `MIN_VALIDATOR_STAKE=1` that [`start_on_chain`] sets); its seed.
+async fn staked_validator(chain: &ChainClient) -> [u8; 32] {
+    let (seed, validator) = new_hotkey();
+    let uid = register(chain, &validator).await;
+    grant_permits(chain, &[uid]).await;
+    set_stake(chain, &validator, 2_000_000_000).await;
+    seed
+}
+
+/// The miner binary on the chain at `url` with `miner`'s wallet, `MIN_VALIDATOR_STAKE=1` and
+/// `extra`; the wallet's HOME lives as long as the returned directory.
+fn start_on_chain(
+    url: &str,
+    model: &std::path::Path,
+    seed: [u8; 32],
+    miner: &Hotkey,
+    extra: &[(&str, &str)],
+) -> (MinerProcess, tempfile::TempDir) {
+    let home = wallet_home(seed, miner);
+    let home_str = home.path().to_str().unwrap().to_string();
+    let mut env = chain_env(url, &home_str);
+    env.push(("MIN_VALIDATOR_STAKE", "1"));
+    env.extend_from_slice(extra);
+    (MinerProcess::start(model, false, &env), home)
+}
+
 fn wait_metric(miner: &MinerProcess, name: &str, what: &str, ok: impl Fn(f64) -> bool) {
     let end = Instant::now() + Duration::from_secs(120);
     while !miner.metric(name).is_some_and(&ok) {
@@ -280,22 +307,15 @@ async fn a_permitted_validator_is_served_and_a_plain_neuron_gets_403() {
     let model = tiny_model();
     let chain = ChainClient::connect(&url).await.unwrap();
     let (miner_seed, miner) = new_hotkey();
-    let (validator_seed, validator) = new_hotkey();
     let (plain_seed, plain) = new_hotkey();
     register(&chain, &miner).await;
-    let validator_uid = register(&chain, &validator).await;
     register(&chain, &plain).await;
     // This runtime hands every neuron of a small subnet a permit again at each new block, so the
     // plain neuron is also told apart by stake: MIN_VALIDATOR_STAKE=1 alpha, which only the
     // validator holds.
-    grant_permits(&chain, &[validator_uid]).await;
-    set_stake(&chain, &validator, 2_000_000_000).await;
+    let validator_seed = staked_validator(&chain).await;
 
-    let home = wallet_home(miner_seed, &miner);
-    let home_str = home.path().to_str().unwrap().to_string();
-    let mut env = chain_env(&url, &home_str);
-    env.push(("MIN_VALIDATOR_STAKE", "1"));
-    let process = MinerProcess::start(&model, false, &env);
+    let (process, _home) = start_on_chain(&url, &model, miner_seed, &miner, &[]);
     wait_metric(&process, "loosh_chain_validators", "the metagraph sync", |v| v >= 1.0);
     assert!(process.metric("loosh_uid").is_some_and(|v| v >= 0.0));
 
@@ -325,11 +345,9 @@ async fn strict_mode_pins_a_validator_to_the_address_its_axon_gives() {
     let model = tiny_model();
     let chain = ChainClient::connect(&url).await.unwrap();
     let (miner_seed, miner) = new_hotkey();
-    let (validator_seed, validator) = new_hotkey();
     register(&chain, &miner).await;
-    let validator_uid = register(&chain, &validator).await;
-    grant_permits(&chain, &[validator_uid]).await;
-    set_stake(&chain, &validator, 2_000_000_000).await;
+    let validator_seed = staked_validator(&chain).await;
+    let validator = Hotkey::from_seed(validator_seed).unwrap();
     // The validator's axon on loopback. `serve_axon` refuses a loopback address
     // (InvalidIpAddress), so the axon is written as the chain stores it: 127.0.0.1 as IPv4.
     let axon = json!({"block": 1, "version": 1, "ip": u32::from(std::net::Ipv4Addr::LOCALHOST), "port": 9000,
@@ -338,12 +356,7 @@ async fn strict_mode_pins_a_validator_to_the_address_its_axon_gives() {
     let posted = chain.axon_of(NETUID, validator.account_id()).await.unwrap().and_then(|a| a.addr());
     assert_eq!(posted, Some(("127.0.0.1".parse().unwrap(), 9000)), "the chain holds the validator's axon");
 
-    let home = wallet_home(miner_seed, &miner);
-    let home_str = home.path().to_str().unwrap().to_string();
-    let mut env = chain_env(&url, &home_str);
-    env.push(("MIN_VALIDATOR_STAKE", "1"));
-    env.push(("STRICT_VALIDATOR_ADDRESSES", "true"));
-    let process = MinerProcess::start(&model, false, &env);
+    let (process, _home) = start_on_chain(&url, &model, miner_seed, &miner, &[("STRICT_VALIDATOR_ADDRESSES", "true")]);
     wait_metric(&process, "loosh_chain_validator_axons", "the validators' axons", |v| v >= 1.0);
 
     let mut home_client = ValidatorClient::new(&process.url, Hotkey::from_seed(validator_seed).unwrap());

@@ -14,7 +14,7 @@ mod common;
 use common::*;
 use loosh_actors::protocol::messages::ChallengeReply;
 use loosh_actors::protocol::signature::Hotkey;
-use loosh_miner::validator_client::{challenge_body, ClientError, ValidatorClient};
+use loosh_miner::validator_client::{challenge_body, ValidatorClient};
 use serde_json::{json, Value};
 
 fn weather_tools() -> Value {
@@ -55,17 +55,6 @@ fn the_call(reply: &ChallengeReply) -> (String, serde_json::Map<String, Value>) 
     // TOOL_CALL_TEXT states the call in the text the validator reads.
     assert!(reply.response_text.contains(&calls[0].function.name), "{}", reply.response_text);
     (calls[0].function.name.clone(), arguments)
-}
-
-/// The status and detail of a challenge the miner should refuse.
-async fn refused(client: &mut ValidatorClient, challenge: &Value) -> (u16, String) {
-    match client.challenge(challenge).await {
-        Err(ClientError::Status { status, body, .. }) => {
-            let detail = serde_json::from_str::<Value>(&body).ok().and_then(|v| v["detail"].as_str().map(String::from));
-            (status, detail.unwrap_or(body))
-        }
-        other => panic!("expected a refusal, got {other:?}"),
-    }
 }
 
 /// A challenge sent to the legacy plain-JSON `/inference` route (no key, no Fernet), claiming a

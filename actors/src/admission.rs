@@ -192,19 +192,8 @@ pub fn expected_start<'a>(
     pace: &Pace,
 ) -> Instant {
     use std::cmp::Reverse;
-    use std::collections::BinaryHeap;
     let parallel = parallel.max(1);
-    // When each sequence frees, earliest first; an empty heap slot is a free sequence.
-    let mut free_at: BinaryHeap<Reverse<Instant>> = BinaryHeap::with_capacity(parallel + 1);
-    for job in jobs {
-        let start = if free_at.len() < parallel {
-            job.placed
-        } else {
-            let Reverse(freed) = free_at.pop().expect("parallel >= 1 entries");
-            job.placed.max(freed)
-        };
-        free_at.push(Reverse(expected_end(start, pace, job.max_tokens, job.deadline).max(now)));
-    }
+    let mut free_at = replay(now, jobs, parallel, pace, |_, _, _| {});
     if free_at.len() < parallel {
         return now;
     }
@@ -246,11 +235,29 @@ fn running_ends<'a>(
     parallel: usize,
     pace: &Pace,
 ) -> Vec<(Instant, Instant)> {
-    use std::cmp::Reverse;
-    use std::collections::BinaryHeap;
-    let parallel = parallel.max(1);
-    let mut free_at: BinaryHeap<Reverse<Instant>> = BinaryHeap::with_capacity(parallel + 1);
     let mut running = Vec::new();
+    replay(now, jobs, parallel.max(1), pace, |start, end, job| {
+        if start <= now && end > now {
+            running.push((end, job.deadline));
+        }
+    });
+    running
+}
+
+/// Replays `jobs` (in placement order) on `parallel` sequences at the worker's current pace: each
+/// starts when it was placed or when a sequence frees, whichever is later, and ends as
+/// [`expected_end`] says (overdue jobs free their sequence now). `each` sees every job's start
+/// and end; the result is when each sequence frees, earliest first (fewer entries than
+/// `parallel`: a sequence is free).
+fn replay<'a>(
+    now: Instant,
+    jobs: impl Iterator<Item = &'a JobPlan>,
+    parallel: usize,
+    pace: &Pace,
+    mut each: impl FnMut(Instant, Instant, &JobPlan),
+) -> std::collections::BinaryHeap<std::cmp::Reverse<Instant>> {
+    use std::cmp::Reverse;
+    let mut free_at = std::collections::BinaryHeap::with_capacity(parallel + 1);
     for job in jobs {
         let start = if free_at.len() < parallel {
             job.placed
@@ -259,12 +266,10 @@ fn running_ends<'a>(
             job.placed.max(freed)
         };
         let end = expected_end(start, pace, job.max_tokens, job.deadline).max(now);
-        if start <= now && end > now {
-            running.push((end, job.deadline));
-        }
+        each(start, end, job);
         free_at.push(Reverse(end));
     }
-    running
+    free_at
 }
 
 /// When a job started at `start` is expected to end: after `max_tokens` at the worker's pace, or

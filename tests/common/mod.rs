@@ -490,3 +490,21 @@ pub fn process_alive(pid: u32) -> bool {
         .ok()
         .is_some_and(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"))
 }
+
+/// The status and detail of a challenge the miner should refuse (the body's `detail`, else the
+/// whole body).
+pub async fn refused(
+    client: &mut loosh_miner::validator_client::ValidatorClient,
+    challenge: &serde_json::Value,
+) -> (u16, String) {
+    use loosh_miner::validator_client::ClientError;
+    match client.challenge(challenge).await {
+        Err(ClientError::Status { status, body, .. }) => {
+            let detail = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["detail"].as_str().map(String::from));
+            (status, detail.unwrap_or(body))
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
