@@ -76,6 +76,46 @@ async fn answered_of(client: &ValidatorClient, n: usize) -> (usize, Vec<String>)
     (n - refused.len(), refused)
 }
 
+/// The relayer: it holds an exchange the validator signed for the relayer's own miner, swaps in
+/// our public key wrapping a key it chose and a uuid of its own, and sends it from 127.0.0.`n`.
+async fn relayer_with_its_own_key(
+    miner: &MinerProcess,
+    validator: &Hotkey,
+    honest: &mut ValidatorClient,
+    n: u8,
+) -> ValidatorClient {
+    let pem = honest.fetch_public_key().await.unwrap();
+    let (theirs, _) = FernetKey::generate();
+    let their_wrapped = wrap_fernet_key(&pem, &theirs).unwrap();
+    let nonce = uuid::Uuid::new_v4().to_string();
+    let for_their_miner = key_exchange_body(validator, &their_wrapped, "their-uuid", &nonce, unix_time_f64());
+    let (chosen_text, chosen) = FernetKey::generate();
+    let wrapped_for_us = wrap_fernet_key(&pem, &chosen_text).unwrap();
+    let relayed = for_their_miner
+        .replace(&their_wrapped, &wrapped_for_us)
+        .replace("\"their-uuid\"", &format!("\"relayer-uuid-{n}\""));
+    let mut relayer = ValidatorClient::from_address(&miner.url, validator.clone(), attacker(n));
+    let (status, _) = relayer.post_exchange(relayed).await.unwrap();
+    assert_eq!(status, 200, "without strict mode the relayed exchange is accepted (it verifies)");
+    relayer.use_key(&format!("relayer-uuid-{n}"), chosen);
+    relayer
+}
+
+/// The relayer tries to hold `n` deadline-length challenges as the validator, all at once, spread
+/// over its addresses.
+fn hold_long_challenges(
+    relayers: &[ValidatorClient],
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Result<(), ClientError>>> {
+    let long = challenge_body("Tell me everything you know.", 12_000, 0.7);
+    (0..n)
+        .map(|i| {
+            let (relayer, body) = (relayers[i % relayers.len()].clone(), long.clone());
+            tokio::spawn(async move { relayer.challenge_once(&body).await.map(|_| ()) })
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_captured_exchange_replayed_from_16_addresses_costs_the_validator_nothing() {
     let model = tiny_model();
@@ -128,29 +168,8 @@ async fn a_relayed_exchange_gets_only_its_own_addresss_small_share_and_the_valid
     let mut honest = ValidatorClient::new(&miner.url, validator.clone());
     honest.handshake().await.unwrap();
 
-    // The relayer holds an exchange the validator signed for the relayer's own miner; it swaps in
-    // our public key wrapping a key it chose, and a uuid of its own.
-    let pem = honest.fetch_public_key().await.unwrap();
-    let (theirs, _) = FernetKey::generate();
-    let their_wrapped = wrap_fernet_key(&pem, &theirs).unwrap();
-    let nonce = uuid::Uuid::new_v4().to_string();
-    let for_their_miner = key_exchange_body(&validator, &their_wrapped, "their-uuid", &nonce, unix_time_f64());
-    let (chosen_text, chosen) = FernetKey::generate();
-    let wrapped_for_us = wrap_fernet_key(&pem, &chosen_text).unwrap();
-    let relayed =
-        for_their_miner.replace(&their_wrapped, &wrapped_for_us).replace("\"their-uuid\"", "\"relayer-uuid\"");
-    let mut relayer = ValidatorClient::from_address(&miner.url, validator.clone(), attacker(2));
-    let (status, _) = relayer.post_exchange(relayed).await.unwrap();
-    assert_eq!(status, 200, "without strict mode the relayed exchange is accepted (it verifies)");
-    relayer.use_key("relayer-uuid", chosen);
-
-    // The relayer tries to hold ten deadline-length challenges as the validator.
-    let long = challenge_body("Tell me everything you know.", 12_000, 0.7);
-    let mut held = Vec::new();
-    for _ in 0..10 {
-        let (relayer, body) = (relayer.clone(), long.clone());
-        held.push(tokio::spawn(async move { relayer.challenge_once(&body).await }));
-    }
+    let relayer = relayer_with_its_own_key(&miner, &validator, &mut honest, 2).await;
+    let held = hold_long_challenges(&[relayer], 10);
     wait_for("the relayer's challenges to be admitted or refused", Duration::from_secs(30), || async {
         miner.metric("loosh_challenges_in_flight").unwrap_or(0.0) >= 1.0
             && miner.metric("loosh_challenges_total{outcome=\"busy\"}").unwrap_or(0.0) >= 8.0
@@ -176,6 +195,54 @@ async fn a_relayed_exchange_gets_only_its_own_addresss_small_share_and_the_valid
     assert!(relayer_answered <= 2, "the relayer got {relayer_answered} answers");
     assert!(miner.metric("loosh_exchange_addresses_total{kind=\"elsewhere\"}").unwrap() >= 1.0);
     api.stop(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_nothing_reported_a_relayer_on_four_addresses_gets_at_most_half_of_what_runs_at_once() {
+    let model = tiny_model();
+    let validator = Hotkey::ephemeral();
+    // No Challenge API, no chain: nothing says where the validator lives.
+    let miner = MinerProcess::start(
+        &model,
+        true,
+        &[
+            ("VALIDATOR_HOTKEYS", validator.ss58()),
+            ("RATE_LIMIT_ENABLED", "true"),
+            ("MAX_CONCURRENT_REQUESTS", "10"),
+            ("MAX_MODEL_LEN", "16384"),
+            ("CHALLENGE_DEADLINE_MS", "8000"),
+            ("LLAMA_PARALLEL", "4"),
+        ],
+    );
+    let mut honest = ValidatorClient::new(&miner.url, validator.clone());
+    honest.handshake().await.unwrap();
+    let mut relayers = Vec::new();
+    for n in 2..6 {
+        relayers.push(relayer_with_its_own_key(&miner, &validator, &mut honest, n).await);
+    }
+    // The validator's share is 8 (three quarters of 10), of which 4 can run at once. Its address,
+    // present longest, keeps 2; the relayer's four addresses share the other 2.
+    let held = hold_long_challenges(&relayers, 12);
+    wait_for("the relayer's challenges to be admitted or refused", Duration::from_secs(30), || async {
+        miner.metric("loosh_challenges_in_flight").unwrap_or(0.0) >= 1.0
+            && miner.metric("loosh_challenges_total{outcome=\"busy\"}").unwrap_or(0.0) >= 10.0
+    })
+    .await;
+    let in_flight = miner.metric("loosh_challenges_in_flight").unwrap();
+    assert!(in_flight <= 2.0, "the relayer holds {in_flight} challenges, more than the newer addresses' half");
+
+    let (answered, refused) = answered_of(&honest, 10).await;
+    assert_eq!(answered, 10, "the validator was refused while the relayer held its half: {refused:?}");
+
+    let mut relayer_answered = 0;
+    for h in held {
+        match h.await.unwrap() {
+            Ok(_) => relayer_answered += 1,
+            Err(ClientError::Status { status: 503, body, .. }) => assert!(body.contains("in flight"), "{body}"),
+            Err(e) => panic!("the relayer's challenge: {e}"),
+        }
+    }
+    assert!(relayer_answered <= 2, "the relayer got {relayer_answered} answers");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -98,13 +98,15 @@ pub struct SchedulerStatus {
     pub ready_workers: usize,
     pub in_flight: usize,
     pub capacity: usize,
+    /// Sequences of the ready workers: how many challenges can run at once.
+    pub sequences: usize,
     pub admission_open: bool,
 }
 
 impl SchedulerStatus {
     /// Before the scheduler's first message: nothing is ready.
     pub fn starting() -> Self {
-        Self { ready_workers: 0, in_flight: 0, capacity: 0, admission_open: true }
+        Self { ready_workers: 0, in_flight: 0, capacity: 0, sequences: 0, admission_open: true }
     }
 
     /// Whether the miner can answer challenges at all, for `/availability`; `Err` carries the reason.
@@ -230,6 +232,7 @@ impl SchedulerState {
             ready_workers: self.workers.values().filter(|s| !s.retiring).count(),
             in_flight: self.in_flight,
             capacity: self.settings.max_in_flight,
+            sequences: self.workers.values().filter(|s| !s.retiring).map(|s| s.parallel).sum(),
             admission_open: self.admission_open,
         }
     }

@@ -8,7 +8,9 @@
 //! - replay-many: one of the validator's exchanges, captured, replayed from 16 addresses.
 //! - relay: an exchange the validator signed for another miner, its wrapped key swapped for one
 //!   the relayer chose; the relayer then keeps deadline-length challenges in flight as the
-//!   validator. Twice: with no address reported for the validator, then with its own reported
+//!   validator. Three times: with no address reported for the validator, from one relayer address
+//!   (the two addresses split the validator's share) and from eight (the limit of what a split can
+//!   do: only a report tells the validator's address from a relayer's), then with its own reported
 //!   (the Challenge API's `ip`, its axon), where the relayer gets only the small shared share.
 //! - hog (issue 30): 3,000 connections from one address trickling headers or bodies, reopened
 //!   when dropped ([`super::hog`]); the validator's `/availability` polls and challenges meanwhile.
@@ -149,31 +151,39 @@ pub async fn shares(plan: SharePlan) -> anyhow::Result<()> {
         );
     }
     // relay: the validator's exchange for another miner, with the relayer's own key; first with
-    // no address reported for the validator (every address its exchanges come from has a share of
-    // its own), then with 127.0.0.1 reported, as the Challenge API's `ip` or its axon report it.
-    for reported in [false, true].into_iter().filter(|_| plan.relay) {
+    // no address reported for the validator (its addresses split its share), from one address and
+    // then from eight, then with 127.0.0.1 reported, as the Challenge API's `ip` or its axon
+    // report it.
+    let phases = [(false, 1u8, "relay:"), (false, 8, "relay ×8:"), (true, 1, "relay (home):")];
+    for (n, (reported, addresses, name)) in phases.into_iter().filter(|_| plan.relay).enumerate() {
         if reported {
             let home = [(validator.ss58().to_string(), [IpAddr::from([127, 0, 0, 1])].into())].into();
             auth.set_reported_addresses(Source::ChallengeApi, home);
         }
-        let uuid = if reported { "relayed-reported" } else { "relayed" };
-        let (theirs, _) = FernetKey::generate();
-        let their_wrapped = wrap_fernet_key(&pem, &theirs)?;
-        let for_them =
-            key_exchange_body(&validator, &their_wrapped, "theirs", &uuid::Uuid::new_v4().to_string(), unix_time_f64());
-        let (chosen_text, chosen) = FernetKey::generate();
-        let relayed = for_them
-            .replace(&their_wrapped, &wrap_fernet_key(&pem, &chosen_text)?)
-            .replace("\"theirs\"", &format!("\"{uuid}\""));
-        let mut relayer = ValidatorClient::from_address(&url, validator.clone(), loopback(2));
-        let (status, _) = relayer.post_exchange(relayed).await?;
-        relayer.use_key(uuid, chosen);
+        let mut relayers = Vec::new();
+        let mut statuses = Vec::new();
+        for a in 0..addresses {
+            // Each relayer address makes its own key from another exchange the validator signed.
+            let uuid = format!("relayed-{n}-{a}");
+            let (theirs, _) = FernetKey::generate();
+            let their_wrapped = wrap_fernet_key(&pem, &theirs)?;
+            let nonce = uuid::Uuid::new_v4().to_string();
+            let for_them = key_exchange_body(&validator, &their_wrapped, "theirs", &nonce, unix_time_f64());
+            let (chosen_text, chosen) = FernetKey::generate();
+            let relayed = for_them
+                .replace(&their_wrapped, &wrap_fernet_key(&pem, &chosen_text)?)
+                .replace("\"theirs\"", &format!("\"{uuid}\""));
+            let mut relayer = ValidatorClient::from_address(&url, validator.clone(), loopback(2 + a));
+            statuses.push(relayer.post_exchange(relayed).await?.0);
+            relayer.use_key(&uuid, chosen);
+            relayers.push(relayer);
+        }
         let stop_relay = Arc::new(AtomicBool::new(false));
         let (admitted, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let mut holders = Vec::new();
-        for _ in 0..plan.relay_in_flight {
-            let (relayer, stop_relay, admitted, refused) =
-                (relayer.clone(), stop_relay.clone(), admitted.clone(), refused.clone());
+        for i in 0..plan.relay_in_flight.max(relayers.len()) {
+            let relayer = relayers[i % relayers.len()].clone();
+            let (stop_relay, admitted, refused) = (stop_relay.clone(), admitted.clone(), refused.clone());
             holders.push(tokio::spawn(async move {
                 let long = challenge_body("Tell me everything you know.", 12_000, 0.7);
                 while !stop_relay.load(Ordering::Relaxed) {
@@ -201,13 +211,14 @@ pub async fn shares(plan: SharePlan) -> anyhow::Result<()> {
         while graph.status_now().in_flight > 0 && Instant::now() < drained {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        statuses.dedup();
         line(
-            if reported { "relay (home):" } else { "relay:" },
+            name,
             &during,
             &alone,
             format!(
-                "relayed exchange {status}; the relayer held {in_flight_by_relayer} challenges in flight (tried {}), {} of its challenges answered, {} refused",
-                plan.relay_in_flight,
+                "relayed exchanges {statuses:?} from {addresses} address(es); the relayer held {in_flight_by_relayer} challenges in flight (tried {}), {} of its challenges answered, {} refused",
+                plan.relay_in_flight.max(relayers.len()),
                 admitted.load(Ordering::Relaxed),
                 refused.load(Ordering::Relaxed)
             ),

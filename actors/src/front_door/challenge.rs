@@ -152,16 +152,34 @@ pub fn reply_margin(deadline: Duration) -> Duration {
 /// challenge leaves by).
 struct ValidatorSlot<'a> {
     counts: &'a DashMap<String, usize>,
-    hotkey: String,
+    /// The share's bucket, then its pool's when it has one.
+    buckets: Vec<String>,
 }
 
 impl Drop for ValidatorSlot<'_> {
     fn drop(&mut self) {
-        if let Some(mut n) = self.counts.get_mut(&self.hotkey) {
-            *n = n.saturating_sub(1);
+        for bucket in &self.buckets {
+            release(self.counts, bucket);
         }
-        self.counts.remove_if(&self.hotkey, |_, n| *n == 0);
     }
+}
+
+fn release(counts: &DashMap<String, usize>, bucket: &str) {
+    if let Some(mut n) = counts.get_mut(bucket) {
+        *n = n.saturating_sub(1);
+    }
+    counts.remove_if(bucket, |_, n| *n == 0);
+}
+
+/// Takes one of `bucket`'s `cap` slots; false when all are taken. One entry at a time: a DashMap
+/// entry locks its shard, so two held at once could deadlock on a shared shard.
+fn take(counts: &DashMap<String, usize>, bucket: &str, cap: usize) -> bool {
+    let mut n = counts.entry(bucket.to_string()).or_insert(0);
+    if *n >= cap {
+        return false;
+    }
+    *n += 1;
+    true
 }
 
 impl MinerGraph {
@@ -257,19 +275,30 @@ impl MinerGraph {
 
     /// A slot of the validator's in-flight share for this key's address ([`Share`]).
     fn take_validator_slot(&self, share: &Share) -> Result<ValidatorSlot<'_>, ChallengeError> {
+        let counts = &*self.validator_in_flight;
+        let busy = |reason: String| ChallengeError::Busy { reason, retry_after_secs: 1 };
+        let mut slot = ValidatorSlot { counts, buckets: Vec::with_capacity(2) };
+        if let Some((pool, cap)) = &share.pool {
+            if !take(counts, pool, *cap) {
+                return Err(busy(format!(
+                    "this validator's keys from its newer addresses, none of them reported, already have {cap} challenges in flight"
+                )));
+            }
+            slot.buckets.push(pool.clone());
+        }
         let cap = share.cap;
-        let mut n = self.validator_in_flight.entry(share.bucket.clone()).or_insert(0);
-        if *n >= cap {
-            let reason = if share.elsewhere {
+        if !take(counts, &share.bucket, cap) {
+            // `slot` drops here and gives the pool's slot back.
+            return Err(busy(if share.elsewhere {
                 format!("this validator's keys from unreported addresses already have {cap} challenges in flight")
+            } else if share.pool.is_some() {
+                format!("this address's part of the validator's share, {cap} challenges, is in flight")
             } else {
                 format!("this validator already has {cap} challenges in flight")
-            };
-            return Err(ChallengeError::Busy { reason, retry_after_secs: 1 });
+            }));
         }
-        *n += 1;
-        drop(n);
-        Ok(ValidatorSlot { counts: &self.validator_in_flight, hotkey: share.bucket.clone() })
+        slot.buckets.push(share.bucket.clone());
+        Ok(slot)
     }
 
     /// Runs the challenge through the scheduler and builds the reply with the timing echo.

@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -158,6 +158,12 @@ impl KeyStore {
     /// The live key for (hotkey, uuid): a map read, no mailbox.
     pub fn lookup(&self, hotkey: &str, uuid: &str) -> Option<LiveKeyEntry> {
         self.live.get(hotkey, uuid)
+    }
+
+    /// The distinct exchange addresses of `hotkey`'s live keys, the longest present first (see
+    /// [`LiveKeys::origins`]): a map read, no mailbox.
+    pub fn live_origins(&self, hotkey: &str) -> Vec<(IpAddr, Instant)> {
+        self.live.origins(hotkey)
     }
 
     /// Marks `nonce` used by `hotkey` for `remember_for`; a nonce already used is refused.
