@@ -341,16 +341,37 @@ fn run(dev: bool) -> anyhow::Result<()> {
         chain_url: None,
         listen: (cfg.api_host.clone(), cfg.api_port),
     };
+    // Registered once, before the first wait that a stop may interrupt, so that none is missed.
+    let mut term = {
+        let _runtime = actors.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?
+    };
     // Servers the miner runs itself come up before the workers that call them.
     let server_specs = workers::managed_servers(&cfg).context("invalid configuration")?;
     let servers = actors.block_on(async {
         let servers = ManagedServers::start(server_specs);
-        if !servers.is_empty() {
-            tracing::info!("waiting for the backend servers to answer /v1/models");
-            servers.wait_ready().await;
+        if servers.is_empty() {
+            return Some(servers);
         }
-        servers
+        tracing::info!("waiting for the backend servers to answer /v1/models");
+        // A model can load for many minutes: a stop meanwhile stops the servers (and what they
+        // left in their groups) as a stop later does; the kernel's parent-death signal, were the
+        // miner to die of the SIGTERM, would reach their leaders only.
+        let stop = tokio::select! {
+            _ = servers.wait_ready() => false,
+            _ = tokio::signal::ctrl_c() => true,
+            _ = term.recv() => true,
+        };
+        if stop {
+            tracing::info!("stopped while waiting for the backend servers; stopping them");
+            servers.stop().await;
+            return None;
+        }
+        Some(servers)
     });
+    let Some(servers) = servers else {
+        return Ok(());
+    };
     let node = actors.block_on(Node::start(&cfg, parts))?;
     if chain_url.is_none() {
         actors.block_on(node.start_challenge_api(&cfg, &hotkey))?;
@@ -369,7 +390,6 @@ fn run(dev: bool) -> anyhow::Result<()> {
 
     let outcome = actors.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
         let mut hup = signal(SignalKind::hangup())?;
         let (mut src, mut cfg) = (src, cfg);
         let chain_cfg = cfg.clone();

@@ -640,6 +640,176 @@ fn a_quoted_argument_in_a_managed_servers_command_reaches_it_whole() {
     assert_eq!(argv, ["--chat-template", "{{ a b }}", "two words", "plain"]);
 }
 
+/// The miner with only managed servers in `WORKERS` (no model; their workers wait for a
+/// `/v1/models` that never answers), its stdout and stderr collected as lines decoded here, and
+/// stopped (SIGTERM, then waited for) however the test ends.
+struct ManagedOnly {
+    child: std::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ManagedOnly {
+    fn start(dir: &Path, workers: &serde_json::Value) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_loosh-miner"))
+            .arg("--dev")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", std::env::var("HOME").unwrap_or_default())
+            .env("API_PORT", common::free_port().to_string())
+            .env("METRICS_PORT", common::free_port().to_string())
+            .env("WORKERS", workers.to_string())
+            .current_dir(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
+        let err: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
+        for stream in [out, err] {
+            let sink = log.clone();
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(stream);
+                let mut line = Vec::new();
+                while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                    sink.lock().unwrap().push(String::from_utf8_lossy(&line).trim_end().to_string());
+                    line.clear();
+                }
+            });
+        }
+        Self { child, log }
+    }
+
+    /// Waits (bounded) for a line containing `needle` among those from the `from`th on; returns it.
+    fn wait_for_log(&mut self, needle: &str, from: usize) -> String {
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().skip(from).find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the miner exited ({status}) before logging {needle:?}:\n{}", self.lines().join("\n"));
+            }
+            assert!(Instant::now() < end, "the miner never logged {needle:?}:\n{}", self.lines().join("\n"));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, and its exit status once it has stopped its servers.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for ManagedOnly {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// Issue 33: a managed server's secrets, odd bytes and endless lines. The server is started
+/// with an API key and an HF token on its command line and a token in its environment, echoes
+/// them as servers do (its argv, an argparse `Namespace`, its environment), writes a line that is
+/// not UTF-8 and a 100 KB line, then goes on logging. The miner's log shows none of the secrets,
+/// keeps forwarding past the odd line, and cuts the long one at 8 KiB.
+#[test]
+fn a_managed_servers_secrets_odd_bytes_and_endless_lines_stay_out_of_the_miners_log() {
+    let script = r#"
+import os, sys, time
+print('argv:', sys.argv, flush=True)
+sys.stderr.write('Namespace(api_key=%r, port=1)\n' % sys.argv[2])
+sys.stderr.flush()
+print('env token:', os.environ['HF_TOKEN'], flush=True)
+sys.stdout.buffer.write(b'odd bytes \xff\xfe here\n' + b'x' * 100000 + b'\n')
+sys.stdout.buffer.flush()
+print('still forwarding after the odd lines', flush=True)
+time.sleep(600)
+"#;
+    let command = serde_json::json!([
+        common::python(),
+        "-c",
+        script,
+        "--api-key",
+        "sekrit-value",
+        "--hf-token=sekrit-token",
+        "--port",
+        "1"
+    ]);
+    let workers = serde_json::json!([{
+        "kind": "openai", "name": "managed", "base_url": format!("http://127.0.0.1:{}/v1", common::free_port()),
+        "model": "m", "command": command, "env": {"HF_TOKEN": "sekrit-env"}, "ready_timeout_s": 600
+    }]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut miner = ManagedOnly::start(dir.path(), &workers);
+    let started = miner.wait_for_log("backend server started", 0);
+    assert!(started.contains("--api-key *** --hf-token=*** --port 1"), "the command, its secrets masked: {started}");
+    miner.wait_for_log("[managed] argv:", 0);
+    miner.wait_for_log("[managed] Namespace(api_key=", 0);
+    miner.wait_for_log("[managed] env token: ***", 0);
+    miner.wait_for_log("[managed] still forwarding after the odd lines", 0);
+
+    let lines = miner.lines();
+    let odd = lines.iter().find(|l| l.contains("[managed] odd bytes")).expect("the odd line is forwarded");
+    assert!(odd.contains("odd bytes \u{fffd}\u{fffd} here"), "decoded lossily: {odd}");
+    let long = lines.iter().find(|l| l.contains("[managed] xxxx")).expect("the long line is forwarded, cut");
+    assert!(long.contains("[line cut: 91808 more bytes dropped]"), "{}", &long[long.len().saturating_sub(80)..]);
+    assert_eq!(long.matches('x').count(), 8 * 1024, "8 KiB of it is shown");
+    for line in &lines {
+        assert!(!line.contains("sekrit"), "a secret reached the log: {line}");
+        assert!(line.len() < 8 * 1024 + 256, "a line of {} bytes reached the log", line.len());
+    }
+}
+
+/// Issue 33: a managed server whose leader dies leaves nothing behind. The leader starts a child
+/// that ignores SIGTERM, then is killed with SIGKILL (which reaches it alone): the miner kills
+/// what is left of its process group, restarts the server, and on shutdown does the same for the
+/// new leader's child, which SIGTERM to the group did not end.
+#[test]
+fn what_a_managed_servers_leader_leaves_in_its_process_group_dies_with_it() {
+    let script = "(trap '' TERM; exec sleep 1000) & echo \"grandchild $!\"; exec sleep 1000";
+    let workers = serde_json::json!([{
+        "kind": "openai", "name": "managed", "base_url": format!("http://127.0.0.1:{}/v1", common::free_port()),
+        "model": "m", "command": ["sh", "-c", script], "ready_timeout_s": 600
+    }]);
+    let grandchild = |line: &str| -> u32 {
+        line.rsplit("grandchild ").next().and_then(|p| p.trim().parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut miner = ManagedOnly::start(dir.path(), &workers);
+    let leader = started_pid(&miner.wait_for_log("backend server started", 0));
+    let first = grandchild(&miner.wait_for_log("[managed] grandchild ", 0));
+    assert!(common::process_alive(first), "the server's child runs");
+
+    let seen = miner.lines().len();
+    assert!(Command::new("kill").args(["-KILL", &leader.to_string()]).status().unwrap().success());
+    wait_until("the dead leader's child to be killed", || !common::process_alive(first));
+    miner.wait_for_log("left processes behind; killed its process group", seen);
+
+    // Restarted; the miner's shutdown ends the new leader's child too, though it ignores SIGTERM.
+    miner.wait_for_log("backend server exited; restarting", seen);
+    let second = grandchild(&miner.wait_for_log("[managed] grandchild ", seen));
+    assert!(second != first && common::process_alive(second));
+    assert!(miner.stop().success(), "a clean exit after SIGTERM");
+    wait_until("the restarted leader's child to be killed at shutdown", || !common::process_alive(second));
+}
+
+/// Polls `check` (bounded) from a plain thread: for a state change the test caused.
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn config_reads_what_python_dotenv_reads_and_names_each_unreadable_line_without_its_value() {
     let dir = tempfile::tempdir().unwrap();

@@ -385,7 +385,7 @@ impl MinerGraph {
         request: GenerationRequest,
     ) -> Result<Generation, ScheduleError> {
         let validator = validator.map(str::to_string);
-        match self.scheduler.call(|reply| SchedulerMsg::Submit { request, reply, avoid: None, validator }, None).await {
+        match self.scheduler.call(|reply| SchedulerMsg::Submit { request, reply, rerun: None, validator }, None).await {
             Ok(ractor::rpc::CallResult::Success(result)) => result,
             _ => Err(ScheduleError::NoWorker),
         }

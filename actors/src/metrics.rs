@@ -47,6 +47,9 @@ pub struct Metrics {
     pub hedges: IntCounter,
     /// Hedged challenges by which attempt produced the first token: `first` or `hedge`.
     pub hedge_wins: IntCounterVec,
+    /// Challenges run once more after their worker died, by where: `sibling` or `restarted` (the
+    /// same worker, back with a fresh engine).
+    pub reruns: IntCounterVec,
     pub in_flight: IntGauge,
     pub workers_ready: IntGauge,
     pub worker_restarts: IntCounterVec,
@@ -258,6 +261,11 @@ impl Metrics {
                 &["winner"],
             )
             .unwrap(),
+            reruns: IntCounterVec::new(
+                Opts::new("loosh_challenge_reruns_total", "Challenges run once more after their worker died, by where"),
+                &["on"],
+            )
+            .unwrap(),
             in_flight: IntGauge::new("loosh_challenges_in_flight", "Challenges admitted and not yet answered").unwrap(),
             workers_ready: IntGauge::new("loosh_workers_ready", "Backend workers ready to take work").unwrap(),
             worker_restarts: IntCounterVec::new(
@@ -360,6 +368,7 @@ impl Metrics {
             &m.no_answer,
             &m.admission_refusals,
             &m.hedge_wins,
+            &m.reruns,
         ] {
             m.registry.register(Box::new(c.clone())).unwrap();
         }

@@ -5,10 +5,12 @@
 //! time to answer usefully before its deadline is refused at once with a retry hint, never parked
 //! until it comes back empty. Among ready workers it picks the one expected to have a useful
 //! answer first. A challenge whose first token is late is hedged on an idle sibling
-//! ([`crate::hedging`]); one whose worker dies is re-dispatched once to a sibling when its
-//! deadline leaves room. The supervisor tells it which workers are up. Its status is published on
-//! a `watch` channel after every message, so `/availability` and the front door's readiness check
-//! read it without a mailbox round trip.
+//! ([`crate::hedging`]). One whose worker dies is run once more, from its prompt, when its
+//! deadline leaves room ([`Rerun`]): on a sibling with room, else on the same worker once its
+//! supervisor has it back with a fresh engine (a child process is back in seconds), so that a lone
+//! worker's crash costs its challenges time, not answers. The supervisor tells it which workers
+//! are up. Its status is published on a `watch` channel after every message, so `/availability`
+//! and the front door's readiness check read it without a mailbox round trip.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -45,12 +47,22 @@ pub enum ScheduleError {
     Timeout,
 }
 
+impl ScheduleError {
+    /// Nothing was started: the challenge was refused (or admission is closed).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::NoWorker | Self::Busy { .. } | Self::TooLate { .. } | Self::WaitTooLong { .. } | Self::Closed
+        )
+    }
+}
+
 pub enum SchedulerMsg {
     Submit {
         request: GenerationRequest,
         reply: RpcReplyPort<Result<Generation, ScheduleError>>,
-        /// Set when re-dispatching after a worker died: the worker not to pick again.
-        avoid: Option<String>,
+        /// Set when running the challenge once more after its worker died.
+        rerun: Option<Rerun>,
         /// The validator that sent it (none for the operator's own requests): a validator long
         /// without an answer has its next challenge taken past the wait cap.
         validator: Option<String>,
@@ -90,6 +102,33 @@ pub enum SchedulerMsg {
     },
     SetAdmission(bool),
     Status(RpcReplyPort<SchedulerStatus>),
+}
+
+/// A challenge whose worker died mid-way, submitted once more (never twice: a re-run that fails
+/// is answered with its failure). It goes to a sibling with room if there is one, else to the
+/// worker it died on once that is back under the same name; when its own engine died, it waits
+/// for that (parked until its deadline) rather than be refused. It was admitted once, so neither
+/// the in-flight cap nor the wait cap applies to it again.
+#[derive(Debug, Clone)]
+pub struct Rerun {
+    /// The worker it died on.
+    pub worker: String,
+    /// The instance that died: a worker of that name that is not this one is the restarted one.
+    /// (The re-run can reach the scheduler before the supervisor's `WorkerDown` does.)
+    pub instance: ActorId,
+    /// The worker's own engine died (`WorkerGone`): its supervisor has it back in seconds, which
+    /// is worth waiting for. A remote server that stopped answering (`Unreachable`) is restarted,
+    /// if at all, by someone else and usually in longer than a challenge has: only a sibling (or
+    /// the worker, already back) takes that one.
+    pub wait_for_restart: bool,
+}
+
+/// A re-run waiting for its worker to come back (see [`Rerun`]).
+struct Parked {
+    worker: String,
+    request: GenerationRequest,
+    reply: RpcReplyPort<Result<Generation, ScheduleError>>,
+    validator: Option<String>,
 }
 
 /// What `/availability` and `/metrics` need to know.
@@ -140,7 +179,7 @@ pub struct SchedulerSettings {
     pub max_queue_per_worker: usize,
     /// Extra time past a request's deadline to wait for its worker before giving up on it.
     pub deadline_slack: Duration,
-    /// A challenge whose worker died is re-dispatched to a sibling only with this much time left.
+    /// A challenge whose worker died is run once more only with this much time left.
     pub redispatch_min_left: Duration,
     pub admission: AdmissionSettings,
     pub hedge: HedgeSettings,
@@ -212,6 +251,9 @@ pub struct SchedulerState {
     /// When each validator last had a challenge answered (bounded: entries older than the
     /// keep-sample period say no more than an absent one, and are dropped).
     last_answered: HashMap<String, Instant>,
+    /// Re-runs waiting for their worker to come back; dropped at their deadline (bounded by the
+    /// challenges that were in flight).
+    parked: Vec<Parked>,
 }
 
 /// Why no worker was picked.
@@ -312,6 +354,106 @@ impl SchedulerState {
         Dispatch { name: name.to_string(), actor: slot.actor.clone(), job, started_free, batch }
     }
 
+    /// Places `request` on worker `name` and runs it there in a task of its own, which answers
+    /// `reply`. A first attempt whose worker dies is submitted once more as a [`Rerun`] when its
+    /// deadline leaves [`SchedulerSettings::redispatch_min_left`]; a re-run is not.
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        &mut self,
+        myself: &ActorRef<SchedulerMsg>,
+        name: &str,
+        request: GenerationRequest,
+        reply: RpcReplyPort<Result<Generation, ScheduleError>>,
+        validator: Option<String>,
+        first_attempt: bool,
+        now: Instant,
+    ) {
+        let dispatch = self.place(name, &request, now);
+        let hedge_after =
+            if self.workers.len() > 1 { self.recent_ttft.hedge_after(&self.settings.hedge) } else { None };
+        let run = Run {
+            scheduler: myself.clone(),
+            metrics: self.metrics.clone(),
+            deadline_slack: self.settings.deadline_slack,
+        };
+        let redispatch_min_left = self.settings.redispatch_min_left;
+        tokio::spawn(async move {
+            let deadline = request.deadline;
+            let retry_copy = first_attempt.then(|| request.new_attempt());
+            let first = run.launch(dispatch.clone(), request.clone());
+            let result = match hedge_after {
+                Some(after) => run.hedged(first, &dispatch.name, &request, after).await,
+                None => crate::hedging::single(first).await,
+            };
+            if let (Some(v), Ok(gen)) = (&validator, &result) {
+                if gen.completion_tokens > 0 {
+                    let _ = run.scheduler.cast(SchedulerMsg::Answered { validator: v.clone() });
+                }
+            }
+            let worker_died =
+                matches!(result, Err(ScheduleError::Backend(BackendError::WorkerGone | BackendError::Unreachable(_))));
+            let wait_for_restart = matches!(result, Err(ScheduleError::Backend(BackendError::WorkerGone)));
+            let left = deadline.saturating_duration_since(Instant::now());
+            let request = match retry_copy {
+                Some(request) if worker_died && left >= redispatch_min_left => request,
+                _ => {
+                    let _ = reply.send(result);
+                    return;
+                }
+            };
+            tracing::warn!(worker = %dispatch.name, left_ms = left.as_millis() as u64, "worker failed mid-challenge; running it once more");
+            let rerun = Some(Rerun { worker: dispatch.name, instance: dispatch.actor.get_id(), wait_for_restart });
+            let submit = |r| SchedulerMsg::Submit { request, reply: r, rerun, validator };
+            // The re-run answers by its deadline (its attempt is bounded so); past that, or if
+            // nothing could take it, the worker's failure is the real story.
+            let bound = left + 2 * run.deadline_slack;
+            match run.scheduler.call(submit, Some(bound)).await {
+                Ok(ractor::rpc::CallResult::Success(second))
+                    if !second.as_ref().is_err_and(ScheduleError::is_refusal) =>
+                {
+                    let _ = reply.send(second);
+                }
+                _ => {
+                    let _ = reply.send(result);
+                }
+            }
+        });
+    }
+
+    /// Runs a challenge once more after its worker died (see [`Rerun`]): on a sibling with room,
+    /// else on its worker if that is back already, else parked until it is.
+    fn rerun(
+        &mut self,
+        myself: &ActorRef<SchedulerMsg>,
+        rerun: Rerun,
+        request: GenerationRequest,
+        reply: RpcReplyPort<Result<Generation, ScheduleError>>,
+        validator: Option<String>,
+        now: Instant,
+    ) {
+        let sibling = self.pick(&request, Some(&rerun.worker), true, now).ok();
+        let back = self
+            .workers
+            .get(&rerun.worker)
+            .is_some_and(|s| !s.retiring && s.actor.get_id() != rerun.instance)
+            .then(|| rerun.worker.clone());
+        match sibling.or(back) {
+            Some(name) => {
+                let on = if name == rerun.worker { "restarted" } else { "sibling" };
+                tracing::info!(worker = %name, died_on = %rerun.worker, "re-running a challenge on {on} worker");
+                self.metrics.reruns.with_label_values(&[on]).inc();
+                self.dispatch(myself, &name, request, reply, validator, false, now);
+            }
+            None if rerun.wait_for_restart => {
+                tracing::info!(worker = %rerun.worker, "no sibling has room; the challenge waits for its worker to come back");
+                self.parked.push(Parked { worker: rerun.worker, request, reply, validator });
+            }
+            None => {
+                let _ = reply.send(Err(ScheduleError::NoWorker));
+            }
+        }
+    }
+
     fn retry_after_secs(&self) -> u64 {
         let per_worker = self.in_flight as f64 / self.workers.len().max(1) as f64;
         let avg = self.workers.values().map(|s| s.avg_secs).fold(0.0, f64::max).max(1.0);
@@ -339,6 +481,7 @@ impl Actor for Scheduler {
             next_job: 0,
             recent_ttft: RecentTtft::default(),
             last_answered: HashMap::new(),
+            parked: Vec::new(),
         };
         state.published.send_replace(state.status());
         Ok(state)
@@ -356,108 +499,53 @@ impl Actor for Scheduler {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SchedulerMsg::Submit { request, reply, avoid, validator } => {
+            SchedulerMsg::Submit { request, reply, rerun, validator } => {
                 if !state.admission_open {
                     let _ = reply.send(Err(ScheduleError::Closed));
                     return Ok(());
                 }
-                if state.workers.is_empty() {
-                    let _ = reply.send(Err(ScheduleError::NoWorker));
-                    return Ok(());
-                }
                 let now = Instant::now();
-                let pick = if state.in_flight < state.settings.max_in_flight {
-                    let owed = state.owed_a_sample(validator.as_deref(), now);
-                    state.pick(&request, avoid.as_deref(), owed, now)
+                if let Some(rerun) = rerun {
+                    state.rerun(&myself, rerun, request, reply, validator, now);
                 } else {
-                    Err(NoPick::Full)
-                };
-                let name = match pick {
-                    Ok(name) => name,
-                    Err(NoPick::Full) => {
-                        state.metrics.admission_refusals.with_label_values(&["full"]).inc();
-                        let err = ScheduleError::Busy {
-                            in_flight: state.in_flight,
-                            retry_after_secs: state.retry_after_secs(),
-                        };
-                        let _ = reply.send(Err(err));
+                    if state.workers.is_empty() {
+                        let _ = reply.send(Err(ScheduleError::NoWorker));
                         return Ok(());
                     }
-                    Err(NoPick::WaitTooLong { wait, slowdown, free_in }) => {
-                        let reason = if slowdown { "slowdown" } else { "wait" };
-                        state.metrics.admission_refusals.with_label_values(&[reason]).inc();
-                        let retry_after_secs = free_in.as_secs_f64().ceil().clamp(1.0, 30.0) as u64;
-                        let wait_ms = wait.as_millis().min(u128::from(u64::MAX)) as u64;
-                        let _ = reply.send(Err(ScheduleError::WaitTooLong { wait_ms, retry_after_secs }));
-                        return Ok(());
-                    }
-                    Err(NoPick::TooLate(free_in)) => {
-                        state.metrics.admission_refusals.with_label_values(&["too_late"]).inc();
-                        let retry_after_secs = free_in.as_secs_f64().ceil().clamp(1.0, 30.0) as u64;
-                        let _ = reply.send(Err(ScheduleError::TooLate { retry_after_secs }));
-                        return Ok(());
-                    }
-                };
-                let dispatch = state.place(&name, &request, now);
-                let hedge_after =
-                    if state.workers.len() > 1 { state.recent_ttft.hedge_after(&state.settings.hedge) } else { None };
-                let run = Run {
-                    scheduler: myself.clone(),
-                    metrics: state.metrics.clone(),
-                    deadline_slack: state.settings.deadline_slack,
-                };
-                let redispatch_min_left = state.settings.redispatch_min_left;
-                let first_attempt = avoid.is_none();
-                tokio::spawn(async move {
-                    let deadline = request.deadline;
-                    let retry_copy = first_attempt.then(|| request.new_attempt());
-                    let first = run.launch(dispatch.clone(), request.clone());
-                    let result = match hedge_after {
-                        Some(after) => run.hedged(first, &dispatch.name, &request, after).await,
-                        None => crate::hedging::single(first).await,
+                    let pick = if state.in_flight < state.settings.max_in_flight {
+                        let owed = state.owed_a_sample(validator.as_deref(), now);
+                        state.pick(&request, None, owed, now)
+                    } else {
+                        Err(NoPick::Full)
                     };
-                    let name = dispatch.name;
-                    if let (Some(v), Ok(gen)) = (&validator, &result) {
-                        if gen.completion_tokens > 0 {
-                            let _ = run.scheduler.cast(SchedulerMsg::Answered { validator: v.clone() });
+                    let name = match pick {
+                        Ok(name) => name,
+                        Err(NoPick::Full) => {
+                            state.metrics.admission_refusals.with_label_values(&["full"]).inc();
+                            let err = ScheduleError::Busy {
+                                in_flight: state.in_flight,
+                                retry_after_secs: state.retry_after_secs(),
+                            };
+                            let _ = reply.send(Err(err));
+                            return Ok(());
                         }
-                    }
-                    let worker_died = matches!(
-                        result,
-                        Err(ScheduleError::Backend(BackendError::WorkerGone | BackendError::Unreachable(_)))
-                    );
-                    match retry_copy {
-                        // Once, and only while the deadline leaves room for a sibling to answer.
-                        Some(request)
-                            if worker_died
-                                && deadline.saturating_duration_since(Instant::now()) >= redispatch_min_left =>
-                        {
-                            tracing::warn!(worker = %name, "worker failed mid-challenge; re-dispatching to a sibling");
-                            let avoid = Some(name);
-                            let submit = |r| SchedulerMsg::Submit { request, reply: r, avoid, validator };
-                            match run.scheduler.call(submit, None).await {
-                                // No sibling could take it: the first worker's failure is the real story.
-                                Ok(ractor::rpc::CallResult::Success(Err(
-                                    ScheduleError::Busy { .. }
-                                    | ScheduleError::WaitTooLong { .. }
-                                    | ScheduleError::NoWorker
-                                    | ScheduleError::TooLate { .. },
-                                ))) => {
-                                    let _ = reply.send(result);
-                                }
-                                Ok(ractor::rpc::CallResult::Success(second)) => {
-                                    let _ = reply.send(second);
-                                }
-                                _ => {
-                                    let _ = reply.send(result);
-                                }
-                            }
+                        Err(NoPick::WaitTooLong { wait, slowdown, free_in }) => {
+                            let reason = if slowdown { "slowdown" } else { "wait" };
+                            state.metrics.admission_refusals.with_label_values(&[reason]).inc();
+                            let retry_after_secs = free_in.as_secs_f64().ceil().clamp(1.0, 30.0) as u64;
+                            let wait_ms = wait.as_millis().min(u128::from(u64::MAX)) as u64;
+                            let _ = reply.send(Err(ScheduleError::WaitTooLong { wait_ms, retry_after_secs }));
+                            return Ok(());
                         }
-                        _ => {
-                            let _ = reply.send(result);
+                        Err(NoPick::TooLate(free_in)) => {
+                            state.metrics.admission_refusals.with_label_values(&["too_late"]).inc();
+                            let retry_after_secs = free_in.as_secs_f64().ceil().clamp(1.0, 30.0) as u64;
+                            let _ = reply.send(Err(ScheduleError::TooLate { retry_after_secs }));
+                            return Ok(());
                         }
-                    }
-                });
+                    };
+                    state.dispatch(&myself, &name, request, reply, validator, true, now);
+                }
             }
             SchedulerMsg::Hedge { first, request, reply } => {
                 let now = Instant::now();
@@ -486,12 +574,23 @@ impl Actor for Scheduler {
                     pace: Pace::default(),
                     retiring: false,
                 };
-                if let Some(old) = state.workers.insert(name, slot) {
+                if let Some(old) = state.workers.insert(name.clone(), slot) {
                     // A new instance under the same name: the old one's jobs are gone with it.
                     state.in_flight = state.in_flight.saturating_sub(old.queued());
                     state.metrics.in_flight.set(state.in_flight as i64);
                 }
                 state.metrics.workers_ready.set(state.workers.len() as i64);
+                // Re-runs waiting for this worker go first, ahead of any new challenge.
+                let now = Instant::now();
+                let (back, waiting) = std::mem::take(&mut state.parked).into_iter().partition(|p| p.worker == name);
+                state.parked = waiting;
+                for Parked { request, reply, validator, .. } in back {
+                    if request.deadline > now && !reply.is_closed() {
+                        tracing::info!(worker = %name, "re-running a challenge on its restarted worker");
+                        state.metrics.reruns.with_label_values(&["restarted"]).inc();
+                        state.dispatch(&myself, &name, request, reply, validator, false, now);
+                    }
+                }
             }
             SchedulerMsg::WorkerDown { name } => {
                 if let Some(slot) = state.workers.remove(&name) {
@@ -547,6 +646,10 @@ impl Actor for Scheduler {
                 let _ = reply.send(state.status());
             }
         }
+        // A parked re-run whose deadline passed (or whose caller gave up) is answered by its
+        // first failure: dropping its port tells the task holding that.
+        let at = Instant::now();
+        state.parked.retain(|p| p.request.deadline > at && !p.reply.is_closed());
         let now = state.status();
         state.published.send_if_modified(|s| std::mem::replace(s, now.clone()) != now);
         Ok(())

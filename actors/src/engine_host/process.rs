@@ -34,7 +34,8 @@ pub struct ChildEngine {
     /// Job ids, assigned here so that a job's cancellation can name it.
     next_id: std::sync::atomic::AtomicU64,
     pid: u32,
-    /// True once the child is reaped: its pid may then belong to another process.
+    /// True once the child is reaped: its pid may then belong to another process. Held only to
+    /// read or set it (and around the `kill` it guards), never while waiting for the child.
     reaped: Arc<Mutex<bool>>,
 }
 
@@ -225,6 +226,10 @@ fn host(_live: LiveEngine, args: ChildArgs, ready: oneshot::Sender<Result<(Child
         tracing::error!(worker = %name, pid, error = %e, "unreadable frame from the engine process; killing it");
         let _ = child.kill();
     }
+    // Wait for the exit without reaping (the pid stays ours meanwhile, so a `kill` cannot reach
+    // another process), then reap under the lock: the lock is never held while the child runs,
+    // so the watchdog's `kill` of a hung child is never blocked behind this wait.
+    wait_exited(pid);
     let status = {
         let mut reaped = reaped.lock().unwrap_or_else(|e| e.into_inner());
         let status = child.wait();
@@ -263,6 +268,21 @@ fn host(_live: LiveEngine, args: ChildArgs, ready: oneshot::Sender<Result<(Child
         }
         None => {
             let _ = worker.cast(WorkerMsg::EngineExited { reason });
+        }
+    }
+}
+
+/// Blocks until child `pid` has exited, leaving it unreaped (`WNOWAIT`): a zombie whose pid no
+/// other process can take until it is reaped. Returns at once if it cannot be waited for (it is
+/// then reaped, or fails to be, by the caller's `wait`).
+fn wait_exited(pid: u32) {
+    let id = libc::id_t::from(pid);
+    loop {
+        // SAFETY: waitid writes only into `info`, which lives across the call.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::waitid(libc::P_PID, id, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
         }
     }
 }
