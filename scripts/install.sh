@@ -147,6 +147,15 @@ if [ "$WANT_TEST" -eq 1 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends faketime >/dev/null
   fi
 
+  # 4c'''. Prometheus and promtool (Debian's package, as an operator installs them), with which the
+  # tests evaluate deploy/'s dashboard and alert rules against a running miner. Only the binaries
+  # are used: the package's own service is neither needed nor started by the tests.
+  if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+    say "apt: installing prometheus (the dashboard and alert rules, in the tests)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  fi
+
   # 4c'. systemd-analyze, with which the tests verify deploy/loosh-miner.service as systemd reads it.
   if ! command -v systemd-analyze >/dev/null 2>&1; then
     say "apt: installing systemd (for systemd-analyze verify)"

@@ -131,7 +131,12 @@ impl Node {
         let placed: Vec<(String, String)> = parts.workers.iter().map(|w| (w.name.clone(), worker_place(w))).collect();
         let graph = spawn_graph(cfg, parts.workers, rsa, parts.auth.clone()).await?;
         for (name, place) in &placed {
-            graph.metrics.worker_info.with_label_values(&[name, place]).set(1);
+            let m = &graph.metrics;
+            m.worker_info.with_label_values(&[name, place]).set(1);
+            // At zero from the start, so that a restart loop's alert has a series to rise from.
+            m.worker_restarts.with_label_values(&[name]);
+            m.engine_stalls.with_label_values(&[name]);
+            m.worker_down.with_label_values(&[name]);
         }
         crate::process_metrics::register(&graph.metrics.registry)?;
         if let Some(url) = parts.chain_url {

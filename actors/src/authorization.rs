@@ -218,6 +218,18 @@ impl ValidatorAuth {
         self.strict_addresses.store(strict, Ordering::Relaxed);
     }
 
+    /// Every listed hotkey (chain, Challenge API, `VALIDATOR_HOTKEYS`) that is not denied: the
+    /// validators whose per-validator series `/metrics` shows from the start, so that an alert
+    /// sees one that never sends work (see `Metrics::validators`).
+    pub fn listed(&self) -> Vec<String> {
+        let denied = self.denied.read().unwrap_or_else(|e| e.into_inner());
+        let sets = self.sets.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<String> = sets.iter().flatten().filter(|h| !denied.contains(*h)).cloned().collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Hotkeys currently allowed (the union of every source).
     pub fn allowed_count(&self) -> usize {
         self.union_len()
@@ -257,6 +269,16 @@ mod tests {
             auth.set_denied(HashSet::new());
             assert!(auth.is_allowed("5Listed"), "allowed again once off the deny list");
         }
+    }
+
+    #[test]
+    fn the_listed_validators_are_every_sources_less_the_denied_once_each() {
+        let auth = ValidatorAuth::new(true, ["5B".to_string(), "5A".to_string()]);
+        auth.replace(Source::Chain, ["5A".to_string(), "5C".to_string()].into_iter().collect());
+        assert_eq!(auth.listed(), ["5A", "5B", "5C"]);
+        auth.set_denied(["5C".to_string()].into_iter().collect());
+        assert_eq!(auth.listed(), ["5A", "5B"]);
+        assert!(ValidatorAuth::allow_all().listed().is_empty(), "allow-all lists no one");
     }
 
     #[test]

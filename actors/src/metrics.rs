@@ -51,6 +51,8 @@ pub struct Metrics {
     /// same worker, back with a fresh engine).
     pub reruns: IntCounterVec,
     pub in_flight: IntGauge,
+    /// 1 while `/availability` answers `true` (read at each scrape and each poll).
+    pub available: IntGauge,
     pub workers_ready: IntGauge,
     pub worker_restarts: IntCounterVec,
     /// Embedded engines failed by the watchdog because a step stalled.
@@ -102,6 +104,9 @@ pub struct Metrics {
 /// Why a validator sends no work, from `/metrics` alone: when it last exchanged a key and sent a
 /// challenge, how its challenges ended, how long they took, and the stake the chain gives it.
 pub struct ValidatorMetrics {
+    /// `/availability` answers to each validator, by answer (`true`, `false`): selection as the
+    /// validator sees it (3 h without `true` zeroes its weight).
+    pub availability: IntCounterVec,
     pub stake: GaugeVec,
     pub last_key_exchange: GaugeVec,
     pub last_challenge: GaugeVec,
@@ -113,6 +118,14 @@ impl ValidatorMetrics {
     fn new(latency_buckets: Vec<f64>) -> Self {
         let gauge = |name: &str, help: &str| GaugeVec::new(Opts::new(name, help), &["validator"]).unwrap();
         Self {
+            availability: IntCounterVec::new(
+                Opts::new(
+                    "loosh_validator_availability_polls_total",
+                    "`/availability` answers to a validator, by what they said",
+                ),
+                &["validator", "available"],
+            )
+            .unwrap(),
             stake: gauge("loosh_validator_stake_alpha", "A permitted validator's alpha stake at the last sync"),
             last_key_exchange: gauge(
                 "loosh_validator_last_key_exchange_timestamp_seconds",
@@ -148,6 +161,21 @@ impl ValidatorMetrics {
         self.latency.with_label_values(&[validator]).observe(secs);
     }
 
+    /// Makes a listed validator's answered count and availability answers visible at zero before
+    /// it sends anything: a validator that never gets an answer from us must show as one (24 h
+    /// without a sample of ours zeroes our weight from it), not as a missing series no alert sees.
+    pub fn listed(&self, validator: &str) {
+        self.challenges.with_label_values(&[validator, "ok"]);
+        for answer in ["true", "false"] {
+            self.availability.with_label_values(&[validator, answer]);
+        }
+    }
+
+    /// An `/availability` answer to `validator` (a listed hotkey).
+    pub fn availability_answered(&self, validator: &str, available: bool) {
+        self.availability.with_label_values(&[validator, if available { "true" } else { "false" }]).inc();
+    }
+
     /// Drops every series of a validator that is no longer allowed.
     pub fn forget(&self, validator: &str) {
         for g in [&self.stake, &self.last_key_exchange, &self.last_challenge] {
@@ -163,6 +191,9 @@ impl ValidatorMetrics {
                 let _ = self.challenges.remove_label_values(&[validator, labels["outcome"]]);
             }
         }
+        for answer in ["true", "false"] {
+            let _ = self.availability.remove_label_values(&[validator, answer]);
+        }
     }
 
     fn register(&self, registry: &Registry) {
@@ -171,6 +202,7 @@ impl ValidatorMetrics {
         }
         registry.register(Box::new(self.challenges.clone())).unwrap();
         registry.register(Box::new(self.latency.clone())).unwrap();
+        registry.register(Box::new(self.availability.clone())).unwrap();
     }
 }
 
@@ -267,6 +299,7 @@ impl Metrics {
             )
             .unwrap(),
             in_flight: IntGauge::new("loosh_challenges_in_flight", "Challenges admitted and not yet answered").unwrap(),
+            available: IntGauge::new("loosh_available", "1 while /availability answers true").unwrap(),
             workers_ready: IntGauge::new("loosh_workers_ready", "Backend workers ready to take work").unwrap(),
             worker_restarts: IntCounterVec::new(
                 Opts::new("loosh_worker_restarts_total", "Backend worker restarts"),
@@ -379,7 +412,7 @@ impl Metrics {
         for c in [&m.tokens_generated, &m.prompt_tokens, &m.deadline_cuts, &m.rsa_operations, &m.hedges] {
             m.registry.register(Box::new(c.clone())).unwrap();
         }
-        for g in [&m.in_flight, &m.workers_ready, &m.key_sessions] {
+        for g in [&m.in_flight, &m.available, &m.workers_ready, &m.key_sessions] {
             m.registry.register(Box::new(g.clone())).unwrap();
         }
         m.registry.register(Box::new(m.worker_down.clone())).unwrap();

@@ -30,21 +30,25 @@ pub async fn availability(state: web::Data<AppState>, req: HttpRequest) -> Resul
     if claimed.is_some() && !allowed {
         return Ok(unavailable("this validator is not allowed on this miner"));
     }
-    Ok(availability_now(&state))
+    let reason = unavailable_reason(&state);
+    if let Some(hotkey) = claimed.filter(|h| state.graph.auth.is_listed(h)) {
+        state.graph.metrics.validators.availability_answered(hotkey, reason.is_none());
+    }
+    Ok(match reason {
+        None => HttpResponse::Ok().json(json!({ "available": true })),
+        Some(reason) => unavailable(reason),
+    })
 }
 
 fn unavailable(reason: &str) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "available": false, "reason": reason }))
 }
 
-fn availability_now(state: &AppState) -> HttpResponse {
-    if let Some(reason) = state.graph.auth.unavailable_reason() {
-        return unavailable(reason);
-    }
-    match state.graph.status_now().availability() {
-        Ok(()) => HttpResponse::Ok().json(json!({ "available": true })),
-        Err(reason) => unavailable(reason),
-    }
+/// Why `/availability` would say `false` now (`None`: it says `true`); kept in `loosh_available`.
+fn unavailable_reason(state: &AppState) -> Option<&'static str> {
+    let reason = state.graph.auth.unavailable_reason().or_else(|| state.graph.status_now().availability().err());
+    state.graph.metrics.available.set(i64::from(reason.is_none()));
+    reason
 }
 
 /// Since when no worker has been ready, as `/health` saw it: from the start until a worker is first
@@ -108,5 +112,9 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let m = &state.graph.metrics;
     m.key_sessions.set(state.graph.keys.sessions() as i64);
+    unavailable_reason(&state);
+    for validator in state.graph.auth.listed() {
+        m.validators.listed(&validator);
+    }
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(m.render())
 }
