@@ -73,8 +73,14 @@ enum Command {
 
 /// `EX_CONFIG` (sysexits.h): the configuration is wrong and no restart helps; the systemd unit's
 /// `RestartPreventExitStatus` and the PM2 file's `stop_exit_codes` name it. Any other failure
-/// exits 1 and is restarted.
+/// exits 1 (or [`EXIT_SOFTWARE`]) and is restarted.
 const EXIT_CONFIG: i32 = 78;
+
+/// `EX_SOFTWARE` (sysexits.h): a core actor (the scheduler, the key registry, the worker
+/// supervisor, a chain actor) crashed more often than its restart policy allows, or the actor
+/// graph's root failed. The node stopped answering; systemd's `Restart=on-failure` (or PM2)
+/// starts a fresh process.
+const EXIT_SOFTWARE: i32 = 70;
 
 /// Whether a failed start is the configuration's fault: a restart with the same file fails again.
 fn is_configuration_error(e: &anyhow::Error) -> bool {
@@ -97,6 +103,10 @@ fn main() -> anyhow::Result<()> {
                 tracing::error!("configuration error, not restarting (exit {EXIT_CONFIG}): {e:#}");
                 eprintln!("Error: {e:?}");
                 std::process::exit(EXIT_CONFIG);
+            }
+            Err(e) if e.is::<loosh_actors::graph::GraphFailure>() => {
+                eprintln!("Error: {e:?} (exit {EXIT_SOFTWARE})");
+                std::process::exit(EXIT_SOFTWARE);
             }
             other => other,
         },
@@ -400,6 +410,11 @@ fn run(dev: bool) -> anyhow::Result<()> {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break Ok(()),
                 _ = term.recv() => break Ok(()),
+                failure = node.graph.failed() => {
+                    // Logged here, while the log (a file, perhaps) is still open.
+                    tracing::error!(%failure, "the node cannot keep serving: stopping it, exiting {EXIT_SOFTWARE} for a restart");
+                    break Err(failure.into());
+                }
                 _ = hup.recv() => {
                     if let Some((new_src, new_cfg)) = reload(dev, &src, &cfg, &node, &auth, &gpus).await {
                         (src, cfg) = (new_src, new_cfg);
@@ -438,7 +453,7 @@ fn run(dev: bool) -> anyhow::Result<()> {
 
 /// Opens or closes admission (`/availability` says `admission closed` while it is closed).
 fn set_admission(node: &Node, open: bool) {
-    let _ = node.graph.scheduler.cast(loosh_actors::scheduler::SchedulerMsg::SetAdmission(open));
+    node.graph.set_admission(open);
 }
 
 /// Raises the soft limit on open files to the hard one, as nginx and most servers do: each

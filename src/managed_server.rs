@@ -2,8 +2,8 @@
 //! the `command` that serves it (`vllm serve MODEL --port 8101`, with `env` such as
 //! `CUDA_VISIBLE_DEVICES=1`). Each runs in its own process group under a small supervisor task:
 //! its output goes to the miner's log prefixed with the worker's name, an exit is followed by a
-//! restart with backoff (at most [`MAX_RESTARTS`] in [`RESTART_WINDOW`], then it stays down and
-//! the log says so), and the miner's shutdown stops it (SIGTERM to the group, SIGKILL after
+//! restart with backoff (under [`RESTART_POLICY`], then it stays down and the log says so: the
+//! other workers still answer), and the miner's shutdown stops it (SIGTERM to the group, SIGKILL after
 //! [`STOP_GRACE`]). Whenever the server's leader process ends, what it left in its group is
 //! killed, and if the miner itself is killed, the kernel ends the server too
 //! (`PR_SET_PDEATHSIG`), so no orphan keeps a GPU.
@@ -18,20 +18,19 @@
 //! take many minutes to load, longer than a worker's own restart budget.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use loosh_actors::supervision::{Decision, RestartHistory, RestartPolicy};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 
-/// Restarts allowed within [`RESTART_WINDOW`] before a server is left down.
-pub const MAX_RESTARTS: usize = 10;
-pub const RESTART_WINDOW: Duration = Duration::from_secs(600);
-const BACKOFF_FIRST: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// How a server that exits is restarted: ten times in ten minutes, waiting 1 s doubled up to a
+/// minute (a server that ran longer than that before it exited starts over at 1 s).
+pub const RESTART_POLICY: RestartPolicy = RestartPolicy::TEN_IN_TEN_MINUTES;
 /// How long a stopping server gets after SIGTERM (vLLM frees GPU memory on the way out).
 pub const STOP_GRACE: Duration = Duration::from_secs(30);
 /// The most of one output line forwarded to the log; the rest of a longer line is dropped (and
@@ -188,8 +187,7 @@ async fn wait_for_models(base_url: &str, timeout: Duration) -> bool {
 /// Runs one server until told to stop, restarting it with backoff when it exits.
 async fn supervise(spec: ServerSpec, mut stop: watch::Receiver<bool>) {
     let name = spec.worker.clone();
-    let mut recent: VecDeque<Instant> = VecDeque::new();
-    let mut backoff = BACKOFF_FIRST;
+    let mut history = RestartHistory::default();
     let secrets = Arc::new(Secrets::of(&spec));
     // Masked argument by argument; shown escaped (`?`): an argument may hold a newline.
     let command = spec.argv.iter().map(|a| secrets.redact(a)).collect::<Vec<_>>().join(" ");
@@ -205,7 +203,7 @@ async fn supervise(spec: ServerSpec, mut stop: watch::Receiver<bool>) {
         };
         let pid = child.id();
         tracing::info!(worker = %name, pid, ?command, "backend server started");
-        let started = Instant::now();
+        history.started(Instant::now());
         let status = tokio::select! {
             status = child.wait() => Some(status),
             _ = stop.wait_for(|s| *s) => None,
@@ -216,25 +214,20 @@ async fn supervise(spec: ServerSpec, mut stop: watch::Receiver<bool>) {
         };
         kill_leftovers(&name, pid);
         let how = status.map_or_else(|e| e.to_string(), |s| s.to_string());
-        // A server that ran a while before failing gets the short backoff again.
-        if started.elapsed() > BACKOFF_MAX {
-            backoff = BACKOFF_FIRST;
-        }
-        let now = Instant::now();
-        while recent.front().is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW) {
-            recent.pop_front();
-        }
-        if recent.len() >= MAX_RESTARTS {
-            tracing::error!(worker = %name, %how, max_restarts = MAX_RESTARTS, "backend server keeps exiting; leaving it down");
-            return;
-        }
-        recent.push_back(now);
+        let backoff = match history.on_failure(&RESTART_POLICY, Instant::now()) {
+            Decision::Restart { after } => after,
+            Decision::GiveUp => {
+                let max_restarts = RESTART_POLICY.max_restarts;
+                // `OnGiveUp::LeaveDown`: the server serves one worker, and the others still answer.
+                tracing::error!(worker = %name, %how, max_restarts, "backend server keeps exiting; leaving it down");
+                return;
+            }
+        };
         tracing::warn!(worker = %name, %how, backoff_ms = backoff.as_millis() as u64, "backend server exited; restarting");
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 

@@ -86,13 +86,23 @@ pub async fn spawn_graph(
             hedge: HedgeSettings { enabled: cfg.hedging, factor: cfg.hedge_after_factor, min_after: cfg.hedge_min },
             ..SchedulerSettings::default()
         },
-        restart: RestartPolicy::default(),
+        restart: restart_policy(),
         workers,
         rsa,
         auth,
         door: door_settings(cfg),
     })
     .await
+}
+
+/// How the graph restarts what crashes: the default (see [`RestartPolicy`]), or in a
+/// `test-hooks` build what a test asked for (see `http::test_hooks`).
+fn restart_policy() -> RestartPolicy {
+    #[cfg(feature = "test-hooks")]
+    if let Some(policy) = crate::http::test_hooks::restart_policy() {
+        return policy;
+    }
+    RestartPolicy::default()
 }
 
 /// Where a worker runs, for `loosh_worker_info` and `status`: its device, or its server's URL.

@@ -342,3 +342,51 @@ async fn a_stalled_engine_is_failed_by_the_watchdog_and_its_restart_answers() {
     assert!(metrics.contains("loosh_challenge_reruns_total{on=\"restarted\"} 1"), "{metrics}");
     g.stop();
 }
+
+/// The scheduler crashes (the `CrashForTest` hook, as an unexpected state would): the root starts
+/// a fresh one behind the same handle, the worker supervisor tells it which workers are up, a
+/// closed admission stays closed, and challenges are answered again once admission reopens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_restarts_a_crashed_scheduler_which_learns_the_running_workers_again() {
+    use loosh_actors::scheduler::SchedulerMsg;
+    let g = graph(vec![cpu_worker("cpu0", tiny_model(), 512)], 4, fast_restarts(3)).await;
+    wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
+    g.set_admission(false);
+    let first = g.scheduler.get();
+    first.cast(SchedulerMsg::CrashForTest).unwrap();
+    wait_for("a new scheduler that knows the worker", LOAD, || async {
+        g.scheduler.get().get_id() != first.get_id() && ready_workers(&g).await == 1
+    })
+    .await;
+    let status = g.status().await.unwrap();
+    assert!(!status.admission_open, "admission closed before the crash stays closed: {status:?}");
+    assert_eq!(g.status_now(), status, "/availability reads the new scheduler's status");
+    assert!(matches!(g.generate(request("closed?", 4, Duration::from_secs(30))).await, Err(ScheduleError::Closed)));
+    g.set_admission(true);
+    assert!(g.generate(request("back?", 4, Duration::from_secs(30))).await.is_ok());
+    // The worker was not restarted: only the scheduler was.
+    assert_eq!(g.workers().await[0].restarts, 0);
+    g.stop();
+}
+
+/// A scheduler that crashes more often than the restart policy allows is given up on, and that
+/// stops the node: `failed` resolves with what happened (the node then exits 70).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_crashing_past_the_restart_intensity_fails_the_graph() {
+    use loosh_actors::graph::GraphFailure;
+    use loosh_actors::scheduler::SchedulerMsg;
+    let g = graph(vec![], 4, fast_restarts(1)).await;
+    let first = g.scheduler.get();
+    first.cast(SchedulerMsg::CrashForTest).unwrap();
+    wait_for("the scheduler's one restart", LOAD, || async { g.scheduler.get().get_id() != first.get_id() }).await;
+    g.scheduler.get().cast(SchedulerMsg::CrashForTest).unwrap();
+    let failure = tokio::time::timeout(LOAD, g.failed()).await.expect("the graph reports its failure");
+    match failure {
+        GraphFailure::GaveUp { child, max_restarts, last_error, .. } => {
+            assert_eq!((child, max_restarts), ("scheduler", 1));
+            assert!(last_error.contains("crash requested by a test"), "{last_error}");
+        }
+        other => panic!("expected GaveUp, got {other:?}"),
+    }
+    g.stop();
+}

@@ -151,3 +151,62 @@ async fn until_a_first_validator_set_is_loaded_the_miner_says_why_it_is_unavaila
     n.stop().await;
     g.stop();
 }
+
+/// The scheduler crashes while a validator holds a key: the root restarts it, the worker is
+/// announced to it again, and the validator's next challenge (same key) gets 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_scheduler_crashes_challenges_are_answered_again() {
+    let g = graph(vec![cpu_worker("cpu0", tiny_model(), 512)], 4, fast_restarts(3)).await;
+    wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
+    let n = node(&g, HttpSettings::default());
+    let mut client = ValidatorClient::new(&format!("http://{}", n.addr), Hotkey::ephemeral());
+    client.handshake().await.unwrap();
+    let body = challenge_body("hi", 4, 0.7);
+    assert!(client.challenge_once(&body).await.is_ok());
+
+    let first = g.scheduler.get();
+    first.cast(loosh_actors::scheduler::SchedulerMsg::CrashForTest).unwrap();
+    let available = format!("http://{}/availability", n.addr);
+    wait_for("a new scheduler, available again", LOAD, || async {
+        let v: Value = http().get(&available).send().await.unwrap().json().await.unwrap();
+        g.scheduler.get().get_id() != first.get_id() && v["available"] == true
+    })
+    .await;
+    let (reply, _) = client.challenge_once(&body).await.expect("200 with the key held before the crash");
+    assert!(reply.usage.completion_tokens >= 1);
+    n.stop().await;
+    g.stop();
+}
+
+/// The key registry crashes, and its key sessions with it: the root starts a fresh one, the
+/// validator's key is gone (a 401 carrying the public key, as after a miner restart), and a new
+/// key exchange then a challenge both succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_key_registry_crashes_a_validator_exchanges_a_key_again_and_is_answered() {
+    let g = graph(vec![cpu_worker("cpu0", tiny_model(), 512)], 4, fast_restarts(3)).await;
+    wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
+    let n = node(&g, HttpSettings::default());
+    let mut client = ValidatorClient::new(&format!("http://{}", n.addr), Hotkey::ephemeral());
+    client.handshake().await.unwrap();
+    let body = challenge_body("hi", 4, 0.7);
+    assert!(client.challenge_once(&body).await.is_ok());
+
+    let first = g.keys.registry();
+    first.cast(loosh_actors::session::registry::KeyRegistryMsg::CrashForTest).unwrap();
+    wait_for("a new key registry", LOAD, || async { g.keys.registry().get_id() != first.get_id() }).await;
+    assert_eq!(g.keys.sessions(), 0, "the crashed registry's sessions are gone from the index");
+    match client.challenge_once(&body).await {
+        Err(ClientError::Status { status: 401, body, .. }) => {
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["requires_handshake"], true);
+            assert_eq!(v["public_key"], g.rsa.public_pem());
+        }
+        other => panic!("expected a 401 asking for a new key exchange, got {other:?}"),
+    }
+    client.handshake().await.expect("a key exchange with the new registry");
+    let (reply, _) = client.challenge_once(&body).await.expect("200 under the new key");
+    assert!(reply.usage.completion_tokens >= 1);
+    assert_eq!(g.keys.sessions(), 1);
+    n.stop().await;
+    g.stop();
+}

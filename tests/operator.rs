@@ -1269,3 +1269,34 @@ fn process_metrics_count_time_in_the_kernels_clock_ticks() {
     let started = miner.metric("process_start_time_seconds").unwrap();
     assert!((started - (boot + start / ticks)).abs() < 1.0 / ticks, "{started} vs {}", boot + start / ticks);
 }
+
+/// The real binary under a crash loop (a `test-hooks` build: `POST /test/crash/{actor}` on the
+/// operator's address, and `LOOSH_TEST_MAX_RESTARTS` for a restart policy reached in moments). A
+/// crashed scheduler is restarted and the node answers challenges again; once it crashes past
+/// the policy's intensity, the node says why and exits 70 (EX_SOFTWARE), which systemd's
+/// `Restart=on-failure` restarts.
+#[cfg(feature = "test-hooks")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_crashing_past_its_restart_intensity_stops_the_node_with_exit_70() {
+    let mut miner = MinerProcess::start(&common::tiny_model(), true, &[("LOOSH_TEST_MAX_RESTARTS", "1")]);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let crash = format!("{}/test/crash/scheduler", miner.ops_url);
+    let mut client = ValidatorClient::new(&miner.url, Hotkey::ephemeral());
+    client.handshake().await.unwrap();
+    let body = challenge_body("Say something.", 4, 0.7);
+    assert!(client.challenge_once(&body).await.is_ok());
+
+    let seen = miner.log.lock().unwrap().len();
+    assert_eq!(http.post(&crash).send().await.unwrap().status(), 200);
+    miner.wait_for_log("restarted", seen);
+    let (reply, _) = client.challenge_once(&body).await.expect("200 from the restarted scheduler");
+    assert!(reply.usage.completion_tokens >= 1);
+
+    let seen = miner.log.lock().unwrap().len();
+    assert_eq!(http.post(&crash).send().await.unwrap().status(), 200);
+    let status = miner.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(70), "{status}");
+    let said = miner.log.lock().unwrap()[seen..].join("\n");
+    assert!(said.contains("giving up on a core actor"), "{said}");
+    assert!(said.contains("exiting 70 for a restart"), "{said}");
+}

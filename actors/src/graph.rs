@@ -4,24 +4,38 @@
 //!   root (GraphRoot)
 //!    ├── KeyRegistry ── KeySession (one per validator hotkey; writes LiveKeys)
 //!    ├── Scheduler                    (admission, routing; publishes its status)
-//!    └── WorkerSupervisor ── BackendWorker (one per device)
+//!    ├── WorkerSupervisor ── BackendWorker (one per device)
+//!    └── ChainHeartbeat, ChallengeApiPoller (when the node runs them)
 //!   RsaPool                           (bounded blocking slots, no actor)
 //! ```
 //!
 //! The protocol itself (key exchange, challenge) is the front door's, in [`crate::front_door`].
 //!
-//! The root restarts the worker supervisor if it crashes (with fresh workers), and the chain
-//! heartbeat and Challenge API poller likewise, each under a [`RestartPolicy`] (intensity and
-//! backoff, as data); the HTTP layer runs on its own threads, so a crash there never takes the
+//! The root restarts each of its children that crashes, with fresh state, under one
+//! [`RestartPolicy`] (intensity and backoff, as data, in [`crate::supervision`]); the handles the
+//! rest of the node holds ([`Current`]) reach the replacement. What each restart must rebuild:
+//!
+//! - the scheduler: the worker supervisor tells it again which workers are up, and a closed
+//!   admission stays closed; challenges it held fail (their callers see the worker gone);
+//! - the key registry: its key sessions stopped with it, and with them the validators' nonces;
+//!   their keys are dropped, so each validator's next challenge gets a 401 carrying our public
+//!   key and it exchanges a key again (what the protocol does after any miner restart);
+//! - the worker supervisor: its workers are stopped and started afresh.
+//!
+//! A child that crashes more often than the policy allows is given up on, and giving up on any
+//! of them stops the node ([`OnGiveUp::StopNode`]): [`MinerGraph::failed`] resolves, and the
+//! node exits non-zero so that its service manager starts it afresh. The root failing itself
+//! does the same. The HTTP layer runs on its own threads, so a crash there never takes the
 //! workers down.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::sync::RwLock;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use tokio::sync::{watch, Semaphore};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::authorization::ValidatorAuth;
 use crate::backend_worker::{WorkerMsg, WorkerSpec};
@@ -34,8 +48,9 @@ use crate::protocol::rsa_keys::MinerRsaKey;
 use crate::rsa_pool::RsaPool;
 use crate::scheduler::{ScheduleError, Scheduler, SchedulerMsg, SchedulerSettings, SchedulerStatus};
 use crate::session::live_keys::LiveKeys;
-use crate::session::registry::{KeyRegistry, KeyStore, SessionIndex};
+use crate::session::registry::{KeyRegistry, KeyRegistryMsg, KeyStore, SessionIndex};
 use crate::session::SessionSettings;
+use crate::supervision::{Current, Decision, OnGiveUp, RestartHistory};
 use crate::worker_supervisor::{
     RestartPolicy, SupervisorArgs, SupervisorMsg, WorkerChanges, WorkerStatus, WorkerSupervisor,
 };
@@ -44,6 +59,7 @@ use crate::worker_supervisor::{
 pub struct GraphConfig {
     pub sessions: SessionSettings,
     pub scheduler: SchedulerSettings,
+    /// How the worker supervisor restarts workers, and the root its own children.
     pub restart: RestartPolicy,
     pub workers: Vec<WorkerSpec>,
     pub rsa: Arc<MinerRsaKey>,
@@ -57,7 +73,8 @@ pub struct GraphConfig {
 pub struct MinerGraph {
     pub keys: KeyStore,
     pub rsa: RsaPool,
-    pub scheduler: ActorRef<SchedulerMsg>,
+    /// The scheduler as it is now (the root replaces it if it crashes).
+    pub scheduler: Current<SchedulerMsg>,
     pub supervisor: SupervisorHandle,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<ValidatorAuth>,
@@ -69,6 +86,12 @@ pub struct MinerGraph {
     /// Swapped whole by [`MinerGraph::set_rate_limits`] (a configuration reload).
     pub(crate) limits: Arc<std::sync::RwLock<Option<Arc<crate::front_door::rate_limit::RateLimiter>>>>,
     status: watch::Receiver<SchedulerStatus>,
+    /// Whether admission is open as the node last set it: a restarted scheduler is told again.
+    admission: Arc<AtomicBool>,
+    /// Set once the graph can no longer serve (see [`MinerGraph::failed`]).
+    failure: watch::Receiver<Option<GraphFailure>>,
+    /// Set by [`MinerGraph::stop`]: the root stopping is then no failure.
+    stopping: Arc<AtomicBool>,
     root: ActorRef<RootMsg>,
 }
 
@@ -80,21 +103,52 @@ pub enum GraphError {
     Start(String),
 }
 
-/// Where the current worker supervisor is: the root replaces it when it crashes.
-#[derive(Clone)]
-pub struct SupervisorHandle(Arc<RwLock<ActorRef<SupervisorMsg>>>);
+/// Why a running graph can no longer serve: the node stops and exits non-zero, so that its
+/// service manager starts it afresh.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GraphFailure {
+    #[error("the {child} failed again after {max_restarts} restart(s) within {} s, the restart policy's limit; last error: {last_error}", within.as_secs())]
+    GaveUp { child: &'static str, max_restarts: usize, within: Duration, last_error: String },
+    #[error("the actor graph's root stopped unexpectedly (see the error logged before this)")]
+    RootDown,
+}
 
-impl SupervisorHandle {
-    pub fn get(&self) -> ActorRef<SupervisorMsg> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+/// Where the current worker supervisor is: the root replaces it when it crashes.
+pub type SupervisorHandle = Current<SupervisorMsg>;
+
+/// The root's children, each restarted under the root's policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Child {
+    KeyRegistry,
+    Scheduler,
+    Supervisor,
+    Chain,
+    ChallengeApi,
+}
+
+impl Child {
+    fn name(self) -> &'static str {
+        match self {
+            Child::KeyRegistry => "key registry",
+            Child::Scheduler => "scheduler",
+            Child::Supervisor => "worker supervisor",
+            Child::Chain => "chain heartbeat",
+            Child::ChallengeApi => "Challenge API poller",
+        }
     }
 }
+
+/// What the root does with a child it gave up on. The same for all of them: without its key
+/// registry or scheduler the node answers nothing, without its worker supervisor it has no
+/// workers, and the chain actors keep the validator set current; a fresh process is the
+/// remaining remedy.
+const ON_GIVE_UP: OnGiveUp = OnGiveUp::StopNode;
 
 /// What the root needs to start the worker supervisor again.
 struct SupervisorRecipe {
     specs: Vec<WorkerSpec>,
     policy: RestartPolicy,
-    scheduler: ActorRef<SchedulerMsg>,
+    scheduler: Current<SchedulerMsg>,
     metrics: Arc<Metrics>,
 }
 
@@ -109,37 +163,120 @@ impl SupervisorRecipe {
     }
 }
 
-/// The graph's root: owns the long-lived actors as linked children and restarts the worker
-/// supervisor if it ever crashes (its workers are stopped and started afresh).
+/// What the root needs to start the scheduler again: the same settings, and the same status
+/// channel, so that `/availability` keeps reading it.
+struct SchedulerRecipe {
+    settings: SchedulerSettings,
+    metrics: Arc<Metrics>,
+    published: watch::Sender<SchedulerStatus>,
+    admission: Arc<AtomicBool>,
+    current: Current<SchedulerMsg>,
+}
+
+/// What the root needs to start the key registry again, and the views it must empty first.
+struct RegistryRecipe {
+    settings: SessionSettings,
+    index: SessionIndex,
+    live: LiveKeys,
+    current: Current<KeyRegistryMsg>,
+}
+
+/// The graph's root: owns the long-lived actors as linked children and restarts each that
+/// crashes (see the module's documentation).
 struct GraphRoot;
 
 struct RootState {
+    keys: Option<RegistryRecipe>,
+    scheduler: Option<SchedulerRecipe>,
     recipe: Option<SupervisorRecipe>,
     supervisor: Option<SupervisorHandle>,
     /// The chain heartbeat, when the node runs one, and what restarts it.
     chain: Option<(HeartbeatArgs, ActorRef<HeartbeatMsg>)>,
     /// The Challenge API poller, when the node runs one, and what restarts it.
     challenge_api: Option<(ChallengeApiArgs, ActorRef<ChallengeApiMsg>)>,
-    /// How the root restarts its own children (the supervisor, the chain actors): intensity and
-    /// backoff, as data.
+    /// How the root restarts its children: intensity and backoff, as data.
     policy: RestartPolicy,
-    /// Recent restarts per child, for the intensity limit.
-    restarts: std::collections::HashMap<&'static str, std::collections::VecDeque<std::time::Instant>>,
+    histories: std::collections::HashMap<Child, RestartHistory>,
+    /// Where the root says it gave up (read by [`MinerGraph::failed`]).
+    failure: watch::Sender<Option<GraphFailure>>,
 }
 
 impl RootState {
-    /// The wait before restarting `child`, or `None` once it crashed more often than the policy
-    /// allows inside its window (the root then leaves it down and says so).
-    fn next_restart(&mut self, child: &'static str) -> Option<std::time::Duration> {
-        let now = std::time::Instant::now();
-        let window = self.policy.within;
-        let recent = self.restarts.entry(child).or_default();
-        while recent.front().is_some_and(|t| now.duration_since(*t) > window) {
-            recent.pop_front();
+    /// Which child `cell` is, if it is one the root restarts.
+    fn which(&self, cell: &ActorCell) -> Option<Child> {
+        let id = cell.get_id();
+        if self.keys.as_ref().is_some_and(|k| k.current.get().get_id() == id) {
+            Some(Child::KeyRegistry)
+        } else if self.scheduler.as_ref().is_some_and(|s| s.current.get().get_id() == id) {
+            Some(Child::Scheduler)
+        } else if self.supervisor.as_ref().is_some_and(|h| h.get().get_id() == id) {
+            Some(Child::Supervisor)
+        } else if self.chain.as_ref().is_some_and(|(_, a)| a.get_id() == id) {
+            Some(Child::Chain)
+        } else if self.challenge_api.as_ref().is_some_and(|(_, a)| a.get_id() == id) {
+            Some(Child::ChallengeApi)
+        } else {
+            None
         }
-        let wait = self.policy.next_backoff(recent.len())?;
-        recent.push_back(now);
-        Some(wait)
+    }
+
+    /// `child` crashed with `error`: schedules its restart, or gives up on it (and so on the node).
+    fn crashed(&mut self, myself: &ActorRef<RootMsg>, child: Child, error: String) {
+        let history = self.histories.entry(child).or_default();
+        match history.on_failure(&self.policy, Instant::now()) {
+            Decision::Restart { after } => {
+                tracing::error!(child = child.name(), %error, backoff_ms = after.as_millis() as u64, "a core actor crashed; restarting it with fresh state");
+                myself.send_after(after, move || RootMsg::Restart(child));
+            }
+            Decision::GiveUp => {
+                let failure = GraphFailure::GaveUp {
+                    child: child.name(),
+                    max_restarts: self.policy.max_restarts,
+                    within: self.policy.within,
+                    last_error: error,
+                };
+                match ON_GIVE_UP {
+                    OnGiveUp::StopNode => {
+                        tracing::error!(child = child.name(), failure = %failure, "giving up on a core actor: the node stops");
+                        self.failure.send_if_modified(|f| f.is_none() && f.replace(failure).is_none());
+                    }
+                    OnGiveUp::LeaveDown => {
+                        tracing::error!(child = child.name(), failure = %failure, "giving up on it; leaving it down");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Spawns a fresh scheduler, points every handle at it, tells it whether admission is open
+    /// and has the worker supervisor announce its running workers to it.
+    async fn restart_scheduler(&mut self, myself: &ActorRef<RootMsg>) -> Result<(), String> {
+        let s = self.scheduler.as_ref().ok_or("no scheduler recipe")?;
+        let args = (s.settings.clone(), s.metrics.clone(), s.published.clone());
+        let (scheduler, _) =
+            Actor::spawn_linked(None, Scheduler, args, myself.get_cell()).await.map_err(|e| e.to_string())?;
+        s.current.set(scheduler.clone());
+        self.histories.entry(Child::Scheduler).or_default().started(Instant::now());
+        if !s.admission.load(Ordering::SeqCst) {
+            scheduler.cast(SchedulerMsg::SetAdmission(false)).map_err(|e| e.to_string())?;
+        }
+        if let Some(supervisor) = &self.supervisor {
+            // A supervisor that is itself restarting announces its workers as they start.
+            let _ = supervisor.get().cast(SupervisorMsg::Announce);
+        }
+        Ok(())
+    }
+
+    /// Spawns a fresh key registry and points every handle at it (its views were emptied when
+    /// the old one crashed).
+    async fn restart_registry(&mut self, myself: &ActorRef<RootMsg>) -> Result<(), String> {
+        let k = self.keys.as_ref().ok_or("no key registry recipe")?;
+        let args = (k.settings.clone(), k.index.clone(), k.live.clone());
+        let (registry, _) =
+            Actor::spawn_linked(None, KeyRegistry, args, myself.get_cell()).await.map_err(|e| e.to_string())?;
+        k.current.set(registry);
+        self.histories.entry(Child::KeyRegistry).or_default().started(Instant::now());
+        Ok(())
     }
 }
 
@@ -152,42 +289,27 @@ async fn start_supervisor(myself: &ActorRef<RootMsg>, state: &mut RootState) -> 
         .map_err(|e| e.to_string())?;
     let handle = match &state.supervisor {
         Some(h) => {
-            *h.0.write().unwrap_or_else(|e| e.into_inner()) = sup;
+            h.set(sup);
             h.clone()
         }
-        None => SupervisorHandle(Arc::new(RwLock::new(sup))),
+        None => Current::new(sup),
     };
     state.supervisor = Some(handle.clone());
+    state.histories.entry(Child::Supervisor).or_default().started(Instant::now());
     Ok(handle)
-}
-
-/// Restarts `child` after `wait` by sending the root `msg` (or logs that it is given up on).
-fn restart_later(
-    me: ActorRef<RootMsg>,
-    child: &'static str,
-    wait: Option<std::time::Duration>,
-    msg: impl FnOnce(RpcReplyPort<Result<(), String>>) -> RootMsg + Send + 'static,
-) {
-    let Some(wait) = wait else {
-        tracing::error!(child, "crashed more often than the root's restart policy allows; leaving it down");
-        return;
-    };
-    tokio::spawn(async move {
-        tokio::time::sleep(wait).await;
-        let _ = ractor::call_t!(me, msg, 10_000);
-    });
 }
 
 enum RootMsg {
     /// Start the worker supervisor (at graph start, and after it crashed).
     StartSupervisor(RpcReplyPort<Result<SupervisorHandle, String>>),
-    Adopt(SupervisorRecipe),
+    Adopt(Box<(RegistryRecipe, SchedulerRecipe, SupervisorRecipe)>),
     /// Start (or restart) the chain heartbeat.
     StartChain(Box<HeartbeatArgs>, RpcReplyPort<Result<ActorRef<HeartbeatMsg>, String>>),
     /// Start (or restart) the Challenge API poller.
     StartChallengeApi(Box<ChallengeApiArgs>, RpcReplyPort<Result<ActorRef<ChallengeApiMsg>, String>>),
-    /// Restart a crashed child from what the root kept of it.
-    Restart(&'static str, RpcReplyPort<Result<(), String>>),
+    /// Restart a crashed child from what the root kept of it (a restart that fails counts as
+    /// one more failure of the child).
+    Restart(Child),
     /// A reload changed the workers: a restarted supervisor starts these.
     SetSpecs(Vec<WorkerSpec>),
 }
@@ -195,16 +317,23 @@ enum RootMsg {
 impl Actor for GraphRoot {
     type Msg = RootMsg;
     type State = RootState;
-    type Arguments = RestartPolicy;
+    type Arguments = (RestartPolicy, watch::Sender<Option<GraphFailure>>);
 
-    async fn pre_start(&self, _: ActorRef<RootMsg>, policy: RestartPolicy) -> Result<RootState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<RootMsg>,
+        (policy, failure): Self::Arguments,
+    ) -> Result<RootState, ActorProcessingErr> {
         Ok(RootState {
+            keys: None,
+            scheduler: None,
             recipe: None,
             supervisor: None,
             chain: None,
             challenge_api: None,
             policy,
-            restarts: Default::default(),
+            histories: Default::default(),
+            failure,
         })
     }
 
@@ -215,7 +344,12 @@ impl Actor for GraphRoot {
         state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RootMsg::Adopt(recipe) => state.recipe = Some(recipe),
+            RootMsg::Adopt(recipes) => {
+                let (keys, scheduler, supervisor) = *recipes;
+                state.keys = Some(keys);
+                state.scheduler = Some(scheduler);
+                state.recipe = Some(supervisor);
+            }
             RootMsg::StartChain(args, reply) => {
                 match Actor::spawn_linked(None, ChainHeartbeat, (*args).clone(), myself.get_cell()).await {
                     Ok((actor, _)) => {
@@ -243,26 +377,31 @@ impl Actor for GraphRoot {
                     recipe.specs = specs;
                 }
             }
-            RootMsg::Restart(child, reply) => {
+            RootMsg::Restart(child) => {
                 let me = myself.clone();
                 let result = match child {
-                    "chain" => match state.chain.as_ref().map(|(a, _)| a.clone()) {
+                    Child::Chain => match state.chain.as_ref().map(|(a, _)| a.clone()) {
                         Some(args) => Actor::spawn_linked(None, ChainHeartbeat, args.clone(), me.get_cell())
                             .await
                             .map(|(actor, _)| state.chain = Some((args, actor)))
                             .map_err(|e| e.to_string()),
                         None => Ok(()),
                     },
-                    "challenge_api" => match state.challenge_api.as_ref().map(|(a, _)| a.clone()) {
+                    Child::ChallengeApi => match state.challenge_api.as_ref().map(|(a, _)| a.clone()) {
                         Some(args) => Actor::spawn_linked(None, ChallengeApiPoller, args.clone(), me.get_cell())
                             .await
                             .map(|(actor, _)| state.challenge_api = Some((args, actor)))
                             .map_err(|e| e.to_string()),
                         None => Ok(()),
                     },
-                    _ => start_supervisor(&me, state).await.map(|_| ()),
+                    Child::Scheduler => state.restart_scheduler(&me).await,
+                    Child::KeyRegistry => state.restart_registry(&me).await,
+                    Child::Supervisor => start_supervisor(&me, state).await.map(|_| ()),
                 };
-                let _ = reply.send(result);
+                match result {
+                    Ok(()) => tracing::info!(child = child.name(), "restarted"),
+                    Err(e) => state.crashed(&myself, child, format!("its restart failed: {e}")),
+                }
             }
             RootMsg::StartSupervisor(reply) => {
                 let _ = reply.send(start_supervisor(&myself, state).await);
@@ -278,33 +417,33 @@ impl Actor for GraphRoot {
         state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
         let SupervisionEvent::ActorFailed(cell, err) = event else { return Ok(()) };
-        if state.chain.as_ref().is_some_and(|(_, chain)| chain.get_id() == cell.get_id()) {
-            tracing::error!(error = %err, "the chain heartbeat crashed; restarting it (workers are unaffected)");
-            let wait = state.next_restart("chain");
-            restart_later(myself, "chain", wait, |r| RootMsg::Restart("chain", r));
-            return Ok(());
-        }
-        if state.challenge_api.as_ref().is_some_and(|(_, poller)| poller.get_id() == cell.get_id()) {
-            tracing::error!(error = %err, "the Challenge API poller crashed; restarting it (the last list stays in force)");
-            let wait = state.next_restart("challenge_api");
-            restart_later(myself, "challenge_api", wait, |r| RootMsg::Restart("challenge_api", r));
-            return Ok(());
-        }
-        let is_supervisor = state.supervisor.as_ref().is_some_and(|h| h.get().get_id() == cell.get_id());
-        if !is_supervisor {
+        let Some(child) = state.which(&cell) else {
             // The node watches this log line; each child is designed to fail only on a bug.
             tracing::error!(actor = ?cell.get_id(), error = %err, "a core actor crashed");
             return Ok(());
-        }
-        tracing::error!(error = %err, "the worker supervisor crashed; restarting it and its workers");
-        cell.stop_children(Some("supervisor crashed".into()));
-        if let Some(recipe) = &state.recipe {
-            for spec in &recipe.specs {
-                let _ = recipe.scheduler.cast(SchedulerMsg::WorkerDown { name: spec.name.clone() });
+        };
+        match child {
+            Child::KeyRegistry => {
+                // Its sessions stopped with it, without their own cleanup: the views they wrote
+                // go too, so that no key outlives the session that owned it.
+                if let Some(k) = &state.keys {
+                    k.index.clear();
+                    k.live.clear();
+                }
+                tracing::warn!("the key registry crashed: validators' keys are dropped; they will exchange keys again");
             }
+            Child::Supervisor => {
+                cell.stop_children(Some("supervisor crashed".into()));
+                if let Some(recipe) = &state.recipe {
+                    let scheduler = recipe.scheduler.get();
+                    for spec in &recipe.specs {
+                        let _ = scheduler.cast(SchedulerMsg::WorkerDown { name: spec.name.clone() });
+                    }
+                }
+            }
+            Child::Scheduler | Child::Chain | Child::ChallengeApi => {}
         }
-        let wait = state.next_restart("supervisor");
-        restart_later(myself, "supervisor", wait, |r| RootMsg::Restart("supervisor", r));
+        state.crashed(&myself, child, err.to_string());
         Ok(())
     }
 }
@@ -314,31 +453,67 @@ impl MinerGraph {
     /// true once one is ready.
     pub async fn spawn(config: GraphConfig) -> Result<Self, GraphError> {
         let metrics = Arc::new(Metrics::new());
-        let (root, _) = Actor::spawn(None, GraphRoot, RestartPolicy::default())
+        let (failed, failure) = watch::channel(None);
+        let (root, root_done) = Actor::spawn(None, GraphRoot, (config.restart.clone(), failed.clone()))
             .await
             .map_err(|source| GraphError::Spawn { what: "root", source })?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let watching = stopping.clone();
+        tokio::spawn(async move {
+            let _ = root_done.await;
+            if !watching.load(Ordering::SeqCst) {
+                tracing::error!("the actor graph's root stopped unexpectedly: the node stops");
+                failed.send_if_modified(|f| f.is_none() && f.replace(GraphFailure::RootDown).is_none());
+            }
+        });
         let cell = root.get_cell();
 
         let index: SessionIndex = Default::default();
         let live = LiveKeys::default();
-        let (registry, _) =
-            Actor::spawn_linked(None, KeyRegistry, (config.sessions, index.clone(), live.clone()), cell.clone())
-                .await
-                .map_err(|source| GraphError::Spawn { what: "key registry", source })?;
+        let (registry, _) = Actor::spawn_linked(
+            None,
+            KeyRegistry,
+            (config.sessions.clone(), index.clone(), live.clone()),
+            cell.clone(),
+        )
+        .await
+        .map_err(|source| GraphError::Spawn { what: "key registry", source })?;
+        let registry = Current::new(registry);
 
         let (published, status) = watch::channel(SchedulerStatus::starting());
-        let (scheduler, _) =
-            Actor::spawn_linked(None, Scheduler, (config.scheduler, metrics.clone(), published), cell.clone())
-                .await
-                .map_err(|source| GraphError::Spawn { what: "scheduler", source })?;
+        let (scheduler, _) = Actor::spawn_linked(
+            None,
+            Scheduler,
+            (config.scheduler.clone(), metrics.clone(), published.clone()),
+            cell.clone(),
+        )
+        .await
+        .map_err(|source| GraphError::Spawn { what: "scheduler", source })?;
+        let scheduler = Current::new(scheduler);
+        let admission = Arc::new(AtomicBool::new(true));
 
-        root.cast(RootMsg::Adopt(SupervisorRecipe {
-            specs: config.workers,
-            policy: config.restart,
-            scheduler: scheduler.clone(),
-            metrics: metrics.clone(),
-        }))
-        .map_err(|e| GraphError::Start(e.to_string()))?;
+        let recipes = (
+            RegistryRecipe {
+                settings: config.sessions,
+                index: index.clone(),
+                live: live.clone(),
+                current: registry.clone(),
+            },
+            SchedulerRecipe {
+                settings: config.scheduler,
+                metrics: metrics.clone(),
+                published,
+                admission: admission.clone(),
+                current: scheduler.clone(),
+            },
+            SupervisorRecipe {
+                specs: config.workers,
+                policy: config.restart,
+                scheduler: scheduler.clone(),
+                metrics: metrics.clone(),
+            },
+        );
+        root.cast(RootMsg::Adopt(Box::new(recipes))).map_err(|e| GraphError::Start(e.to_string()))?;
         let supervisor = ractor::call_t!(root, RootMsg::StartSupervisor, 10_000)
             .map_err(|e| GraphError::Start(e.to_string()))?
             .map_err(GraphError::Start)?;
@@ -358,8 +533,23 @@ impl MinerGraph {
             validator_in_flight: Default::default(),
             known_peers: Default::default(),
             status,
+            admission,
+            failure,
+            stopping,
             root,
         })
+    }
+
+    /// Resolves once the graph can no longer serve: a core actor crashed more often than the
+    /// restart policy allows, or the root itself stopped. The node must then stop and exit
+    /// non-zero. Never resolves for a graph stopped by [`Self::stop`].
+    pub async fn failed(&self) -> GraphFailure {
+        let mut failure = self.failure.clone();
+        let seen = failure.wait_for(|f| f.is_some()).await.ok().and_then(|f| f.clone());
+        match seen {
+            Some(f) => f,
+            None => std::future::pending().await,
+        }
     }
 
     /// Admission and worker readiness, as the scheduler last published it (no mailbox round trip).
@@ -369,7 +559,7 @@ impl MinerGraph {
 
     /// Admission and worker readiness, asked of the scheduler itself (`None` if it does not answer).
     pub async fn status(&self) -> Option<SchedulerStatus> {
-        ractor::call_t!(self.scheduler, SchedulerMsg::Status, 2000).ok()
+        ractor::call_t!(self.scheduler.get(), SchedulerMsg::Status, 2000).ok()
     }
 
     /// Sends one generation through the scheduler.
@@ -385,7 +575,12 @@ impl MinerGraph {
         request: GenerationRequest,
     ) -> Result<Generation, ScheduleError> {
         let validator = validator.map(str::to_string);
-        match self.scheduler.call(|reply| SchedulerMsg::Submit { request, reply, rerun: None, validator }, None).await {
+        match self
+            .scheduler
+            .get()
+            .call(|reply| SchedulerMsg::Submit { request, reply, rerun: None, validator }, None)
+            .await
+        {
             Ok(ractor::rpc::CallResult::Success(result)) => result,
             _ => Err(ScheduleError::NoWorker),
         }
@@ -424,11 +619,19 @@ impl MinerGraph {
 
     /// Closes admission (in-flight work finishes) — the first step of a graceful shutdown.
     pub fn close_admission(&self) {
-        let _ = self.scheduler.cast(SchedulerMsg::SetAdmission(false));
+        self.set_admission(false);
+    }
+
+    /// Opens or closes admission (`/availability` says `admission closed` while it is closed); a
+    /// restarted scheduler is told again.
+    pub fn set_admission(&self, open: bool) {
+        self.admission.store(open, Ordering::SeqCst);
+        let _ = self.scheduler.get().cast(SchedulerMsg::SetAdmission(open));
     }
 
     /// Stops every actor.
     pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         self.root.stop_children(Some("shutdown".into()));
         self.root.stop(Some("shutdown".into()));
     }

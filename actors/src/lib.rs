@@ -17,7 +17,8 @@
 //! (`protocol/signature.rs`), the nonce spent in the validator's `session/key_session.rs`, RSA on
 //! `rsa_pool.rs`, the key stored by the session into `session/live_keys.rs`.
 //!
-//! `graph.rs` spawns it all under one root; `chain/` keeps the allowed validator set current;
+//! `graph.rs` spawns it all under one root, which restarts what crashes under `supervision.rs`'s
+//! policy (and stops the node when a restart cannot help); `chain/` keeps the allowed validator set current;
 //! `metrics.rs` is what `/metrics` shows.
 
 pub mod admission;
@@ -35,4 +36,5 @@ pub mod protocol;
 pub mod rsa_pool;
 pub mod scheduler;
 pub mod session;
+pub mod supervision;
 pub mod worker_supervisor;

@@ -9,7 +9,8 @@
 //! deadline leaves room ([`Rerun`]): on a sibling with room, else on the same worker once its
 //! supervisor has it back with a fresh engine (a child process is back in seconds), so that a lone
 //! worker's crash costs its challenges time, not answers. The supervisor tells it which workers
-//! are up. Its status is published on a `watch` channel after every message, so `/availability`
+//! are up (again, after this actor was restarted: the graph's root restarts it with fresh state
+//! if it crashes, see [`crate::graph`]). Its status is published on a `watch` channel after every message, so `/availability`
 //! and the front door's readiness check read it without a mailbox round trip.
 
 use std::collections::{BTreeMap, HashMap};
@@ -102,6 +103,9 @@ pub enum SchedulerMsg {
     },
     SetAdmission(bool),
     Status(RpcReplyPort<SchedulerStatus>),
+    /// Test hook: makes the scheduler panic, so the root's restart of it can be exercised.
+    #[cfg(feature = "test-hooks")]
+    CrashForTest,
 }
 
 /// A challenge whose worker died mid-way, submitted once more (never twice: a re-run that fails
@@ -564,6 +568,12 @@ impl Actor for Scheduler {
                 };
                 let _ = reply.send(dispatch);
             }
+            SchedulerMsg::WorkerUp { name, actor, .. }
+                if state.workers.get(&name).is_some_and(|s| s.actor.get_id() == actor.get_id()) =>
+            {
+                // Told twice (the supervisor re-announces its workers to a restarted scheduler,
+                // and a worker that just started may have announced itself already).
+            }
             SchedulerMsg::WorkerUp { name, actor, parallel } => {
                 tracing::info!(worker = %name, parallel, "worker joined the schedule");
                 let slot = Slot {
@@ -645,6 +655,8 @@ impl Actor for Scheduler {
             SchedulerMsg::Status(reply) => {
                 let _ = reply.send(state.status());
             }
+            #[cfg(feature = "test-hooks")]
+            SchedulerMsg::CrashForTest => panic!("scheduler: crash requested by a test"),
         }
         // A parked re-run whose deadline passed (or whose caller gave up) is answered by its
         // first failure: dropping its port tells the task holding that.

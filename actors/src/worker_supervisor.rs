@@ -3,10 +3,12 @@
 //!
 //! Erlang-style: a worker that hits an unexpected state crashes; the supervisor restarts it with
 //! fresh state unless it has crashed `max_restarts` times within `within`, in which case the worker
-//! stays down and `/metrics` (`loosh_worker_down`) and the logs say why. It keeps the scheduler's
-//! view of ready workers current. Other workers never notice a sibling's crash.
+//! stays down and `/metrics` (`loosh_worker_down`) and the logs say why (the policy and its
+//! history are [`crate::supervision`]'s). It keeps the scheduler's view of ready workers current,
+//! and tells a restarted scheduler again which workers are up. Other workers never notice a
+//! sibling's crash.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,42 +17,9 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use crate::backend_worker::{BackendWorker, WorkerMsg, WorkerSpec};
 use crate::metrics::Metrics;
 use crate::scheduler::SchedulerMsg;
+use crate::supervision::{Current, Decision, RestartHistory};
 
-/// Restart policy, as data: at most `max_restarts` within `within`, waiting `backoff_initial`
-/// doubled per recent restart up to `backoff_max`.
-#[derive(Debug, Clone)]
-pub struct RestartPolicy {
-    pub max_restarts: usize,
-    pub within: Duration,
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-}
-
-impl Default for RestartPolicy {
-    /// Ten restarts in ten minutes, waiting 1 s, 2 s, 4 s ... up to a minute: a remote server that
-    /// takes a few minutes to reload its model is waited for; a worker that crashes on every start
-    /// is given up on after about five minutes.
-    fn default() -> Self {
-        Self {
-            max_restarts: 10,
-            within: Duration::from_secs(600),
-            backoff_initial: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(60),
-        }
-    }
-}
-
-impl RestartPolicy {
-    /// The wait before the next start, given how many restarts happened in the window; `None`
-    /// when the intensity limit is reached.
-    pub fn next_backoff(&self, recent_restarts: usize) -> Option<Duration> {
-        if recent_restarts >= self.max_restarts {
-            return None;
-        }
-        let factor = 1u32.checked_shl(recent_restarts as u32).unwrap_or(u32::MAX);
-        Some(self.backoff_initial.saturating_mul(factor).min(self.backoff_max))
-    }
-}
+pub use crate::supervision::RestartPolicy;
 
 /// Where one worker is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +64,8 @@ pub enum SupervisorMsg {
     Retired {
         index: usize,
     },
+    /// The scheduler was restarted (with fresh state): tell it which workers are up.
+    Announce,
     /// Test hook: makes the supervisor itself panic, so the root's restart of it can be exercised.
     #[cfg(feature = "test-hooks")]
     CrashForTest,
@@ -118,16 +89,19 @@ pub struct WorkerSupervisor;
 pub struct SupervisorArgs {
     pub specs: Vec<WorkerSpec>,
     pub policy: RestartPolicy,
-    pub scheduler: ActorRef<SchedulerMsg>,
+    /// The scheduler as it is now: the root restarts it if it crashes.
+    pub scheduler: Current<SchedulerMsg>,
     pub metrics: Arc<Metrics>,
 }
 
 struct Child {
     spec: WorkerSpec,
     actor: Option<ActorRef<WorkerMsg>>,
+    /// Sequences the running worker generates at once, as it reported at its start: told to a
+    /// restarted scheduler again.
+    parallel: usize,
     phase: WorkerPhase,
-    recent: VecDeque<Instant>,
-    restarts: u64,
+    history: RestartHistory,
     /// Removed by a reload: never started again, left out of the status. Slots are kept so that
     /// indices in pending `Start` messages stay valid.
     retired: bool,
@@ -140,9 +114,9 @@ impl Child {
         Child {
             spec,
             actor: None,
+            parallel: 1,
             phase: WorkerPhase::Starting,
-            recent: VecDeque::new(),
-            restarts: 0,
+            history: RestartHistory::default(),
             retired: false,
             then_start: None,
         }
@@ -153,7 +127,7 @@ pub struct SupervisorState {
     children: Vec<Child>,
     by_actor: HashMap<ActorId, usize>,
     policy: RestartPolicy,
-    scheduler: ActorRef<SchedulerMsg>,
+    scheduler: Current<SchedulerMsg>,
     metrics: Arc<Metrics>,
 }
 
@@ -195,7 +169,7 @@ impl SupervisorState {
         let child = &mut self.children[index];
         child.retired = true;
         child.then_start = then_start;
-        let _ = self.scheduler.cast(SchedulerMsg::Retire { name: child.spec.name.clone() });
+        let _ = self.scheduler.get().cast(SchedulerMsg::Retire { name: child.spec.name.clone() });
         let Some(actor) = child.actor.take() else {
             // Not running (starting, restarting or down): a start in flight is stopped when it
             // reports; nothing to wait for otherwise.
@@ -216,36 +190,44 @@ impl SupervisorState {
             }
             actor.stop(Some("removed by a reload".into()));
             // Whatever it still held is released (its replies fail when the actor goes).
-            let _ = scheduler.cast(SchedulerMsg::WorkerDown { name });
+            let _ = scheduler.get().cast(SchedulerMsg::WorkerDown { name });
             let _ = me.cast(SupervisorMsg::Retired { index });
         });
     }
 
     fn failed(&mut self, myself: &ActorRef<SupervisorMsg>, index: usize, reason: String) {
-        let now = Instant::now();
-        let policy = self.policy.clone();
+        let policy = &self.policy;
         let child = &mut self.children[index];
         child.actor = None;
-        self.scheduler.cast(SchedulerMsg::WorkerDown { name: child.spec.name.clone() }).ok();
-        while child.recent.front().is_some_and(|t| now.duration_since(*t) > policy.within) {
-            child.recent.pop_front();
-        }
-        match policy.next_backoff(child.recent.len()) {
-            Some(backoff) => {
-                child.recent.push_back(now);
-                child.restarts += 1;
+        self.scheduler.get().cast(SchedulerMsg::WorkerDown { name: child.spec.name.clone() }).ok();
+        match child.history.on_failure(policy, Instant::now()) {
+            Decision::Restart { after } => {
                 self.metrics.worker_restarts.with_label_values(&[&child.spec.name]).inc();
-                tracing::warn!(worker = %child.spec.name, %reason, backoff_ms = backoff.as_millis() as u64, "worker failed; restarting");
+                tracing::warn!(worker = %child.spec.name, %reason, backoff_ms = after.as_millis() as u64, "worker failed; restarting");
                 child.phase = WorkerPhase::Restarting { after_failure: reason };
-                myself.send_after(backoff, move || SupervisorMsg::Start(index));
+                myself.send_after(after, move || SupervisorMsg::Start(index));
             }
-            None => {
+            Decision::GiveUp => {
+                // `OnGiveUp::LeaveDown`: a worker is one device, and the others still answer.
                 tracing::error!(
                     worker = %child.spec.name, %reason, max_restarts = policy.max_restarts, within_s = policy.within.as_secs(),
                     "worker exceeded its restart intensity; leaving it down"
                 );
                 self.metrics.worker_down.with_label_values(&[&child.spec.name]).set(1);
                 child.phase = WorkerPhase::Down { reason };
+            }
+        }
+    }
+
+    /// Tells the scheduler every worker that is up: after the scheduler was restarted, its fresh
+    /// state knows none of them.
+    fn announce(&self) {
+        let scheduler = self.scheduler.get();
+        for child in self.children.iter().filter(|c| !c.retired) {
+            if let Some(actor) = &child.actor {
+                let (name, actor, parallel) = (child.spec.name.clone(), actor.clone(), child.parallel);
+                // Down again already: its next restart asks for another announcement.
+                let _ = scheduler.cast(SchedulerMsg::WorkerUp { name, actor, parallel });
             }
         }
     }
@@ -323,9 +305,14 @@ impl Actor for WorkerSupervisor {
                     let child = &mut state.children[index];
                     state.by_actor.insert(actor.get_id(), index);
                     child.actor = Some(actor.clone());
+                    child.parallel = parallel;
+                    child.history.started(Instant::now());
                     child.phase = WorkerPhase::Ready;
                     state.metrics.worker_down.with_label_values(&[&child.spec.name]).set(0);
-                    state.scheduler.cast(SchedulerMsg::WorkerUp { name: child.spec.name.clone(), actor, parallel })?;
+                    // A scheduler that is down (restarting) hears of it in the announcement its
+                    // restart triggers.
+                    let up = SchedulerMsg::WorkerUp { name: child.spec.name.clone(), actor, parallel };
+                    let _ = state.scheduler.get().cast(up);
                 }
                 Err(reason) => state.failed(&myself, index, reason),
             },
@@ -334,10 +321,15 @@ impl Actor for WorkerSupervisor {
                     .children
                     .iter()
                     .filter(|c| !c.retired)
-                    .map(|c| WorkerStatus { name: c.spec.name.clone(), phase: c.phase.clone(), restarts: c.restarts })
+                    .map(|c| WorkerStatus {
+                        name: c.spec.name.clone(),
+                        phase: c.phase.clone(),
+                        restarts: c.history.total(),
+                    })
                     .collect();
                 let _ = reply.send(status);
             }
+            SupervisorMsg::Announce => state.announce(),
             #[cfg(feature = "test-hooks")]
             SupervisorMsg::CrashForTest => panic!("worker supervisor: crash requested by a test"),
             SupervisorMsg::WorkerRef { name, reply } => {

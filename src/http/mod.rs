@@ -11,6 +11,8 @@ pub mod key_exchange;
 pub mod refusals;
 pub mod state;
 pub mod status;
+#[cfg(feature = "test-hooks")]
+pub mod test_hooks;
 
 use std::net::SocketAddr;
 
@@ -59,6 +61,8 @@ fn not_found(cfg: &mut web::ServiceConfig) {
 /// because they tell a competitor our load, our restarts and our hotkey.
 pub fn ops_routes(cfg: &mut web::ServiceConfig) {
     cfg.service(status::health).service(status::metrics);
+    #[cfg(feature = "test-hooks")]
+    cfg.service(test_hooks::crash);
 }
 
 /// The validators' routes (plus the operator's when `METRICS_ON_PUBLIC_PORT` asks for them, and

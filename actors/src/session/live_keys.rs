@@ -3,8 +3,9 @@
 //! A challenge only needs to *read* a key, and reads are the hot path (one per challenge), so the
 //! keys sit in a concurrent map that request handlers consult directly. Writes stay with the actors:
 //! each validator's [`super::key_session::KeySession`] inserts its keys, expires them and revokes
-//! them, and the [`super::registry::KeyRegistry`] clears a crashed session's entries. Nothing else
-//! writes here, so the session remains the single owner of a validator's key state.
+//! them, and the [`super::registry::KeyRegistry`] clears a crashed session's entries (the graph's
+//! root clears them all when the registry itself crashed and took its sessions with it). Nothing
+//! else writes here, so the session remains the single owner of a validator's key state.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -65,6 +66,12 @@ impl LiveKeys {
 
     pub(crate) fn remove_validator(&self, hotkey: &str) {
         self.0.remove(hotkey);
+    }
+
+    /// Drops every key: the registry that owned them crashed, and its sessions with it (see
+    /// [`crate::graph`]); each validator's next challenge gets a 401 and it exchanges a key again.
+    pub(crate) fn clear(&self) {
+        self.0.clear();
     }
 
     /// The distinct addresses that a validator's live keys were exchanged from, each with since

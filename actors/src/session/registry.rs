@@ -1,7 +1,8 @@
 //! The key registry: spawns and supervises one [`KeySession`] per validator hotkey, and owns the two
 //! read-only views request handlers consult without a round trip through its mailbox: the session
 //! index (hotkey → session) and the [`LiveKeys`] map (written by the sessions it supervises).
-//! Only the registry writes the index.
+//! Only the registry writes the index. If the registry itself crashes, its sessions stop with it;
+//! the graph's root empties both views and starts a fresh registry (see [`crate::graph`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use super::key_session::{KeySession, KeySessionArgs, KeySessionMsg, SessionSnaps
 use super::live_keys::{LiveKeyEntry, LiveKeys};
 use super::SessionSettings;
 use crate::protocol::fernet_codec::FernetKey;
+use crate::supervision::Current;
 
 /// How long a handler waits on a session's mailbox before treating it as gone.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -23,6 +25,9 @@ pub type SessionIndex = Arc<DashMap<String, ActorRef<KeySessionMsg>>>;
 pub enum KeyRegistryMsg {
     /// The session for `hotkey`, spawned if it does not exist.
     SessionFor { hotkey: String, reply: RpcReplyPort<Result<ActorRef<KeySessionMsg>, String>> },
+    /// Test hook: makes the registry panic, so the root's restart of it can be exercised.
+    #[cfg(feature = "test-hooks")]
+    CrashForTest,
 }
 
 pub struct KeyRegistry;
@@ -73,6 +78,8 @@ impl Actor for KeyRegistry {
                     }
                 }
             }
+            #[cfg(feature = "test-hooks")]
+            KeyRegistryMsg::CrashForTest => panic!("key registry: crash requested by a test"),
         }
         Ok(())
     }
@@ -120,7 +127,8 @@ pub enum KeyStoreError {
 /// The handle the front door uses: cheap to clone, one per process.
 #[derive(Clone)]
 pub struct KeyStore {
-    registry: ActorRef<KeyRegistryMsg>,
+    /// The registry as it is now: the graph's root restarts it if it crashes.
+    registry: Current<KeyRegistryMsg>,
     index: SessionIndex,
     live: LiveKeys,
 }
@@ -130,11 +138,16 @@ impl KeyStore {
     pub async fn spawn(settings: SessionSettings) -> Result<Self, ractor::SpawnErr> {
         let (index, live) = (SessionIndex::default(), LiveKeys::default());
         let (registry, _) = Actor::spawn(None, KeyRegistry, (settings, index.clone(), live.clone())).await?;
-        Ok(Self::new(registry, index, live))
+        Ok(Self::new(Current::new(registry), index, live))
     }
 
-    pub fn new(registry: ActorRef<KeyRegistryMsg>, index: SessionIndex, live: LiveKeys) -> Self {
+    pub fn new(registry: Current<KeyRegistryMsg>, index: SessionIndex, live: LiveKeys) -> Self {
         Self { registry, index, live }
+    }
+
+    /// The registry as it is now (a replacement, after a crash); for tests that poke it.
+    pub fn registry(&self) -> ActorRef<KeyRegistryMsg> {
+        self.registry.get()
     }
 
     fn existing(&self, hotkey: &str) -> Option<ActorRef<KeySessionMsg>> {
@@ -147,7 +160,7 @@ impl KeyStore {
         }
         let hotkey = hotkey.to_string();
         ractor::call_t!(
-            self.registry,
+            self.registry.get(),
             |reply| KeyRegistryMsg::SessionFor { hotkey, reply },
             CALL_TIMEOUT.as_millis() as u64
         )
