@@ -260,14 +260,10 @@ async fn reload(
     }
     if cfg.validator_hotkeys != old.validator_hotkeys {
         let listed = cfg.validator_hotkeys.iter().cloned().collect();
-        for hotkey in auth.replace(loosh_actors::authorization::Source::Static, listed) {
-            tracing::info!(validator = %hotkey, "validator no longer allowed; dropping its keys");
-            node.graph.keys.revoke(&hotkey);
-            node.graph.metrics.validators.forget(&hotkey);
-        }
+        node.graph.validators().replace(loosh_actors::authorization::Source::Static, listed);
     }
     if cfg.validator_deny_hotkeys != old.validator_deny_hotkeys {
-        deny(auth, node, &cfg.validator_deny_hotkeys);
+        node.graph.validators().deny(cfg.validator_deny_hotkeys.iter().cloned().collect());
     }
     if cfg.strict_validator_addresses != old.strict_validator_addresses {
         auth.set_strict_addresses(cfg.strict_validator_addresses);
@@ -280,14 +276,6 @@ async fn reload(
         tracing::warn!("changed but applied only at the next restart: {}", restart.join(", "));
     }
     Some((src, cfg))
-}
-
-/// Applies `VALIDATOR_DENY_HOTKEYS`: the newly denied lose their keys along with their admission.
-fn deny(auth: &ValidatorAuth, node: &Node, hotkeys: &[String]) {
-    for hotkey in auth.set_denied(hotkeys.iter().cloned().collect()) {
-        tracing::info!(validator = %hotkey, "validator denied; dropping its keys");
-        node.graph.keys.revoke(&hotkey);
-    }
 }
 
 fn run(dev: bool) -> anyhow::Result<()> {

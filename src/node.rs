@@ -206,9 +206,7 @@ async fn start_chain(graph: &MinerGraph, cfg: &Config, hotkey: &Hotkey, url: Str
     let args = HeartbeatArgs {
         settings: crate::chain::settings(cfg, url),
         hotkey: hotkey.clone(),
-        auth: graph.auth.clone(),
-        keys: graph.keys.clone(),
-        metrics: graph.metrics.clone(),
+        validators: graph.validators(),
     };
     graph.spawn_chain(args).await?;
     start_challenge_api(graph, cfg, hotkey).await
@@ -221,9 +219,7 @@ async fn start_challenge_api(graph: &MinerGraph, cfg: &Config, hotkey: &Hotkey) 
             url: url.clone(),
             hotkey: hotkey.clone(),
             every: cfg.challenge_api_poll,
-            auth: graph.auth.clone(),
-            keys: graph.keys.clone(),
-            metrics: graph.metrics.clone(),
+            validators: graph.validators(),
         };
         graph.spawn_challenge_api(args).await?;
     }

@@ -17,6 +17,7 @@ use loosh_actors::chain::client::ChainClient;
 use loosh_actors::chain::heartbeat::{ChainHeartbeat, HeartbeatArgs, HeartbeatMsg};
 use loosh_actors::chain::ChainSettings;
 use loosh_actors::protocol::signature::Hotkey;
+use loosh_actors::validator_set::ValidatorSet;
 use loosh_miner::validator_client::{challenge_body, ClientError, ValidatorClient};
 use ractor::Actor;
 use serde_json::json;
@@ -259,8 +260,8 @@ async fn registration_post_ip_and_the_heartbeats_axon_repost_against_a_real_chai
         reconnect_initial: Duration::from_millis(200),
         reconnect_max: Duration::from_secs(1),
     };
-    let args =
-        HeartbeatArgs { settings, hotkey: miner.clone(), auth, keys: g.keys.clone(), metrics: g.metrics.clone() };
+    let validators = ValidatorSet::new(auth, g.keys.clone(), g.metrics.clone());
+    let args = HeartbeatArgs { settings, hotkey: miner.clone(), validators };
     let (beat, _) = Actor::spawn(None, ChainHeartbeat, args).await.unwrap();
     ractor::call_t!(beat, HeartbeatMsg::SyncNow, 60_000).unwrap().unwrap();
     let status = ractor::call_t!(beat, HeartbeatMsg::Status, 5000).unwrap();

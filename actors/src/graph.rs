@@ -603,6 +603,12 @@ impl MinerGraph {
         ractor::call_t!(self.supervisor.get(), |reply| SupervisorMsg::WorkerRef { name, reply }, 2000).ok().flatten()
     }
 
+    /// The allowed set with the keys and metrics it governs: what the chain actors and a reload
+    /// change it through, so that a validator no longer allowed loses both.
+    pub fn validators(&self) -> crate::validator_set::ValidatorSet {
+        crate::validator_set::ValidatorSet::new(self.auth.clone(), self.keys.clone(), self.metrics.clone())
+    }
+
     /// Starts the chain heartbeat under the graph's root (restarted if it crashes).
     pub async fn spawn_chain(&self, args: HeartbeatArgs) -> Result<ActorRef<HeartbeatMsg>, GraphError> {
         ractor::call_t!(self.root, |r| RootMsg::StartChain(Box::new(args), r), 10_000)

@@ -18,7 +18,8 @@
 //! `rsa_pool.rs`, the key stored by the session into `session/live_keys.rs`.
 //!
 //! `graph.rs` spawns it all under one root, which restarts what crashes under `supervision.rs`'s
-//! policy (and stops the node when a restart cannot help); `chain/` keeps the allowed validator set current;
+//! policy (and stops the node when a restart cannot help); `chain/` keeps the allowed validator set current (through `validator_set.rs`, which drops the
+//! keys and metrics of a validator no longer allowed);
 //! `metrics.rs` is what `/metrics` shows.
 
 pub mod admission;
@@ -37,4 +38,5 @@ pub mod rsa_pool;
 pub mod scheduler;
 pub mod session;
 pub mod supervision;
+pub mod validator_set;
 pub mod worker_supervisor;

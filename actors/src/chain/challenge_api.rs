@@ -6,17 +6,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::Value;
 
-use crate::authorization::{Source, ValidatorAuth};
+use crate::authorization::Source;
 use crate::bounded_body::{read_json_capped, SMALL_ANSWER_CAP};
-use crate::metrics::Metrics;
 use crate::protocol::signature::{ss58_decode, Hotkey};
-use crate::session::registry::KeyStore;
+use crate::validator_set::ValidatorSet;
 
 #[derive(Clone)]
 pub struct ChallengeApiArgs {
@@ -24,9 +22,8 @@ pub struct ChallengeApiArgs {
     pub url: String,
     pub hotkey: Hotkey,
     pub every: Duration,
-    pub auth: Arc<ValidatorAuth>,
-    pub keys: KeyStore,
-    pub metrics: Arc<Metrics>,
+    /// Where the list goes: a validator that leaves it loses its keys and its metrics.
+    pub validators: ValidatorSet,
 }
 
 pub enum ChallengeApiMsg {
@@ -115,18 +112,15 @@ impl PollerState {
         let hotkeys = parse_active_hotkeys(&body);
         let count = hotkeys.len();
         if count > 0 {
-            self.args.auth.set_reported_addresses(Source::ChallengeApi, parse_active_addresses(&body));
+            self.args.validators.auth.set_reported_addresses(Source::ChallengeApi, parse_active_addresses(&body));
         }
-        for gone in self.args.auth.replace(Source::ChallengeApi, hotkeys) {
-            tracing::info!(validator = %gone, "validator left the Challenge API list; dropping its keys");
-            self.args.keys.revoke(&gone);
-        }
+        self.args.validators.replace(Source::ChallengeApi, hotkeys);
         Ok(count)
     }
 
     async fn poll_and_record(&mut self) -> Result<usize, String> {
         let result = self.poll().await;
-        let m = &self.args.metrics;
+        let m = &self.args.validators.metrics;
         match &result {
             Ok(n) => {
                 m.challenge_api_polls.with_label_values(&["ok"]).inc();

@@ -1,25 +1,24 @@
 //! The chain heartbeat: follows the chain head, re-syncs the metagraph every
-//! `METAGRAPH_SYNC_BLOCKS`, keeps the chain-sourced validator set current (revoking the keys of a
-//! validator that loses its permit), and posts our axon when the configured address differs from
+//! `METAGRAPH_SYNC_BLOCKS`, keeps the chain-sourced validator set current (through
+//! [`ValidatorSet`], which drops the keys and metrics of a validator that loses its permit), and posts our axon when the configured address differs from
 //! what the chain holds. Each sync also reads the validators' axons: the addresses the chain
 //! reports for them (see [`crate::front_door::share`]). On a lost connection it reconnects with backoff while the miner keeps
 //! serving with the last good metagraph; `/metrics` and the logs show the outage.
 //!
-//! Spawned by the node (not in `--dev`); talks to the authorization set and the key store.
+//! Spawned by the node (not in `--dev`); talks to the validator set (authorization, keys,
+//! metrics).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::client::{ChainClient, ChainError, Head, Neuron};
 use super::ChainSettings;
-use crate::authorization::{Source, ValidatorAuth};
-use crate::metrics::Metrics;
+use crate::authorization::Source;
 use crate::protocol::signature::Hotkey;
-use crate::session::registry::KeyStore;
+use crate::validator_set::ValidatorSet;
 
 pub enum HeartbeatMsg {
     Tick,
@@ -50,9 +49,8 @@ pub struct ChainStatus {
 pub struct HeartbeatArgs {
     pub settings: ChainSettings,
     pub hotkey: Hotkey,
-    pub auth: Arc<ValidatorAuth>,
-    pub keys: KeyStore,
-    pub metrics: Arc<Metrics>,
+    /// The chain's validators go there: one that drops out loses its keys and its metrics.
+    pub validators: ValidatorSet,
 }
 
 pub struct ChainHeartbeat;
@@ -70,12 +68,12 @@ impl HeartbeatState {
     fn disconnect(&mut self, why: &ChainError) {
         if self.client.take().is_some() {
             self.status.outages += 1;
-            self.args.metrics.chain_outages.inc();
+            self.args.validators.metrics.chain_outages.inc();
             tracing::warn!(error = %why, "chain connection lost; serving with the last metagraph while reconnecting");
         }
         self.status.connected = false;
         self.status.last_error = Some(why.to_string());
-        self.args.metrics.chain_connected.set(0);
+        self.args.validators.metrics.chain_connected.set(0);
         self.next_connect = Instant::now() + self.backoff;
         self.backoff = (self.backoff * 2).min(self.args.settings.reconnect_max);
     }
@@ -93,7 +91,7 @@ impl HeartbeatState {
                 self.client = Some(c.clone());
                 self.status.connected = true;
                 self.backoff = self.args.settings.reconnect_initial;
-                self.args.metrics.chain_connected.set(1);
+                self.args.validators.metrics.chain_connected.set(1);
                 // A reconnect may follow a chain restart: look at everything again.
                 self.status.synced_at_block = None;
                 self.axon_checked = false;
@@ -131,15 +129,15 @@ impl HeartbeatState {
             }
         }
         self.status.validator_axons = addresses.len();
-        self.args.metrics.chain_validator_axons.set(addresses.len() as i64);
-        self.args.auth.set_reported_addresses(Source::Chain, addresses);
+        self.args.validators.metrics.chain_validator_axons.set(addresses.len() as i64);
+        self.args.validators.auth.set_reported_addresses(Source::Chain, addresses);
         let ours = neurons.iter().find(|n| n.hotkey == self.args.hotkey.ss58());
         self.status.our_uid = ours.map(|n| n.uid);
         self.status.our_incentive = ours.map_or(0, |n| n.incentive);
         self.status.neurons = neurons.len();
         self.status.validators = validators.len();
         self.status.synced_at_block = Some(block);
-        let m = &self.args.metrics;
+        let m = &self.args.validators.metrics;
         m.metagraph_neurons.set(neurons.len() as i64);
         m.chain_validators.set(validators.len() as i64);
         m.our_uid.set(ours.map_or(-1, |n| i64::from(n.uid)));
@@ -149,11 +147,7 @@ impl HeartbeatState {
         for n in neurons.iter().filter(|n| validators.contains(&n.hotkey)) {
             m.validators.stake.with_label_values(&[&n.hotkey]).set(n.alpha_stake as f64 / 1e9);
         }
-        for hotkey in self.args.auth.replace(Source::Chain, validators) {
-            tracing::info!(validator = %hotkey, "validator lost its permit; dropping its keys");
-            self.args.keys.revoke(&hotkey);
-            m.validators.forget(&hotkey);
-        }
+        self.args.validators.replace(Source::Chain, validators);
         if ours.is_none() {
             tracing::warn!(netuid = s.netuid, hotkey = %self.args.hotkey.ss58(), "our hotkey is not registered on the subnet");
         }
@@ -166,9 +160,9 @@ impl HeartbeatState {
         let Some((ip, port)) = self.args.settings.axon else { return Ok(()) };
         let account = self.args.hotkey.account_id();
         let current = head.axon_of(self.args.settings.netuid, account).await?.and_then(|a| a.addr());
-        self.args.metrics.axon.reset();
+        self.args.validators.metrics.axon.reset();
         if let Some((ip, port)) = current {
-            self.args.metrics.axon.with_label_values(&[&format!("{ip}:{port}")]).set(1);
+            self.args.validators.metrics.axon.with_label_values(&[&format!("{ip}:{port}")]).set(1);
         }
         if current == Some((ip, port)) {
             self.status.posted_axon = current;
@@ -178,16 +172,16 @@ impl HeartbeatState {
         tracing::info!(%ip, port, ?current, "posting our axon (serve_axon)");
         match client.serve_axon(&self.args.hotkey, self.args.settings.netuid, ip, port).await {
             Ok(()) => {
-                self.args.metrics.axon_posts.with_label_values(&["ok"]).inc();
-                self.args.metrics.axon.reset();
-                self.args.metrics.axon.with_label_values(&[&format!("{ip}:{port}")]).set(1);
+                self.args.validators.metrics.axon_posts.with_label_values(&["ok"]).inc();
+                self.args.validators.metrics.axon.reset();
+                self.args.validators.metrics.axon.with_label_values(&[&format!("{ip}:{port}")]).set(1);
                 self.status.posted_axon = Some((ip, port));
                 self.axon_checked = true;
                 tracing::info!(%ip, port, "axon posted");
                 Ok(())
             }
             Err(ChainError::RateLimited) => {
-                self.args.metrics.axon_posts.with_label_values(&["rate_limited"]).inc();
+                self.args.validators.metrics.axon_posts.with_label_values(&["rate_limited"]).inc();
                 self.status.rate_limited += 1;
                 // Checked for this sync: the next sync tries again, not every poll tick.
                 self.axon_checked = true;
@@ -195,7 +189,7 @@ impl HeartbeatState {
                 Ok(())
             }
             Err(e) => {
-                self.args.metrics.axon_posts.with_label_values(&["error"]).inc();
+                self.args.validators.metrics.axon_posts.with_label_values(&["error"]).inc();
                 Err(e)
             }
         }
@@ -215,7 +209,7 @@ impl HeartbeatState {
         };
         let block = head.number();
         self.status.block = Some(block);
-        self.args.metrics.chain_block.set(block as i64);
+        self.args.validators.metrics.chain_block.set(block as i64);
         let due = self.status.synced_at_block.is_none_or(|s| block >= s + self.args.settings.sync_every_blocks);
         if force || due {
             if let Err(e) = self.sync(&head).await {
@@ -249,7 +243,7 @@ impl Actor for ChainHeartbeat {
     ) -> Result<HeartbeatState, ActorProcessingErr> {
         myself.send_interval(args.settings.poll_every, || HeartbeatMsg::Tick);
         myself.cast(HeartbeatMsg::Tick)?;
-        args.metrics.chain_connected.set(0);
+        args.validators.metrics.chain_connected.set(0);
         Ok(HeartbeatState {
             backoff: args.settings.reconnect_initial,
             args,
