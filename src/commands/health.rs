@@ -1,0 +1,14 @@
+//! `loosh-miner health`: ask the running miner's `/health`; exit status 0 when it answers (Docker's
+//! HEALTHCHECK runs it).
+
+use anyhow::Context;
+use loosh_miner::config::{Config, Source};
+use loosh_miner::ops_client;
+
+pub fn run() -> anyhow::Result<()> {
+    let cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
+    let addr = ops_client::ops_address(&cfg)?;
+    let body = ops_client::get(&addr, "/health", std::time::Duration::from_secs(5))?;
+    println!("{body}");
+    Ok(())
+}

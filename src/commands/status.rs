@@ -1,0 +1,10 @@
+//! `loosh-miner status`: one table of the running miner, read from its operator port.
+
+use anyhow::Context;
+use loosh_miner::config::{Config, Source};
+
+pub fn run() -> anyhow::Result<()> {
+    let cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
+    print!("{}", loosh_miner::status::run(&cfg)?);
+    Ok(())
+}
