@@ -260,7 +260,7 @@ async fn registration_post_ip_and_the_heartbeats_axon_repost_against_a_real_chai
         reconnect_initial: Duration::from_millis(200),
         reconnect_max: Duration::from_secs(1),
     };
-    let validators = ValidatorSet::new(auth, g.keys.clone(), g.metrics.clone());
+    let validators = ValidatorSet::new(auth, g.keys.clone(), g.metrics.clone(), g.known_peers.clone());
     let args = HeartbeatArgs { settings, hotkey: miner.clone(), validators };
     let (beat, _) = Actor::spawn(None, ChainHeartbeat, args).await.unwrap();
     ractor::call_t!(beat, HeartbeatMsg::SyncNow, 60_000).unwrap().unwrap();

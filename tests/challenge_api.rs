@@ -70,7 +70,7 @@ async fn the_active_list_joins_the_allowed_set_and_leaving_it_revokes_keys() {
         url: format!("http://{addr}"),
         hotkey: Hotkey::ephemeral(),
         every: Duration::from_secs(3600),
-        validators: ValidatorSet::new(auth.clone(), keys.clone(), metrics.clone()),
+        validators: ValidatorSet::new(auth.clone(), keys.clone(), metrics.clone(), Default::default()),
     };
     let (poller, _) = Actor::spawn(None, ChallengeApiPoller, args).await.unwrap();
 
@@ -107,7 +107,7 @@ async fn the_active_list_joins_the_allowed_set_and_leaving_it_revokes_keys() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_validator_dropped_from_the_active_list_loses_its_key_and_its_metrics() {
+async fn a_validator_dropped_from_the_active_list_loses_its_key_its_metrics_and_its_proven_address() {
     let (v1, v2) = (Hotkey::ephemeral(), Hotkey::ephemeral());
     let listing: Listing = Arc::new(Mutex::new(json!([v1.ss58(), v2.ss58()])));
     let (addr, handle) = stand_in_api(listing.clone());
@@ -124,11 +124,13 @@ async fn a_validator_dropped_from_the_active_list_loses_its_key_and_its_metrics(
 
     // Both validators hold a key and have been served, as the HTTP routes record it.
     let key = FernetKey::generate().1;
+    let home = std::net::IpAddr::from([203, 0, 113, 5]);
     for v in [&v1, &v2] {
         g.keys.spend_nonce(v.ss58(), "n", Duration::from_secs(60)).await.unwrap();
         g.keys.store_key(v.ss58(), "u", key.clone(), None).await.unwrap();
         g.metrics.validators.key_exchanged(v.ss58());
         g.metrics.validators.challenge(v.ss58(), "ok", 0.5);
+        g.known_peers.record(v.ss58(), home);
     }
     assert!(series_of(&g.metrics, v1.ss58()).iter().any(|l| l.starts_with("loosh_validator_challenges_total")));
 
@@ -143,9 +145,11 @@ async fn a_validator_dropped_from_the_active_list_loses_its_key_and_its_metrics(
         "a challenge from a validator that left the list is refused (403)"
     );
     assert_eq!(series_of(&g.metrics, v1.ss58()), Vec::<String>::new(), "v1's series outlived its admission");
+    assert!(!g.known_peers.is_known(v1.ss58(), home), "v1's proven address outlived its admission");
 
     // v2, still listed, keeps its key and its series.
     assert!(g.keys.lookup(v2.ss58(), "u").is_some());
+    assert!(g.known_peers.is_known(v2.ss58(), home));
     assert!(series_of(&g.metrics, v2.ss58()).iter().any(|l| l.starts_with("loosh_validator_challenges_total")));
 
     poller.stop(None);

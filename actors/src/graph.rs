@@ -606,7 +606,12 @@ impl MinerGraph {
     /// The allowed set with the keys and metrics it governs: what the chain actors and a reload
     /// change it through, so that a validator no longer allowed loses both.
     pub fn validators(&self) -> crate::validator_set::ValidatorSet {
-        crate::validator_set::ValidatorSet::new(self.auth.clone(), self.keys.clone(), self.metrics.clone())
+        crate::validator_set::ValidatorSet::new(
+            self.auth.clone(),
+            self.keys.clone(),
+            self.metrics.clone(),
+            self.known_peers.clone(),
+        )
     }
 
     /// Starts the chain heartbeat under the graph's root (restarted if it crashes).

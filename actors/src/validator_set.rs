@@ -10,16 +10,19 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::authorization::{Source, ValidatorAuth};
+use crate::front_door::known_peers::KnownPeers;
 use crate::metrics::Metrics;
 use crate::session::registry::KeyStore;
 
-/// The allowed set and what hangs off each allowed validator: its keys and its metrics. Cheap to
-/// clone (handles only); the chain actors hold one in their arguments.
+/// The allowed set and what hangs off each allowed validator: its keys, its metrics and the
+/// addresses it proved itself from. Cheap to clone (handles only); the chain actors hold one in
+/// their arguments.
 #[derive(Clone)]
 pub struct ValidatorSet {
     pub auth: Arc<ValidatorAuth>,
     pub keys: KeyStore,
     pub metrics: Arc<Metrics>,
+    pub known_peers: Arc<KnownPeers>,
 }
 
 /// Why a source's update dropped a validator, for the log line.
@@ -32,8 +35,8 @@ fn reason(source: Source) -> &'static str {
 }
 
 impl ValidatorSet {
-    pub fn new(auth: Arc<ValidatorAuth>, keys: KeyStore, metrics: Arc<Metrics>) -> Self {
-        Self { auth, keys, metrics }
+    pub fn new(auth: Arc<ValidatorAuth>, keys: KeyStore, metrics: Arc<Metrics>, known_peers: Arc<KnownPeers>) -> Self {
+        Self { auth, keys, metrics, known_peers }
     }
 
     /// Replaces `source`'s set (see [`ValidatorAuth::replace`], which keeps the last good set
@@ -56,10 +59,12 @@ impl ValidatorSet {
         denied
     }
 
-    /// Its keys stop reading as live at once; its series leave `/metrics`.
+    /// Its keys stop reading as live at once; its series leave `/metrics`; its proven addresses no
+    /// longer exempt its `/availability` polls from the per-address limit.
     fn drop_validator(&self, hotkey: &str, reason: &str) {
         tracing::info!(validator = %hotkey, reason, "validator no longer allowed; dropping its keys and its metrics");
         self.keys.revoke(hotkey);
         self.metrics.validators.forget(hotkey);
+        self.known_peers.forget(hotkey);
     }
 }
