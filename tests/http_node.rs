@@ -152,10 +152,9 @@ async fn until_a_first_validator_set_is_loaded_the_miner_says_why_it_is_unavaila
     g.stop();
 }
 
-/// The scheduler crashes while a validator holds a key: the root restarts it, the worker is
-/// announced to it again, and the validator's next challenge (same key) gets 200.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_the_scheduler_crashes_challenges_are_answered_again() {
+/// A graph with one loaded worker restarted on a crash, its HTTP node, and a validator that has
+/// exchanged a key and been answered once: the state a crash test starts from.
+async fn answering_before_a_crash() -> (MinerGraph, HttpNode, ValidatorClient, Value) {
     let g = graph(vec![cpu_worker("cpu0", tiny_model(), 512)], 4, fast_restarts(3)).await;
     wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
     let n = node(&g, HttpSettings::default());
@@ -163,6 +162,14 @@ async fn after_the_scheduler_crashes_challenges_are_answered_again() {
     client.handshake().await.unwrap();
     let body = challenge_body("hi", 4, 0.7);
     assert!(client.challenge_once(&body).await.is_ok());
+    (g, n, client, body)
+}
+
+/// The scheduler crashes while a validator holds a key: the root restarts it, the worker is
+/// announced to it again, and the validator's next challenge (same key) gets 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_scheduler_crashes_challenges_are_answered_again() {
+    let (g, n, client, body) = answering_before_a_crash().await;
 
     let first = g.scheduler.get();
     first.cast(loosh_actors::scheduler::SchedulerMsg::CrashForTest).unwrap();
@@ -183,13 +190,7 @@ async fn after_the_scheduler_crashes_challenges_are_answered_again() {
 /// key exchange then a challenge both succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_the_key_registry_crashes_a_validator_exchanges_a_key_again_and_is_answered() {
-    let g = graph(vec![cpu_worker("cpu0", tiny_model(), 512)], 4, fast_restarts(3)).await;
-    wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
-    let n = node(&g, HttpSettings::default());
-    let mut client = ValidatorClient::new(&format!("http://{}", n.addr), Hotkey::ephemeral());
-    client.handshake().await.unwrap();
-    let body = challenge_body("hi", 4, 0.7);
-    assert!(client.challenge_once(&body).await.is_ok());
+    let (g, n, mut client, body) = answering_before_a_crash().await;
 
     let first = g.keys.registry();
     first.cast(loosh_actors::session::registry::KeyRegistryMsg::CrashForTest).unwrap();

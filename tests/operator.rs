@@ -603,35 +603,14 @@ fn a_quoted_argument_in_a_managed_servers_command_reaches_it_whole() {
         "kind": "openai", "name": "managed", "base_url": format!("http://127.0.0.1:{}/v1", common::free_port()),
         "model": "m", "command": command, "ready_timeout_s": 600
     }]);
-    /// Stopped however the test ends: a miner left running would hold the test's output open.
-    struct Stopped(std::process::Child);
-    impl Drop for Stopped {
-        fn drop(&mut self) {
-            let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-            let _ = self.0.wait();
-        }
-    }
-    let mut miner = Stopped(
-        Command::new(env!("CARGO_BIN_EXE_loosh-miner"))
-            .arg("--dev")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", std::env::var("HOME").unwrap_or_default())
-            .env("API_PORT", common::free_port().to_string())
-            .env("METRICS_PORT", common::free_port().to_string())
-            .env("WORKERS", workers.to_string())
-            .current_dir(dir.path())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut miner = ManagedOnly::start(dir.path(), &workers);
     let end = Instant::now() + Duration::from_secs(60);
     let argv: Vec<String> = loop {
         if let Some(v) = std::fs::read_to_string(&seen).ok().and_then(|t| serde_json::from_str(&t).ok()) {
             break v;
         }
-        if let Ok(Some(status)) = miner.0.try_wait() {
-            panic!("the miner exited ({status}) before starting its server");
+        if let Ok(Some(status)) = miner.child.try_wait() {
+            panic!("the miner exited ({status}) before starting its server:\n{}", miner.lines().join("\n"));
         }
         assert!(Instant::now() < end, "the managed server was never started");
         std::thread::sleep(Duration::from_millis(20));

@@ -116,6 +116,20 @@ fn hold_long_challenges(
         .collect()
 }
 
+/// How many of the relayer's held challenges were answered; every other one must be a 503 whose
+/// body says `refusal`.
+async fn relayer_answers(held: Vec<tokio::task::JoinHandle<Result<(), ClientError>>>, refusal: &str) -> usize {
+    let mut answered = 0;
+    for h in held {
+        match h.await.unwrap() {
+            Ok(()) => answered += 1,
+            Err(ClientError::Status { status: 503, body, .. }) => assert!(body.contains(refusal), "{body}"),
+            Err(e) => panic!("the relayer's challenge: {e}"),
+        }
+    }
+    answered
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_captured_exchange_replayed_from_16_addresses_costs_the_validator_nothing() {
     let model = tiny_model();
@@ -182,16 +196,7 @@ async fn a_relayed_exchange_gets_only_its_own_addresss_small_share_and_the_valid
     let (answered, refused) = answered_of(&honest, 10).await;
     assert_eq!(answered, 10, "the validator was refused while the relayer held its share: {refused:?}");
 
-    let mut relayer_answered = 0;
-    for h in held {
-        match h.await.unwrap() {
-            Ok(_) => relayer_answered += 1,
-            Err(ClientError::Status { status: 503, body, .. }) => {
-                assert!(body.contains("unreported addresses"), "{body}")
-            }
-            Err(e) => panic!("the relayer's challenge: {e}"),
-        }
-    }
+    let relayer_answered = relayer_answers(held, "unreported addresses").await;
     assert!(relayer_answered <= 2, "the relayer got {relayer_answered} answers");
     assert!(miner.metric("loosh_exchange_addresses_total{kind=\"elsewhere\"}").unwrap() >= 1.0);
     api.stop(false).await;
@@ -234,14 +239,7 @@ async fn with_nothing_reported_a_relayer_on_four_addresses_gets_at_most_half_of_
     let (answered, refused) = answered_of(&honest, 10).await;
     assert_eq!(answered, 10, "the validator was refused while the relayer held its half: {refused:?}");
 
-    let mut relayer_answered = 0;
-    for h in held {
-        match h.await.unwrap() {
-            Ok(_) => relayer_answered += 1,
-            Err(ClientError::Status { status: 503, body, .. }) => assert!(body.contains("in flight"), "{body}"),
-            Err(e) => panic!("the relayer's challenge: {e}"),
-        }
-    }
+    let relayer_answered = relayer_answers(held, "in flight").await;
     assert!(relayer_answered <= 2, "the relayer got {relayer_answered} answers");
 }
 
