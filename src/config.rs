@@ -86,7 +86,7 @@ pub struct Config {
     /// `RATE_LIMIT_ENABLED`: unset means on, except under `--dev` (see `main`).
     pub rate_limit_enabled: Option<bool>,
     /// `RATE_LIMITS` over the Python miner's per-IP defaults, and `HOTKEY_RATE_LIMIT_PER_MINUTE`.
-    pub rate_limits: loosh_actors::front_door::rate_limit::RateLimitSettings,
+    pub rate_limits: loosh_actors::settings::RateLimitSettings,
     /// `MAX_IN_FLIGHT_PER_VALIDATOR`: challenges one validator may have in flight (default three
     /// quarters of `MAX_CONCURRENT_REQUESTS`), so that one hotkey cannot take every slot.
     pub max_in_flight_per_validator: usize,
@@ -135,7 +135,7 @@ pub struct Config {
     pub ollama_base_url: String,
     pub ollama_timeout: Duration,
     /// Redacted in `Debug`.
-    pub openai_api_key: Option<loosh_actors::protocol::secret::Secret>,
+    pub openai_api_key: Option<loosh_actors::settings::Secret>,
     pub challenge_deadline: Duration,
     pub max_concurrent_requests: usize,
     /// `OPENAI_MAX_MODEL_LEN`: the context length of OpenAI-compatible servers that do not report
@@ -501,7 +501,7 @@ impl Config {
                 .parse("MAX_CONNECTIONS_PER_ADDRESS", 64, "a number of connections (at least 1)")?
                 .max(1),
             rsa_slots: src
-                .parse("RSA_SLOTS", loosh_actors::rsa_pool::DEFAULT_RSA_SLOTS, "a whole number of at least 1")?
+                .parse("RSA_SLOTS", loosh_actors::settings::DEFAULT_RSA_SLOTS, "a whole number of at least 1")?
                 .max(1),
             verify_slots: src.parse("SIGNATURE_SLOTS", 4, "a whole number of at least 1")?.max(1),
             rate_limit_enabled: match src.get("RATE_LIMIT_ENABLED") {
@@ -509,7 +509,7 @@ impl Config {
                 Some(_) => Some(src.boolean("RATE_LIMIT_ENABLED", true)?),
             },
             rate_limits: {
-                let mut limits = loosh_actors::front_door::rate_limit::RateLimitSettings::default();
+                let mut limits = loosh_actors::settings::RateLimitSettings::default();
                 if let Some(text) = src.get("RATE_LIMITS") {
                     limits.apply(text).map_err(|expected| ConfigError {
                         var: "RATE_LIMITS",
@@ -595,7 +595,7 @@ impl Config {
             llamacpp_api_base: src.string("LLAMACPP_API_BASE", "http://localhost:8080/v1"),
             ollama_base_url: src.string("OLLAMA_BASE_URL", "http://localhost:11434"),
             ollama_timeout: Duration::from_secs_f64(src.parse::<f64>("OLLAMA_TIMEOUT", 300.0, "seconds")?.max(1.0)),
-            openai_api_key: src.get("OPENAI_API_KEY").map(loosh_actors::protocol::secret::Secret::new),
+            openai_api_key: src.get("OPENAI_API_KEY").map(loosh_actors::settings::Secret::new),
             challenge_deadline: Duration::from_millis(deadline_ms),
             max_concurrent_requests: max_concurrent,
             openai_max_model_len: match src.parse("OPENAI_MAX_MODEL_LEN", 0u32, "a number of tokens (0 = unknown)")? {
@@ -607,14 +607,14 @@ impl Config {
             admission_min_tokens: src.parse("ADMISSION_MIN_TOKENS", 48, "a number of tokens")?,
             admission_max_wait: match src.parse(
                 "ADMISSION_MAX_WAIT_MS",
-                loosh_actors::admission::DEFAULT_MAX_WAIT.as_millis() as u64,
+                loosh_actors::settings::DEFAULT_MAX_WAIT.as_millis() as u64,
                 "milliseconds (0 = no cap)",
             )? {
                 0 => None,
                 ms => Some(Duration::from_millis(ms)),
             },
             admission_keep_sample: {
-                let default = loosh_actors::admission::DEFAULT_KEEP_SAMPLE_EVERY.as_secs() / 60;
+                let default = loosh_actors::settings::DEFAULT_KEEP_SAMPLE_EVERY.as_secs() / 60;
                 let minutes: u64 = src.parse("ADMISSION_KEEP_SAMPLE_MINUTES", default, "minutes (at least 1)")?;
                 if minutes == 0 {
                     return Err(ConfigError {
@@ -821,7 +821,7 @@ impl Config {
         if let Some(url) = &self.subtensor_address {
             return Ok(url.clone());
         }
-        loosh_actors::chain::network_url(&self.subtensor_network).map(String::from).ok_or_else(|| ConfigError {
+        loosh_actors::settings::network_url(&self.subtensor_network).map(String::from).ok_or_else(|| ConfigError {
             var: "SUBTENSOR_NETWORK",
             value: self.subtensor_network.clone(),
             expected: "finney, test or local (or set SUBTENSOR_ADDRESS)".into(),
@@ -1023,7 +1023,7 @@ mod tests {
     #[test]
     fn rate_limits_default_to_the_python_miner_and_bad_text_names_the_variable() {
         let c = Config::from_source(&Source::from_pairs([])).unwrap();
-        assert_eq!(c.rate_limits, loosh_actors::front_door::rate_limit::RateLimitSettings::default());
+        assert_eq!(c.rate_limits, loosh_actors::settings::RateLimitSettings::default());
         assert_eq!(c.rate_limit_enabled, None);
         let err = Config::from_source(&Source::from_pairs([("RATE_LIMITS", "challenge=lots")])).unwrap_err();
         assert_eq!(err.var, "RATE_LIMITS");

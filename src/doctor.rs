@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use loosh_actors::backend_worker::EngineSpec;
 use loosh_actors::chain::client::ChainClient;
 use loosh_actors::inference::openai::OpenAiClient;
 use loosh_actors::protocol::messages::unix_time_f64;
+use loosh_actors::settings::EngineSpec;
 
 use crate::config::Config;
 

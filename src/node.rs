@@ -8,19 +8,19 @@ use std::time::Instant;
 
 use actix_web::dev::ServerHandle;
 use actix_web::web;
-use loosh_actors::admission::AdmissionSettings;
 use loosh_actors::authorization::ValidatorAuth;
-use loosh_actors::backend_worker::WorkerSpec;
 use loosh_actors::chain::challenge_api::ChallengeApiArgs;
 use loosh_actors::chain::heartbeat::HeartbeatArgs;
-use loosh_actors::front_door::DoorSettings;
 use loosh_actors::graph::{GraphConfig, MinerGraph};
-use loosh_actors::hedging::HedgeSettings;
 use loosh_actors::protocol::rsa_keys::MinerRsaKey;
 use loosh_actors::protocol::signature::Hotkey;
-use loosh_actors::scheduler::SchedulerSettings;
-use loosh_actors::session::SessionSettings;
-use loosh_actors::worker_supervisor::RestartPolicy;
+use loosh_actors::settings::AdmissionSettings;
+use loosh_actors::settings::DoorSettings;
+use loosh_actors::settings::HedgeSettings;
+use loosh_actors::settings::RestartPolicy;
+use loosh_actors::settings::SchedulerSettings;
+use loosh_actors::settings::SessionSettings;
+use loosh_actors::settings::WorkerSpec;
 
 use crate::config::Config;
 use crate::http::refusals::RefusalLog;
@@ -108,8 +108,8 @@ fn restart_policy() -> RestartPolicy {
 /// Where a worker runs, for `loosh_worker_info` and `status`: its device, or its server's URL.
 pub fn worker_place(spec: &WorkerSpec) -> String {
     match &spec.engine {
-        loosh_actors::backend_worker::EngineSpec::Embedded(_) => spec.device.to_string(),
-        loosh_actors::backend_worker::EngineSpec::OpenAi(o) => o.base_url.clone(),
+        loosh_actors::settings::EngineSpec::Embedded(_) => spec.device.to_string(),
+        loosh_actors::settings::EngineSpec::OpenAi(o) => o.base_url.clone(),
     }
 }
 

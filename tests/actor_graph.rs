@@ -312,7 +312,7 @@ async fn the_root_restarts_a_crashed_worker_supervisor_and_its_workers() {
 /// timed: it waits for the restart, then for an answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_engine_is_failed_by_the_watchdog_and_its_restart_answers() {
-    use loosh_actors::backend_worker::EngineSpec;
+    use loosh_actors::settings::EngineSpec;
     let mut worker = cpu_worker("cpu0", tiny_model(), 512);
     let EngineSpec::Embedded(engine) = &mut worker.engine else { unreachable!() };
     engine.stall_after = Duration::from_secs(2);

@@ -15,7 +15,7 @@ use loosh_actors::metrics::Metrics;
 use loosh_actors::protocol::fernet_codec::FernetKey;
 use loosh_actors::protocol::signature::{verify_sr25519, Hotkey};
 use loosh_actors::session::registry::KeyStore;
-use loosh_actors::session::SessionSettings;
+use loosh_actors::settings::SessionSettings;
 use loosh_actors::validator_set::ValidatorSet;
 use ractor::Actor;
 use serde_json::{json, Value};

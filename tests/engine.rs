@@ -20,7 +20,7 @@ fn spec(prefix_cache: bool, n_parallel: u32) -> EmbeddedSpec {
         n_batch: 256,
         n_parallel,
         prefix_cache,
-        stall_after: loosh_actors::inference::embedded::DEFAULT_STALL_AFTER,
+        stall_after: loosh_actors::settings::DEFAULT_STALL_AFTER,
     }
 }
 

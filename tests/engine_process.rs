@@ -204,7 +204,7 @@ async fn an_engine_killed_with_sigkill_fails_its_challenge_cleanly_when_no_time_
 /// must be), and a fresh child answers, the challenge the hung one held included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_engine_process_is_killed_by_the_watchdog_and_replaced() {
-    use loosh_actors::backend_worker::EngineSpec;
+    use loosh_actors::settings::EngineSpec;
     let mut worker = child_worker("cpu0", tiny_model(), 512);
     let EngineSpec::Embedded(engine) = &mut worker.engine else { unreachable!() };
     engine.stall_after = Duration::from_secs(2);
@@ -265,7 +265,7 @@ fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_engines_step_counters_reach_the_snapshot_and_metrics_before_its_answer() {
     let mut worker = child_worker("cpu0", tiny_model(), 512);
-    if let loosh_actors::backend_worker::EngineSpec::Embedded(e) = &mut worker.engine {
+    if let loosh_actors::settings::EngineSpec::Embedded(e) = &mut worker.engine {
         e.n_parallel = 2;
     }
     let g = graph(vec![worker], 4, fast_restarts(1)).await;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use loosh_actors::protocol::fernet_codec::FernetKey;
 use loosh_actors::session::key_session::StoreError;
 use loosh_actors::session::registry::{KeyStore, KeyStoreError};
-use loosh_actors::session::SessionSettings;
+use loosh_actors::settings::SessionSettings;
 
 const WINDOW: Duration = Duration::from_secs(330);
 

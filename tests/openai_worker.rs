@@ -9,7 +9,7 @@ use common::*;
 use loosh_actors::inference::request::{BackendError, FinishReason};
 use loosh_actors::protocol::messages::ChatMessage;
 use loosh_actors::scheduler::ScheduleError;
-use loosh_actors::worker_supervisor::RestartPolicy;
+use loosh_actors::settings::RestartPolicy;
 use serde_json::json;
 
 const READY: Duration = Duration::from_secs(120);
@@ -141,7 +141,7 @@ async fn no_health_probe_cuts_a_streaming_answer_short() {
     let server = LlamaCppPythonServer::start_with(&tiny_model(), free_port(), &["--interrupt_requests", "true"]);
     server.ready().await;
     let mut spec = openai_worker("api0", &server.base_url(), LlamaCppPythonServer::ALIAS);
-    if let loosh_actors::backend_worker::EngineSpec::OpenAi(o) = &mut spec.engine {
+    if let loosh_actors::settings::EngineSpec::OpenAi(o) = &mut spec.engine {
         o.health_every = Duration::from_millis(20);
     }
     let g = graph(vec![spec], 1, fast_restarts(3)).await;

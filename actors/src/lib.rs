@@ -37,6 +37,7 @@ pub mod protocol;
 pub mod rsa_pool;
 pub mod scheduler;
 pub mod session;
+pub mod settings;
 pub mod supervision;
 pub mod validator_set;
 pub mod worker_supervisor;

@@ -11,7 +11,7 @@ use anyhow::Context;
 use loosh_actors::backend_worker::WorkerMsg;
 use loosh_actors::graph::MinerGraph;
 use loosh_actors::inference::request::{BackendError, Generation, GenerationRequest};
-use loosh_actors::worker_supervisor::RestartPolicy;
+use loosh_actors::settings::RestartPolicy;
 use ractor::ActorRef;
 
 use super::reference::BenchDevice;

@@ -67,7 +67,7 @@ impl BenchDevice {
             n_batch: 512,
             n_parallel: 1,
             prefix_cache: false,
-            stall_after: loosh_actors::inference::embedded::DEFAULT_STALL_AFTER,
+            stall_after: loosh_actors::settings::DEFAULT_STALL_AFTER,
         }
     }
 }

@@ -16,11 +16,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use loosh_actors::backend_worker::{Device, EngineSpec, WorkerSpec};
-use loosh_actors::engine_host::EngineProcess;
-use loosh_actors::inference::embedded::EmbeddedSpec;
-use loosh_actors::inference::openai::{with_v1, OpenAiSpec};
-use loosh_actors::protocol::secret::Secret;
+use loosh_actors::settings::EmbeddedSpec;
+use loosh_actors::settings::EngineProcess;
+use loosh_actors::settings::Secret;
+use loosh_actors::settings::{with_v1, OpenAiSpec};
+use loosh_actors::settings::{Device, EngineSpec, WorkerSpec};
 use serde::Deserialize;
 
 use crate::config::{Config, ConfigError, EngineProcessPolicy, LlmBackend};

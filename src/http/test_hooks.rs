@@ -6,7 +6,7 @@
 use actix_web::{post, web, HttpResponse};
 use loosh_actors::scheduler::SchedulerMsg;
 use loosh_actors::session::registry::KeyRegistryMsg;
-use loosh_actors::supervision::RestartPolicy;
+use loosh_actors::settings::RestartPolicy;
 use loosh_actors::worker_supervisor::SupervisorMsg;
 
 use super::error::ApiError;

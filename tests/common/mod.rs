@@ -6,16 +6,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use loosh_actors::authorization::ValidatorAuth;
-use loosh_actors::backend_worker::{Device, EngineSpec, WorkerSpec};
-use loosh_actors::engine_host::EngineProcess;
-use loosh_actors::front_door::DoorSettings;
 use loosh_actors::graph::{GraphConfig, MinerGraph};
-use loosh_actors::inference::embedded::EmbeddedSpec;
 use loosh_actors::inference::request::GenerationRequest;
 use loosh_actors::protocol::rsa_keys::MinerRsaKey;
-use loosh_actors::scheduler::SchedulerSettings;
-use loosh_actors::session::SessionSettings;
-use loosh_actors::worker_supervisor::RestartPolicy;
+use loosh_actors::settings::DoorSettings;
+use loosh_actors::settings::EmbeddedSpec;
+use loosh_actors::settings::EngineProcess;
+use loosh_actors::settings::RestartPolicy;
+use loosh_actors::settings::SchedulerSettings;
+use loosh_actors::settings::SessionSettings;
+use loosh_actors::settings::{Device, EngineSpec, WorkerSpec};
 
 /// The 8 MB random-weight model with SmolLM2's tokenizer and template: fast, gibberish output.
 /// `scripts/install.sh --test` makes it (scripts/make_tiny_model.py); `LOOSH_TINY_GGUF` overrides.
@@ -59,7 +59,7 @@ pub fn cpu_worker(name: &str, model: PathBuf, n_ctx: u32) -> WorkerSpec {
             n_batch: 256,
             n_parallel: 1,
             prefix_cache: true,
-            stall_after: loosh_actors::inference::embedded::DEFAULT_STALL_AFTER,
+            stall_after: loosh_actors::settings::DEFAULT_STALL_AFTER,
         }),
         process: EngineProcess::Thread,
     }
@@ -147,7 +147,7 @@ pub fn openai_worker(name: &str, base_url: &str, model: &str) -> WorkerSpec {
     WorkerSpec {
         name: name.into(),
         device: Device::Cpu,
-        engine: EngineSpec::OpenAi(loosh_actors::inference::openai::OpenAiSpec {
+        engine: EngineSpec::OpenAi(loosh_actors::settings::OpenAiSpec {
             base_url: base_url.into(),
             model: model.into(),
             n_parallel: 2,
