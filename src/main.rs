@@ -62,7 +62,7 @@ enum Command {
     #[cfg(feature = "bench")]
     Bench(bench::BenchArgs),
     /// One embedded engine in a process of its own, driven by its worker over stdin/stdout
-    /// (started by the node; see `loosh_actors::engine_host`).
+    /// (started by the node; see `loosh_actors::workers::host`).
     #[command(name = "engine-child", hide = true)]
     EngineChild,
 }

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use loosh_actors::backend_worker::WorkerMsg;
 use loosh_actors::inference::request::{BackendError, FinishReason};
 use loosh_actors::scheduler::ScheduleError;
-use loosh_actors::worker_supervisor::WorkerPhase;
+use loosh_actors::workers::supervisor::WorkerPhase;
+use loosh_actors::workers::worker::WorkerMsg;
 
 const LOAD: Duration = Duration::from_secs(60);
 
@@ -295,7 +295,7 @@ async fn the_root_restarts_a_crashed_worker_supervisor_and_its_workers() {
     let g = graph(vec![cpu_worker("cpu0", model, 512)], 4, fast_restarts(3)).await;
     wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
     let first = g.supervisor.get();
-    first.cast(loosh_actors::worker_supervisor::SupervisorMsg::CrashForTest).unwrap();
+    first.cast(loosh_actors::workers::supervisor::SupervisorMsg::CrashForTest).unwrap();
     wait_for("a new supervisor", LOAD, || async { g.supervisor.get().get_id() != first.get_id() }).await;
     wait_for("its worker to be ready", LOAD, || async {
         g.workers().await.iter().all(|w| w.phase == WorkerPhase::Ready) && ready_workers(&g).await == 1

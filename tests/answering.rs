@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use loosh_actors::authorization::ValidatorAuth;
-use loosh_actors::backend_worker::{WorkerMsg, WorkerSpec};
 use loosh_actors::graph::{GraphConfig, MinerGraph};
 use loosh_actors::protocol::rsa_keys::MinerRsaKey;
 use loosh_actors::protocol::signature::Hotkey;
@@ -20,6 +19,8 @@ use loosh_actors::settings::HedgeSettings;
 use loosh_actors::settings::RestartPolicy;
 use loosh_actors::settings::SchedulerSettings;
 use loosh_actors::settings::SessionSettings;
+use loosh_actors::workers::spec::WorkerSpec;
+use loosh_actors::workers::worker::WorkerMsg;
 use loosh_miner::http::state::HttpSettings;
 use loosh_miner::node::HttpNode;
 use loosh_miner::validator_client::{challenge_body, ClientError, ValidatorClient};

@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use loosh_actors::backend_worker::{WorkerMsg, WorkerSnapshot};
 use loosh_actors::graph::MinerGraph;
 use loosh_actors::inference::request::BackendError;
 use loosh_actors::scheduler::ScheduleError;
-use loosh_actors::worker_supervisor::{RestartPolicy, WorkerPhase};
+use loosh_actors::supervision::RestartPolicy;
+use loosh_actors::workers::supervisor::WorkerPhase;
+use loosh_actors::workers::worker::{WorkerMsg, WorkerSnapshot};
 use ractor::ActorRef;
 
 const LOAD: Duration = Duration::from_secs(60);

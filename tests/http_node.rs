@@ -29,7 +29,7 @@ async fn availability_is_honest_while_no_worker_can_answer() {
     let missing = std::env::temp_dir().join("loosh-no-such-model.gguf");
     let g = graph(vec![cpu_worker("cpu0", missing, 256)], 4, fast_restarts(0)).await;
     wait_for("the worker to be given up on", LOAD, || async {
-        g.workers().await.iter().any(|w| matches!(w.phase, loosh_actors::worker_supervisor::WorkerPhase::Down { .. }))
+        g.workers().await.iter().any(|w| matches!(w.phase, loosh_actors::workers::supervisor::WorkerPhase::Down { .. }))
     })
     .await;
     let n = node(&g, HttpSettings::default());

@@ -94,7 +94,7 @@ async fn a_server_killed_mid_request_fails_fast_and_the_worker_recovers_when_it_
     wait_for("the request to be streaming", READY, || async { g.status().await.unwrap().in_flight == 1 }).await;
     let worker = g.worker_ref("api0").await.unwrap();
     wait_for("tokens to arrive", READY, || async {
-        ractor::call_t!(worker, loosh_actors::backend_worker::WorkerMsg::Snapshot, 1000).is_ok_and(|s| s.active == 1)
+        ractor::call_t!(worker, loosh_actors::workers::worker::WorkerMsg::Snapshot, 1000).is_ok_and(|s| s.active == 1)
     })
     .await;
     server.kill();

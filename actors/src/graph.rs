@@ -33,12 +33,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::authorization::ValidatorAuth;
-use crate::backend_worker::{WorkerMsg, WorkerSpec};
 use crate::chain::challenge_api::{ChallengeApiArgs, ChallengeApiMsg, ChallengeApiPoller};
 use crate::chain::heartbeat::{ChainHeartbeat, HeartbeatArgs, HeartbeatMsg};
 use crate::front_door::DoorSettings;
@@ -50,10 +49,13 @@ use crate::scheduler::{ScheduleError, Scheduler, SchedulerMsg, SchedulerSettings
 use crate::session::live_keys::LiveKeys;
 use crate::session::registry::{KeyRegistry, KeyRegistryMsg, KeyStore, SessionIndex};
 use crate::session::SessionSettings;
+use crate::supervision::RestartPolicy;
 use crate::supervision::{Current, Decision, OnGiveUp, RestartHistory};
-use crate::worker_supervisor::{
-    RestartPolicy, SupervisorArgs, SupervisorMsg, WorkerChanges, WorkerStatus, WorkerSupervisor,
+use crate::workers::spec::WorkerSpec;
+use crate::workers::supervisor::{
+    SupervisorArgs, SupervisorMsg, WorkerChanges, WorkerEvent, WorkerStatus, WorkerSupervisor,
 };
+use crate::workers::worker::WorkerMsg;
 
 /// Everything the graph needs to start.
 pub struct GraphConfig {
@@ -148,7 +150,8 @@ const ON_GIVE_UP: OnGiveUp = OnGiveUp::StopNode;
 struct SupervisorRecipe {
     specs: Vec<WorkerSpec>,
     policy: RestartPolicy,
-    scheduler: Current<SchedulerMsg>,
+    /// Where the supervisor announces its workers (forwarded to the scheduler as it is now).
+    events: mpsc::UnboundedSender<WorkerEvent>,
     metrics: Arc<Metrics>,
 }
 
@@ -157,7 +160,7 @@ impl SupervisorRecipe {
         SupervisorArgs {
             specs: self.specs.clone(),
             policy: self.policy.clone(),
-            scheduler: self.scheduler.clone(),
+            events: self.events.clone(),
             metrics: self.metrics.clone(),
         }
     }
@@ -278,6 +281,19 @@ impl RootState {
         self.histories.entry(Child::KeyRegistry).or_default().started(Instant::now());
         Ok(())
     }
+}
+
+/// A channel whose [`WorkerEvent`]s reach the scheduler as it is now, in the order they were sent
+/// (one forwarding task); it ends when the last sender (the root's recipe) is gone.
+fn forward_to(scheduler: Current<SchedulerMsg>) -> mpsc::UnboundedSender<WorkerEvent> {
+    let (events, mut received) = mpsc::unbounded_channel::<WorkerEvent>();
+    tokio::spawn(async move {
+        while let Some(event) = received.recv().await {
+            // A scheduler that is restarting misses it; its restart asks for an announcement.
+            let _ = scheduler.get().cast(event.into());
+        }
+    });
+    events
 }
 
 /// Starts the worker supervisor from the recipe (at graph start, and after it crashed), keeping
@@ -435,9 +451,9 @@ impl Actor for GraphRoot {
             Child::Supervisor => {
                 cell.stop_children(Some("supervisor crashed".into()));
                 if let Some(recipe) = &state.recipe {
-                    let scheduler = recipe.scheduler.get();
+                    // On the supervisor's own channel, after whatever it announced before it crashed.
                     for spec in &recipe.specs {
-                        let _ = scheduler.cast(SchedulerMsg::WorkerDown { name: spec.name.clone() });
+                        let _ = recipe.events.send(WorkerEvent::Down { name: spec.name.clone() });
                     }
                 }
             }
@@ -509,7 +525,7 @@ impl MinerGraph {
             SupervisorRecipe {
                 specs: config.workers,
                 policy: config.restart,
-                scheduler: scheduler.clone(),
+                events: forward_to(scheduler.clone()),
                 metrics: metrics.clone(),
             },
         );
@@ -568,7 +584,7 @@ impl MinerGraph {
     }
 
     /// [`Self::generate`] for a validator's challenge: the scheduler keeps each validator supplied
-    /// with samples past its wait cap (see [`crate::admission`]).
+    /// with samples past its wait cap (see [`crate::scheduler::admission`]).
     pub async fn generate_for(
         &self,
         validator: Option<&str>,

@@ -5,12 +5,12 @@
 //!    (`authorization.rs`), readiness (the scheduler's published status), the validator's key read
 //!    from `session/live_keys.rs`, Fernet decrypt (`protocol/fernet_codec.rs`, a function call), the
 //!    challenge JSON (`protocol/messages.rs`).
-//! 2. `scheduler.rs` — admission (capacity and time, `admission.rs`, decided once, with a
-//!    `Retry-After` hint) and the pick of a worker: mailbox hop 1; a late first token is raced on an
-//!    idle sibling (`hedging.rs`).
-//! 3. `backend_worker.rs` — one engine per device, under `worker_supervisor.rs`: hop 2; the work
+//! 2. `scheduler/` — admission (capacity and time, `admission.rs`, decided once, with a
+//!    `Retry-After` hint) and the pick of a worker (`dispatch.rs`): mailbox hop 1; a late first
+//!    token is raced on an idle sibling (`hedging.rs`).
+//! 3. `workers/worker.rs` — one engine per device, under `workers/supervisor.rs`: hop 2; the work
 //!    itself is in `inference/` (chat template, llama.cpp or an OpenAI-compatible server, tool calls),
-//!    and `engine_host/` runs an embedded engine on a thread or in a child process of its own.
+//!    and `workers/host/` runs an embedded engine on a thread or in a child process of its own.
 //! 4. back in `front_door/challenge.rs` — the reply JSON with the timing echo, Fernet encrypt.
 //!
 //! A key exchange: `front_door/key_exchange.rs` — shape, authorization, timestamp, sr25519
@@ -22,15 +22,11 @@
 //! keys and metrics of a validator no longer allowed);
 //! `metrics.rs` is what `/metrics` shows.
 
-pub mod admission;
 pub mod authorization;
-pub mod backend_worker;
 pub mod bounded_body;
 pub mod chain;
-pub mod engine_host;
 pub mod front_door;
 pub mod graph;
-pub mod hedging;
 pub mod inference;
 pub mod metrics;
 pub mod protocol;
@@ -40,4 +36,4 @@ pub mod session;
 pub mod settings;
 pub mod supervision;
 pub mod validator_set;
-pub mod worker_supervisor;
+pub mod workers;

@@ -174,8 +174,8 @@ async fn mixed_load(
 /// without and with hedging.
 #[cfg(feature = "test-hooks")]
 async fn slowed_worker(plan: &AnsweringPlan) -> anyhow::Result<()> {
-    use loosh_actors::backend_worker::WorkerMsg;
     use loosh_actors::inference::request::GenerationRequest;
+    use loosh_actors::workers::worker::WorkerMsg;
 
     let slow = Duration::from_secs(3);
     println!(

@@ -30,6 +30,7 @@ use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::attack_bounds::show;
 use super::{bench_config, start, stats, stop};
 use crate::validator_client::{challenge_body, key_exchange_body, ValidatorClient};
 
@@ -190,10 +191,6 @@ async fn malformed_attack(addr: SocketAddr, url: &str, plan: &AttackPlan, alone:
         honest.p50_ms, honest.p99_ms, alone.p99_ms, honest.rounds, honest.errors, plan.malformed, show(&statuses)
     );
     Ok(())
-}
-
-pub(super) fn show(counts: &BTreeMap<String, usize>) -> String {
-    counts.iter().map(|(s, n)| format!("{s}×{n}")).collect::<Vec<_>>().join(" ")
 }
 
 /// Honest rounds one after another (a fresh key exchange, then a one-token challenge): at least

@@ -138,8 +138,8 @@ pub async fn stop_list(model: &Path, threads: i32, rounds: usize, max_tokens: u3
         percent(&during),
         during.rounds,
         during.errors,
-        super::attack::show(&statuses[0]),
-        super::attack::show(&statuses[1]),
+        show(&statuses[0]),
+        show(&statuses[1]),
     );
     stop(node).await;
     Ok(())
@@ -208,4 +208,9 @@ pub async fn hostile_backend(model: &Path, threads: i32) -> anyhow::Result<()> {
     }
     stop(node).await;
     Ok(())
+}
+
+/// Response counts by status, as one line (`200×9 503×1`).
+pub(super) fn show(counts: &BTreeMap<String, usize>) -> String {
+    counts.iter().map(|(s, n)| format!("{s}×{n}")).collect::<Vec<_>>().join(" ")
 }

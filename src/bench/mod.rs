@@ -34,13 +34,14 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use llama_cpp_2::context::params::LlamaContextParams;
 use loosh_actors::authorization::ValidatorAuth;
-use loosh_actors::backend_worker::{wait_for_engines, WorkerMsg};
 use loosh_actors::graph::MinerGraph;
 use loosh_actors::inference::chat_template::ChatTemplate;
 use loosh_actors::inference::embedded::StepStats;
 use loosh_actors::inference::request::GenerationRequest;
 use loosh_actors::protocol::messages::ChatMessage;
 use loosh_actors::protocol::signature::Hotkey;
+use loosh_actors::workers::host::stats::wait_for_engines;
+use loosh_actors::workers::worker::WorkerMsg;
 use tokio::sync::Mutex;
 
 use crate::config::{Config, Source};

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use loosh_actors::backend_worker::WorkerMsg;
 use loosh_actors::graph::MinerGraph;
 use loosh_actors::inference::request::{BackendError, Generation, GenerationRequest};
 use loosh_actors::settings::RestartPolicy;
+use loosh_actors::workers::worker::WorkerMsg;
 use ractor::ActorRef;
 
 use super::reference::BenchDevice;

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use loosh_actors::backend_worker::WorkerMsg;
 use loosh_actors::graph::MinerGraph;
 use loosh_actors::inference::request::GenerationRequest;
 use loosh_actors::protocol::signature::Hotkey;
+use loosh_actors::workers::worker::WorkerMsg;
 use serde_json::json;
 
 use super::reference::{self, BenchDevice};

@@ -167,7 +167,7 @@ pub fn run(dev: bool) -> anyhow::Result<()> {
     })?;
     // The engines free their contexts and models on their own threads; a GPU context freed after
     // main returns (the CUDA driver already shut down) aborts the process instead of exiting 0.
-    if loosh_actors::backend_worker::wait_for_engines(std::time::Duration::from_secs(30)) {
+    if loosh_actors::workers::host::stats::wait_for_engines(std::time::Duration::from_secs(30)) {
         tracing::info!("all engines stopped; exiting");
     } else {
         tracing::warn!("an engine did not stop within 30 s; exiting anyway");

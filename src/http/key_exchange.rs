@@ -6,6 +6,7 @@ use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::body::read_limited;
+use super::caller::names_a_validator;
 use super::error::{rate_limited, ApiError};
 use super::state::AppState;
 use loosh_actors::front_door::rate_limit::Route;
@@ -16,21 +17,6 @@ pub async fn public_key(state: web::Data<AppState>, req: HttpRequest) -> Result<
     g.check_ip_rate(Route::PublicKey, super::client_ip(&state, &req), names_a_validator(&state, &req))
         .map_err(rate_limited)?;
     Ok(HttpResponse::Ok().json(json!({ "public_key": g.rsa.public_pem() })))
-}
-
-/// Whether the caller's `validator-hotkey` header names an allowed validator (unverified: it only
-/// selects the larger per-IP budget).
-pub fn names_a_validator(state: &AppState, req: &HttpRequest) -> bool {
-    claimed_hotkey(req).is_some_and(|h| state.graph.auth.is_allowed(h))
-}
-
-/// The hotkey a caller's `validator-hotkey` header claims (unverified), if it is a plausible one.
-pub fn claimed_hotkey(req: &HttpRequest) -> Option<&str> {
-    req.headers()
-        .get("validator-hotkey")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|h| !h.is_empty() && h.len() <= 64)
 }
 
 #[post("/fiber/key-exchange")]

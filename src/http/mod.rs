@@ -3,11 +3,13 @@
 
 pub mod api_docs;
 pub mod body;
+pub mod caller;
 pub mod challenge;
 pub mod connections;
 pub mod error;
 pub mod inference;
 pub mod key_exchange;
+pub mod ready_clock;
 pub mod refusals;
 pub mod state;
 pub mod status;
@@ -48,7 +50,7 @@ pub fn client_ip(state: &AppState, req: &actix_web::HttpRequest) -> Option<std::
 fn not_found(cfg: &mut web::ServiceConfig) {
     cfg.default_service(web::to(|state: web::Data<AppState>, req: actix_web::HttpRequest| async move {
         let peer = client_ip(&state, &req);
-        let named = key_exchange::names_a_validator(&state, &req);
+        let named = caller::names_a_validator(&state, &req);
         state
             .graph
             .check_ip_rate(loosh_actors::front_door::rate_limit::Route::Other, peer, named)

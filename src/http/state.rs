@@ -72,5 +72,5 @@ pub struct AppState {
     pub started: Instant,
     pub refusals: RefusalLog,
     /// Since when no worker has been ready (`/health`).
-    pub ready_clock: super::status::ReadyClock,
+    pub ready_clock: super::ready_clock::ReadyClock,
 }

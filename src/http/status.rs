@@ -21,7 +21,7 @@ use super::state::AppState;
 #[get("/availability")]
 pub async fn availability(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let peer = super::client_ip(&state, &req);
-    let claimed = super::key_exchange::claimed_hotkey(&req);
+    let claimed = super::caller::claimed_hotkey(&req);
     let allowed = claimed.is_some_and(|h| state.graph.auth.is_allowed(h));
     let proven = allowed && claimed.zip(peer).is_some_and(|(h, ip)| state.graph.known_peers.is_known(h, ip));
     if !proven {
@@ -51,43 +51,13 @@ fn unavailable_reason(state: &AppState) -> Option<&'static str> {
     reason
 }
 
-/// Since when no worker has been ready, as `/health` saw it: from the start until a worker is first
-/// ready, then from the first `/health` that found none ready. (Docker's HEALTHCHECK asks every
-/// 30 s, so a loss of every worker is noticed at most one interval late.)
-#[derive(Debug, Default)]
-pub struct ReadyClock {
-    none_ready_since: std::sync::Mutex<Option<std::time::Instant>>,
-    ever_ready: std::sync::atomic::AtomicBool,
-}
-
-impl ReadyClock {
-    /// How long no worker has been ready (zero while one is).
-    fn none_ready_for(&self, any_ready: bool, started: std::time::Instant) -> std::time::Duration {
-        use std::sync::atomic::Ordering;
-        let mut since = self.none_ready_since.lock().unwrap_or_else(|e| e.into_inner());
-        if any_ready {
-            self.ever_ready.store(true, Ordering::Relaxed);
-            *since = None;
-            return std::time::Duration::ZERO;
-        }
-        let from = *since.get_or_insert_with(|| {
-            if self.ever_ready.load(Ordering::Relaxed) {
-                std::time::Instant::now()
-            } else {
-                started
-            }
-        });
-        from.elapsed()
-    }
-}
-
 /// Liveness, with each worker's phase for operators: 503 once no worker has been ready for longer
 /// than `HEALTH_GRACE_SECONDS`, so that Docker's HEALTHCHECK (and anything else that reads it)
 /// sees a miner whose every worker is down as unhealthy, not as a process that answers.
 #[get("/health")]
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let workers = state.graph.workers().await;
-    let any_ready = workers.iter().any(|w| matches!(w.phase, loosh_actors::worker_supervisor::WorkerPhase::Ready));
+    let any_ready = workers.iter().any(|w| matches!(w.phase, loosh_actors::workers::supervisor::WorkerPhase::Ready));
     let none_ready_for = state.ready_clock.none_ready_for(any_ready, state.started);
     let healthy = none_ready_for <= state.settings.health_grace;
     let workers: Vec<_> = workers

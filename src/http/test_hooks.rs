@@ -7,7 +7,7 @@ use actix_web::{post, web, HttpResponse};
 use loosh_actors::scheduler::SchedulerMsg;
 use loosh_actors::session::registry::KeyRegistryMsg;
 use loosh_actors::settings::RestartPolicy;
-use loosh_actors::worker_supervisor::SupervisorMsg;
+use loosh_actors::workers::supervisor::SupervisorMsg;
 
 use super::error::ApiError;
 use super::state::AppState;

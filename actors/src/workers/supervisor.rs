@@ -4,9 +4,10 @@
 //! Erlang-style: a worker that hits an unexpected state crashes; the supervisor restarts it with
 //! fresh state unless it has crashed `max_restarts` times within `within`, in which case the worker
 //! stays down and `/metrics` (`loosh_worker_down`) and the logs say why (the policy and its
-//! history are [`crate::supervision`]'s). It keeps the scheduler's view of ready workers current,
-//! and tells a restarted scheduler again which workers are up. Other workers never notice a
-//! sibling's crash.
+//! history are [`crate::supervision`]'s). It announces each worker that comes up, goes down or is
+//! retired on a channel ([`WorkerEvent`]), and announces the running ones again on request (after
+//! the scheduler, which listens, was restarted); it knows nothing of who listens. Other workers
+//! never notice a sibling's crash.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,12 +15,23 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use crate::backend_worker::{BackendWorker, WorkerMsg, WorkerSpec};
-use crate::metrics::Metrics;
-use crate::scheduler::SchedulerMsg;
-use crate::supervision::{Current, Decision, RestartHistory};
+use tokio::sync::mpsc::UnboundedSender;
 
-pub use crate::supervision::RestartPolicy;
+use super::spec::WorkerSpec;
+use super::worker::{BackendWorker, WorkerMsg};
+use crate::metrics::Metrics;
+use crate::supervision::{Decision, RestartHistory, RestartPolicy};
+
+/// What the supervisor announces about a worker, in the order it happens.
+#[derive(Debug, Clone)]
+pub enum WorkerEvent {
+    /// Ready, generating up to `parallel` sequences at once.
+    Up { name: String, actor: ActorRef<WorkerMsg>, parallel: usize },
+    /// Gone (crashed, stopped): what it held is released.
+    Down { name: String },
+    /// Being removed by a reload: it takes nothing new, finishes what it holds, then is `Down`.
+    Retire { name: String },
+}
 
 /// Where one worker is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +76,7 @@ pub enum SupervisorMsg {
     Retired {
         index: usize,
     },
-    /// The scheduler was restarted (with fresh state): tell it which workers are up.
+    /// The listener was restarted (with fresh state): announce every worker that is up again.
     Announce,
     /// Test hook: makes the supervisor itself panic, so the root's restart of it can be exercised.
     #[cfg(feature = "test-hooks")]
@@ -89,8 +101,8 @@ pub struct WorkerSupervisor;
 pub struct SupervisorArgs {
     pub specs: Vec<WorkerSpec>,
     pub policy: RestartPolicy,
-    /// The scheduler as it is now: the root restarts it if it crashes.
-    pub scheduler: Current<SchedulerMsg>,
+    /// Where [`WorkerEvent`]s go.
+    pub events: UnboundedSender<WorkerEvent>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -127,7 +139,7 @@ pub struct SupervisorState {
     children: Vec<Child>,
     by_actor: HashMap<ActorId, usize>,
     policy: RestartPolicy,
-    scheduler: Current<SchedulerMsg>,
+    events: UnboundedSender<WorkerEvent>,
     metrics: Arc<Metrics>,
 }
 
@@ -169,7 +181,7 @@ impl SupervisorState {
         let child = &mut self.children[index];
         child.retired = true;
         child.then_start = then_start;
-        let _ = self.scheduler.get().cast(SchedulerMsg::Retire { name: child.spec.name.clone() });
+        let _ = self.events.send(WorkerEvent::Retire { name: child.spec.name.clone() });
         let Some(actor) = child.actor.take() else {
             // Not running (starting, restarting or down): a start in flight is stopped when it
             // reports; nothing to wait for otherwise.
@@ -179,7 +191,7 @@ impl SupervisorState {
             return;
         };
         self.by_actor.remove(&actor.get_id());
-        let (me, scheduler, name) = (myself.clone(), self.scheduler.clone(), child.spec.name.clone());
+        let (me, events, name) = (myself.clone(), self.events.clone(), child.spec.name.clone());
         tokio::spawn(async move {
             let until = Instant::now() + RETIRE_DRAIN;
             while Instant::now() < until {
@@ -190,7 +202,7 @@ impl SupervisorState {
             }
             actor.stop(Some("removed by a reload".into()));
             // Whatever it still held is released (its replies fail when the actor goes).
-            let _ = scheduler.get().cast(SchedulerMsg::WorkerDown { name });
+            let _ = events.send(WorkerEvent::Down { name });
             let _ = me.cast(SupervisorMsg::Retired { index });
         });
     }
@@ -199,7 +211,7 @@ impl SupervisorState {
         let policy = &self.policy;
         let child = &mut self.children[index];
         child.actor = None;
-        self.scheduler.get().cast(SchedulerMsg::WorkerDown { name: child.spec.name.clone() }).ok();
+        let _ = self.events.send(WorkerEvent::Down { name: child.spec.name.clone() });
         match child.history.on_failure(policy, Instant::now()) {
             Decision::Restart { after } => {
                 self.metrics.worker_restarts.with_label_values(&[&child.spec.name]).inc();
@@ -219,15 +231,14 @@ impl SupervisorState {
         }
     }
 
-    /// Tells the scheduler every worker that is up: after the scheduler was restarted, its fresh
-    /// state knows none of them.
+    /// Announces every worker that is up: after the scheduler was restarted, its fresh state
+    /// knows none of them.
     fn announce(&self) {
-        let scheduler = self.scheduler.get();
         for child in self.children.iter().filter(|c| !c.retired) {
             if let Some(actor) = &child.actor {
                 let (name, actor, parallel) = (child.spec.name.clone(), actor.clone(), child.parallel);
                 // Down again already: its next restart asks for another announcement.
-                let _ = scheduler.cast(SchedulerMsg::WorkerUp { name, actor, parallel });
+                let _ = self.events.send(WorkerEvent::Up { name, actor, parallel });
             }
         }
     }
@@ -251,7 +262,7 @@ impl Actor for WorkerSupervisor {
             children,
             by_actor: HashMap::new(),
             policy: args.policy,
-            scheduler: args.scheduler,
+            events: args.events,
             metrics: args.metrics,
         })
     }
@@ -311,8 +322,7 @@ impl Actor for WorkerSupervisor {
                     state.metrics.worker_down.with_label_values(&[&child.spec.name]).set(0);
                     // A scheduler that is down (restarting) hears of it in the announcement its
                     // restart triggers.
-                    let up = SchedulerMsg::WorkerUp { name: child.spec.name.clone(), actor, parallel };
-                    let _ = state.scheduler.get().cast(up);
+                    let _ = state.events.send(WorkerEvent::Up { name: child.spec.name.clone(), actor, parallel });
                 }
                 Err(reason) => state.failed(&myself, index, reason),
             },

@@ -1,75 +1,32 @@
 //! A backend worker: one inference engine on one device, behind a mailbox.
 //!
 //! The worker owns an OS thread that owns the engine (model + context), or a child process that
-//! does (see [`crate::engine_host`]), which generates up to `n_parallel` challenges at once by
+//! does (see [`crate::workers::host`]), which generates up to `n_parallel` challenges at once by
 //! continuous batching; the actor only forwards jobs to it and watches it. If the thread dies (a
 //! panic inside the engine), the child dies (an abort, a signal), or a step runs past
 //! `stall_after` while work is in flight (a hung decode: the watchdog, `ENGINE_STALL_SECONDS`;
-//! a hung child is killed), the actor fails so that the [`crate::worker_supervisor`] restarts it
+//! a hung child is killed), the actor fails so that the [`crate::workers::supervisor`] restarts it
 //! with a fresh engine. Spawned and linked by the supervisor; receives work from the
 //! [`crate::scheduler`].
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
 
-use crate::engine_host::batching::{serve, Host, Job};
-use crate::engine_host::process::{self, ChildArgs, ChildEngine};
-use crate::engine_host::EngineProcess;
-use crate::inference::embedded::{load_model, EmbeddedEngine, EmbeddedSpec, ModelInfo, StepStats};
-use crate::inference::openai::{OpenAiClient, OpenAiSpec};
+use super::host::batching::Job;
+use super::host::process::{self, ChildArgs, ChildEngine};
+use super::host::stats::{now_ms, EngineStats, LiveEngine, ReplyPort, StepMetrics};
+use super::host::thread::{engine_thread, EngineThread};
+use super::host::OnExit;
+use super::spec::{EngineProcess, EngineSpec, WorkerSpec};
+use crate::inference::embedded::{ModelInfo, StepStats};
+use crate::inference::openai::OpenAiClient;
 use crate::inference::request::{BackendError, Generation, GenerationRequest};
 use crate::metrics::Metrics;
-
-/// Which device a worker is bound to, for logs and metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Device {
-    Cpu,
-    Gpu(u32),
-}
-
-impl std::fmt::Display for Device {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Device::Cpu => f.write_str("cpu"),
-            Device::Gpu(i) => write!(f, "gpu{i}"),
-        }
-    }
-}
-
-/// Which engine a worker runs.
-#[derive(Debug, Clone, PartialEq)]
-pub enum EngineSpec {
-    /// llama.cpp in process, on this worker's device.
-    Embedded(EmbeddedSpec),
-    /// An OpenAI-compatible server, local or remote.
-    OpenAi(OpenAiSpec),
-}
-
-/// Everything a worker needs to (re)start. Equal specs make the same worker: a reload keeps it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WorkerSpec {
-    /// Stable name ("cpu0", "gpu1", "vllm0"): the label in logs and metrics across restarts.
-    pub name: String,
-    pub device: Device,
-    pub engine: EngineSpec,
-    /// Where an embedded engine runs (ignored for OpenAI-compatible servers).
-    pub process: EngineProcess,
-}
-
-impl WorkerSpec {
-    /// Challenges this worker generates at once.
-    pub fn parallel(&self) -> usize {
-        match &self.engine {
-            EngineSpec::Embedded(e) => e.n_parallel.max(1) as usize,
-            EngineSpec::OpenAi(o) => o.n_parallel.max(1) as usize,
-        }
-    }
-}
 
 pub enum WorkerMsg {
     Generate {
@@ -106,10 +63,6 @@ pub enum WorkerMsg {
     AbortEngineForTest,
 }
 
-/// Where the engine thread puts one job's result: a task of the actor's forwards it to the
-/// scheduler's reply port, or answers `WorkerGone` first if the watchdog finds the engine stalled.
-pub(crate) type ReplyPort = oneshot::Sender<Result<Generation, BackendError>>;
-
 /// What a worker has done, for tests, `/health` and the benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerSnapshot {
@@ -122,39 +75,6 @@ pub struct WorkerSnapshot {
     pub steps: StepStats,
     /// The engine child process, when the engine runs in one.
     pub engine_pid: Option<u32>,
-}
-
-/// Embedded engine threads still running, process-wide. A GPU engine must free its context and
-/// model before the process exits: freed after the CUDA driver has shut down, they abort the
-/// process (exit code 134) instead of a clean exit.
-static LIVE_ENGINES: Mutex<usize> = Mutex::new(0);
-static ENGINE_ENDED: Condvar = Condvar::new();
-
-/// Counts one engine thread (or child process host) for [`wait_for_engines`]; dropped last on
-/// that thread, after the engine and the model are freed (the child reaped).
-pub(crate) struct LiveEngine;
-
-impl LiveEngine {
-    pub(crate) fn new() -> Self {
-        *LIVE_ENGINES.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        LiveEngine
-    }
-}
-
-impl Drop for LiveEngine {
-    fn drop(&mut self) {
-        *LIVE_ENGINES.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-        ENGINE_ENDED.notify_all();
-    }
-}
-
-/// Waits until every embedded engine thread has finished its sequences and freed its model, and
-/// every engine child process has done so and exited (their workers stopped: the graph is
-/// stopping), at most `timeout`. Returns whether they all did. Call before the process exits.
-pub fn wait_for_engines(timeout: Duration) -> bool {
-    let live = LIVE_ENGINES.lock().unwrap_or_else(|e| e.into_inner());
-    let (live, _) = ENGINE_ENDED.wait_timeout_while(live, timeout, |n| *n > 0).unwrap_or_else(|e| e.into_inner());
-    *live == 0
 }
 
 /// The slow-first-token test hook: with a delay, `job` reaches the engine that much later (or is
@@ -225,10 +145,13 @@ impl Drop for ReleaseStall {
     }
 }
 
-/// Milliseconds since the first call in this process, never 0 (0 means "not in a step").
-pub(crate) fn now_ms() -> u64 {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+/// The callback a host calls when its engine ends unexpectedly: the worker hears of it in its
+/// mailbox, and fails, so that its supervisor restarts it.
+fn on_exit(worker: &ActorRef<WorkerMsg>) -> OnExit {
+    let worker = worker.clone();
+    Box::new(move |reason| {
+        let _ = worker.cast(WorkerMsg::EngineExited { reason });
+    })
 }
 
 /// How often a worker looks at its engine's step clock: often enough to notice a stall soon after
@@ -239,161 +162,6 @@ fn stall_check_every(stall_after: Duration) -> Duration {
 
 /// Consecutive failed health checks after which a remote worker restarts (and re-probes with backoff).
 const MAX_HEALTH_FAILURES: u32 = 2;
-
-/// Tells the actor its engine thread ended, however it ended (including by panic).
-struct ExitGuard {
-    worker: ActorRef<WorkerMsg>,
-    clean: bool,
-}
-
-impl Drop for ExitGuard {
-    fn drop(&mut self) {
-        let reason = if thread::panicking() {
-            "engine thread panicked".to_string()
-        } else if self.clean {
-            return;
-        } else {
-            "engine thread ended".to_string()
-        };
-        let _ = self.worker.cast(WorkerMsg::EngineExited { reason });
-    }
-}
-
-/// Counters the engine thread keeps for the actor's snapshot.
-#[derive(Default)]
-pub(crate) struct EngineStats {
-    pub(crate) served: AtomicU64,
-    pub(crate) active: AtomicUsize,
-    pub(crate) peak_active: AtomicUsize,
-    pub(crate) steps: Mutex<StepStats>,
-    /// [`now_ms`] when the engine thread began its current admit-and-step round with work in
-    /// flight (a child: when it last reported progress with work in flight); 0 between rounds
-    /// and while idle. The actor's watchdog reads it.
-    pub(crate) step_started_ms: AtomicU64,
-    #[cfg(feature = "test-hooks")]
-    stall_for_test: std::sync::atomic::AtomicBool,
-}
-
-/// One worker's step-time series in `/metrics`, resolved once.
-pub(crate) struct StepMetrics {
-    decode: prometheus::Counter,
-    sampling: prometheus::Counter,
-    rest: prometheus::Counter,
-    steps: prometheus::IntCounter,
-    tokens: prometheus::IntCounter,
-    reused: prometheus::IntCounter,
-    tokens_per_second: prometheus::Gauge,
-    /// The engine's figures when last published, and the start of the tokens/s window.
-    published: StepStats,
-    window: (Instant, u64),
-}
-
-impl StepMetrics {
-    fn new(metrics: &Metrics, worker: &str) -> Self {
-        let phase = |p| metrics.engine_step_seconds.with_label_values(&[worker, p]);
-        StepMetrics {
-            decode: phase("decode"),
-            sampling: phase("sampling"),
-            rest: phase("rest"),
-            steps: metrics.engine_steps.with_label_values(&[worker]),
-            tokens: metrics.engine_tokens.with_label_values(&[worker]),
-            reused: metrics.engine_reused_prompt_tokens.with_label_values(&[worker]),
-            tokens_per_second: metrics.engine_tokens_per_second.with_label_values(&[worker]),
-            published: StepStats::default(),
-            window: (Instant::now(), 0),
-        }
-    }
-
-    pub(crate) fn publish(&mut self, now: StepStats, idle: bool) {
-        let d = now.since(&self.published);
-        self.published = now;
-        self.decode.inc_by(d.decode.as_secs_f64());
-        self.sampling.inc_by(d.sampling.as_secs_f64());
-        self.rest.inc_by(d.rest.as_secs_f64());
-        self.steps.inc_by(d.steps);
-        self.tokens.inc_by(d.tokens);
-        self.reused.inc_by(d.reused_prompt_tokens);
-        let elapsed = self.window.0.elapsed();
-        if idle {
-            self.tokens_per_second.set(0.0);
-            self.window = (Instant::now(), now.tokens);
-        } else if elapsed >= Duration::from_secs(1) {
-            self.tokens_per_second.set((now.tokens - self.window.1) as f64 / elapsed.as_secs_f64());
-            self.window = (Instant::now(), now.tokens);
-        }
-    }
-}
-
-struct EngineThread {
-    spec: EmbeddedSpec,
-    worker: ActorRef<WorkerMsg>,
-    jobs: mpsc::Receiver<Job<ReplyPort>>,
-    ready: oneshot::Sender<Result<ModelInfo, BackendError>>,
-    stats: Arc<EngineStats>,
-    metrics: StepMetrics,
-}
-
-/// The engine thread's body. `_live` is dropped last, once the engine and the model are freed.
-fn engine_thread(_live: LiveEngine, args: EngineThread) {
-    let EngineThread { spec, worker, jobs, ready, stats, metrics } = args;
-    let mut guard = ExitGuard { worker, clean: false };
-    let model = match load_model(&spec) {
-        Ok(m) => m,
-        Err(e) => {
-            guard.clean = true;
-            let _ = ready.send(Err(e));
-            return;
-        }
-    };
-    let mut engine: EmbeddedEngine<'_, ReplyPort> = match EmbeddedEngine::new(&model, &spec) {
-        Ok(e) => e,
-        Err(e) => {
-            guard.clean = true;
-            let _ = ready.send(Err(e));
-            return;
-        }
-    };
-    let _ = ready.send(Ok(engine.info()));
-    serve(&mut engine, &jobs, &mut ThreadHost { stats: &stats, metrics });
-    stats.active.store(0, Ordering::Relaxed);
-    // The actor dropped its sender (worker stopped): a clean exit.
-    guard.clean = true;
-}
-
-/// An engine on a thread of the node: counters straight into the actor's [`EngineStats`].
-struct ThreadHost<'s> {
-    stats: &'s EngineStats,
-    metrics: StepMetrics,
-}
-
-impl Host<ReplyPort> for ThreadHost<'_> {
-    fn round_starting(&mut self) {
-        self.stats.step_started_ms.store(now_ms(), Ordering::Relaxed);
-    }
-
-    fn admitted(&mut self, active: usize) {
-        self.stats.active.store(active, Ordering::Relaxed);
-        self.stats.peak_active.fetch_max(active, Ordering::Relaxed);
-        #[cfg(feature = "test-hooks")]
-        while active > 0 && self.stats.stall_for_test.load(Ordering::Relaxed) {
-            // A hung decode, as far as the watchdog can tell; released when the actor is gone.
-            thread::park_timeout(Duration::from_millis(20));
-        }
-    }
-
-    fn stepped(&mut self, now: StepStats, active: usize, idle: bool, finished: usize) {
-        self.stats.step_started_ms.store(0, Ordering::Relaxed);
-        // After the step: finished sequences no longer count (a reload waits for 0 to retire it).
-        self.stats.active.store(active, Ordering::Relaxed);
-        *self.stats.steps.lock().unwrap_or_else(|e| e.into_inner()) = now;
-        self.metrics.publish(now, idle);
-        self.stats.served.fetch_add(finished as u64, Ordering::Relaxed);
-    }
-
-    fn answer(&mut self, reply: ReplyPort, result: Result<Generation, BackendError>) {
-        let _ = reply.send(result);
-    }
-}
 
 impl Actor for BackendWorker {
     type Msg = WorkerMsg;
@@ -422,7 +190,7 @@ impl Actor for BackendWorker {
                     name: name.clone(),
                     spec: engine_spec,
                     exe,
-                    worker: myself.clone(),
+                    on_exit: on_exit(&myself),
                     stats: stats.clone(),
                     metrics: StepMetrics::new(&metrics, &name),
                     exits: metrics.engine_process_exits.clone(),
@@ -442,7 +210,7 @@ impl Actor for BackendWorker {
                 let (ready_tx, ready_rx) = oneshot::channel();
                 let args = EngineThread {
                     spec: engine_spec,
-                    worker: myself.clone(),
+                    on_exit: on_exit(&myself),
                     jobs: jobs_rx,
                     ready: ready_tx,
                     stats: stats.clone(),
@@ -618,12 +386,12 @@ impl Actor for BackendWorker {
             WorkerMsg::CrashForTest => panic!("worker {}: crash requested by a test", state.name),
             #[cfg(feature = "test-hooks")]
             WorkerMsg::StallForTest => match &state.engine {
-                Engine::Child(child) => child.hook(crate::engine_host::frame::ToEngine::StallForTest),
+                Engine::Child(child) => child.hook(super::host::frame::ToEngine::StallForTest),
                 _ => state.stats.stall_for_test.store(true, Ordering::Relaxed),
             },
             #[cfg(feature = "test-hooks")]
             WorkerMsg::AbortEngineForTest => match &state.engine {
-                Engine::Child(child) => child.hook(crate::engine_host::frame::ToEngine::AbortForTest),
+                Engine::Child(child) => child.hook(super::host::frame::ToEngine::AbortForTest),
                 _ => tracing::warn!(worker = %state.name, "abort hook ignored: this engine runs in the node's process"),
             },
             #[cfg(feature = "test-hooks")]

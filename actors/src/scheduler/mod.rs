@@ -1,11 +1,11 @@
 //! The scheduler: admits challenges and routes each to a ready backend worker.
 //!
 //! Admission is bounded (`MAX_CONCURRENT_REQUESTS` in flight across the node, and a per-worker
-//! queue bound) and knows time ([`crate::admission`]): a challenge that no worker can start in
+//! queue bound) and knows time ([`admission`]): a challenge that no worker can start in
 //! time to answer usefully before its deadline is refused at once with a retry hint, never parked
 //! until it comes back empty. Among ready workers it picks the one expected to have a useful
 //! answer first. A challenge whose first token is late is hedged on an idle sibling
-//! ([`crate::hedging`]). One whose worker dies is run once more, from its prompt, when its
+//! ([`hedging`]). One whose worker dies is run once more, from its prompt, when its
 //! deadline leaves room ([`Rerun`]): on a sibling with room, else on the same worker once its
 //! supervisor has it back with a fresh engine (a child process is back in seconds), so that a lone
 //! worker's crash costs its challenges time, not answers. The supervisor tells it which workers
@@ -20,43 +20,20 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::watch;
 
-use crate::admission::{expected_start, imposed_delay, AdmissionSettings, JobPlan, Pace, PaceSample};
-use crate::backend_worker::WorkerMsg;
-use crate::hedging::{Attempt, HedgeSettings, RecentTtft};
+pub mod admission;
+pub mod dispatch;
+pub mod error;
+pub mod hedging;
+
+pub use error::ScheduleError;
+
 use crate::inference::request::{BackendError, Generation, GenerationRequest};
 use crate::metrics::Metrics;
-
-/// Why a challenge was not answered by a worker.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ScheduleError {
-    #[error("no backend worker is ready")]
-    NoWorker,
-    #[error("the miner is at capacity ({in_flight} challenges in flight)")]
-    Busy { in_flight: usize, retry_after_secs: u64 },
-    /// No worker could start the challenge in time to produce a useful answer before its deadline.
-    #[error("no worker can start this challenge in time to answer it before its deadline")]
-    TooLate { retry_after_secs: u64 },
-    /// Every worker that could take it would make it wait, or slow the challenges it runs, by
-    /// more than `ADMISSION_MAX_WAIT_MS` (see [`crate::admission`]).
-    #[error("every worker is busy: this challenge would wait {wait_ms} ms for a sequence, or slow those running, past ADMISSION_MAX_WAIT_MS")]
-    WaitTooLong { wait_ms: u64, retry_after_secs: u64 },
-    #[error("admission is closed (the miner is shutting down)")]
-    Closed,
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-    #[error("the worker did not answer before the deadline")]
-    Timeout,
-}
-
-impl ScheduleError {
-    /// Nothing was started: the challenge was refused (or admission is closed).
-    pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
-            Self::NoWorker | Self::Busy { .. } | Self::TooLate { .. } | Self::WaitTooLong { .. } | Self::Closed
-        )
-    }
-}
+use crate::workers::supervisor::WorkerEvent;
+use crate::workers::worker::WorkerMsg;
+use admission::{AdmissionSettings, JobPlan, Pace, PaceSample};
+use dispatch::{Dispatch, NoPick, Slot};
+use hedging::{Attempt, HedgeSettings, RecentTtft};
 
 pub enum SchedulerMsg {
     Submit {
@@ -106,6 +83,17 @@ pub enum SchedulerMsg {
     /// Test hook: makes the scheduler panic, so the root's restart of it can be exercised.
     #[cfg(feature = "test-hooks")]
     CrashForTest,
+}
+
+/// The supervisor's announcements reach the scheduler as its own messages (the graph forwards them).
+impl From<WorkerEvent> for SchedulerMsg {
+    fn from(event: WorkerEvent) -> Self {
+        match event {
+            WorkerEvent::Up { name, actor, parallel } => SchedulerMsg::WorkerUp { name, actor, parallel },
+            WorkerEvent::Down { name } => SchedulerMsg::WorkerDown { name },
+            WorkerEvent::Retire { name } => SchedulerMsg::Retire { name },
+        }
+    }
 }
 
 /// A challenge whose worker died mid-way, submitted once more (never twice: a re-run that fails
@@ -202,45 +190,6 @@ impl Default for SchedulerSettings {
     }
 }
 
-/// A job placed on a worker: what the dispatching task needs to run it there.
-#[derive(Debug, Clone)]
-pub struct Dispatch {
-    pub name: String,
-    pub actor: ActorRef<WorkerMsg>,
-    pub job: u64,
-    /// The job got a free sequence at once (its time to first token measures the worker).
-    pub started_free: bool,
-    /// Sequences the worker ran when the job started, the job included (its pace is that batch's).
-    pub batch: usize,
-}
-
-struct Slot {
-    actor: ActorRef<WorkerMsg>,
-    /// Sequences the worker generates at once.
-    parallel: usize,
-    /// The jobs this worker holds (running or waiting), by id (placement order), as planned.
-    jobs: BTreeMap<u64, JobPlan>,
-    /// Smoothed seconds per generation on this worker, for the retry hint.
-    avg_secs: f64,
-    pace: Pace,
-    /// Being removed: takes nothing new.
-    retiring: bool,
-}
-
-impl Slot {
-    fn queued(&self) -> usize {
-        self.jobs.len()
-    }
-
-    fn expected_start(&self, now: Instant) -> Instant {
-        expected_start(now, self.jobs.values(), self.parallel, &self.pace)
-    }
-
-    fn imposed_delay(&self, now: Instant) -> Duration {
-        imposed_delay(now, self.jobs.values(), self.parallel, &self.pace)
-    }
-}
-
 pub struct Scheduler;
 
 pub struct SchedulerState {
@@ -260,18 +209,6 @@ pub struct SchedulerState {
     parked: Vec<Parked>,
 }
 
-/// Why no worker was picked.
-enum NoPick {
-    /// Every worker's queue is full.
-    Full,
-    /// Some worker has room, but none can start in time; retry after this long.
-    TooLate(Duration),
-    /// Some worker could answer in time, but each would make the challenge wait (or slow running
-    /// ones) past the wait cap: the shortest of those costs, whether it was a slowdown imposed on
-    /// running challenges rather than a wait, and when a sequence frees.
-    WaitTooLong { wait: Duration, slowdown: bool, free_in: Duration },
-}
-
 impl SchedulerState {
     fn status(&self) -> SchedulerStatus {
         SchedulerStatus {
@@ -280,60 +217,6 @@ impl SchedulerState {
             capacity: self.settings.max_in_flight,
             sequences: self.workers.values().filter(|s| !s.retiring).map(|s| s.parallel).sum(),
             admission_open: self.admission_open,
-        }
-    }
-
-    /// The ready worker expected to have a useful answer to `request` first: when it would get a
-    /// sequence, plus its time to the first [`AdmissionSettings::min_useful_tokens`]. Full workers
-    /// and `avoid` are skipped; with time-aware admission, so are measured workers that could
-    /// not produce them before the deadline (unmeasured ones are trusted), and, unless `waive_wait`,
-    /// measured workers that would make it wait, or slow their running challenges, past
-    /// [`AdmissionSettings::max_wait`].
-    fn pick(
-        &self,
-        request: &GenerationRequest,
-        avoid: Option<&str>,
-        waive_wait: bool,
-        now: Instant,
-    ) -> Result<String, NoPick> {
-        let admission = &self.settings.admission;
-        let max_queue = self.settings.max_queue_per_worker;
-        let useful_tokens = admission.min_useful_tokens.min(request.max_tokens).max(1);
-        let wait_cap = admission.max_wait.filter(|_| admission.enabled && !waive_wait);
-        let mut earliest_start: Option<Instant> = None;
-        let mut too_long: Option<(Duration, bool)> = None;
-        let mut best: Option<(&String, Instant, f64)> = None;
-        for (name, s) in &self.workers {
-            if s.retiring || s.queued() >= s.parallel + max_queue || Some(name.as_str()) == avoid {
-                continue;
-            }
-            let start = s.expected_start(now);
-            earliest_start = Some(earliest_start.map_or(start, |e| e.min(start)));
-            let useful_at = s.pace.time_to(useful_tokens).map(|d| start + d);
-            if admission.enabled && useful_at.is_some_and(|t| t > request.deadline) {
-                continue;
-            }
-            if let Some(cap) = wait_cap.filter(|_| s.pace.is_measured()) {
-                let (wait, imposed) = (start.saturating_duration_since(now), s.imposed_delay(now));
-                let cost = (wait.max(imposed), imposed > wait);
-                if cost.0 > cap {
-                    too_long = Some(too_long.map_or(cost, |t| t.min(cost)));
-                    continue;
-                }
-            }
-            let at = useful_at.unwrap_or(start);
-            let load = (s.queued() + 1) as f64 / s.parallel as f64;
-            if best.is_none_or(|(_, t, l)| (at, load) < (t, l)) {
-                best = Some((name, at, load));
-            }
-        }
-        match (best, earliest_start, too_long) {
-            (Some((name, _, _)), _, _) => Ok(name.clone()),
-            (None, Some(start), Some((wait, slowdown))) => {
-                Err(NoPick::WaitTooLong { wait, slowdown, free_in: start.saturating_duration_since(now) })
-            }
-            (None, Some(start), None) => Err(NoPick::TooLate(start.saturating_duration_since(now))),
-            (None, None, _) => Err(NoPick::Full),
         }
     }
 
@@ -387,7 +270,7 @@ impl SchedulerState {
             let first = run.launch(dispatch.clone(), request.clone());
             let result = match hedge_after {
                 Some(after) => run.hedged(first, &dispatch.name, &request, after).await,
-                None => crate::hedging::single(first).await,
+                None => hedging::single(first).await,
             };
             if let (Some(v), Ok(gen)) = (&validator, &result) {
                 if gen.completion_tokens > 0 {
@@ -435,7 +318,16 @@ impl SchedulerState {
         validator: Option<String>,
         now: Instant,
     ) {
-        let sibling = self.pick(&request, Some(&rerun.worker), true, now).ok();
+        let sibling = dispatch::pick(
+            &self.workers,
+            &self.settings.admission,
+            self.settings.max_queue_per_worker,
+            &request,
+            Some(&rerun.worker),
+            true,
+            now,
+        )
+        .ok();
         let back = self
             .workers
             .get(&rerun.worker)
@@ -518,7 +410,15 @@ impl Actor for Scheduler {
                     }
                     let pick = if state.in_flight < state.settings.max_in_flight {
                         let owed = state.owed_a_sample(validator.as_deref(), now);
-                        state.pick(&request, None, owed, now)
+                        dispatch::pick(
+                            &state.workers,
+                            &state.settings.admission,
+                            state.settings.max_queue_per_worker,
+                            &request,
+                            None,
+                            owed,
+                            now,
+                        )
                     } else {
                         Err(NoPick::Full)
                     };
@@ -723,7 +623,7 @@ impl Run {
                 return ended.unwrap_or(Err(ScheduleError::Backend(BackendError::WorkerGone)));
             }
             if control.has_first_token() {
-                return crate::hedging::single(first).await;
+                return hedging::single(first).await;
             }
             let second = request.new_attempt();
             let first_name = first_worker.to_string();
@@ -735,12 +635,12 @@ impl Run {
                 Ok(ractor::rpc::CallResult::Success(Some(dispatch))) => break (dispatch, second),
                 Ok(ractor::rpc::CallResult::Success(None)) => continue,
                 // The scheduler is gone: no hedge, the first attempt is all there is.
-                _ => return crate::hedging::single(first).await,
+                _ => return hedging::single(first).await,
             }
         };
         tracing::debug!(first = %first_worker, hedge = %dispatch.name, after_ms = after.as_millis() as u64, "first token late; hedging");
         self.metrics.hedges.inc();
         let hedge = self.launch(dispatch, second);
-        crate::hedging::race(first, hedge, &self.metrics).await
+        hedging::race(first, hedge, &self.metrics).await
     }
 }

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use super::error::ScheduleError;
 use crate::inference::request::{Generation, JobControl};
 use crate::metrics::Metrics;
-use crate::scheduler::ScheduleError;
 
 #[derive(Debug, Clone)]
 pub struct HedgeSettings {

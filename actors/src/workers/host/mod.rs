@@ -7,24 +7,22 @@
 //! thread, where nothing is copied between processes.
 //!
 //! - `batching.rs`: the continuous-batching loop, the same in both places.
-//! - `frame.rs`: the length-prefixed JSON frames between a worker and its child.
-//! - `child.rs`: the child process's side.
+//! - `thread.rs`: an engine on a thread of the node.
 //! - `process.rs`: the worker's side of a child (start, feed, read, reap, report a death).
+//! - `child.rs`: the child process's side.
+//! - `frame.rs`: the length-prefixed JSON frames between a worker and its child.
+//! - `stats.rs`: what a host reports to its worker (counters, step times, live engines).
+//!
+//! A host knows nothing of its worker's mailbox: it reports an engine's unexpected end through
+//! the [`OnExit`] callback the worker hands it.
 
 pub mod batching;
 pub mod child;
 pub mod frame;
 pub mod process;
+pub mod stats;
+pub mod thread;
 
-use std::path::PathBuf;
-
-/// Where a worker's embedded engine runs (`ENGINE_PROCESS`, or a worker's `"process"`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum EngineProcess {
-    /// On a thread of the node: its crash is the node's.
-    #[default]
-    Thread,
-    /// In a child process running `exe` (`None`: this executable). Tests that start the graph
-    /// inside a test binary name the node's binary here.
-    Child { exe: Option<PathBuf> },
-}
+/// Called once, with the reason, when an engine ends without being asked to (a panic on its
+/// thread, a child's death); never on a clean stop.
+pub type OnExit = Box<dyn FnOnce(String) + Send + 'static>;

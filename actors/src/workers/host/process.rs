@@ -16,12 +16,12 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Instant;
 
-use ractor::ActorRef;
 use tokio::sync::oneshot;
 
 use super::child::{CHILD_SUBCOMMAND, PARENT_PID_VAR};
 use super::frame::{read_frame, write_frame, FromEngine, ToEngine, WireRequest, WireSpec};
-use crate::backend_worker::{now_ms, EngineStats, LiveEngine, ReplyPort, StepMetrics, WorkerMsg};
+use super::stats::{now_ms, EngineStats, LiveEngine, ReplyPort, StepMetrics};
+use super::OnExit;
 use crate::inference::embedded::{EmbeddedSpec, ModelInfo};
 use crate::inference::request::{BackendError, GenerationRequest, JobControl};
 
@@ -100,7 +100,8 @@ pub(crate) struct ChildArgs {
     pub name: String,
     pub spec: EmbeddedSpec,
     pub exe: PathBuf,
-    pub worker: ActorRef<WorkerMsg>,
+    /// Told when the child dies after its model loaded.
+    pub on_exit: OnExit,
     pub stats: Arc<EngineStats>,
     pub metrics: StepMetrics,
     /// `loosh_engine_process_exits_total`, labelled by worker and reason.
@@ -130,7 +131,7 @@ type Pending = Arc<Mutex<HashMap<u64, PendingJob>>>;
 
 /// The host thread's body. `_live` is dropped last, once the child is reaped.
 fn host(_live: LiveEngine, args: ChildArgs, ready: oneshot::Sender<Result<(ChildEngine, ModelInfo), BackendError>>) {
-    let ChildArgs { name, mut spec, exe, worker, stats, mut metrics, exits } = args;
+    let ChildArgs { name, mut spec, exe, on_exit, stats, mut metrics, exits } = args;
     let mut command = Command::new(&exe);
     command.arg(CHILD_SUBCOMMAND).env(PARENT_PID_VAR, std::process::id().to_string());
     if let Some(gpu) = spec.gpu_device {
@@ -267,7 +268,7 @@ fn host(_live: LiveEngine, args: ChildArgs, ready: oneshot::Sender<Result<(Child
             let _ = ready.send(Err(BackendError::ModelLoad(reason)));
         }
         None => {
-            let _ = worker.cast(WorkerMsg::EngineExited { reason });
+            on_exit(reason);
         }
     }
 }
