@@ -138,3 +138,17 @@ impl Source {
         self.parse(var, default, "a whole number of seconds").map(Duration::from_secs)
     }
 }
+
+/// `value` when `ok`, else the error naming `var` with `value` as read and what it accepts: for
+/// the checks a value's type cannot make (a range, a zero).
+pub(super) fn checked<T: std::fmt::Display>(
+    var: &'static str,
+    value: T,
+    ok: bool,
+    expected: &str,
+) -> Result<T, ConfigError> {
+    match ok {
+        true => Ok(value),
+        false => Err(ConfigError { var, value: value.to_string(), expected: expected.into() }),
+    }
+}

@@ -57,7 +57,7 @@ impl Config {
         vec![
             format!(
                 "network: netuid {} on {} (wallet {})",
-                self.netuid,
+                self.chain.netuid,
                 self.subtensor_network,
                 self.wallet_path.display()
             ),
@@ -66,8 +66,8 @@ impl Config {
                 self.api_host,
                 self.api_port,
                 self.http_workers,
-                self.max_body_bytes,
-                if self.enable_inference_endpoint { "on" } else { "off" }
+                self.http.max_body_bytes,
+                if self.http.inference_enabled { "on" } else { "off" }
             ),
             format!(
                 "inference: {} (ctx {} per challenge, {} parallel, {} threads, {} GPU layers), {} explicit workers, deadline {} ms, max {} in flight",
@@ -77,27 +77,27 @@ impl Config {
                 self.llama_threads,
                 self.llama_gpu_layers,
                 self.workers.as_ref().map_or(0, Vec::len),
-                self.challenge_deadline.as_millis(),
-                self.max_concurrent_requests
+                self.door.deadline.as_millis(),
+                self.scheduler.max_in_flight
             ),
             format!(
                 "answering: time-aware admission {} (useful answer: {} tokens, wait cap {}, a sample per validator every {} min), hedging {} (after {} x median first token, at least {} ms), tool-call text {}, OpenAI context {}",
-                if self.time_aware_admission { "on" } else { "off" },
-                self.admission_min_tokens,
-                self.admission_max_wait.map_or("off".to_string(), |w| format!("{} ms", w.as_millis())),
-                self.admission_keep_sample.as_secs() / 60,
-                if self.hedging { "on" } else { "off" },
-                self.hedge_after_factor,
-                self.hedge_min.as_millis(),
-                if self.tool_call_text { "on" } else { "off" },
+                if self.scheduler.admission.enabled { "on" } else { "off" },
+                self.scheduler.admission.min_useful_tokens,
+                self.scheduler.admission.max_wait.map_or("off".to_string(), |w| format!("{} ms", w.as_millis())),
+                self.scheduler.admission.keep_sample_every.as_secs() / 60,
+                if self.scheduler.hedge.enabled { "on" } else { "off" },
+                self.scheduler.hedge.factor,
+                self.scheduler.hedge.min_after.as_millis(),
+                if self.door.tool_call_text { "on" } else { "off" },
                 self.openai_max_model_len.map_or("as reported".to_string(), |n| format!("{n} tokens unless reported")),
             ),
             format!(
                 "fiber: key ttl {} s (+{} s grace), replay window {} s + {} s timestamp skew",
-                self.fiber_key_ttl.as_secs(),
-                self.fiber_key_grace.as_secs(),
-                self.fiber_handshake_timeout.as_secs(),
-                self.fiber_timestamp_skew.as_secs()
+                self.sessions.key_ttl.as_secs(),
+                self.sessions.key_grace.as_secs(),
+                self.fiber_handshake_timeout().as_secs(),
+                self.door.max_timestamp_ahead.as_secs()
             ),
             format!(
                 "limits: rate limits {} (per hotkey {}/min), {} RSA and {} signature slots, {} in flight per validator, bodies: key exchange {} B, read within {} s, headers within {} s, keep-alive {} s, {} connections; /metrics on {}",
@@ -106,23 +106,23 @@ impl Config {
                     _ => "on",
                 },
                 self.rate_limits.per_hotkey,
-                self.rsa_slots,
-                self.verify_slots,
-                self.max_in_flight_per_validator,
-                self.max_key_exchange_bytes,
-                self.body_read_timeout.as_secs(),
-                self.header_read_timeout.as_secs(),
-                self.keep_alive.as_secs(),
-                self.max_connections,
-                match self.metrics_port {
-                    Some(port) => format!("{}:{port}", self.metrics_host),
+                self.door.rsa_slots,
+                self.door.verify_slots,
+                self.door.max_in_flight_per_validator,
+                self.http.max_key_exchange_bytes,
+                self.http.body_read_timeout.as_secs(),
+                self.http.header_read_timeout.as_secs(),
+                self.http.keep_alive.as_secs(),
+                self.http.max_connections,
+                match &self.http.ops_listen {
+                    Some((host, port)) => format!("{host}:{port}"),
                     None => "no address of its own".into(),
                 }
             ),
             format!(
                 "addresses: strict validator addresses {}, trusted proxies {:?}",
                 if self.strict_validator_addresses { "on" } else { "off" },
-                self.trusted_proxies
+                self.http.trusted_proxies
             ),
             format!(
                 "validators: whitelist {} with {} static hotkeys",

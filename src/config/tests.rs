@@ -7,9 +7,9 @@ use super::*;
 fn defaults_match_the_python_miner() {
     let c = Config::from_source(&Source::from_pairs([])).unwrap();
     assert_eq!(c.api_port, 8000);
-    assert_eq!(c.fiber_key_ttl, Duration::from_secs(3600));
-    assert_eq!(c.fiber_handshake_timeout, Duration::from_secs(30));
-    assert_eq!(c.max_concurrent_requests, 10);
+    assert_eq!(c.sessions.key_ttl, Duration::from_secs(3600));
+    assert_eq!(c.fiber_handshake_timeout(), Duration::from_secs(30));
+    assert_eq!(c.scheduler.max_in_flight, 10);
     assert!(c.enable_validator_whitelist);
     assert_eq!(c.llm_backend, LlmBackend::LlamaCppServer);
     assert!(c.wallet_path.ends_with("miner/hotkeys/miner"));
@@ -105,12 +105,15 @@ fn rate_limits_default_to_the_python_miner_and_bad_text_names_the_variable() {
 #[test]
 fn answering_settings_default_on_and_bad_values_name_the_variable() {
     let c = Config::from_source(&Source::from_pairs([])).unwrap();
-    assert!(c.time_aware_admission && c.hedging && !c.tool_call_text);
-    assert_eq!((c.admission_min_tokens, c.hedge_after_factor, c.hedge_min), (48, 3.0, Duration::from_millis(500)));
+    assert!(c.scheduler.admission.enabled && c.scheduler.hedge.enabled && !c.door.tool_call_text);
+    assert_eq!(
+        (c.scheduler.admission.min_useful_tokens, c.scheduler.hedge.factor, c.scheduler.hedge.min_after),
+        (48, 3.0, Duration::from_millis(500))
+    );
     assert_eq!(c.openai_max_model_len, None);
     let c =
         Config::from_source(&Source::from_pairs([("OPENAI_MAX_MODEL_LEN", "32768"), ("HEDGING", "false")])).unwrap();
-    assert_eq!((c.openai_max_model_len, c.hedging), (Some(32768), false));
+    assert_eq!((c.openai_max_model_len, c.scheduler.hedge.enabled), (Some(32768), false));
     for (var, value) in
         [("HEDGE_AFTER_FACTOR", "0.5"), ("HEDGE_AFTER_FACTOR", "NaN"), ("TIME_AWARE_ADMISSION", "maybe")]
     {
