@@ -99,7 +99,7 @@ pub struct Config {
     pub api_host: String,
     pub api_port: u16,
     pub http_workers: usize,
-    /// `RATE_LIMIT_ENABLED`: unset means on, except under `--dev` (see `main`).
+    /// `RATE_LIMIT_ENABLED`: unset means on, except under `--dev` (see `commands::load_config`).
     pub rate_limit_enabled: Option<bool>,
     /// `RATE_LIMITS` over the Python miner's per-IP defaults, and `HOTKEY_RATE_LIMIT_PER_MINUTE`;
     /// in force unless `rate_limit_enabled` says off ([`Config::active_rate_limits`]).
