@@ -23,17 +23,9 @@ pub enum StartError {
     Config(String),
 }
 
+/// The heartbeat's settings: the configuration's, at `url`, the endpoint that answered.
 pub fn settings(cfg: &Config, url: String) -> ChainSettings {
-    ChainSettings {
-        url,
-        netuid: cfg.netuid,
-        sync_every_blocks: cfg.metagraph_sync_blocks,
-        poll_every: cfg.chain_poll,
-        min_validator_stake: cfg.min_validator_stake,
-        axon: cfg.axon_external,
-        reconnect_initial: Duration::from_secs(1),
-        reconnect_max: Duration::from_secs(60),
-    }
+    ChainSettings { url, ..cfg.chain.clone() }
 }
 
 /// How long [`connect_and_check`] keeps trying to reach the chain.
@@ -53,7 +45,7 @@ impl StartError {
     pub fn not_registered(cfg: &Config, hotkey: &Hotkey) -> Self {
         StartError::NotRegistered {
             hotkey: hotkey.ss58().into(),
-            netuid: cfg.netuid,
+            netuid: cfg.chain.netuid,
             network: cfg.subtensor_address.clone().unwrap_or_else(|| cfg.subtensor_network.clone()),
             wallet: cfg.wallet_name.clone(),
             hotkey_name: cfg.hotkey_name.clone(),
@@ -74,7 +66,7 @@ pub async fn connect_and_check(cfg: &Config, hotkey: &Hotkey, retry: Retry) -> R
     let mut wait = Duration::from_secs(1);
     loop {
         let attempt = match ChainClient::connect(&url).await {
-            Ok(client) => match client.uid_of(cfg.netuid, hotkey.account_id()).await {
+            Ok(client) => match client.uid_of(cfg.chain.netuid, hotkey.account_id()).await {
                 Ok(uid) => Ok((client, uid)),
                 Err(e) => Err(e),
             },
@@ -97,12 +89,12 @@ pub async fn connect_and_check(cfg: &Config, hotkey: &Hotkey, retry: Retry) -> R
 /// `loosh-miner post-ip`: submits `serve_axon` and waits for inclusion, as `fiber-post-ip` does.
 pub async fn post_ip(cfg: &Config, hotkey: &Hotkey, ip: IpAddr, port: u16) -> Result<(), StartError> {
     let (client, uid) = connect_and_check(cfg, hotkey, Retry::Few).await?;
-    println!("hotkey {} is uid {uid} on subnet {}", hotkey.ss58(), cfg.netuid);
-    if let Some(current) = client.axon_of(cfg.netuid, hotkey.account_id()).await?.and_then(|a| a.addr()) {
+    println!("hotkey {} is uid {uid} on subnet {}", hotkey.ss58(), cfg.chain.netuid);
+    if let Some(current) = client.axon_of(cfg.chain.netuid, hotkey.account_id()).await?.and_then(|a| a.addr()) {
         println!("the chain holds {}:{}", current.0, current.1);
     }
-    client.serve_axon(hotkey, cfg.netuid, ip, port).await?;
-    let now = client.axon_of(cfg.netuid, hotkey.account_id()).await?.and_then(|a| a.addr());
+    client.serve_axon(hotkey, cfg.chain.netuid, ip, port).await?;
+    let now = client.axon_of(cfg.chain.netuid, hotkey.account_id()).await?.and_then(|a| a.addr());
     match now {
         Some((i, p)) if i == ip && p == port => {
             println!("posted {ip}:{port}");

@@ -84,14 +84,14 @@ pub async fn run(cfg: &Config) -> bool {
     };
 
     if let (Some(chain), Some(hotkey)) = (&chain, &hotkey) {
-        match chain.uid_of(cfg.netuid, hotkey.account_id()).await {
-            Ok(Some(uid)) => r.ok("registered", format!("uid {uid} on subnet {}", cfg.netuid)),
+        match chain.uid_of(cfg.chain.netuid, hotkey.account_id()).await {
+            Ok(Some(uid)) => r.ok("registered", format!("uid {uid} on subnet {}", cfg.chain.netuid)),
             // The start-up error's text: the btcli command with the network and netuid in use.
             Ok(None) => r.fail("registered", crate::chain::StartError::not_registered(cfg, hotkey)),
             Err(e) => r.fail("registered", e),
         }
-        let held = chain.axon_of(cfg.netuid, hotkey.account_id()).await.ok().flatten().and_then(|a| a.addr());
-        match (held, cfg.axon_external) {
+        let held = chain.axon_of(cfg.chain.netuid, hotkey.account_id()).await.ok().flatten().and_then(|a| a.addr());
+        match (held, cfg.chain.axon) {
             (Some(h), Some(want)) if h == want => r.ok("axon", format!("{}:{} on chain, as configured", h.0, h.1)),
             (held, Some(want)) => r.fail(
                 "axon",

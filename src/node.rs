@@ -14,56 +14,13 @@ use loosh_actors::chain::heartbeat::HeartbeatArgs;
 use loosh_actors::graph::{GraphConfig, MinerGraph};
 use loosh_actors::protocol::rsa_keys::MinerRsaKey;
 use loosh_actors::protocol::signature::Hotkey;
-use loosh_actors::settings::AdmissionSettings;
 use loosh_actors::settings::DoorSettings;
-use loosh_actors::settings::HedgeSettings;
 use loosh_actors::settings::RestartPolicy;
-use loosh_actors::settings::SchedulerSettings;
-use loosh_actors::settings::SessionSettings;
 use loosh_actors::settings::WorkerSpec;
 
 use crate::config::Config;
 use crate::http::refusals::RefusalLog;
 use crate::http::state::{AppState, HttpSettings};
-
-pub fn session_settings(cfg: &Config) -> SessionSettings {
-    SessionSettings { key_ttl: cfg.fiber_key_ttl, key_grace: cfg.fiber_key_grace, ..SessionSettings::default() }
-}
-
-pub fn door_settings(cfg: &Config) -> DoorSettings {
-    DoorSettings {
-        fernet_ttl_secs: 3600,
-        deadline: cfg.challenge_deadline,
-        max_timestamp_age: cfg.key_exchange_window(),
-        max_timestamp_ahead: cfg.fiber_timestamp_skew,
-        default_max_tokens: cfg.default_max_tokens,
-        default_temperature: cfg.default_temperature,
-        default_top_p: cfg.default_top_p,
-        rsa_slots: cfg.rsa_slots,
-        verify_slots: cfg.verify_slots,
-        max_in_flight_per_validator: cfg.max_in_flight_per_validator,
-        rate_limits: cfg.rate_limit_enabled.unwrap_or(true).then(|| cfg.rate_limits.clone()),
-        tool_call_text: cfg.tool_call_text,
-    }
-}
-
-pub fn http_settings(cfg: &Config) -> HttpSettings {
-    HttpSettings {
-        max_body_bytes: cfg.max_body_bytes,
-        max_key_exchange_bytes: cfg.max_key_exchange_bytes,
-        body_read_timeout: cfg.body_read_timeout,
-        header_read_timeout: cfg.header_read_timeout,
-        keep_alive: cfg.keep_alive,
-        max_connections: cfg.max_connections,
-        max_connections_per_address: cfg.max_connections_per_address,
-        inference_enabled: cfg.enable_inference_endpoint,
-        ops_listen: cfg.metrics_port.map(|port| (cfg.metrics_host.clone(), port)),
-        ops_on_public_port: cfg.metrics_on_public_port,
-        api_docs: cfg.enable_api_docs,
-        health_grace: cfg.health_grace,
-        trusted_proxies: cfg.trusted_proxies.clone(),
-    }
-}
 
 /// Spawns the actor graph for `cfg` on the current tokio runtime.
 pub async fn spawn_graph(
@@ -73,24 +30,14 @@ pub async fn spawn_graph(
     auth: Arc<ValidatorAuth>,
 ) -> Result<MinerGraph, loosh_actors::graph::GraphError> {
     MinerGraph::spawn(GraphConfig {
-        sessions: session_settings(cfg),
-        scheduler: SchedulerSettings {
-            max_in_flight: cfg.max_concurrent_requests,
-            max_queue_per_worker: cfg.max_concurrent_requests,
-            admission: AdmissionSettings {
-                enabled: cfg.time_aware_admission,
-                min_useful_tokens: cfg.admission_min_tokens,
-                max_wait: cfg.admission_max_wait,
-                keep_sample_every: cfg.admission_keep_sample,
-            },
-            hedge: HedgeSettings { enabled: cfg.hedging, factor: cfg.hedge_after_factor, min_after: cfg.hedge_min },
-            ..SchedulerSettings::default()
-        },
+        sessions: cfg.sessions.clone(),
+        scheduler: cfg.scheduler.clone(),
         restart: restart_policy(),
         workers,
         rsa,
         auth,
-        door: door_settings(cfg),
+        // The rate limits in force are known only now (`--dev`), not when the file was read.
+        door: DoorSettings { rate_limits: cfg.active_rate_limits().cloned(), ..cfg.door.clone() },
     })
     .await
 }
@@ -156,7 +103,7 @@ impl Node {
         let http = HttpNode::start(
             graph.clone(),
             parts.hotkey.ss58().to_string(),
-            http_settings(cfg),
+            cfg.http.clone(),
             &host,
             port,
             cfg.http_workers,

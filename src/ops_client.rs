@@ -22,9 +22,9 @@ pub enum OpsError {
 /// Where `/health` and `/metrics` answer: `METRICS_HOST:METRICS_PORT`, or `API_PORT` when they
 /// are only on the public port. A wildcard host is asked on loopback.
 pub fn ops_address(cfg: &Config) -> Result<String, OpsError> {
-    let (host, port) = match cfg.metrics_port {
-        Some(port) if port != 0 => (cfg.metrics_host.as_str(), port),
-        _ if cfg.metrics_on_public_port => (cfg.api_host.as_str(), cfg.api_port),
+    let (host, port) = match &cfg.http.ops_listen {
+        Some((host, port)) if *port != 0 => (host.as_str(), *port),
+        _ if cfg.http.ops_on_public_port => (cfg.api_host.as_str(), cfg.api_port),
         _ => return Err(OpsError::NotServed),
     };
     let host = match host {

@@ -79,7 +79,7 @@ pub async fn apply(
         auth.set_strict_addresses(cfg.strict_validator_addresses);
     }
     if (cfg.rate_limit_enabled, &cfg.rate_limits) != (old.rate_limit_enabled, &old.rate_limits) {
-        node.graph.set_rate_limits(cfg.rate_limit_enabled.unwrap_or(true).then_some(&cfg.rate_limits));
+        node.graph.set_rate_limits(cfg.active_rate_limits());
     }
     tracing::info!(applied = ?applied, files = ?src.files, "configuration reloaded (SIGHUP)");
     if !restart.is_empty() {

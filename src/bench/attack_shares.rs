@@ -103,7 +103,7 @@ pub async fn shares(plan: SharePlan) -> anyhow::Result<()> {
     let url = format!("http://{}", node.addr);
     println!(
         "share attacks: allow list = the honest validator (127.0.0.1), rate limits on, MAX_CONCURRENT_REQUESTS 10, {} in flight per validator share; attacker on 127.0.0.2+",
-        cfg.max_in_flight_per_validator
+        cfg.door.max_in_flight_per_validator
     );
     let mut honest = ValidatorClient::new(&url, validator.clone());
     let pem = honest.fetch_public_key().await?;

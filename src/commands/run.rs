@@ -118,7 +118,7 @@ pub fn run(dev: bool) -> anyhow::Result<()> {
     tracing::info!(addr = %node.addr, "serving validators");
     match node.http.ops_addr {
         Some(addr) => tracing::info!(%addr, "serving /health and /metrics to the operator"),
-        None if cfg.metrics_on_public_port => tracing::warn!("/health and /metrics are served on the public port"),
+        None if cfg.http.ops_on_public_port => tracing::warn!("/health and /metrics are served on the public port"),
         None => tracing::info!("/health and /metrics are not served (METRICS_PORT=off)"),
     }
 
@@ -148,7 +148,7 @@ pub fn run(dev: bool) -> anyhow::Result<()> {
                     waiting_for_chain = false;
                     let started = match checked {
                         Ok((client, uid)) => {
-                            tracing::info!(uid, netuid = chain_cfg.netuid, url = %client.url(), "registered on the subnet");
+                            tracing::info!(uid, netuid = chain_cfg.chain.netuid, url = %client.url(), "registered on the subnet");
                             node.start_chain(&chain_cfg, &hotkey, client.url().to_string()).await
                         }
                         Err(e) => Err(e.into()),
@@ -198,7 +198,7 @@ fn raise_open_files_limit(cfg: &Config) {
             }
         }
     }
-    let needed = (4 * cfg.max_connections + 256) as libc::rlim_t;
+    let needed = (4 * cfg.http.max_connections + 256) as libc::rlim_t;
     if lim.rlim_cur < needed {
         tracing::warn!(
             limit = lim.rlim_cur,

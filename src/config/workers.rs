@@ -270,7 +270,7 @@ pub fn worker_specs(cfg: &Config, gpus: &[(usize, String)]) -> Result<Vec<Worker
             engine: EngineSpec::OpenAi(OpenAiSpec {
                 base_url: base_url.trim_end_matches('/').to_string(),
                 model: model.unwrap_or_else(|| cfg.default_model.clone()),
-                n_parallel: n_parallel.unwrap_or(cfg.max_concurrent_requests as u32).max(1),
+                n_parallel: n_parallel.unwrap_or(cfg.scheduler.max_in_flight as u32).max(1),
                 api_key: api_key.or_else(|| cfg.openai_api_key.clone()),
                 request_timeout: cfg.ollama_timeout,
                 health_every: Duration::from_secs(10),

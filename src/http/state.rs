@@ -13,7 +13,7 @@ use super::refusals::RefusalLog;
 /// does, because the client gives the connection up first.
 pub const DEFAULT_KEEP_ALIVE_SECS: u64 = 75;
 
-/// HTTP-only settings, copied out of the node's configuration.
+/// HTTP-only settings: the node's configuration holds them as they are (`Config::http`).
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     /// `MAX_BODY_BYTES`: the cap on a challenge body (and the legacy `/inference`).

@@ -23,7 +23,7 @@ use std::time::Duration;
 use crate::graph::MinerGraph;
 use rate_limit::{RateLimiter, Route};
 
-/// Protocol knobs the door applies per request, copied out of the node's configuration.
+/// Protocol knobs the door applies per request; the node's configuration holds them as they are.
 #[derive(Debug, Clone)]
 pub struct DoorSettings {
     /// TTL applied to challenge tokens, as the validator's own Fernet does.
