@@ -9,9 +9,8 @@ use std::time::Instant;
 use actix_web::dev::ServerHandle;
 use actix_web::web;
 use loosh_actors::authorization::ValidatorAuth;
-use loosh_actors::chain::challenge_api::ChallengeApiArgs;
-use loosh_actors::chain::heartbeat::HeartbeatArgs;
-use loosh_actors::graph::{GraphConfig, MinerGraph};
+use loosh_actors::front_door::FrontDoor;
+use loosh_actors::graph::{GraphConfig, GraphError};
 use loosh_actors::protocol::rsa_keys::MinerRsaKey;
 use loosh_actors::protocol::signature::Hotkey;
 use loosh_actors::settings::DoorSettings;
@@ -22,24 +21,23 @@ use crate::config::Config;
 use crate::http::refusals::RefusalLog;
 use crate::http::state::{AppState, HttpSettings};
 
-/// Spawns the actor graph for `cfg` on the current tokio runtime.
-pub async fn spawn_graph(
+/// Opens the engine's front door for `cfg` (spawning the actor graph behind it) on the current
+/// tokio runtime.
+pub async fn open_door(
     cfg: &Config,
     workers: Vec<WorkerSpec>,
     rsa: Arc<MinerRsaKey>,
     auth: Arc<ValidatorAuth>,
-) -> Result<MinerGraph, loosh_actors::graph::GraphError> {
-    MinerGraph::spawn(GraphConfig {
+) -> Result<FrontDoor, GraphError> {
+    let graph = GraphConfig {
         sessions: cfg.sessions.clone(),
         scheduler: cfg.scheduler.clone(),
         restart: restart_policy(),
         workers,
-        rsa,
-        auth,
-        // The rate limits in force are known only now (`--dev`), not when the file was read.
-        door: DoorSettings { rate_limits: cfg.active_rate_limits().cloned(), ..cfg.door.clone() },
-    })
-    .await
+    };
+    // The rate limits in force are known only now (`--dev`), not when the file was read.
+    let door = DoorSettings { rate_limits: cfg.active_rate_limits().cloned(), ..cfg.door.clone() };
+    FrontDoor::open(graph, door, rsa, auth).await
 }
 
 /// How the graph restarts what crashes: the default (see [`RestartPolicy`]), or in a
@@ -74,7 +72,7 @@ pub struct NodeParts {
 
 /// A running miner: the actor graph and the HTTP server in front of it.
 pub struct Node {
-    pub graph: MinerGraph,
+    pub door: FrontDoor,
     pub http: HttpNode,
     /// Where the HTTP server listens.
     pub addr: SocketAddr,
@@ -86,22 +84,22 @@ impl Node {
     pub async fn start(cfg: &Config, parts: NodeParts) -> anyhow::Result<Self> {
         let rsa = Arc::new(MinerRsaKey::generate()?);
         let placed: Vec<(String, String)> = parts.workers.iter().map(|w| (w.name.clone(), worker_place(w))).collect();
-        let graph = spawn_graph(cfg, parts.workers, rsa, parts.auth.clone()).await?;
+        let door = open_door(cfg, parts.workers, rsa, parts.auth.clone()).await?;
         for (name, place) in &placed {
-            let m = &graph.metrics;
+            let m = &door.metrics;
             m.worker_info.with_label_values(&[name, place]).set(1);
             // At zero from the start, so that a restart loop's alert has a series to rise from.
             m.worker_restarts.with_label_values(&[name]);
             m.engine_stalls.with_label_values(&[name]);
             m.worker_down.with_label_values(&[name]);
         }
-        crate::process_metrics::register(&graph.metrics.registry)?;
+        crate::process_metrics::register(&door.metrics.registry)?;
         if let Some(url) = parts.chain_url {
-            start_chain(&graph, cfg, &parts.hotkey, url).await?;
+            start_chain(&door, cfg, &parts.hotkey, url).await?;
         }
         let (host, port) = parts.listen;
         let http = HttpNode::start(
-            graph.clone(),
+            door.clone(),
             parts.hotkey.ss58().to_string(),
             cfg.http.clone(),
             &host,
@@ -109,26 +107,26 @@ impl Node {
             cfg.http_workers,
         )
         .map_err(ListenError)?;
-        Ok(Self { graph, addr: http.addr, http })
+        Ok(Self { door, addr: http.addr, http })
     }
 
     /// Starts the chain actors (heartbeat, Challenge API poller) once the chain answers: `main`
     /// serves before that, with admission closed, when the chain is down at boot.
     pub async fn start_chain(&self, cfg: &Config, hotkey: &Hotkey, url: String) -> anyhow::Result<()> {
-        start_chain(&self.graph, cfg, hotkey, url).await
+        start_chain(&self.door, cfg, hotkey, url).await
     }
 
     /// Starts only the Challenge API poller (when `CHALLENGE_API_URL` is set): `--dev` has no
     /// chain, but the Challenge API still names validators and their addresses.
     pub async fn start_challenge_api(&self, cfg: &Config, hotkey: &Hotkey) -> anyhow::Result<()> {
-        start_challenge_api(&self.graph, cfg, hotkey).await
+        start_challenge_api(&self.door, cfg, hotkey).await
     }
 
     /// Graceful stop: admission closes, in-flight challenges finish, then every actor stops.
     pub async fn stop(self) {
-        self.graph.close_admission();
+        self.door.close_admission();
         self.http.stop().await;
-        self.graph.stop();
+        self.door.stop();
     }
 }
 
@@ -149,26 +147,15 @@ impl ListenError {
 }
 
 /// The heartbeat under the graph's root, and the Challenge API poller when `CHALLENGE_API_URL` is set.
-async fn start_chain(graph: &MinerGraph, cfg: &Config, hotkey: &Hotkey, url: String) -> anyhow::Result<()> {
-    let args = HeartbeatArgs {
-        settings: crate::chain::settings(cfg, url),
-        hotkey: hotkey.clone(),
-        validators: graph.validators(),
-    };
-    graph.spawn_chain(args).await?;
-    start_challenge_api(graph, cfg, hotkey).await
+async fn start_chain(door: &FrontDoor, cfg: &Config, hotkey: &Hotkey, url: String) -> anyhow::Result<()> {
+    door.start_chain(crate::chain::settings(cfg, url), hotkey.clone()).await?;
+    start_challenge_api(door, cfg, hotkey).await
 }
 
 /// The Challenge API poller, when `CHALLENGE_API_URL` is set.
-async fn start_challenge_api(graph: &MinerGraph, cfg: &Config, hotkey: &Hotkey) -> anyhow::Result<()> {
+async fn start_challenge_api(door: &FrontDoor, cfg: &Config, hotkey: &Hotkey) -> anyhow::Result<()> {
     if let Some(url) = &cfg.challenge_api_url {
-        let args = ChallengeApiArgs {
-            url: url.clone(),
-            hotkey: hotkey.clone(),
-            every: cfg.challenge_api_poll,
-            validators: graph.validators(),
-        };
-        graph.spawn_challenge_api(args).await?;
+        door.start_challenge_api(url.clone(), hotkey.clone(), cfg.challenge_api_poll).await?;
     }
     Ok(())
 }
@@ -184,9 +171,9 @@ pub struct HttpNode {
 }
 
 impl HttpNode {
-    /// Starts serving `graph` on host:port (0 = any free port).
+    /// Starts serving `door` on host:port (0 = any free port).
     pub fn start(
-        graph: MinerGraph,
+        door: FrontDoor,
         miner_hotkey: String,
         settings: HttpSettings,
         host: &str,
@@ -194,7 +181,7 @@ impl HttpNode {
         workers: usize,
     ) -> std::io::Result<Self> {
         let state = web::Data::new(AppState {
-            graph,
+            door,
             miner_hotkey,
             settings,
             started: Instant::now(),

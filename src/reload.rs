@@ -56,7 +56,7 @@ pub async fn apply(
         tracing::info!(files = ?src.files, "configuration re-read (SIGHUP): nothing changed");
         return Some((src, cfg));
     }
-    match node.graph.set_workers(specs).await {
+    match node.door.set_workers(specs).await {
         Ok(changes) if changes.added.len() + changes.removed.len() + changes.replaced.len() > 0 => {
             tracing::info!(added = ?changes.added, removed = ?changes.removed, replaced = ?changes.replaced, "workers changed");
         }
@@ -70,16 +70,16 @@ pub async fn apply(
     }
     if cfg.validator_hotkeys != old.validator_hotkeys {
         let listed = cfg.validator_hotkeys.iter().cloned().collect();
-        node.graph.validators().replace(loosh_actors::authorization::Source::Static, listed);
+        node.door.validators().replace(loosh_actors::authorization::Source::Static, listed);
     }
     if cfg.validator_deny_hotkeys != old.validator_deny_hotkeys {
-        node.graph.validators().deny(cfg.validator_deny_hotkeys.iter().cloned().collect());
+        node.door.validators().deny(cfg.validator_deny_hotkeys.iter().cloned().collect());
     }
     if cfg.strict_validator_addresses != old.strict_validator_addresses {
         auth.set_strict_addresses(cfg.strict_validator_addresses);
     }
     if (cfg.rate_limit_enabled, &cfg.rate_limits) != (old.rate_limit_enabled, &old.rate_limits) {
-        node.graph.set_rate_limits(cfg.active_rate_limits());
+        node.door.set_rate_limits(cfg.active_rate_limits());
     }
     tracing::info!(applied = ?applied, files = ?src.files, "configuration reloaded (SIGHUP)");
     if !restart.is_empty() {

@@ -26,7 +26,7 @@ async fn a_challenge_asking_far_more_tokens_than_the_deadline_allows_returns_in_
     let mut req = request("Tell me everything.", 12_288, Duration::from_millis(1500));
     req.temperature = 0.0;
     let deadline = req.deadline;
-    let gen = g.generate(req).await.expect("an answer, not an error");
+    let gen = g.graph.generate(req).await.expect("an answer, not an error");
     assert_eq!(gen.finish_reason, FinishReason::Length);
     assert!(gen.cut_by_deadline, "the deadline, not max_tokens, ended it");
     assert!(gen.completion_tokens > 0);
@@ -45,7 +45,7 @@ async fn max_tokens_is_clamped_to_the_context_left_after_the_prompt() {
     // llama.cpp pads the context to a multiple of 256, so ask for exactly 256.
     let g = graph(vec![cpu_worker("cpu0", model, 256)], 4, fast_restarts(3)).await;
     wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
-    let gen = g.generate(request("Hello there", 100_000, Duration::from_secs(50))).await.unwrap();
+    let gen = g.graph.generate(request("Hello there", 100_000, Duration::from_secs(50))).await.unwrap();
     assert!(gen.prompt_tokens + gen.completion_tokens <= 256, "{} + {}", gen.prompt_tokens, gen.completion_tokens);
     assert!(!gen.cut_by_deadline);
     if gen.finish_reason == FinishReason::Length {
@@ -60,7 +60,7 @@ async fn a_prompt_longer_than_the_context_is_refused_with_a_clear_error() {
     let g = graph(vec![cpu_worker("cpu0", model, 256)], 4, fast_restarts(3)).await;
     wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
     let long = "word ".repeat(600);
-    match g.generate(request(&long, 8, Duration::from_secs(50))).await {
+    match g.graph.generate(request(&long, 8, Duration::from_secs(50))).await {
         Err(ScheduleError::Backend(BackendError::PromptTooLong { prompt_tokens, n_ctx })) => {
             assert!(prompt_tokens > 256);
             assert_eq!(n_ctx, 256);
@@ -68,7 +68,7 @@ async fn a_prompt_longer_than_the_context_is_refused_with_a_clear_error() {
         other => panic!("expected PromptTooLong, got {other:?}"),
     }
     // The worker is still fine.
-    assert!(g.generate(request("hi", 4, Duration::from_secs(50))).await.is_ok());
+    assert!(g.graph.generate(request("hi", 4, Duration::from_secs(50))).await.is_ok());
     g.stop();
 }
 
@@ -82,14 +82,14 @@ async fn concurrent_challenges_spread_over_two_workers_and_all_complete() {
     for i in 0..12 {
         let g = g.clone();
         tasks.push(tokio::spawn(async move {
-            g.generate(request(&format!("question {i}"), 16, Duration::from_secs(50))).await
+            g.graph.generate(request(&format!("question {i}"), 16, Duration::from_secs(50))).await
         }));
     }
     for t in tasks {
         let gen = t.await.unwrap().expect("every challenge is answered");
         assert!(gen.completion_tokens >= 1 && gen.completion_tokens <= 16);
     }
-    let status = g.status().await.unwrap();
+    let status = g.graph.status().await.unwrap();
     assert_eq!(status.in_flight, 0, "every slot was released");
     g.stop();
 }
@@ -101,18 +101,19 @@ async fn a_full_miner_refuses_at_once_with_a_retry_hint() {
     wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
 
     let busy = g.clone();
-    let long = tokio::spawn(async move { busy.generate(request("long", 12_288, Duration::from_secs(3))).await });
-    wait_for("the first challenge to be admitted", LOAD, || async { g.status().await.unwrap().in_flight == 1 }).await;
+    let long = tokio::spawn(async move { busy.graph.generate(request("long", 12_288, Duration::from_secs(3))).await });
+    wait_for("the first challenge to be admitted", LOAD, || async { g.graph.status().await.unwrap().in_flight == 1 })
+        .await;
     // Full, yet still available: a refused challenge costs nothing, `false` costs selection.
-    let status = g.status().await.unwrap();
+    let status = g.graph.status().await.unwrap();
     assert!(status.at_capacity());
     assert_eq!(status.availability(), Ok(()));
-    match g.generate(request("second", 4, Duration::from_secs(50))).await {
+    match g.graph.generate(request("second", 4, Duration::from_secs(50))).await {
         Err(ScheduleError::Busy { in_flight: 1, retry_after_secs }) => assert!((1..=30).contains(&retry_after_secs)),
         other => panic!("expected Busy, got {other:?}"),
     }
     assert!(long.await.unwrap().is_ok());
-    assert_eq!(g.status().await.unwrap().availability(), Ok(()));
+    assert_eq!(g.graph.status().await.unwrap().availability(), Ok(()));
     g.stop();
 }
 
@@ -123,19 +124,19 @@ async fn a_crashed_worker_is_restarted_while_its_sibling_keeps_answering() {
         graph(vec![cpu_worker("cpu0", model.clone(), 512), cpu_worker("cpu1", model, 512)], 8, fast_restarts(3)).await;
     wait_for("both workers to load", LOAD, || async { ready_workers(&g).await == 2 }).await;
 
-    let victim = g.worker_ref("cpu0").await.expect("cpu0 is running");
+    let victim = g.graph.worker_ref("cpu0").await.expect("cpu0 is running");
     victim.cast(WorkerMsg::CrashForTest).unwrap();
     wait_for("cpu0 to be restarting", LOAD, || async {
         g.workers().await.iter().any(|w| w.name == "cpu0" && w.restarts == 1)
     })
     .await;
     // Meanwhile the sibling answers.
-    assert!(g.generate(request("still there?", 4, Duration::from_secs(50))).await.is_ok());
+    assert!(g.graph.generate(request("still there?", 4, Duration::from_secs(50))).await.is_ok());
     wait_for("cpu0 to be back", LOAD, || async {
         g.workers().await.iter().all(|w| w.phase == WorkerPhase::Ready) && ready_workers(&g).await == 2
     })
     .await;
-    let fresh = g.worker_ref("cpu0").await.unwrap();
+    let fresh = g.graph.worker_ref("cpu0").await.unwrap();
     assert_ne!(fresh.get_id(), victim.get_id(), "a new actor took its place");
     let metrics = g.metrics.render();
     assert!(metrics.contains("loosh_worker_restarts_total{worker=\"cpu0\"} 1"), "{metrics}");
@@ -150,11 +151,11 @@ async fn the_restart_intensity_limit_stops_a_crash_loop_and_availability_turns_f
     std::fs::copy(&model, &copy).unwrap();
     let g = graph(vec![cpu_worker("cpu0", copy.clone(), 256)], 4, fast_restarts(2)).await;
     wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
-    assert_eq!(g.status().await.unwrap().availability(), Ok(()));
+    assert_eq!(g.graph.status().await.unwrap().availability(), Ok(()));
 
     // The model file vanishes, then the worker crashes: every restart fails to load it.
     std::fs::remove_file(&copy).unwrap();
-    g.worker_ref("cpu0").await.unwrap().cast(WorkerMsg::CrashForTest).unwrap();
+    g.graph.worker_ref("cpu0").await.unwrap().cast(WorkerMsg::CrashForTest).unwrap();
     wait_for("cpu0 to give up", LOAD, || async {
         g.workers().await.iter().any(|w| matches!(&w.phase, WorkerPhase::Down { .. }))
     })
@@ -163,8 +164,11 @@ async fn the_restart_intensity_limit_stops_a_crash_loop_and_availability_turns_f
     let WorkerPhase::Down { reason } = &workers[0].phase else { unreachable!() };
     assert!(reason.contains("does not exist"), "the reason names the problem: {reason}");
     assert_eq!(workers[0].restarts, 2, "stopped at the intensity limit");
-    assert_eq!(g.status().await.unwrap().availability(), Err("no backend worker is ready"));
-    assert!(matches!(g.generate(request("anyone?", 4, Duration::from_secs(5))).await, Err(ScheduleError::NoWorker)));
+    assert_eq!(g.graph.status().await.unwrap().availability(), Err("no backend worker is ready"));
+    assert!(matches!(
+        g.graph.generate(request("anyone?", 4, Duration::from_secs(5))).await,
+        Err(ScheduleError::NoWorker)
+    ));
     assert!(g.metrics.render().contains("loosh_worker_down{worker=\"cpu0\"} 1"));
     g.stop();
 }
@@ -176,7 +180,7 @@ async fn smollm2_answers_a_factual_question_sensibly() {
     let mut req = request("What is the capital of France? Answer in one short sentence.", 48, Duration::from_secs(50));
     req.temperature = 0.0; // greedy, so the check is about the pipeline, not luck
     let started = Instant::now();
-    let gen = g.generate(req).await.unwrap();
+    let gen = g.graph.generate(req).await.unwrap();
     assert!(gen.text.to_lowercase().contains("paris"), "answer: {:?}", gen.text);
     assert_eq!(gen.finish_reason, FinishReason::Stop, "the model ended its turn: {:?}", gen.text);
     assert!(gen.first_token_at.unwrap() >= started);
@@ -194,13 +198,13 @@ async fn one_worker_generates_several_challenges_at_once_by_continuous_batching(
         // Different lengths: short ones finish and leave while long ones keep generating.
         let n = 16 + 48 * i;
         tasks.push(tokio::spawn(async move {
-            g.generate(request(&format!("story {i}"), n, Duration::from_secs(50))).await
+            g.graph.generate(request(&format!("story {i}"), n, Duration::from_secs(50))).await
         }));
     }
     for t in tasks {
         assert!(t.await.unwrap().is_ok());
     }
-    let worker = g.worker_ref("cpu0").await.unwrap();
+    let worker = g.graph.worker_ref("cpu0").await.unwrap();
     let snap = ractor::call_t!(worker, WorkerMsg::Snapshot, 1000).unwrap();
     assert_eq!(snap.served, 4);
     assert_eq!(snap.n_parallel, 4);
@@ -213,8 +217,8 @@ async fn metrics_show_each_workers_step_time_by_phase_and_its_tokens() {
     let model = tiny_model();
     let g = graph(vec![embedded_worker("cpu0", model, 512, 2)], 4, fast_restarts(1)).await;
     wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
-    let gen = g.generate(request("Say something.", 12, Duration::from_secs(50))).await.unwrap();
-    let worker = g.worker_ref("cpu0").await.unwrap();
+    let gen = g.graph.generate(request("Say something.", 12, Duration::from_secs(50))).await.unwrap();
+    let worker = g.graph.worker_ref("cpu0").await.unwrap();
     let snap = ractor::call_t!(worker, WorkerMsg::Snapshot, 1000).unwrap();
     assert_eq!(snap.steps.tokens, u64::from(gen.completion_tokens));
     assert!(snap.steps.decode > Duration::ZERO && snap.steps.sampling > Duration::ZERO, "{snap:?}");
@@ -242,15 +246,15 @@ async fn routing_spreads_challenges_over_workers() {
     let mut tasks = Vec::new();
     for i in 0..9 {
         let g = g.clone();
-        tasks.push(tokio::spawn(
-            async move { g.generate(request(&format!("q{i}"), 24, Duration::from_secs(50))).await },
-        ));
+        tasks.push(tokio::spawn(async move {
+            g.graph.generate(request(&format!("q{i}"), 24, Duration::from_secs(50))).await
+        }));
     }
     for t in tasks {
         assert!(t.await.unwrap().is_ok());
     }
     for name in ["cpu0", "cpu1", "cpu2"] {
-        let w = g.worker_ref(name).await.unwrap();
+        let w = g.graph.worker_ref(name).await.unwrap();
         let snap = ractor::call_t!(w, WorkerMsg::Snapshot, 1000).unwrap();
         assert!(snap.served >= 1, "{name} got no work: {snap:?}");
     }
@@ -264,14 +268,14 @@ async fn a_challenge_on_a_worker_that_dies_is_re_dispatched_to_a_sibling() {
         .await;
     wait_for("both workers to load", LOAD, || async { ready_workers(&g).await == 2 }).await;
     let busy = g.clone();
-    let long = tokio::spawn(async move { busy.generate(request("long", 2000, Duration::from_secs(30))).await });
+    let long = tokio::spawn(async move { busy.graph.generate(request("long", 2000, Duration::from_secs(30))).await });
     // Find the worker that took it, and kill that one mid-generation.
     let victim = Arc::new(std::sync::Mutex::new(None));
     wait_for("the challenge to start generating", LOAD, || {
         let (g, victim) = (g.clone(), victim.clone());
         async move {
             for name in ["cpu0", "cpu1"] {
-                if let Some(w) = g.worker_ref(name).await {
+                if let Some(w) = g.graph.worker_ref(name).await {
                     if ractor::call_t!(w, WorkerMsg::Snapshot, 1000).is_ok_and(|s| s.active == 1) {
                         *victim.lock().unwrap() = Some(w);
                         return true;
@@ -294,14 +298,14 @@ async fn the_root_restarts_a_crashed_worker_supervisor_and_its_workers() {
     let model = tiny_model();
     let g = graph(vec![cpu_worker("cpu0", model, 512)], 4, fast_restarts(3)).await;
     wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
-    let first = g.supervisor.get();
+    let first = g.graph.supervisor.get();
     first.cast(loosh_actors::workers::supervisor::SupervisorMsg::CrashForTest).unwrap();
-    wait_for("a new supervisor", LOAD, || async { g.supervisor.get().get_id() != first.get_id() }).await;
+    wait_for("a new supervisor", LOAD, || async { g.graph.supervisor.get().get_id() != first.get_id() }).await;
     wait_for("its worker to be ready", LOAD, || async {
         g.workers().await.iter().all(|w| w.phase == WorkerPhase::Ready) && ready_workers(&g).await == 1
     })
     .await;
-    assert!(g.generate(request("back?", 4, Duration::from_secs(30))).await.is_ok());
+    assert!(g.graph.generate(request("back?", 4, Duration::from_secs(30))).await.is_ok());
     g.stop();
 }
 
@@ -319,18 +323,27 @@ async fn a_stalled_engine_is_failed_by_the_watchdog_and_its_restart_answers() {
     let g = graph(vec![worker], 4, fast_restarts(3)).await;
     wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
 
-    let victim = g.worker_ref("cpu0").await.expect("cpu0 is running");
+    let victim = g.graph.worker_ref("cpu0").await.expect("cpu0 is running");
     victim.cast(WorkerMsg::StallForTest).unwrap();
     let stuck = g.clone();
-    let held = tokio::spawn(async move { stuck.generate(request("stall here", 4, Duration::from_secs(50))).await });
+    let held =
+        tokio::spawn(async move { stuck.graph.generate(request("stall here", 4, Duration::from_secs(50))).await });
     wait_for("the watchdog to fail cpu0", LOAD, || async {
         g.workers().await.iter().any(|w| w.name == "cpu0" && w.restarts == 1)
     })
     .await;
-    wait_for("cpu0 to be back", LOAD, || async { ready_workers(&g).await == 1 }).await;
-    let fresh = g.worker_ref("cpu0").await.unwrap();
+    // Back for the supervisor (a new actor) and for the scheduler (told by the supervisor's
+    // announcement, which reaches it a moment later).
+    wait_for("cpu0 to be back", LOAD, || async {
+        g.workers().await.iter().all(|w| w.phase == WorkerPhase::Ready) && ready_workers(&g).await == 1
+    })
+    .await;
+    let fresh = g.graph.worker_ref("cpu0").await.unwrap();
     assert_ne!(fresh.get_id(), victim.get_id(), "a new actor took its place");
-    assert!(g.generate(request("awake?", 4, Duration::from_secs(50))).await.is_ok(), "the restarted worker answers");
+    assert!(
+        g.graph.generate(request("awake?", 4, Duration::from_secs(50))).await.is_ok(),
+        "the restarted worker answers"
+    );
     let metrics = g.metrics.render();
     assert!(metrics.contains("loosh_engine_stalls_total{worker=\"cpu0\"} 1"), "{metrics}");
     assert!(metrics.contains("loosh_worker_restarts_total{worker=\"cpu0\"} 1"), "{metrics}");
@@ -352,18 +365,21 @@ async fn the_root_restarts_a_crashed_scheduler_which_learns_the_running_workers_
     let g = graph(vec![cpu_worker("cpu0", tiny_model(), 512)], 4, fast_restarts(3)).await;
     wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
     g.set_admission(false);
-    let first = g.scheduler.get();
+    let first = g.graph.scheduler.get();
     first.cast(SchedulerMsg::CrashForTest).unwrap();
     wait_for("a new scheduler that knows the worker", LOAD, || async {
-        g.scheduler.get().get_id() != first.get_id() && ready_workers(&g).await == 1
+        g.graph.scheduler.get().get_id() != first.get_id() && ready_workers(&g).await == 1
     })
     .await;
-    let status = g.status().await.unwrap();
+    let status = g.graph.status().await.unwrap();
     assert!(!status.admission_open, "admission closed before the crash stays closed: {status:?}");
     assert_eq!(g.status_now(), status, "/availability reads the new scheduler's status");
-    assert!(matches!(g.generate(request("closed?", 4, Duration::from_secs(30))).await, Err(ScheduleError::Closed)));
+    assert!(matches!(
+        g.graph.generate(request("closed?", 4, Duration::from_secs(30))).await,
+        Err(ScheduleError::Closed)
+    ));
     g.set_admission(true);
-    assert!(g.generate(request("back?", 4, Duration::from_secs(30))).await.is_ok());
+    assert!(g.graph.generate(request("back?", 4, Duration::from_secs(30))).await.is_ok());
     // The worker was not restarted: only the scheduler was.
     assert_eq!(g.workers().await[0].restarts, 0);
     g.stop();
@@ -376,10 +392,11 @@ async fn a_scheduler_crashing_past_the_restart_intensity_fails_the_graph() {
     use loosh_actors::graph::GraphFailure;
     use loosh_actors::scheduler::SchedulerMsg;
     let g = graph(vec![], 4, fast_restarts(1)).await;
-    let first = g.scheduler.get();
+    let first = g.graph.scheduler.get();
     first.cast(SchedulerMsg::CrashForTest).unwrap();
-    wait_for("the scheduler's one restart", LOAD, || async { g.scheduler.get().get_id() != first.get_id() }).await;
-    g.scheduler.get().cast(SchedulerMsg::CrashForTest).unwrap();
+    wait_for("the scheduler's one restart", LOAD, || async { g.graph.scheduler.get().get_id() != first.get_id() })
+        .await;
+    g.graph.scheduler.get().cast(SchedulerMsg::CrashForTest).unwrap();
     let failure = tokio::time::timeout(LOAD, g.failed()).await.expect("the graph reports its failure");
     match failure {
         GraphFailure::GaveUp { child, max_restarts, last_error, .. } => {

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use loosh_actors::authorization::ValidatorAuth;
-use loosh_actors::graph::{GraphConfig, MinerGraph};
+use loosh_actors::front_door::FrontDoor;
+use loosh_actors::graph::GraphConfig;
 use loosh_actors::protocol::rsa_keys::MinerRsaKey;
 use loosh_actors::protocol::signature::Hotkey;
 use loosh_actors::settings::AdmissionSettings;
@@ -27,18 +28,11 @@ use loosh_miner::validator_client::{challenge_body, ClientError, ValidatorClient
 
 const LOAD: Duration = Duration::from_secs(60);
 
-async fn spawn(workers: Vec<WorkerSpec>, scheduler: SchedulerSettings, door: DoorSettings) -> MinerGraph {
-    MinerGraph::spawn(GraphConfig {
-        sessions: SessionSettings::default(),
-        scheduler,
-        restart: RestartPolicy::default(),
-        workers,
-        rsa: Arc::new(MinerRsaKey::generate().unwrap()),
-        auth: Arc::new(ValidatorAuth::allow_all()),
-        door,
-    })
-    .await
-    .expect("graph spawns")
+async fn spawn(workers: Vec<WorkerSpec>, scheduler: SchedulerSettings, door: DoorSettings) -> FrontDoor {
+    let graph =
+        GraphConfig { sessions: SessionSettings::default(), scheduler, restart: RestartPolicy::default(), workers };
+    let rsa = Arc::new(MinerRsaKey::generate().unwrap());
+    FrontDoor::open(graph, door, rsa, Arc::new(ValidatorAuth::allow_all())).await.expect("graph spawns")
 }
 
 /// One challenge's fate, client side.
@@ -163,7 +157,7 @@ async fn a_challenge_without_a_token_by_its_deadline_gets_504_not_an_empty_200()
     .await;
     wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
     // The job reaches the engine only after its deadline: the engine cuts it with nothing.
-    g.worker_ref("cpu0").await.expect("up").cast(WorkerMsg::SlowFirstTokenForTest(deadline * 2)).unwrap();
+    g.graph.worker_ref("cpu0").await.expect("up").cast(WorkerMsg::SlowFirstTokenForTest(deadline * 2)).unwrap();
     let node =
         HttpNode::start(g.clone(), Hotkey::ephemeral().ss58().into(), HttpSettings::default(), "127.0.0.1", 0, 1)
             .unwrap();
@@ -181,7 +175,7 @@ async fn a_challenge_without_a_token_by_its_deadline_gets_504_not_an_empty_200()
 }
 
 /// Short greedy challenges, `n` at once; returns each one's time to first token.
-async fn round(g: &MinerGraph, n: usize) -> Vec<Duration> {
+async fn round(g: &FrontDoor, n: usize) -> Vec<Duration> {
     let mut tasks = Vec::new();
     for i in 0..n {
         let g = g.clone();
@@ -189,7 +183,7 @@ async fn round(g: &MinerGraph, n: usize) -> Vec<Duration> {
             let mut req = request(&format!("Question {i}: name a colour."), 8, Duration::from_secs(30));
             req.temperature = 0.0;
             let sent = Instant::now();
-            let gen = g.generate(req).await.expect("answered");
+            let gen = g.graph.generate(req).await.expect("answered");
             gen.first_token_at.expect("a token").saturating_duration_since(sent)
         }));
     }
@@ -223,7 +217,7 @@ async fn a_late_first_token_is_raced_on_the_idle_worker_and_the_fast_one_wins() 
 
     // Far longer than the threshold: only a hedge can give these challenges their first token sooner.
     let delay = Duration::from_secs(10);
-    g.worker_ref("slow").await.expect("slow is up").cast(WorkerMsg::SlowFirstTokenForTest(delay)).unwrap();
+    g.graph.worker_ref("slow").await.expect("slow is up").cast(WorkerMsg::SlowFirstTokenForTest(delay)).unwrap();
     // More at once than the fast worker has sequences: the slow one, idle by every estimate,
     // takes some, and their hedges wait for a sequence of the fast one to come free.
     let mut ttfts = Vec::new();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use loosh_actors::graph::MinerGraph;
+use loosh_actors::front_door::FrontDoor;
 use loosh_actors::inference::request::BackendError;
 use loosh_actors::scheduler::ScheduleError;
 use loosh_actors::supervision::RestartPolicy;
@@ -20,17 +20,17 @@ use ractor::ActorRef;
 
 const LOAD: Duration = Duration::from_secs(60);
 
-async fn snapshot(g: &MinerGraph, name: &str) -> Option<WorkerSnapshot> {
-    let w = g.worker_ref(name).await?;
+async fn snapshot(g: &FrontDoor, name: &str) -> Option<WorkerSnapshot> {
+    let w = g.graph.worker_ref(name).await?;
     ractor::call_t!(w, WorkerMsg::Snapshot, 1000).ok()
 }
 
-async fn pid_of(g: &MinerGraph, name: &str) -> u32 {
+async fn pid_of(g: &FrontDoor, name: &str) -> u32 {
     snapshot(g, name).await.and_then(|s| s.engine_pid).expect("the worker runs its engine in a child")
 }
 
 /// Two child-process workers, loaded; their engine pids.
-async fn two_children(restart: RestartPolicy) -> (MinerGraph, [u32; 2]) {
+async fn two_children(restart: RestartPolicy) -> (FrontDoor, [u32; 2]) {
     let model = tiny_model();
     let g = graph(vec![child_worker("cpu0", model.clone(), 8192), child_worker("cpu1", model, 8192)], 8, restart).await;
     wait_for("both workers to load", LOAD, || async { ready_workers(&g).await == 2 }).await;
@@ -49,10 +49,10 @@ fn long_request(deadline_in: Duration) -> loosh_actors::inference::request::Gene
 
 /// Starts a long challenge and returns it with the worker (name, actor) generating it.
 async fn long_challenge_in_flight(
-    g: &MinerGraph,
+    g: &FrontDoor,
 ) -> (tokio::task::JoinHandle<Result<loosh_actors::inference::request::Generation, ScheduleError>>, String) {
     let busy = g.clone();
-    let long = tokio::spawn(async move { busy.generate(long_request(Duration::from_secs(30))).await });
+    let long = tokio::spawn(async move { busy.graph.generate(long_request(Duration::from_secs(30))).await });
     let victim = Arc::new(std::sync::Mutex::new(None));
     wait_for("the challenge to start generating", LOAD, || {
         let (g, victim) = (g.clone(), victim.clone());
@@ -72,14 +72,14 @@ async fn long_challenge_in_flight(
 }
 
 /// The worker is back: a new child (not `old_pid`), ready, and it answers a challenge itself.
-async fn back_and_answering(g: &MinerGraph, name: &str, old_pid: u32) -> u32 {
+async fn back_and_answering(g: &FrontDoor, name: &str, old_pid: u32) -> u32 {
     wait_for("a new engine process in the dead one's place", LOAD, || async {
         snapshot(g, name).await.and_then(|s| s.engine_pid).is_some_and(|p| p != old_pid)
             && g.workers().await.iter().all(|w| w.phase == WorkerPhase::Ready)
             && ready_workers(g).await == 2
     })
     .await;
-    let fresh: ActorRef<WorkerMsg> = g.worker_ref(name).await.unwrap();
+    let fresh: ActorRef<WorkerMsg> = g.graph.worker_ref(name).await.unwrap();
     let pid = pid_of(g, name).await;
     let answer = ractor::call!(fresh, |reply| WorkerMsg::Generate { request: request("back?", 4, LOAD), reply })
         .expect("the worker's mailbox answers");
@@ -88,7 +88,7 @@ async fn back_and_answering(g: &MinerGraph, name: &str, old_pid: u32) -> u32 {
 }
 
 /// The metric line for this worker's engine deaths by `reason`, if any.
-fn exits(g: &MinerGraph, worker: &str, reason: &str) -> Option<f64> {
+fn exits(g: &FrontDoor, worker: &str, reason: &str) -> Option<f64> {
     g.metrics.render().lines().find_map(|l| {
         let rest = l.strip_prefix("loosh_engine_process_exits_total{")?;
         let (labels, value) = rest.split_once("} ")?;
@@ -98,7 +98,7 @@ fn exits(g: &MinerGraph, worker: &str, reason: &str) -> Option<f64> {
 }
 
 /// Stops the graph and waits (bounded) until none of `pids` exists and we have no child left.
-async fn stop_and_expect_no_child(g: MinerGraph, pids: &[u32]) {
+async fn stop_and_expect_no_child(g: FrontDoor, pids: &[u32]) {
     g.stop();
     wait_for("every engine process to exit and be reaped", LOAD, || async {
         pids.iter().all(|p| !process_exists(*p)) && children_of(std::process::id()).is_empty()
@@ -117,7 +117,7 @@ async fn an_engine_that_aborts_mid_generation_costs_one_worker_and_its_challenge
     let (g, pids) = two_children(slow).await;
     let (long, victim) = long_challenge_in_flight(&g).await;
     let victim_pid = pids[usize::from(victim == "cpu1")];
-    g.worker_ref(&victim).await.unwrap().cast(WorkerMsg::AbortEngineForTest).unwrap();
+    g.graph.worker_ref(&victim).await.unwrap().cast(WorkerMsg::AbortEngineForTest).unwrap();
 
     // The failure names the signal and quotes the child's last stderr line.
     let reason = Arc::new(std::sync::Mutex::new(String::new()));
@@ -169,7 +169,7 @@ async fn an_engine_killed_with_sigkill_fails_its_challenge_cleanly_when_no_time_
     // A challenge with too little time left to move fails at once with WorkerGone: kill the
     // engine under a challenge whose deadline is closer than the scheduler's re-dispatch margin.
     let busy = g.clone();
-    let short = tokio::spawn(async move { busy.generate(long_request(Duration::from_secs(4))).await });
+    let short = tokio::spawn(async move { busy.graph.generate(long_request(Duration::from_secs(4))).await });
     let holder = Arc::new(std::sync::Mutex::new(None));
     wait_for("the short-deadline challenge to start", LOAD, || {
         let (g, holder) = (g.clone(), holder.clone());
@@ -213,14 +213,15 @@ async fn a_hung_engine_process_is_killed_by_the_watchdog_and_replaced() {
     wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
     let pid = pid_of(&g, "cpu0").await;
 
-    g.worker_ref("cpu0").await.unwrap().cast(WorkerMsg::StallForTest).unwrap();
+    g.graph.worker_ref("cpu0").await.unwrap().cast(WorkerMsg::StallForTest).unwrap();
     let stuck = g.clone();
-    let held = tokio::spawn(async move { stuck.generate(request("stall here", 4, Duration::from_secs(50))).await });
+    let held =
+        tokio::spawn(async move { stuck.graph.generate(request("stall here", 4, Duration::from_secs(50))).await });
     let answer = held.await.unwrap().expect("the held challenge is run once more on the fresh child");
     assert!(answer.completion_tokens > 0, "{answer:?}");
     wait_for("the hung child to be killed and reaped", LOAD, || async { !process_exists(pid) }).await;
     wait_for("cpu0 to be back", LOAD, || async { ready_workers(&g).await == 1 }).await;
-    assert!(g.generate(request("awake?", 4, Duration::from_secs(50))).await.is_ok(), "the fresh child answers");
+    assert!(g.graph.generate(request("awake?", 4, Duration::from_secs(50))).await.is_ok(), "the fresh child answers");
     let metrics = g.metrics.render();
     assert!(metrics.contains("loosh_engine_stalls_total{worker=\"cpu0\"} 1"), "{metrics}");
     assert!(metrics.contains("loosh_challenge_reruns_total{on=\"restarted\"} 1"), "{metrics}");
@@ -271,7 +272,7 @@ async fn a_child_engines_step_counters_reach_the_snapshot_and_metrics_before_its
     }
     let g = graph(vec![worker], 4, fast_restarts(1)).await;
     wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
-    let gen = g.generate(request("Say something.", 12, Duration::from_secs(50))).await.unwrap();
+    let gen = g.graph.generate(request("Say something.", 12, Duration::from_secs(50))).await.unwrap();
     let snap = snapshot(&g, "cpu0").await.unwrap();
     assert_eq!((snap.served, snap.n_parallel, snap.active), (1, 2, 0), "{snap:?}");
     assert_eq!(snap.steps.tokens, u64::from(gen.completion_tokens));
@@ -292,7 +293,7 @@ async fn a_child_engines_step_counters_reach_the_snapshot_and_metrics_before_its
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_relays_its_first_token_and_stops_a_cancelled_job() {
     let (g, pids) = two_children(RestartPolicy::default()).await;
-    let worker = g.worker_ref("cpu0").await.expect("cpu0 is up");
+    let worker = g.graph.worker_ref("cpu0").await.expect("cpu0 is up");
     let request = long_request(Duration::from_secs(30));
     let control = request.control.clone();
     let answer = tokio::spawn(async move {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use loosh_actors::authorization::ValidatorAuth;
-use loosh_actors::graph::MinerGraph;
+use loosh_actors::front_door::FrontDoor;
 use loosh_actors::protocol::signature::Hotkey;
 use loosh_miner::http::state::HttpSettings;
 use loosh_miner::node::HttpNode;
@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 const LOAD: Duration = Duration::from_secs(60);
 
-fn node(graph: &MinerGraph, settings: HttpSettings) -> HttpNode {
+fn node(graph: &FrontDoor, settings: HttpSettings) -> HttpNode {
     HttpNode::start(graph.clone(), Hotkey::ephemeral().ss58().into(), settings, "127.0.0.1", 0, 1).unwrap()
 }
 
@@ -154,7 +154,7 @@ async fn until_a_first_validator_set_is_loaded_the_miner_says_why_it_is_unavaila
 
 /// A graph with one loaded worker restarted on a crash, its HTTP node, and a validator that has
 /// exchanged a key and been answered once: the state a crash test starts from.
-async fn answering_before_a_crash() -> (MinerGraph, HttpNode, ValidatorClient, Value) {
+async fn answering_before_a_crash() -> (FrontDoor, HttpNode, ValidatorClient, Value) {
     let g = graph(vec![cpu_worker("cpu0", tiny_model(), 512)], 4, fast_restarts(3)).await;
     wait_for("the worker to load", LOAD, || async { ready_workers(&g).await == 1 }).await;
     let n = node(&g, HttpSettings::default());
@@ -171,12 +171,12 @@ async fn answering_before_a_crash() -> (MinerGraph, HttpNode, ValidatorClient, V
 async fn after_the_scheduler_crashes_challenges_are_answered_again() {
     let (g, n, client, body) = answering_before_a_crash().await;
 
-    let first = g.scheduler.get();
+    let first = g.graph.scheduler.get();
     first.cast(loosh_actors::scheduler::SchedulerMsg::CrashForTest).unwrap();
     let available = format!("http://{}/availability", n.addr);
     wait_for("a new scheduler, available again", LOAD, || async {
         let v: Value = http().get(&available).send().await.unwrap().json().await.unwrap();
-        g.scheduler.get().get_id() != first.get_id() && v["available"] == true
+        g.graph.scheduler.get().get_id() != first.get_id() && v["available"] == true
     })
     .await;
     let (reply, _) = client.challenge_once(&body).await.expect("200 with the key held before the crash");

@@ -24,7 +24,7 @@ async fn an_openai_worker_streams_a_sensible_answer_and_honours_tools_and_histor
 
     let mut req = request("What is the capital of France? Answer in one short sentence.", 48, Duration::from_secs(50));
     req.temperature = 0.0;
-    let gen = server.expect_ok(g.generate(req).await).await;
+    let gen = server.expect_ok(g.graph.generate(req).await).await;
     assert!(gen.text.to_lowercase().contains("paris"), "{:?}", gen.text);
     assert_eq!(gen.finish_reason, FinishReason::Stop);
     assert!(gen.completion_tokens > 0 && gen.first_token_at.is_some());
@@ -42,7 +42,7 @@ async fn an_openai_worker_streams_a_sensible_answer_and_honours_tools_and_histor
     ]);
     req.tool_choice = Some(json!("auto"));
     req.temperature = 0.0; // greedy: the check is about the request, not the sample
-    let gen = server.expect_ok(g.generate(req).await).await;
+    let gen = server.expect_ok(g.graph.generate(req).await).await;
     assert!(gen.completion_tokens <= 24, "{gen:?}");
     assert!(
         matches!(gen.finish_reason, FinishReason::Stop | FinishReason::Length | FinishReason::ToolCalls),
@@ -67,7 +67,7 @@ async fn the_deadline_cuts_a_streamed_answer_and_returns_what_arrived() {
     let mut req = request("Write a very long story about the sea.", 12_288, Duration::from_millis(1000));
     req.temperature = 0.0;
     let deadline = req.deadline;
-    let gen = server.expect_ok(g.generate(req).await).await;
+    let gen = server.expect_ok(g.graph.generate(req).await).await;
     assert_eq!(gen.finish_reason, FinishReason::Length);
     assert!(gen.cut_by_deadline);
     assert!(gen.completion_tokens > 0 && !gen.text.is_empty(), "what arrived is kept: {gen:?}");
@@ -89,10 +89,11 @@ async fn a_server_killed_mid_request_fails_fast_and_the_worker_recovers_when_it_
     wait_for("the worker to probe its server", READY, || async { ready_workers(&g).await == 1 }).await;
 
     let busy = g.clone();
-    let long =
-        tokio::spawn(async move { busy.generate(request("Write a long story.", 4096, Duration::from_secs(40))).await });
-    wait_for("the request to be streaming", READY, || async { g.status().await.unwrap().in_flight == 1 }).await;
-    let worker = g.worker_ref("api0").await.unwrap();
+    let long = tokio::spawn(async move {
+        busy.graph.generate(request("Write a long story.", 4096, Duration::from_secs(40))).await
+    });
+    wait_for("the request to be streaming", READY, || async { g.graph.status().await.unwrap().in_flight == 1 }).await;
+    let worker = g.graph.worker_ref("api0").await.unwrap();
     wait_for("tokens to arrive", READY, || async {
         ractor::call_t!(worker, loosh_actors::workers::worker::WorkerMsg::Snapshot, 1000).is_ok_and(|s| s.active == 1)
     })
@@ -105,12 +106,12 @@ async fn a_server_killed_mid_request_fails_fast_and_the_worker_recovers_when_it_
         other => panic!("expected a clear failure, got {other:?}"),
     }
     wait_for("the worker to leave the schedule", READY, || async { ready_workers(&g).await == 0 }).await;
-    assert_eq!(g.status().await.unwrap().availability(), Err("no backend worker is ready"));
+    assert_eq!(g.graph.status().await.unwrap().availability(), Err("no backend worker is ready"));
 
     server.restart();
     server.ready().await;
     wait_for("the worker to come back by itself", READY, || async { ready_workers(&g).await == 1 }).await;
-    let gen = server.expect_ok(g.generate(request("Say hi", 8, Duration::from_secs(30))).await).await;
+    let gen = server.expect_ok(g.graph.generate(request("Say hi", 8, Duration::from_secs(30))).await).await;
     assert!(gen.completion_tokens > 0);
     assert!(g.workers().await[0].restarts >= 1);
     g.stop();
@@ -149,7 +150,7 @@ async fn no_health_probe_cuts_a_streaming_answer_short() {
 
     let mut req = request("Write a very long story about the sea.", 256, Duration::from_secs(60));
     req.temperature = 0.0;
-    let gen = server.expect_ok(g.generate(req).await).await;
+    let gen = server.expect_ok(g.graph.generate(req).await).await;
     assert_eq!((gen.finish_reason, gen.completion_tokens), (FinishReason::Length, 256), "{gen:?}");
     assert!(!gen.cut_by_deadline);
     g.stop();

@@ -1,4 +1,4 @@
-//! Spawns the whole actor graph and hands back the handles the node (and tests) talk to.
+//! Spawns the whole actor graph and hands back the handles the front door (and tests) talk to.
 //!
 //! ```text
 //!   root (GraphRoot)
@@ -6,10 +6,10 @@
 //!    ├── Scheduler                    (admission, routing; publishes its status)
 //!    ├── WorkerSupervisor ── BackendWorker (one per device)
 //!    └── ChainHeartbeat, ChallengeApiPoller (when the node runs them)
-//!   RsaPool                           (bounded blocking slots, no actor)
 //! ```
 //!
-//! The protocol itself (key exchange, challenge) is the front door's, in [`crate::front_door`].
+//! The protocol itself (key exchange, challenge) is the front door's, in [`crate::front_door`],
+//! which holds this graph: here are only the actors and their handles.
 //!
 //! The root restarts each of its children that crashes, with fresh state, under one
 //! [`RestartPolicy`] (intensity and backoff, as data, in [`crate::supervision`]); the handles the
@@ -32,19 +32,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use crate::authorization::ValidatorAuth;
 use crate::chain::challenge_api::{ChallengeApiArgs, ChallengeApiMsg, ChallengeApiPoller};
 use crate::chain::heartbeat::{ChainHeartbeat, HeartbeatArgs, HeartbeatMsg};
-use crate::front_door::DoorSettings;
 use crate::inference::request::{Generation, GenerationRequest};
 use crate::metrics::Metrics;
-use crate::protocol::rsa_keys::MinerRsaKey;
-use crate::rsa_pool::RsaPool;
 use crate::scheduler::{ScheduleError, Scheduler, SchedulerMsg, SchedulerSettings, SchedulerStatus};
 use crate::session::live_keys::LiveKeys;
 use crate::session::registry::{KeyRegistry, KeyRegistryMsg, KeyStore, SessionIndex};
@@ -64,29 +59,16 @@ pub struct GraphConfig {
     /// How the worker supervisor restarts workers, and the root its own children.
     pub restart: RestartPolicy,
     pub workers: Vec<WorkerSpec>,
-    pub rsa: Arc<MinerRsaKey>,
-    /// Who may key-exchange and send challenges.
-    pub auth: Arc<ValidatorAuth>,
-    pub door: DoorSettings,
 }
 
 /// Handles to a running graph. Cheap to clone.
 #[derive(Clone)]
 pub struct MinerGraph {
     pub keys: KeyStore,
-    pub rsa: RsaPool,
     /// The scheduler as it is now (the root replaces it if it crashes).
     pub scheduler: Current<SchedulerMsg>,
     pub supervisor: SupervisorHandle,
     pub metrics: Arc<Metrics>,
-    pub auth: Arc<ValidatorAuth>,
-    pub(crate) door: Arc<DoorSettings>,
-    pub(crate) verify_slots: Arc<Semaphore>,
-    pub(crate) validator_in_flight: Arc<DashMap<String, usize>>,
-    /// The addresses each validator has completed a signed exchange from.
-    pub known_peers: Arc<crate::front_door::known_peers::KnownPeers>,
-    /// Swapped whole by [`MinerGraph::set_rate_limits`] (a configuration reload).
-    pub(crate) limits: Arc<std::sync::RwLock<Option<Arc<crate::front_door::rate_limit::RateLimiter>>>>,
     status: watch::Receiver<SchedulerStatus>,
     /// Whether admission is open as the node last set it: a restarted scheduler is told again.
     admission: Arc<AtomicBool>,
@@ -536,18 +518,9 @@ impl MinerGraph {
 
         Ok(Self {
             keys: KeyStore::new(registry, index, live),
-            rsa: RsaPool::new(config.rsa, config.door.rsa_slots, metrics.rsa_operations.clone()),
             scheduler,
             supervisor,
             metrics,
-            auth: config.auth,
-            verify_slots: Arc::new(Semaphore::new(config.door.verify_slots.max(1))),
-            limits: Arc::new(std::sync::RwLock::new(
-                config.door.rate_limits.as_ref().map(|s| Arc::new(crate::front_door::rate_limit::RateLimiter::new(s))),
-            )),
-            door: Arc::new(config.door),
-            validator_in_flight: Default::default(),
-            known_peers: Default::default(),
             status,
             admission,
             failure,
@@ -617,17 +590,6 @@ impl MinerGraph {
     pub async fn worker_ref(&self, name: &str) -> Option<ActorRef<WorkerMsg>> {
         let name = name.to_string();
         ractor::call_t!(self.supervisor.get(), |reply| SupervisorMsg::WorkerRef { name, reply }, 2000).ok().flatten()
-    }
-
-    /// The allowed set with the keys and metrics it governs: what the chain actors and a reload
-    /// change it through, so that a validator no longer allowed loses both.
-    pub fn validators(&self) -> crate::validator_set::ValidatorSet {
-        crate::validator_set::ValidatorSet::new(
-            self.auth.clone(),
-            self.keys.clone(),
-            self.metrics.clone(),
-            self.known_peers.clone(),
-        )
     }
 
     /// Starts the chain heartbeat under the graph's root (restarted if it crashes).

@@ -10,8 +10,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::authorization::{Source, ValidatorAuth};
-use crate::front_door::known_peers::KnownPeers;
 use crate::metrics::Metrics;
+use crate::session::known_peers::KnownPeers;
 use crate::session::registry::KeyStore;
 
 /// The allowed set and what hangs off each allowed validator: its keys, its metrics and the

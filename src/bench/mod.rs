@@ -430,7 +430,7 @@ pub(crate) async fn start_with_auth(cfg: &Config, auth: Arc<ValidatorAuth>) -> a
         listen: ("127.0.0.1".into(), 0),
     };
     let node = Node::start(cfg, parts).await?;
-    let graph = node.graph.clone();
+    let graph = node.door.graph.clone();
     let deadline = Instant::now() + Duration::from_secs(60);
     while graph.status_now().ready_workers < want {
         anyhow::ensure!(Instant::now() < deadline, "the worker did not become ready: {:?}", graph.workers().await);

@@ -134,7 +134,7 @@ pub fn run(dev: bool) -> anyhow::Result<()> {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break Ok(()),
                 _ = term.recv() => break Ok(()),
-                failure = node.graph.failed() => {
+                failure = node.door.failed() => {
                     // Logged here, while the log (a file, perhaps) is still open.
                     tracing::error!(%failure, "the node cannot keep serving: stopping it, exiting {EXIT_SOFTWARE} for a restart");
                     break Err(failure.into());
@@ -177,7 +177,7 @@ pub fn run(dev: bool) -> anyhow::Result<()> {
 
 /// Opens or closes admission (`/availability` says `admission closed` while it is closed).
 fn set_admission(node: &Node, open: bool) {
-    node.graph.set_admission(open);
+    node.door.set_admission(open);
 }
 
 /// Raises the soft limit on open files to the hard one, as nginx and most servers do: each

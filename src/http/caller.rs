@@ -9,7 +9,7 @@ use super::state::AppState;
 /// Whether the caller's `validator-hotkey` header names an allowed validator (unverified: it only
 /// selects the larger per-IP budget).
 pub fn names_a_validator(state: &AppState, req: &HttpRequest) -> bool {
-    claimed_hotkey(req).is_some_and(|h| state.graph.auth.is_allowed(h))
+    claimed_hotkey(req).is_some_and(|h| state.door.auth.is_allowed(h))
 }
 
 /// The hotkey a caller's `validator-hotkey` header claims (unverified), if it is a plausible one.

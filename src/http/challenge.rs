@@ -1,5 +1,5 @@
 //! `POST /fiber/challenge`: read the two headers and the body, hand them to the front door
-//! ([`loosh_actors::graph::MinerGraph::answer_challenge`]), return its token as an octet stream.
+//! ([`loosh_actors::front_door::FrontDoor::answer_challenge`]), return its token as an octet stream.
 
 use std::time::Instant;
 
@@ -38,9 +38,9 @@ pub async fn challenge(
     // Per validator only for listed hotkeys (a bounded set). A refusal is labelled with the hotkey
     // the caller claimed; an `ok` proves it (the reply needed the validator's key).
     if let Some(hotkey) = req.headers().get(HOTKEY_HEADER).and_then(|v| v.to_str().ok()).map(str::trim) {
-        if state.graph.auth.is_listed(hotkey) {
+        if state.door.auth.is_listed(hotkey) {
             let outcome = result.as_ref().map_or_else(outcome_of, |_| "ok");
-            state.graph.metrics.validators.challenge(hotkey, outcome, arrival.elapsed().as_secs_f64());
+            state.door.metrics.validators.challenge(hotkey, outcome, arrival.elapsed().as_secs_f64());
         }
     }
     result
@@ -79,7 +79,7 @@ async fn handle(
     payload: web::Payload,
     arrival: Instant,
 ) -> Result<HttpResponse, ApiError> {
-    let g = &state.graph;
+    let g = &state.door;
     let refused = |e: ApiError| {
         let m = &g.metrics;
         match &e {

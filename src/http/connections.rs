@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use loosh_actors::graph::MinerGraph;
+use loosh_actors::front_door::FrontDoor;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
 /// The connection caps, from the configuration.
@@ -153,7 +153,7 @@ struct Counts {
 pub struct ConnTracker {
     limits: ConnLimits,
     header_deadline: Duration,
-    graph: MinerGraph,
+    door: FrontDoor,
     counts: Mutex<Counts>,
     live: DashMap<u64, Arc<ConnInfo>>,
     next_id: AtomicU64,
@@ -161,12 +161,12 @@ pub struct ConnTracker {
 }
 
 impl ConnTracker {
-    pub fn new(limits: ConnLimits, header_deadline: Duration, graph: MinerGraph) -> Arc<Self> {
-        let metrics = ConnMetrics::new(&graph.metrics.registry);
+    pub fn new(limits: ConnLimits, header_deadline: Duration, door: FrontDoor) -> Arc<Self> {
+        let metrics = ConnMetrics::new(&door.metrics.registry);
         Arc::new(Self {
             limits,
             header_deadline,
-            graph,
+            door,
             counts: Mutex::new(Counts::default()),
             live: DashMap::new(),
             next_id: AtomicU64::new(0),
@@ -177,7 +177,7 @@ impl ConnTracker {
     /// Whether `ip` has proven itself as a validator's (a completed signed exchange from it, or a
     /// Challenge API report): such an address is never held to the per-address cap.
     fn proven(&self, ip: IpAddr) -> bool {
-        self.graph.known_peers.is_proven_ip(ip) || self.graph.auth.reports_ip(ip)
+        self.door.known_peers.is_proven_ip(ip) || self.door.auth.reports_ip(ip)
     }
 
     /// Admits a just-accepted connection (actix's `on_connect`), or shuts it at once.

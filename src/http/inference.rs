@@ -29,11 +29,11 @@ pub async fn inference(
     // Unauthenticated (the header is a claim), so it is held to the challenge route's per-address
     // budget and to an in-flight share of that (claimed validator, address).
     let ip = super::client_ip(&state, &req);
-    let allowed = state.graph.auth.is_allowed(hotkey);
-    state.graph.check_ip_rate(Route::Challenge, ip, allowed).map_err(rate_limited)?;
-    state.graph.check_caller(hotkey)?;
+    let allowed = state.door.auth.is_allowed(hotkey);
+    state.door.check_ip_rate(Route::Challenge, ip, allowed).map_err(rate_limited)?;
+    state.door.check_caller(hotkey)?;
     let s = &state.settings;
     let body = read_limited(&req, payload, s.max_body_bytes, s.body_read_timeout).await?;
-    let reply = state.graph.answer_plain_as(hotkey, ip, &body, arrival).await?;
+    let reply = state.door.answer_plain_as(hotkey, ip, &body, arrival).await?;
     Ok(HttpResponse::Ok().json(reply))
 }

@@ -1,5 +1,5 @@
 //! The HTTP surface validators talk to. Routes are thin: they read headers and bodies (bounded in
-//! size and time) and call the graph's front door; every failure goes through [`error::ApiError`].
+//! size and time) and call the engine's front door; every failure goes through [`error::ApiError`].
 
 pub mod api_docs;
 pub mod body;
@@ -52,7 +52,7 @@ fn not_found(cfg: &mut web::ServiceConfig) {
         let peer = client_ip(&state, &req);
         let named = caller::names_a_validator(&state, &req);
         state
-            .graph
+            .door
             .check_ip_rate(loosh_actors::front_door::rate_limit::Route::Other, peer, named)
             .map_err(error::rate_limited)?;
         Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such endpoint".into()))
@@ -101,7 +101,7 @@ pub fn bind(
         per_address: s.max_connections_per_address,
         idle_head_limit: s.keep_alive + s.header_read_timeout,
     };
-    let tracker = connections::ConnTracker::new(limits, s.header_read_timeout, state.graph.clone());
+    let tracker = connections::ConnTracker::new(limits, s.header_read_timeout, state.door.clone());
     tracker.spawn_watchdog();
     let server = HttpServer::new(move || {
         App::new()

@@ -1,9 +1,9 @@
-//! What every handler shares: the actor graph (whose front door runs the protocol) and the
+//! What every handler shares: the engine's front door (which runs the protocol) and the
 //! HTTP-only settings: body caps, read deadlines, connection limits.
 
 use std::time::{Duration, Instant};
 
-use loosh_actors::graph::MinerGraph;
+use loosh_actors::front_door::FrontDoor;
 
 use super::refusals::RefusalLog;
 
@@ -65,7 +65,8 @@ impl Default for HttpSettings {
 }
 
 pub struct AppState {
-    pub graph: MinerGraph,
+    /// The engine, through its front door.
+    pub door: FrontDoor,
     /// Our hotkey's SS58, sent back on every challenge reply.
     pub miner_hotkey: String,
     pub settings: HttpSettings,

@@ -22,17 +22,17 @@ use super::state::AppState;
 pub async fn availability(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let peer = super::client_ip(&state, &req);
     let claimed = super::caller::claimed_hotkey(&req);
-    let allowed = claimed.is_some_and(|h| state.graph.auth.is_allowed(h));
-    let proven = allowed && claimed.zip(peer).is_some_and(|(h, ip)| state.graph.known_peers.is_known(h, ip));
+    let allowed = claimed.is_some_and(|h| state.door.auth.is_allowed(h));
+    let proven = allowed && claimed.zip(peer).is_some_and(|(h, ip)| state.door.known_peers.is_known(h, ip));
     if !proven {
-        state.graph.check_ip_rate(Route::Availability, peer, allowed).map_err(rate_limited)?;
+        state.door.check_ip_rate(Route::Availability, peer, allowed).map_err(rate_limited)?;
     }
     if claimed.is_some() && !allowed {
         return Ok(unavailable("this validator is not allowed on this miner"));
     }
     let reason = unavailable_reason(&state);
-    if let Some(hotkey) = claimed.filter(|h| state.graph.auth.is_listed(h)) {
-        state.graph.metrics.validators.availability_answered(hotkey, reason.is_none());
+    if let Some(hotkey) = claimed.filter(|h| state.door.auth.is_listed(h)) {
+        state.door.metrics.validators.availability_answered(hotkey, reason.is_none());
     }
     Ok(match reason {
         None => HttpResponse::Ok().json(json!({ "available": true })),
@@ -46,8 +46,8 @@ fn unavailable(reason: &str) -> HttpResponse {
 
 /// Why `/availability` would say `false` now (`None`: it says `true`); kept in `loosh_available`.
 fn unavailable_reason(state: &AppState) -> Option<&'static str> {
-    let reason = state.graph.auth.unavailable_reason().or_else(|| state.graph.status_now().availability().err());
-    state.graph.metrics.available.set(i64::from(reason.is_none()));
+    let reason = state.door.auth.unavailable_reason().or_else(|| state.door.status_now().availability().err());
+    state.door.metrics.available.set(i64::from(reason.is_none()));
     reason
 }
 
@@ -56,7 +56,7 @@ fn unavailable_reason(state: &AppState) -> Option<&'static str> {
 /// sees a miner whose every worker is down as unhealthy, not as a process that answers.
 #[get("/health")]
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
-    let workers = state.graph.workers().await;
+    let workers = state.door.workers().await;
     let any_ready = workers.iter().any(|w| matches!(w.phase, loosh_actors::workers::supervisor::WorkerPhase::Ready));
     let none_ready_for = state.ready_clock.none_ready_for(any_ready, state.started);
     let healthy = none_ready_for <= state.settings.health_grace;
@@ -80,10 +80,10 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
 
 #[get("/metrics")]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let m = &state.graph.metrics;
-    m.key_sessions.set(state.graph.keys.sessions() as i64);
+    let m = &state.door.metrics;
+    m.key_sessions.set(state.door.keys.sessions() as i64);
     unavailable_reason(&state);
-    for validator in state.graph.auth.listed() {
+    for validator in state.door.auth.listed() {
         m.validators.listed(&validator);
     }
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(m.render())

@@ -31,7 +31,7 @@ pub fn restart_policy() -> Option<RestartPolicy> {
 /// `POST /test/crash/{actor}`: makes `scheduler`, `key-registry` or `worker-supervisor` panic.
 #[post("/test/crash/{actor}")]
 pub async fn crash(state: web::Data<AppState>, actor: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let g = &state.graph;
+    let g = &state.door.graph;
     let sent = match actor.as_str() {
         "scheduler" => g.scheduler.get().cast(SchedulerMsg::CrashForTest).is_ok(),
         "key-registry" => g.keys.registry().cast(KeyRegistryMsg::CrashForTest).is_ok(),

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use loosh_actors::authorization::ValidatorAuth;
-use loosh_actors::graph::{GraphConfig, MinerGraph};
+use loosh_actors::front_door::FrontDoor;
+use loosh_actors::graph::GraphConfig;
 use loosh_actors::inference::request::GenerationRequest;
 use loosh_actors::protocol::rsa_keys::MinerRsaKey;
 use loosh_actors::settings::DoorSettings;
@@ -85,7 +86,7 @@ pub fn fast_restarts(max_restarts: usize) -> RestartPolicy {
     }
 }
 
-pub async fn graph(workers: Vec<WorkerSpec>, max_in_flight: usize, restart: RestartPolicy) -> MinerGraph {
+pub async fn graph(workers: Vec<WorkerSpec>, max_in_flight: usize, restart: RestartPolicy) -> FrontDoor {
     graph_with_auth(workers, max_in_flight, restart, ValidatorAuth::allow_all()).await
 }
 
@@ -95,8 +96,8 @@ pub async fn graph_with_auth(
     max_in_flight: usize,
     restart: RestartPolicy,
     auth: ValidatorAuth,
-) -> MinerGraph {
-    MinerGraph::spawn(GraphConfig {
+) -> FrontDoor {
+    let graph = GraphConfig {
         sessions: SessionSettings::default(),
         scheduler: SchedulerSettings {
             max_in_flight,
@@ -105,12 +106,9 @@ pub async fn graph_with_auth(
         },
         restart,
         workers,
-        rsa: Arc::new(MinerRsaKey::generate().unwrap()),
-        auth: Arc::new(auth),
-        door: DoorSettings::default(),
-    })
-    .await
-    .expect("graph spawns")
+    };
+    let rsa = Arc::new(MinerRsaKey::generate().unwrap());
+    FrontDoor::open(graph, DoorSettings::default(), rsa, Arc::new(auth)).await.expect("graph spawns")
 }
 
 /// Polls `check` until it holds, failing the test with `what` after `limit`. For waiting on a
@@ -127,8 +125,8 @@ where
     }
 }
 
-pub async fn ready_workers(g: &MinerGraph) -> usize {
-    g.status().await.map_or(0, |s| s.ready_workers)
+pub async fn ready_workers(g: &FrontDoor) -> usize {
+    g.graph.status().await.map_or(0, |s| s.ready_workers)
 }
 
 pub fn request(prompt: &str, max_tokens: u32, deadline_in: Duration) -> GenerationRequest {

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 
 use super::limits::{self, LimitError};
-use crate::front_door::share::Share;
-use crate::graph::MinerGraph;
+use super::share::Share;
+use super::FrontDoor;
 use crate::inference::request::{BackendError, Generation, GenerationRequest, JobControl};
 use crate::inference::tool_calls::describe_tool_calls;
 use crate::inference::tool_choice::{ToolChoice, ToolChoiceError};
@@ -182,14 +182,14 @@ fn take(counts: &DashMap<String, usize>, bucket: &str, cap: usize) -> bool {
     true
 }
 
-impl MinerGraph {
+impl FrontDoor {
     /// The checks that need no body: authorization, then a ready worker. Routes call it before
     /// reading the body so that a refused caller costs no upload; `answer_challenge` repeats it.
     pub fn check_caller(&self, hotkey: &str) -> Result<(), ChallengeError> {
         if !self.auth.is_allowed(hotkey) {
             return Err(ChallengeError::Forbidden);
         }
-        let status = self.status_now();
+        let status = self.graph.status_now();
         if !status.admission_open || status.ready_workers == 0 {
             let reason = status.availability().err().unwrap_or("no backend worker is ready");
             return Err(ChallengeError::Unavailable { reason: reason.into(), retry_after_secs: 5 });
@@ -335,7 +335,7 @@ impl MinerGraph {
             control: JobControl::default(),
         };
         let inference_start = unix_time_f64();
-        let gen = self.generate_for(validator, generation).await.map_err(|e| match e {
+        let gen = self.graph.generate_for(validator, generation).await.map_err(|e| match e {
             ScheduleError::Busy { retry_after_secs, .. }
             | ScheduleError::TooLate { retry_after_secs }
             | ScheduleError::WaitTooLong { retry_after_secs, .. } => {

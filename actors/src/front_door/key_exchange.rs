@@ -21,14 +21,14 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::rate_limit::Route;
+use super::FrontDoor;
 use crate::authorization::AddressStanding;
-use crate::front_door::known_peers::Recorded;
-use crate::graph::MinerGraph;
 use crate::protocol::fernet_codec::FernetKey;
 use crate::protocol::messages::{unix_time_f64, KeyExchangeRequest};
 use crate::protocol::signature::{verify_any, SignatureError};
 use crate::rsa_pool::RsaPoolError;
 use crate::session::key_session::StoreError;
+use crate::session::known_peers::Recorded;
 use crate::session::registry::KeyStoreError;
 
 /// Longest timestamp text accepted: `1795565301.503868` is 17 bytes; Python never writes more than
@@ -92,7 +92,7 @@ impl KeyExchangeError {
     }
 }
 
-impl MinerGraph {
+impl FrontDoor {
     /// Runs one `POST /fiber/key-exchange` body through every check and, when all pass, makes the
     /// validator's key live. Returns the validator's hotkey.
     /// `peer` is the client's IP, for the per-IP rate limit (checked once the body names a hotkey,

@@ -1,27 +1,45 @@
-//! The front door: the whole validator protocol, behind two calls on [`crate::graph::MinerGraph`].
+//! The front door: the whole validator protocol, and the one type the node holds of the engine.
 //!
-//! * [`MinerGraph::exchange_key`](crate::graph::MinerGraph::exchange_key) — a validator hands us
-//!   its Fernet key (`key_exchange`).
-//! * [`MinerGraph::answer_challenge`](crate::graph::MinerGraph::answer_challenge) — decrypt,
-//!   generate, encrypt (`challenge`).
+//! * [`FrontDoor::exchange_key`] — a validator hands us its Fernet key (`key_exchange`).
+//! * [`FrontDoor::answer_challenge`] — decrypt, generate, encrypt (`challenge`).
+//! * [`FrontDoor::validators`] — who is allowed, and what goes with a validator no longer allowed.
 //!
-//! The HTTP routes only read headers and bodies, call these, and map each error enum to a status in
-//! one place (`src/http/error.rs`). Keeping the protocol here means the checks and their order are
-//! written once, next to the actors they use, and can be tested without an HTTP server.
+//! The door owns what the protocol needs per request (its settings, the RSA pool, the rate
+//! limits, each validator's in-flight count and proven addresses) and holds the actor graph
+//! ([`MinerGraph`]: only the actors' handles) behind it. The HTTP routes only read headers and
+//! bodies, call these, and map each error enum to a status in one place (`src/http/error.rs`).
+//! Keeping the protocol here means the checks and their order are written once, next to the
+//! actors they use, and can be tested without an HTTP server.
 
 pub mod challenge;
 pub mod key_exchange;
-pub mod known_peers;
 pub mod limits;
 pub mod rate_limit;
 pub mod share;
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::graph::MinerGraph;
-use rate_limit::{RateLimiter, Route};
+use dashmap::DashMap;
+use tokio::sync::Semaphore;
+
+use crate::authorization::ValidatorAuth;
+use crate::chain::challenge_api::ChallengeApiArgs;
+use crate::chain::heartbeat::HeartbeatArgs;
+use crate::chain::ChainSettings;
+use crate::graph::{GraphConfig, GraphError, GraphFailure, MinerGraph};
+use crate::metrics::Metrics;
+use crate::protocol::rsa_keys::MinerRsaKey;
+use crate::protocol::signature::Hotkey;
+use crate::rsa_pool::RsaPool;
+use crate::scheduler::SchedulerStatus;
+use crate::session::known_peers::KnownPeers;
+use crate::session::registry::KeyStore;
+use crate::settings::WorkerSpec;
+use crate::validator_set::ValidatorSet;
+use crate::workers::supervisor::{WorkerChanges, WorkerStatus};
+use rate_limit::{RateLimitSettings, RateLimiter, Route};
 
 /// Protocol knobs the door applies per request; the node's configuration holds them as they are.
 #[derive(Debug, Clone)]
@@ -68,14 +86,110 @@ impl Default for DoorSettings {
     }
 }
 
-impl MinerGraph {
+/// The engine as the node sees it: the protocol's state, and the actor graph behind it. Cheap to
+/// clone (handles only).
+#[derive(Clone)]
+pub struct FrontDoor {
+    /// The actors behind the door (tests and benchmarks reach single actors through it).
+    pub graph: MinerGraph,
+    /// Who may key-exchange and send challenges.
+    pub auth: Arc<ValidatorAuth>,
+    pub rsa: RsaPool,
+    /// The validators' live keys (the graph's key registry writes them).
+    pub keys: KeyStore,
+    pub metrics: Arc<Metrics>,
+    /// The addresses each validator has completed a signed exchange from.
+    pub known_peers: Arc<KnownPeers>,
+    door: Arc<DoorSettings>,
+    verify_slots: Arc<Semaphore>,
+    validator_in_flight: Arc<DashMap<String, usize>>,
+    /// Swapped whole by [`FrontDoor::set_rate_limits`] (a configuration reload).
+    limits: Arc<RwLock<Option<Arc<RateLimiter>>>>,
+}
+
+impl FrontDoor {
+    /// Spawns the actor graph and opens the door in front of it. Workers load their models in
+    /// the background: `/availability` turns true once one is ready.
+    pub async fn open(
+        graph: GraphConfig,
+        door: DoorSettings,
+        rsa: Arc<MinerRsaKey>,
+        auth: Arc<ValidatorAuth>,
+    ) -> Result<Self, GraphError> {
+        let graph = MinerGraph::spawn(graph).await?;
+        Ok(Self {
+            rsa: RsaPool::new(rsa, door.rsa_slots, graph.metrics.rsa_operations.clone()),
+            keys: graph.keys.clone(),
+            metrics: graph.metrics.clone(),
+            auth,
+            known_peers: Default::default(),
+            verify_slots: Arc::new(Semaphore::new(door.verify_slots.max(1))),
+            validator_in_flight: Default::default(),
+            limits: Arc::new(RwLock::new(door.rate_limits.as_ref().map(|s| Arc::new(RateLimiter::new(s))))),
+            door: Arc::new(door),
+            graph,
+        })
+    }
+
+    /// The allowed set with the keys, metrics and proven addresses it governs: what the chain
+    /// actors and a reload change it through, so that a validator no longer allowed loses all.
+    pub fn validators(&self) -> ValidatorSet {
+        ValidatorSet::new(self.auth.clone(), self.keys.clone(), self.metrics.clone(), self.known_peers.clone())
+    }
+
+    /// Starts the chain heartbeat under the graph's root (restarted if it crashes).
+    pub async fn start_chain(&self, settings: ChainSettings, hotkey: Hotkey) -> Result<(), GraphError> {
+        let args = HeartbeatArgs { settings, hotkey, validators: self.validators() };
+        self.graph.spawn_chain(args).await.map(|_| ())
+    }
+
+    /// Starts the Challenge API poller under the graph's root (restarted if it crashes).
+    pub async fn start_challenge_api(&self, url: String, hotkey: Hotkey, every: Duration) -> Result<(), GraphError> {
+        let args = ChallengeApiArgs { url, hotkey, every, validators: self.validators() };
+        self.graph.spawn_challenge_api(args).await.map(|_| ())
+    }
+
+    /// Admission and worker readiness, as the scheduler last published it.
+    pub fn status_now(&self) -> SchedulerStatus {
+        self.graph.status_now()
+    }
+
+    pub async fn workers(&self) -> Vec<WorkerStatus> {
+        self.graph.workers().await
+    }
+
+    /// Applies a reload's worker list (unchanged workers keep running).
+    pub async fn set_workers(&self, specs: Vec<WorkerSpec>) -> Result<WorkerChanges, GraphError> {
+        self.graph.set_workers(specs).await
+    }
+
+    /// Opens or closes admission (`/availability` says `admission closed` while it is closed).
+    pub fn set_admission(&self, open: bool) {
+        self.graph.set_admission(open);
+    }
+
+    /// Resolves once the engine can no longer serve (see [`MinerGraph::failed`]).
+    pub async fn failed(&self) -> GraphFailure {
+        self.graph.failed().await
+    }
+
+    /// Graceful stop's first step: admission closes, in-flight challenges finish.
+    pub fn close_admission(&self) {
+        self.graph.close_admission();
+    }
+
+    /// Stops every actor.
+    pub fn stop(&self) {
+        self.graph.stop();
+    }
+
     fn rate_limiter(&self) -> Option<Arc<RateLimiter>> {
         self.limits.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// New rate limits (`None`: off), from a configuration reload. The budgets start afresh: a
     /// client mid-burst gets the new quota, not the old one's remainder.
-    pub fn set_rate_limits(&self, settings: Option<&crate::front_door::rate_limit::RateLimitSettings>) {
+    pub fn set_rate_limits(&self, settings: Option<&RateLimitSettings>) {
         *self.limits.write().unwrap_or_else(|e| e.into_inner()) = settings.map(|s| Arc::new(RateLimiter::new(s)));
     }
 

@@ -26,8 +26,8 @@
 
 use std::net::IpAddr;
 
+use super::FrontDoor;
 use crate::authorization::AddressStanding;
-use crate::graph::MinerGraph;
 
 /// The budget and in-flight bucket a challenge or exchange spends, and that bucket's cap.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +64,7 @@ pub fn split(full: usize, sequences: usize, addresses: usize, longest_present: b
     ((others / (addresses - 1)).max(1), Some(others))
 }
 
-impl MinerGraph {
+impl FrontDoor {
     /// The share that `hotkey`'s traffic from `origin` (the key's exchange address) spends.
     pub(crate) fn share_of(&self, hotkey: &str, origin: Option<IpAddr>) -> Share {
         let full = self.door.max_in_flight_per_validator;
@@ -80,7 +80,7 @@ impl MinerGraph {
                     addresses.push((ip, std::time::Instant::now()));
                 }
                 let longest_present = addresses[0].0 == ip;
-                let (cap, pool) = split(full, self.status_now().sequences, addresses.len(), longest_present);
+                let (cap, pool) = split(full, self.graph.status_now().sequences, addresses.len(), longest_present);
                 Share {
                     bucket: format!("{hotkey}@{ip}"),
                     cap,

@@ -1,6 +1,7 @@
 //! Validator key sessions: who holds which symmetric key, and which nonces were already used.
 
 pub mod key_session;
+pub mod known_peers;
 pub mod live_keys;
 pub mod registry;
 
