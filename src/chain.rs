@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use loosh_actors::chain::client::{ChainClient, ChainError};
-use loosh_actors::protocol::signature::Hotkey;
 use loosh_actors::settings::ChainSettings;
+use loosh_actors::settings::Hotkey;
 use thiserror::Error;
 
 use crate::config::Config;

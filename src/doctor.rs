@@ -116,7 +116,7 @@ pub async fn run(cfg: &Config) -> bool {
         }
     }
 
-    let gpus = loosh_actors::inference::embedded::gpu_devices();
+    let gpus = loosh_actors::settings::gpu_devices();
     let mut served: Vec<String> = Vec::new();
     match crate::config::workers::worker_specs(cfg, &gpus) {
         Err(e) => r.fail("workers", e),

@@ -62,7 +62,7 @@ enum Command {
     #[cfg(feature = "bench")]
     Bench(bench::BenchArgs),
     /// One embedded engine in a process of its own, driven by its worker over stdin/stdout
-    /// (started by the node; see `loosh_actors::workers::host`).
+    /// (started by the node; see `loosh_actors::front_door::FrontDoor::run_engine_child`).
     #[command(name = "engine-child", hide = true)]
     EngineChild,
 }
@@ -100,7 +100,7 @@ fn main() -> anyhow::Result<()> {
                 eprintln!("Error: {e:?}");
                 std::process::exit(EXIT_CONFIG);
             }
-            Err(e) if e.is::<loosh_actors::graph::GraphFailure>() => {
+            Err(e) if e.is::<loosh_actors::front_door::GraphFailure>() => {
                 eprintln!("Error: {e:?} (exit {EXIT_SOFTWARE})");
                 std::process::exit(EXIT_SOFTWARE);
             }

@@ -24,7 +24,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use loosh_actors::supervision::{Decision, RestartHistory, RestartPolicy};
+use loosh_actors::settings::{Decision, RestartHistory, RestartPolicy};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 
@@ -108,7 +108,9 @@ pub struct ServerSpec {
     pub ready_timeout: Duration,
 }
 
-/// The running servers; [`ManagedServers::stop`] ends them.
+/// The running servers; [`ManagedServers::stop`] ends them. The default is none (a node whose
+/// workers reach servers someone else runs).
+#[derive(Default)]
 pub struct ManagedServers {
     servers: Vec<Running>,
 }

@@ -8,27 +8,27 @@ use std::time::Instant;
 
 use actix_web::dev::ServerHandle;
 use actix_web::web;
-use loosh_actors::authorization::ValidatorAuth;
 use loosh_actors::front_door::FrontDoor;
-use loosh_actors::graph::{GraphConfig, GraphError};
-use loosh_actors::protocol::rsa_keys::MinerRsaKey;
-use loosh_actors::protocol::signature::Hotkey;
+use loosh_actors::front_door::OpenError;
+use loosh_actors::front_door::ValidatorAuth;
 use loosh_actors::settings::DoorSettings;
+use loosh_actors::settings::GraphConfig;
+use loosh_actors::settings::Hotkey;
 use loosh_actors::settings::RestartPolicy;
 use loosh_actors::settings::WorkerSpec;
 
 use crate::config::Config;
 use crate::http::refusals::RefusalLog;
 use crate::http::state::{AppState, HttpSettings};
+use crate::managed_server::ManagedServers;
 
 /// Opens the engine's front door for `cfg` (spawning the actor graph behind it) on the current
 /// tokio runtime.
 pub async fn open_door(
     cfg: &Config,
     workers: Vec<WorkerSpec>,
-    rsa: Arc<MinerRsaKey>,
     auth: Arc<ValidatorAuth>,
-) -> Result<FrontDoor, GraphError> {
+) -> Result<FrontDoor, OpenError> {
     let graph = GraphConfig {
         sessions: cfg.sessions.clone(),
         scheduler: cfg.scheduler.clone(),
@@ -37,7 +37,7 @@ pub async fn open_door(
     };
     // The rate limits in force are known only now (`--dev`), not when the file was read.
     let door = DoorSettings { rate_limits: cfg.active_rate_limits().cloned(), ..cfg.door.clone() };
-    FrontDoor::open(graph, door, rsa, auth).await
+    FrontDoor::open(graph, door, auth).await
 }
 
 /// How the graph restarts what crashes: the default (see [`RestartPolicy`]), or in a
@@ -68,6 +68,9 @@ pub struct NodeParts {
     pub chain_url: Option<String>,
     /// HTTP listener (host, port); port 0 picks a free one.
     pub listen: (String, u16),
+    /// The backend servers the miner runs itself (already started and answering): the node stops
+    /// them after its workers, in [`Node::stop`].
+    pub servers: ManagedServers,
 }
 
 /// A running miner: the actor graph and the HTTP server in front of it.
@@ -76,15 +79,15 @@ pub struct Node {
     pub http: HttpNode,
     /// Where the HTTP server listens.
     pub addr: SocketAddr,
+    servers: ManagedServers,
 }
 
 impl Node {
     /// Spawns the graph (with a fresh RSA key), the chain actors when asked, and the HTTP server.
     /// Runs on the caller's tokio runtime; the HTTP server gets its own thread.
     pub async fn start(cfg: &Config, parts: NodeParts) -> anyhow::Result<Self> {
-        let rsa = Arc::new(MinerRsaKey::generate()?);
         let placed: Vec<(String, String)> = parts.workers.iter().map(|w| (w.name.clone(), worker_place(w))).collect();
-        let door = open_door(cfg, parts.workers, rsa, parts.auth.clone()).await?;
+        let door = open_door(cfg, parts.workers, parts.auth.clone()).await?;
         for (name, place) in &placed {
             let m = &door.metrics;
             m.worker_info.with_label_values(&[name, place]).set(1);
@@ -107,7 +110,7 @@ impl Node {
             cfg.http_workers,
         )
         .map_err(ListenError)?;
-        Ok(Self { door, addr: http.addr, http })
+        Ok(Self { door, addr: http.addr, http, servers: parts.servers })
     }
 
     /// Starts the chain actors (heartbeat, Challenge API poller) once the chain answers: `main`
@@ -122,13 +125,29 @@ impl Node {
         start_challenge_api(&self.door, cfg, hotkey).await
     }
 
-    /// Graceful stop: admission closes, in-flight challenges finish, then every actor stops.
-    pub async fn stop(self) {
+    /// The one way a node stops, whatever stops it (a signal, a failure, a benchmark's end):
+    /// admission closes, in-flight challenges finish and the HTTP servers close, every actor
+    /// stops, the backend servers the miner runs stop, and the engines free their models (a GPU
+    /// context freed after the process has begun to exit aborts it instead of exiting 0), waiting
+    /// at most `ENGINES_STOP_WITHIN`. Returns whether every engine stopped in that time.
+    pub async fn stop(self) -> bool {
         self.door.close_admission();
         self.http.stop().await;
         self.door.stop();
+        self.servers.stop().await;
+        let stopped =
+            tokio::task::spawn_blocking(|| FrontDoor::wait_for_engines(ENGINES_STOP_WITHIN)).await.unwrap_or(false);
+        if stopped {
+            tracing::info!("all engines stopped");
+        } else {
+            tracing::warn!(within_s = ENGINES_STOP_WITHIN.as_secs(), "an engine did not stop in time; going on");
+        }
+        stopped
     }
 }
+
+/// How long [`Node::stop`] waits for the engines to free their models.
+const ENGINES_STOP_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// `API_PORT` or `METRICS_PORT` cannot be listened on (the message names which and where).
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use loosh_actors::protocol::signature::Hotkey;
+use loosh_actors::settings::Hotkey;
 
 use crate::validator_client::{challenge_body, ValidatorClient};
 

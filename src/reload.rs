@@ -2,7 +2,7 @@
 //! restart (the validator lists, the rate limits, the log level, the workers). `commands/run.rs`
 //! calls it from its signal loop; kept apart so that the start-up and a live change read apart.
 
-use loosh_actors::authorization::ValidatorAuth;
+use loosh_actors::front_door::ValidatorAuth;
 use loosh_miner::config::workers;
 use loosh_miner::config::{Config, Source};
 use loosh_miner::logging;
@@ -70,7 +70,7 @@ pub async fn apply(
     }
     if cfg.validator_hotkeys != old.validator_hotkeys {
         let listed = cfg.validator_hotkeys.iter().cloned().collect();
-        node.door.validators().replace(loosh_actors::authorization::Source::Static, listed);
+        node.door.validators().replace(loosh_actors::front_door::Source::Static, listed);
     }
     if cfg.validator_deny_hotkeys != old.validator_deny_hotkeys {
         node.door.validators().deny(cfg.validator_deny_hotkeys.iter().cloned().collect());

@@ -7,7 +7,7 @@ use loosh_actors::protocol::fernet_codec::FernetKey;
 use loosh_actors::protocol::messages::{unix_time_f64, ChallengeReply};
 use loosh_actors::protocol::pyfloat::python_float_repr;
 use loosh_actors::protocol::rsa_keys::wrap_fernet_key;
-use loosh_actors::protocol::signature::Hotkey;
+use loosh_actors::settings::Hotkey;
 use serde_json::{json, Value};
 use thiserror::Error;
 

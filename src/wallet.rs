@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use loosh_actors::protocol::signature::Hotkey;
+use loosh_actors::settings::Hotkey;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -48,9 +48,9 @@ pub fn load_hotkey(path: &Path) -> Result<Hotkey, WalletError> {
         .ok_or_else(|| WalletError::NoSeed(path.into()))?;
     let hotkey = Hotkey::from_seed(seed).map_err(|_| WalletError::NoSeed(path.into()))?;
     if let Some(stated) = json.get("ss58Address").and_then(|s| s.as_str()) {
-        let same = loosh_actors::protocol::signature::ss58_decode(stated)
+        let same = loosh_actors::settings::ss58_decode(stated)
             .ok()
-            .zip(loosh_actors::protocol::signature::ss58_decode(hotkey.ss58()).ok())
+            .zip(loosh_actors::settings::ss58_decode(hotkey.ss58()).ok())
             .is_some_and(|(a, b)| a == b);
         if !same {
             return Err(WalletError::Mismatch {

@@ -12,7 +12,6 @@ use common::*;
 use loosh_actors::authorization::ValidatorAuth;
 use loosh_actors::front_door::FrontDoor;
 use loosh_actors::graph::GraphConfig;
-use loosh_actors::protocol::rsa_keys::MinerRsaKey;
 use loosh_actors::protocol::signature::Hotkey;
 use loosh_actors::settings::AdmissionSettings;
 use loosh_actors::settings::DoorSettings;
@@ -31,8 +30,7 @@ const LOAD: Duration = Duration::from_secs(60);
 async fn spawn(workers: Vec<WorkerSpec>, scheduler: SchedulerSettings, door: DoorSettings) -> FrontDoor {
     let graph =
         GraphConfig { sessions: SessionSettings::default(), scheduler, restart: RestartPolicy::default(), workers };
-    let rsa = Arc::new(MinerRsaKey::generate().unwrap());
-    FrontDoor::open(graph, door, rsa, Arc::new(ValidatorAuth::allow_all())).await.expect("graph spawns")
+    FrontDoor::open(graph, door, Arc::new(ValidatorAuth::allow_all())).await.expect("graph spawns")
 }
 
 /// One challenge's fate, client side.

@@ -428,6 +428,7 @@ pub(crate) async fn start_with_auth(cfg: &Config, auth: Arc<ValidatorAuth>) -> a
         auth,
         chain_url: None,
         listen: ("127.0.0.1".into(), 0),
+        servers: Default::default(),
     };
     let node = Node::start(cfg, parts).await?;
     let graph = node.door.graph.clone();
@@ -442,8 +443,9 @@ pub(crate) async fn start_with_auth(cfg: &Config, auth: Arc<ValidatorAuth>) -> a
 /// Stops the node (and with it the graph) and waits for the engines to free their models (a GPU
 /// model freed at process exit aborts it; the next level of a benchmark needs the memory).
 pub(crate) async fn stop(node: Node) {
-    node.stop().await;
-    let _ = tokio::task::spawn_blocking(|| wait_for_engines(Duration::from_secs(60))).await;
+    if !node.stop().await {
+        let _ = tokio::task::spawn_blocking(|| wait_for_engines(Duration::from_secs(30))).await;
+    }
 }
 
 /// Where one worker's step time went, from its snapshot.

@@ -4,5 +4,5 @@
 pub fn run() -> ! {
     // Its log goes to stderr, which the worker re-logs under the worker's name.
     loosh_miner::logging::init_engine_child();
-    std::process::exit(loosh_actors::workers::host::child::run_engine_child());
+    std::process::exit(loosh_actors::front_door::FrontDoor::run_engine_child());
 }

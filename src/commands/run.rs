@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use loosh_actors::authorization::ValidatorAuth;
-use loosh_actors::protocol::signature::Hotkey;
+use loosh_actors::front_door::ValidatorAuth;
+use loosh_actors::settings::Hotkey;
 use loosh_miner::config::workers;
 use loosh_miner::config::{Config, Source};
 use loosh_miner::managed_server::ManagedServers;
@@ -58,7 +58,7 @@ pub fn run(dev: bool) -> anyhow::Result<()> {
     auth.set_denied(cfg.validator_deny_hotkeys.iter().cloned().collect());
     auth.set_strict_addresses(cfg.strict_validator_addresses);
 
-    let gpus = loosh_actors::inference::embedded::gpu_devices();
+    let gpus = loosh_actors::settings::gpu_devices();
     for (index, description) in &gpus {
         tracing::info!(device = index, %description, "GPU visible to llama.cpp");
     }
@@ -74,6 +74,7 @@ pub fn run(dev: bool) -> anyhow::Result<()> {
         auth: auth.clone(),
         chain_url: None,
         listen: (cfg.api_host.clone(), cfg.api_port),
+        servers: ManagedServers::default(),
     };
     // Registered once, before the first wait that a stop may interrupt, so that none is missed.
     let mut term = {
@@ -106,7 +107,7 @@ pub fn run(dev: bool) -> anyhow::Result<()> {
     let Some(servers) = servers else {
         return Ok(());
     };
-    let node = actors.block_on(Node::start(&cfg, parts))?;
+    let node = actors.block_on(Node::start(&cfg, NodeParts { servers, ..parts }))?;
     if chain_url.is_none() {
         actors.block_on(node.start_challenge_api(&cfg, &hotkey))?;
     }
@@ -162,16 +163,9 @@ pub fn run(dev: bool) -> anyhow::Result<()> {
         };
         tracing::info!("shutting down: closing admission, finishing in-flight challenges");
         node.stop().await;
-        servers.stop().await;
+        tracing::info!("stopped; exiting");
         Ok::<_, std::io::Error>(outcome)
     })?;
-    // The engines free their contexts and models on their own threads; a GPU context freed after
-    // main returns (the CUDA driver already shut down) aborts the process instead of exiting 0.
-    if loosh_actors::workers::host::stats::wait_for_engines(std::time::Duration::from_secs(30)) {
-        tracing::info!("all engines stopped; exiting");
-    } else {
-        tracing::warn!("an engine did not stop within 30 s; exiting anyway");
-    }
     outcome
 }
 

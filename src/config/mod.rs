@@ -212,7 +212,7 @@ impl Config {
             [("VALIDATOR_HOTKEYS", &self.validator_hotkeys), ("VALIDATOR_DENY_HOTKEYS", &self.validator_deny_hotkeys)]
         {
             for h in list {
-                if loosh_actors::protocol::signature::ss58_decode(h).is_err() {
+                if loosh_actors::settings::ss58_decode(h).is_err() {
                     return Err(ConfigError { var, value: h.clone(), expected: "comma-separated SS58 hotkeys".into() });
                 }
             }

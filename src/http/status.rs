@@ -57,7 +57,7 @@ fn unavailable_reason(state: &AppState) -> Option<&'static str> {
 #[get("/health")]
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let workers = state.door.workers().await;
-    let any_ready = workers.iter().any(|w| matches!(w.phase, loosh_actors::workers::supervisor::WorkerPhase::Ready));
+    let any_ready = workers.iter().any(|w| matches!(w.phase, loosh_actors::front_door::WorkerPhase::Ready));
     let none_ready_for = state.ready_clock.none_ready_for(any_ready, state.started);
     let healthy = none_ready_for <= state.settings.health_grace;
     let workers: Vec<_> = workers

@@ -4,10 +4,7 @@
 //! real binary as an operator would meet them.
 
 use actix_web::{post, web, HttpResponse};
-use loosh_actors::scheduler::SchedulerMsg;
-use loosh_actors::session::registry::KeyRegistryMsg;
 use loosh_actors::settings::RestartPolicy;
-use loosh_actors::workers::supervisor::SupervisorMsg;
 
 use super::error::ApiError;
 use super::state::AppState;
@@ -31,12 +28,8 @@ pub fn restart_policy() -> Option<RestartPolicy> {
 /// `POST /test/crash/{actor}`: makes `scheduler`, `key-registry` or `worker-supervisor` panic.
 #[post("/test/crash/{actor}")]
 pub async fn crash(state: web::Data<AppState>, actor: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let g = &state.door.graph;
-    let sent = match actor.as_str() {
-        "scheduler" => g.scheduler.get().cast(SchedulerMsg::CrashForTest).is_ok(),
-        "key-registry" => g.keys.registry().cast(KeyRegistryMsg::CrashForTest).is_ok(),
-        "worker-supervisor" => g.supervisor.get().cast(SupervisorMsg::CrashForTest).is_ok(),
-        other => return Err(ApiError::NotFound(format!("no test hook for {other:?}"))),
+    let Some(sent) = state.door.crash_for_test(&actor) else {
+        return Err(ApiError::NotFound(format!("no test hook for {actor:?}")));
     };
     Ok(HttpResponse::Ok().json(serde_json::json!({ "sent": sent })))
 }

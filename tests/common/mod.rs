@@ -9,7 +9,6 @@ use loosh_actors::authorization::ValidatorAuth;
 use loosh_actors::front_door::FrontDoor;
 use loosh_actors::graph::GraphConfig;
 use loosh_actors::inference::request::GenerationRequest;
-use loosh_actors::protocol::rsa_keys::MinerRsaKey;
 use loosh_actors::settings::DoorSettings;
 use loosh_actors::settings::EmbeddedSpec;
 use loosh_actors::settings::EngineProcess;
@@ -107,8 +106,7 @@ pub async fn graph_with_auth(
         restart,
         workers,
     };
-    let rsa = Arc::new(MinerRsaKey::generate().unwrap());
-    FrontDoor::open(graph, DoorSettings::default(), rsa, Arc::new(auth)).await.expect("graph spawns")
+    FrontDoor::open(graph, DoorSettings::default(), Arc::new(auth)).await.expect("graph spawns")
 }
 
 /// Polls `check` until it holds, failing the test with `what` after `limit`. For waiting on a

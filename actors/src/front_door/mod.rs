@@ -24,22 +24,35 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::sync::Semaphore;
 
-use crate::authorization::ValidatorAuth;
 use crate::chain::challenge_api::ChallengeApiArgs;
 use crate::chain::heartbeat::HeartbeatArgs;
 use crate::chain::ChainSettings;
-use crate::graph::{GraphConfig, GraphError, GraphFailure, MinerGraph};
+use crate::graph::{GraphConfig, MinerGraph};
 use crate::metrics::Metrics;
 use crate::protocol::rsa_keys::MinerRsaKey;
 use crate::protocol::signature::Hotkey;
 use crate::rsa_pool::RsaPool;
-use crate::scheduler::SchedulerStatus;
 use crate::session::known_peers::KnownPeers;
 use crate::session::registry::KeyStore;
 use crate::settings::WorkerSpec;
 use crate::validator_set::ValidatorSet;
-use crate::workers::supervisor::{WorkerChanges, WorkerStatus};
 use rate_limit::{RateLimitSettings, RateLimiter, Route};
+
+// What the node needs of the engine besides the door: who is allowed, why the engine stopped, and
+// how its workers stand. The node reaches nothing else of the engine but `settings` and `metrics`.
+pub use crate::authorization::{Source, ValidatorAuth};
+pub use crate::graph::{GraphError, GraphFailure};
+pub use crate::scheduler::SchedulerStatus;
+pub use crate::workers::supervisor::{WorkerChanges, WorkerPhase, WorkerStatus};
+
+/// Why the door could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot make the miner's RSA key: {0}")]
+    Key(#[from] crate::protocol::rsa_keys::RsaKeyError),
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+}
 
 /// Protocol knobs the door applies per request; the node's configuration holds them as they are.
 #[derive(Debug, Clone)]
@@ -110,12 +123,11 @@ pub struct FrontDoor {
 impl FrontDoor {
     /// Spawns the actor graph and opens the door in front of it. Workers load their models in
     /// the background: `/availability` turns true once one is ready.
-    pub async fn open(
-        graph: GraphConfig,
-        door: DoorSettings,
-        rsa: Arc<MinerRsaKey>,
-        auth: Arc<ValidatorAuth>,
-    ) -> Result<Self, GraphError> {
+    ///
+    /// The door makes a fresh RSA key each time it opens, as the Python miner does at start:
+    /// validators fetch it and exchange their keys again after any restart.
+    pub async fn open(graph: GraphConfig, door: DoorSettings, auth: Arc<ValidatorAuth>) -> Result<Self, OpenError> {
+        let rsa = Arc::new(MinerRsaKey::generate()?);
         let graph = MinerGraph::spawn(graph).await?;
         Ok(Self {
             rsa: RsaPool::new(rsa, door.rsa_slots, graph.metrics.rsa_operations.clone()),
@@ -181,6 +193,36 @@ impl FrontDoor {
     /// Stops every actor.
     pub fn stop(&self) {
         self.graph.stop();
+    }
+
+    /// Test hook: makes a core actor (`scheduler`, `key-registry`, `worker-supervisor`) panic, as
+    /// an unexpected state would, so that its restart is exercised through the real binary.
+    /// `None`: no such actor; `Some(false)`: it was not running.
+    #[cfg(feature = "test-hooks")]
+    pub fn crash_for_test(&self, actor: &str) -> Option<bool> {
+        use crate::scheduler::SchedulerMsg;
+        use crate::session::registry::KeyRegistryMsg;
+        use crate::workers::supervisor::SupervisorMsg;
+        let g = &self.graph;
+        Some(match actor {
+            "scheduler" => g.scheduler.get().cast(SchedulerMsg::CrashForTest).is_ok(),
+            "key-registry" => g.keys.registry().cast(KeyRegistryMsg::CrashForTest).is_ok(),
+            "worker-supervisor" => g.supervisor.get().cast(SupervisorMsg::CrashForTest).is_ok(),
+            _ => return None,
+        })
+    }
+
+    /// The body of an engine child process (the node's own binary, started by a worker with
+    /// [`crate::workers::host::child::CHILD_SUBCOMMAND`]): returns its exit status.
+    pub fn run_engine_child() -> i32 {
+        crate::workers::host::child::run_engine_child()
+    }
+
+    /// Waits until every embedded engine, on a thread or in a child process, has freed its model
+    /// (its worker stopped), at most `timeout`; whether they all did. Blocking: call it off the
+    /// async threads, before the process exits.
+    pub fn wait_for_engines(timeout: Duration) -> bool {
+        crate::workers::host::stats::wait_for_engines(timeout)
     }
 
     fn rate_limiter(&self) -> Option<Arc<RateLimiter>> {

@@ -28,8 +28,9 @@ use super::stop::StopMatcher;
 use super::tool_calls::extract_tool_calls;
 use super::tool_choice::ToolChoice;
 
-/// How one embedded engine is set up (one per worker / device).
-#[derive(Debug, Clone, PartialEq)]
+/// How one embedded engine is set up (one per worker / device). Serialisable: it is the first
+/// frame an engine child process gets.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EmbeddedSpec {
     pub model_path: PathBuf,
     /// Context window in tokens (prompt + completion). 0 = the model's training context.
@@ -70,8 +71,8 @@ const MIN_SHARED_WAIT: usize = 16;
 /// decoding gains little beyond it, and each sequence's logits cost a host copy per step.
 const MAX_AUTO_PARALLEL: u32 = 64;
 
-/// What a loaded engine reports about itself.
-#[derive(Debug, Clone)]
+/// What a loaded engine reports about itself (an engine child sends it back once loaded).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ModelInfo {
     pub description: String,
     /// Context per sequence.
@@ -85,7 +86,7 @@ pub struct ModelInfo {
 /// Where one engine's time went, accumulated since it started: what `/metrics` and the benchmarks
 /// show so that the bottleneck (the GPU's decode, the CPU's sampling, or our own bookkeeping) is
 /// visible without a profiler.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StepStats {
     pub steps: u64,
     /// llama.cpp's decode, until its results are on the host.

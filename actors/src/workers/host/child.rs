@@ -38,7 +38,7 @@ pub fn run_engine_child() -> i32 {
     }
     let mut stdin = io::stdin();
     let spec: EmbeddedSpec = match read_frame::<ToEngine>(&mut stdin) {
-        Ok(Some(ToEngine::Start(spec))) => spec.into(),
+        Ok(Some(ToEngine::Start(spec))) => spec,
         Ok(Some(_)) | Ok(None) => {
             tracing::error!("the first frame from the worker must be Start");
             return 2;
@@ -60,7 +60,7 @@ pub fn run_engine_child() -> i32 {
         Ok(e) => e,
         Err(e) => return report_failed_start(&mut out, e),
     };
-    if send(&mut out, &FromEngine::Ready(Ok(engine.info().into()))).is_err() {
+    if send(&mut out, &FromEngine::Ready(Ok(engine.info()))).is_err() {
         return 1;
     }
     let hooks = Arc::new(Hooks::default());
@@ -233,7 +233,7 @@ impl<W: Write> Host<u64> for ChildHost<W> {
         if finished > 0 || idle || self.last_stats.elapsed() >= STATS_EVERY {
             self.last_stats = Instant::now();
             // Answers follow and flush; otherwise flush now so the worker's clock moves.
-            self.write(&FromEngine::Stats { steps: stats.into(), active, busy: !idle }, finished == 0);
+            self.write(&FromEngine::Stats { steps: stats, active, busy: !idle }, finished == 0);
         }
     }
 

@@ -2,12 +2,12 @@
 //! little-endian length and that many bytes of JSON, on the child's stdin (to the engine) and
 //! stdout (from it). The child's stderr is its log, not part of the protocol.
 //!
-//! Instants do not cross a process boundary, so times travel as durations relative to the moment
+//! The engine's spec, its model info and its step counters travel as they are (serialisable);
+//! instants do not cross a process boundary, so times travel as durations relative to the moment
 //! the frame is written: a request's deadline as time left, a generation's instants as time ago.
 //! A pipe between two processes on one machine adds microseconds to them, nothing more.
 
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -49,7 +49,7 @@ pub fn read_frame<T: for<'de> Deserialize<'de>>(input: &mut impl Read) -> io::Re
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToEngine {
     /// The first frame: load this engine.
-    Start(WireSpec),
+    Start(EmbeddedSpec),
     Job {
         id: u64,
         request: WireRequest,
@@ -72,11 +72,11 @@ pub enum ToEngine {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum FromEngine {
     /// Once, after loading (or failing to load) the model.
-    Ready(Result<WireInfo, BackendError>),
+    Ready(Result<ModelInfo, BackendError>),
     /// After a step (at most every [`STATS_EVERY`] while busy, and whenever work finishes or the
     /// engine goes idle): the worker's view for the scheduler, `/metrics` and the watchdog.
     Stats {
-        steps: WireStepStats,
+        steps: StepStats,
         active: usize,
         busy: bool,
     },
@@ -93,92 +93,6 @@ pub enum FromEngine {
 /// How often a busy child reports its step counters: the watchdog's clock and the tokens/s gauge
 /// need no finer grain, and a frame per step would cost a write per token.
 pub const STATS_EVERY: Duration = Duration::from_millis(100);
-
-/// [`EmbeddedSpec`] on the wire.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct WireSpec {
-    pub model_path: PathBuf,
-    pub n_ctx: u32,
-    pub threads: i32,
-    pub gpu_layers: u32,
-    pub gpu_device: Option<usize>,
-    pub n_batch: u32,
-    pub n_parallel: u32,
-    pub prefix_cache: bool,
-    pub stall_after_ms: u64,
-}
-
-impl From<&EmbeddedSpec> for WireSpec {
-    fn from(s: &EmbeddedSpec) -> Self {
-        let EmbeddedSpec {
-            model_path,
-            n_ctx,
-            threads,
-            gpu_layers,
-            gpu_device,
-            n_batch,
-            n_parallel,
-            prefix_cache,
-            stall_after,
-        } = s;
-        WireSpec {
-            model_path: model_path.clone(),
-            n_ctx: *n_ctx,
-            threads: *threads,
-            gpu_layers: *gpu_layers,
-            gpu_device: *gpu_device,
-            n_batch: *n_batch,
-            n_parallel: *n_parallel,
-            prefix_cache: *prefix_cache,
-            stall_after_ms: stall_after.as_millis().min(u64::MAX as u128) as u64,
-        }
-    }
-}
-
-impl From<WireSpec> for EmbeddedSpec {
-    fn from(s: WireSpec) -> Self {
-        EmbeddedSpec {
-            model_path: s.model_path,
-            n_ctx: s.n_ctx,
-            threads: s.threads,
-            gpu_layers: s.gpu_layers,
-            gpu_device: s.gpu_device,
-            n_batch: s.n_batch,
-            n_parallel: s.n_parallel,
-            prefix_cache: s.prefix_cache,
-            stall_after: Duration::from_millis(s.stall_after_ms),
-        }
-    }
-}
-
-/// [`ModelInfo`] on the wire.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct WireInfo {
-    pub description: String,
-    pub n_ctx: u32,
-    pub n_parallel: usize,
-    pub native_tools: bool,
-    pub sizing: String,
-}
-
-impl From<ModelInfo> for WireInfo {
-    fn from(i: ModelInfo) -> Self {
-        let ModelInfo { description, n_ctx, n_parallel, native_tools, sizing } = i;
-        WireInfo { description, n_ctx, n_parallel, native_tools, sizing }
-    }
-}
-
-impl From<WireInfo> for ModelInfo {
-    fn from(i: WireInfo) -> Self {
-        ModelInfo {
-            description: i.description,
-            n_ctx: i.n_ctx,
-            n_parallel: i.n_parallel,
-            native_tools: i.native_tools,
-            sizing: i.sizing,
-        }
-    }
-}
 
 /// [`GenerationRequest`] on the wire; the deadline as microseconds left.
 #[derive(Debug, Serialize, Deserialize)]
@@ -241,20 +155,13 @@ impl WireRequest {
 pub struct WireGeneration {
     pub text: String,
     pub tool_calls: Vec<ToolCall>,
-    pub finish_reason: WireFinish,
+    pub finish_reason: FinishReason,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub first_token_ago_us: Option<u64>,
     pub started_ago_us: u64,
     pub finished_ago_us: u64,
     pub cut_by_deadline: bool,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub enum WireFinish {
-    Stop,
-    Length,
-    ToolCalls,
 }
 
 impl WireGeneration {
@@ -276,11 +183,7 @@ impl WireGeneration {
         WireGeneration {
             text,
             tool_calls,
-            finish_reason: match finish_reason {
-                FinishReason::Stop => WireFinish::Stop,
-                FinishReason::Length => WireFinish::Length,
-                FinishReason::ToolCalls => WireFinish::ToolCalls,
-            },
+            finish_reason,
             prompt_tokens,
             completion_tokens,
             first_token_ago_us: first_token_at.map(ago),
@@ -295,11 +198,7 @@ impl WireGeneration {
         Generation {
             text: self.text,
             tool_calls: self.tool_calls,
-            finish_reason: match self.finish_reason {
-                WireFinish::Stop => FinishReason::Stop,
-                WireFinish::Length => FinishReason::Length,
-                WireFinish::ToolCalls => FinishReason::ToolCalls,
-            },
+            finish_reason: self.finish_reason,
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.completion_tokens,
             first_token_at: self.first_token_ago_us.map(at),
@@ -307,48 +206,6 @@ impl WireGeneration {
             finished_at: at(self.finished_ago_us),
             cut_by_deadline: self.cut_by_deadline,
             worker: String::new(),
-        }
-    }
-}
-
-/// [`StepStats`] on the wire, durations in nanoseconds.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct WireStepStats {
-    pub steps: u64,
-    pub decode_ns: u64,
-    pub sampling_ns: u64,
-    pub rest_ns: u64,
-    pub tokens: u64,
-    pub prompt_tokens: u64,
-    pub reused_prompt_tokens: u64,
-}
-
-impl From<StepStats> for WireStepStats {
-    fn from(s: StepStats) -> Self {
-        let StepStats { steps, decode, sampling, rest, tokens, prompt_tokens, reused_prompt_tokens } = s;
-        let ns = |d: Duration| d.as_nanos().min(u64::MAX as u128) as u64;
-        WireStepStats {
-            steps,
-            decode_ns: ns(decode),
-            sampling_ns: ns(sampling),
-            rest_ns: ns(rest),
-            tokens,
-            prompt_tokens,
-            reused_prompt_tokens,
-        }
-    }
-}
-
-impl From<WireStepStats> for StepStats {
-    fn from(s: WireStepStats) -> Self {
-        StepStats {
-            steps: s.steps,
-            decode: Duration::from_nanos(s.decode_ns),
-            sampling: Duration::from_nanos(s.sampling_ns),
-            rest: Duration::from_nanos(s.rest_ns),
-            tokens: s.tokens,
-            prompt_tokens: s.prompt_tokens,
-            reused_prompt_tokens: s.reused_prompt_tokens,
         }
     }
 }

@@ -19,7 +19,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::child::{CHILD_SUBCOMMAND, PARENT_PID_VAR};
-use super::frame::{read_frame, write_frame, FromEngine, ToEngine, WireRequest, WireSpec};
+use super::frame::{read_frame, write_frame, FromEngine, ToEngine, WireRequest};
 use super::stats::{now_ms, EngineStats, LiveEngine, ReplyPort, StepMetrics};
 use super::OnExit;
 use crate::inference::embedded::{EmbeddedSpec, ModelInfo};
@@ -175,7 +175,7 @@ fn host(_live: LiveEngine, args: ChildArgs, ready: oneshot::Sender<Result<(Child
     let (to_child, jobs) = mpsc::channel();
     let writer = {
         let (pending, stats) = (pending.clone(), stats.clone());
-        let start = ToEngine::Start(WireSpec::from(&spec));
+        let start = ToEngine::Start(spec);
         thread::Builder::new()
             .name(format!("engine-{name}-in"))
             .spawn(move || feed(BufWriter::new(stdin), start, jobs, &pending, &stats))
@@ -197,14 +197,14 @@ fn host(_live: LiveEngine, args: ChildArgs, ready: oneshot::Sender<Result<(Child
         match frame {
             FromEngine::Ready(result) => {
                 if let Some((ready, engine)) = ready.take() {
-                    let _ = ready.send(result.map(|info| (engine, info.into())));
+                    let _ = ready.send(result.map(|info| (engine, info)));
                 }
             }
             FromEngine::Stats { steps, active, busy } => {
-                *stats.steps.lock().unwrap_or_else(|e| e.into_inner()) = steps.into();
+                *stats.steps.lock().unwrap_or_else(|e| e.into_inner()) = steps;
                 stats.active.store(active, Ordering::Relaxed);
                 stats.peak_active.fetch_max(active, Ordering::Relaxed);
-                metrics.publish(steps.into(), !busy);
+                metrics.publish(steps, !busy);
             }
             FromEngine::FirstToken { id } => {
                 if let Some(job) = pending.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
