@@ -1,7 +1,10 @@
-//! The loosh-miner actor graph and the work it runs.
+//! The loosh-miner engine: the actor graph and the work it runs.
+//!
+//! The node holds one thing of it, the [`front_door::FrontDoor`], and configures it with the types
+//! in [`settings`]; `/metrics` renders [`metrics`]. Everything else is the engine's own.
 //!
 //! One challenge, file by file:
-//! 1. `front_door/challenge.rs` — [`graph::MinerGraph::answer_challenge`]: authorization
+//! 1. `front_door/challenge.rs` — [`front_door::FrontDoor::answer_challenge`]: authorization
 //!    (`authorization.rs`), readiness (the scheduler's published status), the validator's key read
 //!    from `session/live_keys.rs`, Fernet decrypt (`protocol/fernet_codec.rs`, a function call), the
 //!    challenge JSON (`protocol/messages.rs`).
@@ -15,12 +18,13 @@
 //!
 //! A key exchange: `front_door/key_exchange.rs` — shape, authorization, timestamp, sr25519
 //! (`protocol/signature.rs`), the nonce spent in the validator's `session/key_session.rs`, RSA on
-//! `rsa_pool.rs`, the key stored by the session into `session/live_keys.rs`.
+//! `rsa_pool.rs`, the key stored by the session into `session/live_keys.rs`, the address it came
+//! from into `session/known_peers.rs`.
 //!
-//! `graph.rs` spawns it all under one root, which restarts what crashes under `supervision.rs`'s
-//! policy (and stops the node when a restart cannot help); `chain/` keeps the allowed validator set current (through `validator_set.rs`, which drops the
-//! keys and metrics of a validator no longer allowed);
-//! `metrics.rs` is what `/metrics` shows.
+//! `graph.rs` spawns the actors under one root, which restarts what crashes under
+//! `supervision.rs`'s policy (and stops the node when a restart cannot help); `chain/` keeps the
+//! allowed validator set current through `validator_set.rs`, which drops the keys, metrics and
+//! proven addresses of a validator no longer allowed.
 
 pub mod authorization;
 pub mod bounded_body;

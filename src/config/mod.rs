@@ -180,7 +180,7 @@ pub const RELOADABLE: &[&str] = &[
 ];
 
 /// The variables that shape the workers: a SIGHUP that changes them applies the resulting worker
-/// list (unchanged workers keep running; see `MinerGraph::set_workers`). `MAX_CONCURRENT_REQUESTS`
+/// list (unchanged workers keep running; see `FrontDoor::set_workers`). `MAX_CONCURRENT_REQUESTS`
 /// is not among them: it also caps the scheduler, which a restart sets.
 pub const WORKER_VARS: &[&str] = &[
     "WORKERS",
