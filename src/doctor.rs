@@ -160,8 +160,8 @@ pub async fn run(cfg: &Config) -> bool {
 /// running miner (see [`hints`]). A warning, never a failure: the hint is the validator's own
 /// model, not a rule.
 fn model_hints(r: &Report, cfg: &Config, served: &[String]) {
-    let metrics = crate::ops_client::ops_address(cfg)
-        .and_then(|addr| crate::ops_client::get(&addr, "/metrics", Duration::from_secs(3)));
+    let metrics = crate::client::ops::ops_address(cfg)
+        .and_then(|addr| crate::client::ops::get(&addr, "/metrics", Duration::from_secs(3)));
     let text = match metrics {
         Ok(text) => text,
         Err(e) => {

@@ -4,21 +4,18 @@
 //! A request's path: `http::challenge` (route, headers, body limits) → the engine's front door
 //! (`loosh_actors::front_door`: live key, Fernet, admission) → scheduler → backend worker → back
 //! out through the front door, with each refusal mapped to HTTP in `http::error`. `node` spawns it
-//! all; `validator_client` speaks the protocol from the validator's side for `probe`, `bench` and
+//! all; `client::validator` speaks the protocol from the validator's side for `probe`, `bench` and
 //! the tests.
 
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod chain;
+pub mod client;
 pub mod config;
 pub mod doctor;
 pub mod http;
 pub mod logging;
 pub mod managed_server;
 pub mod node;
-pub mod ops_client;
-pub mod probe;
 pub mod process_metrics;
-pub mod status;
-pub mod validator_client;
 pub mod wallet;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use loosh_actors::protocol::signature::Hotkey;
-use loosh_miner::validator_client::{challenge_body, ClientError, ValidatorClient};
+use loosh_miner::client::validator::{challenge_body, ClientError, ValidatorClient};
 
 /// One sequence and a deadline far beyond the long challenge's planned length, so that waiting
 /// for it is a matter of the cap and never of the deadline (`too_late`).

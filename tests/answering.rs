@@ -21,9 +21,9 @@ use loosh_actors::settings::SchedulerSettings;
 use loosh_actors::settings::SessionSettings;
 use loosh_actors::workers::spec::WorkerSpec;
 use loosh_actors::workers::worker::WorkerMsg;
+use loosh_miner::client::validator::{challenge_body, ClientError, ValidatorClient};
 use loosh_miner::http::state::HttpSettings;
 use loosh_miner::node::HttpNode;
-use loosh_miner::validator_client::{challenge_body, ClientError, ValidatorClient};
 
 const LOAD: Duration = Duration::from_secs(60);
 

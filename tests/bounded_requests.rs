@@ -10,7 +10,7 @@ use loosh_actors::front_door::limits::{
     MAX_MESSAGES, MAX_PROMPT_BYTES, MAX_STOP_BYTES, MAX_STOP_STRINGS, MAX_TOOLS, MAX_TOOL_ARGUMENTS_BYTES,
 };
 use loosh_actors::protocol::signature::Hotkey;
-use loosh_miner::validator_client::{challenge_body, ValidatorClient};
+use loosh_miner::client::validator::{challenge_body, ValidatorClient};
 use serde_json::{json, Value};
 
 /// A validator's challenge with `key` set to `value`.

@@ -18,7 +18,7 @@ use loosh_actors::chain::heartbeat::{ChainHeartbeat, HeartbeatArgs, HeartbeatMsg
 use loosh_actors::protocol::signature::Hotkey;
 use loosh_actors::settings::ChainSettings;
 use loosh_actors::validator_set::ValidatorSet;
-use loosh_miner::validator_client::{challenge_body, ClientError, ValidatorClient};
+use loosh_miner::client::validator::{challenge_body, ClientError, ValidatorClient};
 use ractor::Actor;
 use serde_json::json;
 use subxt::dynamic;
@@ -475,7 +475,7 @@ async fn a_miner_started_during_a_chain_outage_waits_for_the_chain_and_then_serv
     let (mut child, log) = spawn_miner(&vars);
     let api = format!("127.0.0.1:{port}");
     let ops = format!("127.0.0.1:{ops_port}");
-    let get = |addr: &str, path: &str| loosh_miner::ops_client::get(addr, path, Duration::from_secs(5));
+    let get = |addr: &str, path: &str| loosh_miner::client::ops::get(addr, path, Duration::from_secs(5));
     let logged = |needle: &str| log.lock().unwrap().iter().filter(|l| l.contains(needle)).count();
     let wait = |what: &str, done: &dyn Fn() -> bool| {
         let end = Instant::now() + Duration::from_secs(120);

@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use loosh_actors::protocol::fernet_codec::unix_now;
 use loosh_actors::protocol::signature::Hotkey;
-use loosh_miner::validator_client::{challenge_body, ValidatorClient};
+use loosh_miner::client::validator::{challenge_body, ValidatorClient};
 use serde_json::json;
 
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";

@@ -327,7 +327,7 @@ async fn a_child_relays_its_first_token_and_stops_a_cancelled_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_challenges_on_an_engine_killed_under_them_are_all_answered_by_its_restart() {
     use loosh_actors::protocol::signature::Hotkey;
-    use loosh_miner::validator_client::{challenge_body, ValidatorClient};
+    use loosh_miner::client::validator::{challenge_body, ValidatorClient};
 
     let miner = MinerProcess::start(
         &tiny_model(),

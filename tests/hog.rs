@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use loosh_actors::protocol::signature::Hotkey;
 use loosh_miner::bench::hog::hog;
-use loosh_miner::validator_client::{challenge_body, ValidatorClient};
+use loosh_miner::client::validator::{challenge_body, ValidatorClient};
 
 /// The validator's `/availability` timeout (`availability_worker.py`).
 const VALIDATOR_POLL_TIMEOUT: Duration = Duration::from_secs(3);

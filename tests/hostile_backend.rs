@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::*;
 use loosh_actors::protocol::signature::Hotkey;
 use loosh_miner::bench::hostile_backend::{self, Hostility};
-use loosh_miner::validator_client::{challenge_body, ClientError, ValidatorClient};
+use loosh_miner::client::validator::{challenge_body, ClientError, ValidatorClient};
 
 const MIB: u64 = 1024 * 1024;
 

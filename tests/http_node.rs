@@ -9,9 +9,9 @@ use common::*;
 use loosh_actors::authorization::ValidatorAuth;
 use loosh_actors::front_door::FrontDoor;
 use loosh_actors::protocol::signature::Hotkey;
+use loosh_miner::client::validator::{challenge_body, ClientError, ValidatorClient};
 use loosh_miner::http::state::HttpSettings;
 use loosh_miner::node::HttpNode;
-use loosh_miner::validator_client::{challenge_body, ClientError, ValidatorClient};
 use serde_json::{json, Value};
 
 const LOAD: Duration = Duration::from_secs(60);

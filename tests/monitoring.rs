@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::*;
 use loosh_actors::protocol::signature::Hotkey;
-use loosh_miner::validator_client::{challenge_body, ValidatorClient};
+use loosh_miner::client::validator::{challenge_body, ValidatorClient};
 use serde_json::Value;
 
 fn deploy(path: &str) -> PathBuf {

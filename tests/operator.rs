@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::MinerProcess;
 use loosh_actors::protocol::signature::Hotkey;
-use loosh_miner::validator_client::{challenge_body, ValidatorClient};
+use loosh_miner::client::validator::{challenge_body, ValidatorClient};
 
 /// `loosh-miner <args>` with only `vars` set (and PATH, HOME), run in `dir` so that no `.env` of
 /// the developer's is read.
@@ -956,7 +956,7 @@ fn a_chain_outage_at_start_is_waited_out_serving_availability_false() {
     // Retrying past the old give-up point (four tries), the worker loaded, and still unavailable.
     loop {
         let healthy =
-            loosh_miner::ops_client::get(&ops, "/health", Duration::from_secs(2)).is_ok_and(|b| b.contains("Ready"));
+            loosh_miner::client::ops::get(&ops, "/health", Duration::from_secs(2)).is_ok_and(|b| b.contains("Ready"));
         if retries() >= 5 && healthy {
             break;
         }
@@ -965,7 +965,7 @@ fn a_chain_outage_at_start_is_waited_out_serving_availability_false() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let availability =
-        loosh_miner::ops_client::get(&format!("127.0.0.1:{port}"), "/availability", Duration::from_secs(5)).unwrap();
+        loosh_miner::client::ops::get(&format!("127.0.0.1:{port}"), "/availability", Duration::from_secs(5)).unwrap();
     assert!(availability.contains("\"available\":false"), "{availability}");
     // SAFETY: kill takes a pid and a signal number; the pid is our unreaped child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -1039,12 +1039,12 @@ fn health_is_503_once_no_worker_has_been_ready_for_the_grace_period() {
             .unwrap()
     };
     let ops = format!("127.0.0.1:{ops_port}");
-    let ask = |ops: &str| loosh_miner::ops_client::get(ops, "/health", Duration::from_secs(2));
+    let ask = |ops: &str| loosh_miner::client::ops::get(ops, "/health", Duration::from_secs(2));
     let answered = |ops: &str| {
         let end = Instant::now() + Duration::from_secs(30);
         loop {
             match ask(ops) {
-                Err(loosh_miner::ops_client::OpsError::Connect { .. }) => {}
+                Err(loosh_miner::client::ops::OpsError::Connect { .. }) => {}
                 other => return other,
             }
             assert!(Instant::now() < end, "/health never answered");
@@ -1062,7 +1062,7 @@ fn health_is_503_once_no_worker_has_been_ready_for_the_grace_period() {
     let end = Instant::now() + Duration::from_secs(30);
     loop {
         match answered(&ops) {
-            Err(loosh_miner::ops_client::OpsError::Response { detail, .. }) if detail == "HTTP 503" => break,
+            Err(loosh_miner::client::ops::OpsError::Response { detail, .. }) if detail == "HTTP 503" => break,
             other => assert!(Instant::now() < end, "never 503: {other:?}"),
         }
         std::thread::sleep(Duration::from_millis(100));

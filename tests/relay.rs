@@ -18,7 +18,7 @@ use loosh_actors::protocol::fernet_codec::FernetKey;
 use loosh_actors::protocol::messages::unix_time_f64;
 use loosh_actors::protocol::rsa_keys::wrap_fernet_key;
 use loosh_actors::protocol::signature::Hotkey;
-use loosh_miner::validator_client::{challenge_body, key_exchange_body, ClientError, ValidatorClient};
+use loosh_miner::client::validator::{challenge_body, key_exchange_body, ClientError, ValidatorClient};
 use serde_json::json;
 
 fn attacker(n: u8) -> Option<IpAddr> {

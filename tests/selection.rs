@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use loosh_actors::protocol::signature::Hotkey;
-use loosh_miner::validator_client::{challenge_body, ClientError, ValidatorClient};
+use loosh_miner::client::validator::{challenge_body, ClientError, ValidatorClient};
 use serde_json::Value;
 
 /// The validator's `/availability` timeout (`availability_worker.py`).

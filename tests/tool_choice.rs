@@ -14,7 +14,7 @@ mod common;
 use common::*;
 use loosh_actors::protocol::messages::ChallengeReply;
 use loosh_actors::protocol::signature::Hotkey;
-use loosh_miner::validator_client::{challenge_body, ValidatorClient};
+use loosh_miner::client::validator::{challenge_body, ValidatorClient};
 use serde_json::{json, Value};
 
 fn weather_tools() -> Value {

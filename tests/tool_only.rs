@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use loosh_actors::protocol::signature::Hotkey;
-use loosh_miner::validator_client::{challenge_body, ClientError, ValidatorClient};
+use loosh_miner::client::validator::{challenge_body, ClientError, ValidatorClient};
 use serde_json::json;
 
 fn forced_tool_call() -> serde_json::Value {

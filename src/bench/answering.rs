@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use loosh_actors::protocol::signature::Hotkey;
 
 use super::{bench_config_with, start, stop};
-use crate::validator_client::{challenge_body, ClientError, ValidatorClient};
+use crate::client::validator::{challenge_body, ClientError, ValidatorClient};
 
 pub struct AnsweringPlan {
     pub model: PathBuf,

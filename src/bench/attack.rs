@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 
 use super::attack_bounds::show;
 use super::{bench_config, start, stats, stop};
-use crate::validator_client::{challenge_body, key_exchange_body, ValidatorClient};
+use crate::client::validator::{challenge_body, key_exchange_body, ValidatorClient};
 
 /// One attack of the bench.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

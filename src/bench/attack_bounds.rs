@@ -22,7 +22,7 @@ use serde_json::json;
 
 use super::hostile_backend::{self, Hostility};
 use super::{bench_config_with, start, stop};
-use crate::validator_client::{challenge_body, ClientError, ValidatorClient};
+use crate::client::validator::{challenge_body, ClientError, ValidatorClient};
 
 /// Tokens/s of one validator's challenges, one after another.
 struct Pace {

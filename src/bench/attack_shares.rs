@@ -28,7 +28,7 @@ use loosh_actors::protocol::rsa_keys::wrap_fernet_key;
 use loosh_actors::protocol::signature::Hotkey;
 
 use super::{bench_config_with, start_with_auth, stats, stop};
-use crate::validator_client::{challenge_body, key_exchange_body, ValidatorClient};
+use crate::client::validator::{challenge_body, key_exchange_body, ValidatorClient};
 
 pub struct SharePlan {
     pub model: PathBuf,

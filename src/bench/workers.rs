@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::reference::{self, BenchDevice};
 use super::{bench_config_with, drive, start, stats, step_stats, stop};
-use crate::validator_client::{challenge_body, ValidatorClient};
+use crate::client::validator::{challenge_body, ValidatorClient};
 
 /// Where and how the engine benchmarks run one worker's engine.
 pub struct EngineBench {

@@ -2,13 +2,13 @@
 //! HEALTHCHECK runs it).
 
 use anyhow::Context;
+use loosh_miner::client::ops;
 use loosh_miner::config::{Config, Source};
-use loosh_miner::ops_client;
 
 pub fn run() -> anyhow::Result<()> {
     let cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
-    let addr = ops_client::ops_address(&cfg)?;
-    let body = ops_client::get(&addr, "/health", std::time::Duration::from_secs(5))?;
+    let addr = ops::ops_address(&cfg)?;
+    let body = ops::get(&addr, "/health", std::time::Duration::from_secs(5))?;
     println!("{body}");
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! each step; exit status 1 when a step fails.
 
 use anyhow::Context;
-use loosh_miner::probe;
+use loosh_miner::client::probe;
 
 pub fn run(url: String, prompt: String, max_tokens: u32, validator_seed: Option<String>) -> anyhow::Result<()> {
     let validator_seed = validator_seed

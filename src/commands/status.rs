@@ -5,6 +5,6 @@ use loosh_miner::config::{Config, Source};
 
 pub fn run() -> anyhow::Result<()> {
     let cfg = Config::from_source(&Source::load()).context("invalid configuration")?;
-    print!("{}", loosh_miner::status::run(&cfg)?);
+    print!("{}", loosh_miner::client::status::run(&cfg)?);
     Ok(())
 }

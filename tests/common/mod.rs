@@ -490,10 +490,10 @@ pub fn process_alive(pid: u32) -> bool {
 /// The status and detail of a challenge the miner should refuse (the body's `detail`, else the
 /// whole body).
 pub async fn refused(
-    client: &mut loosh_miner::validator_client::ValidatorClient,
+    client: &mut loosh_miner::client::validator::ValidatorClient,
     challenge: &serde_json::Value,
 ) -> (u16, String) {
-    use loosh_miner::validator_client::ClientError;
+    use loosh_miner::client::validator::ClientError;
     match client.challenge(challenge).await {
         Err(ClientError::Status { status, body, .. }) => {
             let detail = serde_json::from_str::<serde_json::Value>(&body)

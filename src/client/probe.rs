@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use loosh_actors::settings::Hotkey;
 
-use crate::validator_client::{challenge_body, ValidatorClient};
+use crate::client::validator::{challenge_body, ValidatorClient};
 
 pub struct ProbeOptions {
     pub url: String,

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::time::Duration;
 
+use crate::client::ops::{self, OpsError};
 use crate::config::Config;
-use crate::ops_client::{self, OpsError};
 
 /// One sample of the Prometheus text format: name, labels, value.
 #[derive(Debug, Clone, PartialEq)]
@@ -210,10 +210,10 @@ pub fn render(metrics: &str, health: &serde_json::Value, now: f64) -> String {
 
 /// Fetches and renders; the error names the address and what to check.
 pub fn run(cfg: &Config) -> Result<String, OpsError> {
-    let addr = ops_client::ops_address(cfg)?;
+    let addr = ops::ops_address(cfg)?;
     let timeout = Duration::from_secs(5);
-    let metrics = ops_client::get(&addr, "/metrics", timeout)?;
-    let health = ops_client::get(&addr, "/health", timeout)?;
+    let metrics = ops::get(&addr, "/metrics", timeout)?;
+    let health = ops::get(&addr, "/health", timeout)?;
     let health: serde_json::Value = serde_json::from_str(&health).unwrap_or_default();
     Ok(render(&metrics, &health, loosh_actors::protocol::messages::unix_time_f64()))
 }
