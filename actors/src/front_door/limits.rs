@@ -21,8 +21,8 @@ pub const MAX_STOP_STRINGS: usize = 16;
 pub const MAX_STOP_BYTES: usize = 256;
 /// Messages in the conversation.
 pub const MAX_MESSAGES: usize = 256;
-/// Tool definitions.
-pub const MAX_TOOLS: usize = 128;
+/// Tool definitions (the forced-call grammar's bound, defined beside it).
+pub use crate::inference::tool_choice::MAX_TOOLS;
 /// Bytes of one tool definition, as JSON.
 pub const MAX_TOOL_BYTES: usize = 32 * 1024;
 /// Tool calls in one message of the conversation.

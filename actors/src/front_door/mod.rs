@@ -34,8 +34,8 @@ use crate::protocol::signature::Hotkey;
 use crate::rsa_pool::RsaPool;
 use crate::session::known_peers::KnownPeers;
 use crate::session::registry::KeyStore;
-use crate::settings::WorkerSpec;
 use crate::validator_set::ValidatorSet;
+use crate::workers::spec::WorkerSpec;
 use rate_limit::{RateLimitSettings, RateLimiter, Route};
 
 // What the node needs of the engine besides the door: who is allowed, why the engine stopped, and

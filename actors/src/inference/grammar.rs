@@ -9,7 +9,7 @@
 //! grammar, masking only when it is refused: what llama.cpp's own `common_sampler` does. The
 //! validator's sampling (nucleus, temperature) still draws the token, from the masked logits.
 //!
-//! The grammar's size is bounded by its names: at most [`crate::front_door::limits::MAX_TOOLS`]
+//! The grammar's size is bounded by its names: at most [`crate::inference::tool_choice::MAX_TOOLS`]
 //! of [`super::tool_choice::MAX_FUNCTION_NAME_BYTES`] each (checked by
 //! [`super::tool_choice::ToolChoice::parse`]). Numbers and whitespace are bounded so that a model
 //! cannot spin in them; strings and nesting are not (`max_tokens` and the deadline bound the

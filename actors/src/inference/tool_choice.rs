@@ -10,7 +10,9 @@
 
 use serde_json::Value;
 
-use crate::front_door::limits::MAX_TOOLS;
+/// Tool definitions a challenge may carry. It bounds the forced-call grammar, whose size grows with
+/// the names it allows; the front door refuses a challenge with more (`front_door/limits.rs`).
+pub const MAX_TOOLS: usize = 128;
 
 /// Bytes of a function name that can be forced. OpenAI allows 64 characters of `[A-Za-z0-9_-]`;
 /// this is looser (validators may name functions as they like) but keeps the grammar small: at
