@@ -6,13 +6,17 @@
 # split, first-token time with a cached 2,000-token system prompt; then `--dev` on the GPU,
 # a probe, SIGTERM and the exit code (0 expected).
 #
-# On the GPU machine, from the project root after `../shared/gpu/pack.sh --features bench`:
+# On the GPU machine, from the project root after `scripts/gpu-pack.sh` (the miner and loosh-bench):
 #   GPU_LOG_DIR=$PWD/gpu-logs bash .gpu/device.sh "bash $PWD/scripts/gpu-bench.sh"
 # (device.sh runs it in the directory holding ./loosh-miner, m8b.gguf and m8p.gguf).
-# On a CPU, to check the script itself: MINER=target/release/loosh-miner DEVICE=cpu MODELS="mid.gguf"
-#   QUICK=1 bash scripts/gpu-bench.sh
+# On a CPU, to check the script itself: MINER=target/release/loosh-miner BENCH=target/release/loosh-bench
+#   DEVICE=cpu MODELS="mid.gguf" QUICK=1 bash scripts/gpu-bench.sh
 set -u
 MINER=${MINER:-./loosh-miner}
+BENCH=${BENCH:-./loosh-bench}
+# device.sh unpacks the miner beside the models; the benchmarks come packed beside it.
+packed="$(cd "$(dirname "$0")/.." && pwd)/.gpu/loosh-bench.xz"
+if [ ! -x "$BENCH" ] && [ -f "$packed" ]; then xz -dc "$packed" >"$BENCH" && chmod +x "$BENCH"; fi
 DEVICE=${DEVICE:-gpu0}
 MODELS=${MODELS:-m8p.gguf m8b.gguf}
 THREADS=${THREADS:-1}
@@ -34,17 +38,17 @@ say "$(date -u +%FT%TZ) device $DEVICE, threads $THREADS, models: $MODELS"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv,noheader | tee -a "$LOG"
 for m in $MODELS; do
   say "$m: one challenge, miner (top_p 0.95, temperature 0.7) vs llama.cpp direct (argmax)"
-  run 90 "$MINER" bench inference --model "$m" --device "$DEVICE" --threads "$THREADS" --runs "$RUNS" --max-tokens "$TOKENS"
+  run 90 "$BENCH" inference --model "$m" --device "$DEVICE" --threads "$THREADS" --runs "$RUNS" --max-tokens "$TOKENS"
   say "$m: one worker, 1 sequence, vs llama.cpp batched 1 sequence"
-  run 60 "$MINER" bench batching --model "$m" --device "$DEVICE" --threads "$THREADS" --parallel 1 --inflight 1 \
+  run 60 "$BENCH" batching --model "$m" --device "$DEVICE" --threads "$THREADS" --parallel 1 --inflight 1 \
     --challenges "$N1" --max-tokens "$TOKENS"
   say "$m: one worker, $PAR challenges in flight, n_parallel $PAR, vs llama.cpp batched $PAR sequences"
-  run 60 "$MINER" bench batching --model "$m" --device "$DEVICE" --threads "$THREADS" --parallel "$PAR" --inflight "$PAR" \
+  run 60 "$BENCH" batching --model "$m" --device "$DEVICE" --threads "$THREADS" --parallel "$PAR" --inflight "$PAR" \
     --challenges "$N16" --max-tokens "$TOKENS"
 done
-if "$MINER" bench --help 2>/dev/null | grep -q sampling; then
+if "$BENCH" --help 2>/dev/null | grep -q sampling; then
   say "sampler cost per token, old vs new"
-  run 60 "$MINER" bench sampling
+  run 60 "$BENCH" sampling
 fi
 
 first=${MODELS%% *}

@@ -26,7 +26,7 @@ fi
 trap cleanup EXIT
 
 set +e
-cargo test --release --workspace --features bench,test-hooks --no-fail-fast -- --test-threads=1 2>&1 | tee "$log"
+cargo test --release --workspace --features test-hooks --no-fail-fast -- --test-threads=1 2>&1 | tee "$log"
 rc="${PIPESTATUS[0]}"
 set -e
 read -r passed failed ignored < <(awk '/^test result:/ {

@@ -4,11 +4,9 @@
 //! A request's path: `http::challenge` (route, headers, body limits) → the engine's front door
 //! (`loosh_actors::front_door`: live key, Fernet, admission) → scheduler → backend worker → back
 //! out through the front door, with each refusal mapped to HTTP in `http::error`. `node` spawns it
-//! all; `client::validator` speaks the protocol from the validator's side for `probe`, `bench` and
-//! the tests.
+//! all; `client::validator` speaks the protocol from the validator's side for `probe`, the
+//! benchmarks (the `loosh-bench` crate, which starts a node through this library) and the tests.
 
-#[cfg(feature = "bench")]
-pub mod bench;
 pub mod chain;
 pub mod client;
 pub mod config;

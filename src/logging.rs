@@ -45,7 +45,7 @@ static FILTER: std::sync::OnceLock<FilterHandle> = std::sync::OnceLock::new();
 fn filter_for(log_level: &str) -> EnvFilter {
     // RUST_LOG, when set, wins (for per-module debugging); llama.cpp's chatter stays at warn.
     // actix-http's HTTP/1 dispatcher logs an ERROR for every request a peer garbles ("stream
-    // error: request parse error"): anyone could fill the log with them (`bench attack`'s
+    // error: request parse error"): anyone could fill the log with them (`loosh-bench attack`'s
     // malformed flood wrote hundreds), so they are off; the peer still gets its 400.
     EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!("{},llama_cpp_2=warn,llama-cpp-2=warn,actix_http::h1::dispatcher=off", level(log_level)))

@@ -6,8 +6,6 @@ mod commands;
 mod reload;
 
 use clap::{Parser, Subcommand};
-#[cfg(feature = "bench")]
-use loosh_miner::bench;
 use loosh_miner::{chain, wallet};
 
 #[derive(Parser)]
@@ -58,11 +56,8 @@ enum Command {
     /// Print the configuration as resolved from the environment and `.env` (what each setting
     /// means here, and where that differs from the Python miner), then exit; status 1 when invalid.
     Config,
-    /// Measure the miner against references in the same run (built with `--features bench`).
-    #[cfg(feature = "bench")]
-    Bench(bench::BenchArgs),
     /// One embedded engine in a process of its own, driven by its worker over stdin/stdout
-    /// (started by the node; see `loosh_actors::front_door::FrontDoor::run_engine_child`).
+    /// (started by the node; see `loosh_miner::node::run_engine_child`).
     #[command(name = "engine-child", hide = true)]
     EngineChild,
 }
@@ -109,8 +104,6 @@ fn main() -> anyhow::Result<()> {
         Command::Probe { url, prompt, max_tokens, validator_seed } => {
             commands::probe::run(url, prompt, max_tokens, validator_seed)
         }
-        #[cfg(feature = "bench")]
-        Command::Bench(args) => bench::run(args),
         Command::EngineChild => commands::engine_child::run(),
         Command::Doctor => commands::doctor::run(),
         Command::Status => commands::status::run(),

@@ -273,3 +273,12 @@ async fn futures_join(
     let rb = b.await.unwrap_or(Ok(()));
     (ra, rb)
 }
+
+/// The entry of an engine child process (the hidden `engine-child` subcommand): a node runs each
+/// child engine from its own executable, so every binary that starts a node (`loosh-miner`,
+/// `loosh-bench`) answers it with this. Its log goes to stderr, which the worker re-logs under the
+/// worker's name.
+pub fn run_engine_child() -> ! {
+    crate::logging::init_engine_child();
+    std::process::exit(FrontDoor::run_engine_child());
+}

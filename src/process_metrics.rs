@@ -36,7 +36,7 @@ pub fn register(registry: &Registry) -> prometheus::Result<()> {
 
 /// The optional features compiled in, comma-separated (`loosh_build_info`'s `features` label).
 pub fn build_features() -> String {
-    let features = [("cuda", cfg!(feature = "cuda")), ("bench", cfg!(feature = "bench"))];
+    let features = [("cuda", cfg!(feature = "cuda")), ("test-hooks", cfg!(feature = "test-hooks"))];
     features.iter().filter(|f| f.1).map(|f| f.0).collect::<Vec<_>>().join(",")
 }
 

@@ -1,7 +1,6 @@
 //! One host cannot hold the door, against the real binary: 127.0.0.2 opens 3,000 connections
 //! that trickle their headers or their bodies and reopen whenever dropped, while the honest
 //! validator on 127.0.0.1 polls `/availability` and sends challenges.
-#![cfg(feature = "bench")]
 
 mod common;
 
@@ -10,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use loosh_actors::protocol::signature::Hotkey;
-use loosh_miner::bench::hog::hog;
+use loosh_bench::hog::hog;
 use loosh_miner::client::validator::{challenge_body, ValidatorClient};
 
 /// The validator's `/availability` timeout (`availability_worker.py`).

@@ -2,9 +2,8 @@
 //! with `index` 4,000,000,000, and content deltas without end. Each challenge that meets one gets
 //! a 502; the node stays alive, under 512 MiB at its peak, and answers the next challenge.
 //!
-//! The backend is `loosh_miner::bench::hostile_backend`, written by hand on a socket because it
-//! must misbehave on purpose (hence the `bench` feature, which the test suite is run with).
-#![cfg(feature = "bench")]
+//! The backend is `loosh_bench::hostile_backend`, written by hand on a socket because it
+//! must misbehave on purpose (hence in the benchmarks' crate, a dev-dependency of the tests).
 
 mod common;
 
@@ -14,7 +13,7 @@ use std::time::Duration;
 
 use common::*;
 use loosh_actors::protocol::signature::Hotkey;
-use loosh_miner::bench::hostile_backend::{self, Hostility};
+use loosh_bench::hostile_backend::{self, Hostility};
 use loosh_miner::client::validator::{challenge_body, ClientError, ValidatorClient};
 
 const MIB: u64 = 1024 * 1024;

@@ -3,15 +3,36 @@
 //! anything else of `loosh_actors` fails this test, so that the engine's rooms can be rearranged
 //! without touching the node.
 //!
-//! Outside the rule, named here so that the list only shrinks: the benchmarks (`src/bench/`, which
-//! measure the engine's parts against references), the clients (`src/client/`, which speak the
-//! wire protocol from the validator's side), and the operator's checks of the chain and of a
-//! backend server (`doctor`, and the registration check and `post-ip` in `chain.rs`).
+//! Outside the rule, named here so that the list only shrinks: the clients (`src/client/`, which
+//! speak the wire protocol from the validator's side), and the operator's checks of the chain and
+//! of a backend server (`doctor`, and the registration check and `post-ip` in `chain.rs`).
+//!
+//! The benchmarks (the `loosh-bench` crate) start a node through the node's library and use it
+//! like any client: the same three doors, plus the wire protocol a validator speaks. Past the door
+//! only where a benchmark must, each file named with the module it needs: llama.cpp's own
+//! references (`inference`), a worker's step split and fault injection (`workers`), and the chain
+//! written into by `metagraph` (`chain`).
 
 use std::path::{Path, PathBuf};
 
 const ALLOWED: &[&str] = &["front_door", "settings", "metrics"];
 const CLIENTS: &[&str] = &["doctor.rs", "chain.rs"];
+
+/// What the benchmarks reach besides [`ALLOWED`]: the protocol, as a validator speaks it.
+const BENCH_ALLOWED: &[&str] = &["front_door", "settings", "metrics", "protocol"];
+/// The benchmarks' files that reach past the door, and the one module each reaches.
+const BENCH_PAST_THE_DOOR: &[(&str, &str)] = &[
+    ("reference.rs", "inference"),
+    ("sampling.rs", "inference"),
+    ("inference.rs", "inference"),
+    ("miner.rs", "inference"),
+    ("miner.rs", "workers"),
+    ("workers.rs", "workers"),
+    ("process.rs", "workers"),
+    ("process.rs", "inference"),
+    ("answering.rs", "workers"),
+    ("metagraph.rs", "chain"),
+];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("src/ is readable") {
@@ -47,10 +68,7 @@ fn the_node_imports_only_the_front_door_the_settings_and_the_metrics_of_the_engi
     let mut outside = Vec::new();
     for file in &files {
         let relative = file.strip_prefix(&src).unwrap();
-        if relative.starts_with("bench")
-            || relative.starts_with("client")
-            || CLIENTS.iter().any(|c| relative == Path::new(c))
-        {
+        if relative.starts_with("client") || CLIENTS.iter().any(|c| relative == Path::new(c)) {
             continue;
         }
         let text = std::fs::read_to_string(file).unwrap();
@@ -67,4 +85,31 @@ fn the_node_imports_only_the_front_door_the_settings_and_the_metrics_of_the_engi
 fn the_scan_sees_an_import_past_the_doors() {
     let text = "use loosh_actors::front_door::FrontDoor;\nuse loosh_actors::scheduler::SchedulerMsg;";
     assert_eq!(engine_modules(text), vec![(1, "front_door".to_string()), (2, "scheduler".to_string())]);
+}
+
+#[test]
+fn the_benchmarks_use_the_node_and_the_front_door_and_name_each_step_past_it() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench").join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    assert!(files.len() > 10, "the benchmarks' sources were found: {files:?}");
+    let (mut outside, mut used) = (Vec::new(), Vec::new());
+    for file in &files {
+        let name = file.strip_prefix(&src).unwrap().to_str().unwrap().to_string();
+        let text = std::fs::read_to_string(file).unwrap();
+        for (line, module) in engine_modules(&text) {
+            let named = BENCH_PAST_THE_DOOR.contains(&(name.as_str(), module.as_str()));
+            if named {
+                used.push((name.clone(), module.clone()));
+            }
+            if !BENCH_ALLOWED.contains(&module.as_str()) && !named {
+                outside.push(format!("bench/src/{name}:{line}: loosh_actors::{module}"));
+            }
+        }
+    }
+    assert!(outside.is_empty(), "a benchmark reaches past the door unnamed:\n{}", outside.join("\n"));
+    // The list only shrinks: a step past the door that no file takes any more is struck from it.
+    let stale: Vec<_> =
+        BENCH_PAST_THE_DOOR.iter().filter(|(f, m)| !used.iter().any(|(uf, um)| uf == f && um == m)).collect();
+    assert!(stale.is_empty(), "named as reaching past the door, but no longer does: {stale:?}");
 }

@@ -47,7 +47,7 @@ impl ValidatorClient {
     }
 
     /// A client whose connections leave from `local` (a loopback alias such as 127.0.0.2 in the
-    /// tests and `bench attack`: another host, as the miner sees it).
+    /// tests and `loosh-bench attack`: another host, as the miner sees it).
     pub fn from_address(base_url: &str, hotkey: Hotkey, local: Option<std::net::IpAddr>) -> Self {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))

@@ -42,7 +42,9 @@ use rate_limit::{RateLimitSettings, RateLimiter, Route};
 // how its workers stand. The node reaches nothing else of the engine but `settings` and `metrics`.
 pub use crate::authorization::{Source, ValidatorAuth};
 pub use crate::graph::{GraphError, GraphFailure};
-pub use crate::scheduler::SchedulerStatus;
+// A generation without the protocol around it ([`FrontDoor::generate`]).
+pub use crate::inference::request::{Generation, GenerationRequest};
+pub use crate::scheduler::{ScheduleError, SchedulerStatus};
 pub use crate::workers::supervisor::{WorkerChanges, WorkerPhase, WorkerStatus};
 
 /// Why the door could not open.
@@ -168,6 +170,13 @@ impl FrontDoor {
 
     pub async fn workers(&self) -> Vec<WorkerStatus> {
         self.graph.workers().await
+    }
+
+    /// One generation through the scheduler with none of the protocol around it (no key, no
+    /// Fernet, no admission by validator): the reference `loosh-bench protocol` subtracts from a
+    /// whole challenge, so that the difference is the protocol's own cost.
+    pub async fn generate(&self, request: GenerationRequest) -> Result<Generation, ScheduleError> {
+        self.graph.generate(request).await
     }
 
     /// Applies a reload's worker list (unchanged workers keep running).

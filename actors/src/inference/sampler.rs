@@ -672,7 +672,7 @@ fn exp_neg(x: f32) -> f32 {
     y * f32::from_bits((k.wrapping_add(127) as u32).wrapping_shl(23))
 }
 
-/// Logits shaped like the ones the miner sees, for tests and `bench sampling`: seeded, so a
+/// Logits shaped like the ones the miner sees, for tests and `loosh-bench sampling`: seeded, so a
 /// failure reproduces.
 pub mod shapes {
     use rand::rngs::StdRng;

@@ -45,7 +45,7 @@ pub enum WorkerMsg {
     /// Periodic check that the engine thread's current step has not stalled (embedded workers).
     CheckStall,
     /// Test hook: makes the actor panic, as an unexpected engine state would. Compiled only with
-    /// the `test-hooks` feature (the tests and `bench recovery`); nothing in the node sends it.
+    /// the `test-hooks` feature (the tests and `loosh-bench recovery`); nothing in the node sends it.
     #[cfg(feature = "test-hooks")]
     CrashForTest,
     /// Test hook: the engine thread stops making progress at its next step while work is in

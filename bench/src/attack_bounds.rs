@@ -1,4 +1,4 @@
-//! `loosh-miner bench attack`'s attacks of issue 32: inputs sized to slow or kill the node.
+//! `loosh-bench attack`'s attacks of issue 32: inputs sized to slow or kill the node.
 //!
 //! - `stop-list`: an honest validator's tokens/s alone, beside a plain load on the same worker (what
 //!   sharing it costs), and while an attacker on the same worker sends challenges with 300,000
@@ -17,12 +17,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use loosh_actors::protocol::signature::Hotkey;
+use loosh_actors::settings::Hotkey;
 use serde_json::json;
 
-use super::hostile_backend::{self, Hostility};
-use super::{bench_config_with, start, stop};
-use crate::client::validator::{challenge_body, ClientError, ValidatorClient};
+use crate::hostile_backend::{self, Hostility};
+use crate::miner::{bench_config_with, start, stop};
+use loosh_miner::client::validator::{challenge_body, ClientError, ValidatorClient};
 
 /// Tokens/s of one validator's challenges, one after another.
 struct Pace {
@@ -110,7 +110,7 @@ pub async fn stop_list(model: &Path, threads: i32, rounds: usize, max_tokens: u3
     // One worker generating three challenges at once: the honest validator's and the attacker's
     // two share its engine thread.
     let cfg = bench_config_with(model, threads, 16, &[("LLAMA_PARALLEL", "3")])?;
-    let (_graph, node) = start(&cfg).await?;
+    let (_door, node) = start(&cfg).await?;
     let url = format!("http://{}", node.addr);
     let alone = honest_pace(&url, rounds, max_tokens).await?;
 
@@ -176,7 +176,7 @@ pub async fn hostile_backend(model: &Path, threads: i32) -> anyhow::Result<()> {
         hostile_backend::MODEL
     );
     let cfg = bench_config_with(model, threads, 16, &[("WORKERS", workers.as_str())])?;
-    let (_graph, node) = start(&cfg).await?;
+    let (_door, node) = start(&cfg).await?;
     let url = format!("http://{}", node.addr);
     memory_guard(2048.0);
     let mut client = ValidatorClient::new(&url, Hotkey::ephemeral());

@@ -1,4 +1,4 @@
-//! `bench attack`'s attacks on a validator's share (issue 29): what a competing miner can do with
+//! `loosh-bench attack`'s attacks on a validator's share (issue 29): what a competing miner can do with
 //! key exchanges the validator signed, measured by what the honest validator gets meanwhile.
 //!
 //! The miner runs as an operator runs it: the allow list is the honest validator, rate limits on.
@@ -13,7 +13,7 @@
 //!   do: only a report tells the validator's address from a relayer's), then with its own reported
 //!   (the Challenge API's `ip`, its axon), where the relayer gets only the small shared share.
 //! - hog (issue 30): 3,000 connections from one address trickling headers or bodies, reopened
-//!   when dropped ([`super::hog`]); the validator's `/availability` polls and challenges meanwhile.
+//!   when dropped ([`crate::hog`]); the validator's `/availability` polls and challenges meanwhile.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -21,14 +21,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use loosh_actors::authorization::{Source, ValidatorAuth};
+use loosh_actors::front_door::{Source, ValidatorAuth};
 use loosh_actors::protocol::fernet_codec::FernetKey;
 use loosh_actors::protocol::messages::unix_time_f64;
 use loosh_actors::protocol::rsa_keys::wrap_fernet_key;
-use loosh_actors::protocol::signature::Hotkey;
+use loosh_actors::settings::Hotkey;
 
-use super::{bench_config_with, start_with_auth, stats, stop};
-use crate::client::validator::{challenge_body, key_exchange_body, ValidatorClient};
+use crate::load::stats;
+use crate::miner::{bench_config_with, start_with_auth, stop};
+use loosh_miner::client::validator::{challenge_body, key_exchange_body, ValidatorClient};
 
 pub struct SharePlan {
     pub model: PathBuf,
@@ -99,7 +100,7 @@ pub async fn shares(plan: SharePlan) -> anyhow::Result<()> {
         ],
     )?;
     let auth = Arc::new(ValidatorAuth::new(true, [validator.ss58().to_string()]));
-    let (graph, node) = start_with_auth(&cfg, auth.clone()).await?;
+    let (door, node) = start_with_auth(&cfg, auth.clone()).await?;
     let url = format!("http://{}", node.addr);
     println!(
         "share attacks: allow list = the honest validator (127.0.0.1), rate limits on, MAX_CONCURRENT_REQUESTS 10, {} in flight per validator share; attacker on 127.0.0.2+",
@@ -118,7 +119,7 @@ pub async fn shares(plan: SharePlan) -> anyhow::Result<()> {
 
     if plan.replay_many {
         // replay-many: the captured exchange from 16 addresses, all at once, while the validator works.
-        let rsa_before = graph.metrics.rsa_operations.get();
+        let rsa_before = door.metrics.rsa_operations.get();
         let mut replayers = Vec::new();
         for n in 2..18 {
             let (url, captured, per) = (url.clone(), captured.clone(), plan.replays_per_address);
@@ -146,7 +147,7 @@ pub async fn shares(plan: SharePlan) -> anyhow::Result<()> {
             format!(
                 "{} replays from 16 addresses: statuses {statuses}, RSA ops {}",
                 16 * plan.replays_per_address,
-                graph.metrics.rsa_operations.get() - rsa_before
+                door.metrics.rsa_operations.get() - rsa_before
             ),
         );
     }
@@ -199,7 +200,7 @@ pub async fn shares(plan: SharePlan) -> anyhow::Result<()> {
         }
         // Let the relayer take whatever it can before the validator starts.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let in_flight_by_relayer = graph.status_now().in_flight;
+        let in_flight_by_relayer = door.status_now().in_flight;
         let during = honest_challenges(&honest, plan.honest).await;
         stop_relay.store(true, Ordering::Relaxed);
         for h in holders {
@@ -208,7 +209,7 @@ pub async fn shares(plan: SharePlan) -> anyhow::Result<()> {
         // The relayer's challenges run on to their deadline after its client gives up: the next
         // phase starts from an idle miner.
         let drained = Instant::now() + Duration::from_secs(30);
-        while graph.status_now().in_flight > 0 && Instant::now() < drained {
+        while door.status_now().in_flight > 0 && Instant::now() < drained {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         statuses.dedup();
@@ -229,7 +230,7 @@ pub async fn shares(plan: SharePlan) -> anyhow::Result<()> {
         let polls_alone =
             availability_polls(&url, &validator, Duration::from_secs(5), None::<&tokio::task::JoinHandle<()>>).await;
         let target: std::net::SocketAddr = node.addr;
-        let attack = tokio::spawn(super::hog::hog(
+        let attack = tokio::spawn(crate::hog::hog(
             target,
             IpAddr::from([127, 0, 0, 2]),
             plan.hog_connections,

@@ -1,4 +1,4 @@
-//! A hostile OpenAI-compatible backend, for `bench attack hostile-backend` and the tests of
+//! A hostile OpenAI-compatible backend, for `loosh-bench attack --attacks hostile-backend` and the tests of
 //! issue 32.
 //!
 //! It is written by hand on a TCP socket, not a real inference server, because it must misbehave

@@ -1,4 +1,4 @@
-//! `bench answering`: seven validators' mixed load (short challenges and the validator's own
+//! `loosh-bench answering`: seven validators' mixed load (short challenges and the validator's own
 //! 12,288-token ones) on two CPU workers with a short deadline, in the same run: slot admission
 //! without hedging, time-aware admission with hedging and no wait cap, and the same with the
 //! `ADMISSION_MAX_WAIT_MS` cap: the shares answered, refused and cut, p50/p99 time of the answered
@@ -9,10 +9,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use loosh_actors::protocol::signature::Hotkey;
+use loosh_actors::settings::Hotkey;
 
-use super::{bench_config_with, start, stop};
-use crate::client::validator::{challenge_body, ClientError, ValidatorClient};
+use crate::miner::{bench_config_with, start, stop};
+use loosh_miner::client::validator::{challenge_body, ClientError, ValidatorClient};
 
 pub struct AnsweringPlan {
     pub model: PathBuf,
@@ -121,7 +121,7 @@ async fn mixed_load(
             ("ADMISSION_MAX_WAIT_MS", wait_cap.as_str()),
         ],
     )?;
-    let (graph, node) = start(&cfg).await?;
+    let (door, node) = start(&cfg).await?;
     let url = format!("http://{}", node.addr);
     let mut clients = Vec::new();
     for _ in 0..plan.validators {
@@ -158,7 +158,7 @@ async fn mixed_load(
         fates.extend(t.await??);
     }
     stop(node).await;
-    let refused = |reason: &str| graph.metrics.admission_refusals.with_label_values(&[reason]).get();
+    let refused = |reason: &str| door.metrics.admission_refusals.with_label_values(&[reason]).get();
     let reasons = format!(
         "refused at admission: {} full, {} too late, {} wait, {} slowdown",
         refused("full"),
@@ -174,7 +174,8 @@ async fn mixed_load(
 /// without and with hedging.
 #[cfg(feature = "test-hooks")]
 async fn slowed_worker(plan: &AnsweringPlan) -> anyhow::Result<()> {
-    use loosh_actors::inference::request::GenerationRequest;
+    use loosh_actors::front_door::FrontDoor;
+    use loosh_actors::front_door::GenerationRequest;
     use loosh_actors::workers::worker::WorkerMsg;
 
     let slow = Duration::from_secs(3);
@@ -192,11 +193,11 @@ async fn slowed_worker(plan: &AnsweringPlan) -> anyhow::Result<()> {
             10,
             &[("WORKERS", workers.as_str()), ("HEDGING", if hedging { "true" } else { "false" })],
         )?;
-        let (graph, node) = start(&cfg).await?;
-        let round = |graph: loosh_actors::graph::MinerGraph| async move {
+        let (door, node) = start(&cfg).await?;
+        let round = |door: FrontDoor| async move {
             let mut tasks = Vec::new();
             for i in 0..8 {
-                let g = graph.clone();
+                let g = door.clone();
                 tasks.push(tokio::spawn(async move {
                     let req = GenerationRequest::one_turn(
                         &format!("Question {i}: name a colour."),
@@ -215,21 +216,21 @@ async fn slowed_worker(plan: &AnsweringPlan) -> anyhow::Result<()> {
             Ok::<_, anyhow::Error>(ttfts)
         };
         // Warm-up: both workers measured while alike.
-        round(graph.clone()).await?;
-        round(graph.clone()).await?;
-        let worker = graph.worker_ref("cpu1").await.ok_or_else(|| anyhow::anyhow!("cpu1 is not up"))?;
+        round(door.clone()).await?;
+        round(door.clone()).await?;
+        let worker = door.graph.worker_ref("cpu1").await.ok_or_else(|| anyhow::anyhow!("cpu1 is not up"))?;
         worker.cast(WorkerMsg::SlowFirstTokenForTest(slow))?;
         let mut ttfts = Vec::new();
         for _ in 0..plan.rounds {
-            ttfts.extend(round(graph.clone()).await?);
+            ttfts.extend(round(door.clone()).await?);
         }
         println!(
             "{:<34} {:>12.0} {:>12.0} {:>8} {:>10}",
             if hedging { "hedging" } else { "no hedging" },
             quantile(ttfts.clone(), 0.5),
             quantile(ttfts, 0.99),
-            graph.metrics.hedges.get(),
-            graph.metrics.hedge_wins.with_label_values(&["hedge"]).get(),
+            door.metrics.hedges.get(),
+            door.metrics.hedge_wins.with_label_values(&["hedge"]).get(),
         );
         stop(node).await;
     }

@@ -1,4 +1,4 @@
-//! `loosh-miner bench attack`: the attacks of issue 9 against a local miner, each measured by
+//! `loosh-bench attack`: the attacks of issue 9 against a local miner, each measured by
 //! what an honest validator sees meanwhile.
 //!
 //! An honest validator (its own hotkey, a fresh key exchange then one challenge of one token, one
@@ -22,17 +22,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use loosh_actors::front_door::FrontDoor;
 use loosh_actors::protocol::fernet_codec::FernetKey;
 use loosh_actors::protocol::messages::unix_time_f64;
 use loosh_actors::protocol::rsa_keys::wrap_fernet_key;
-use loosh_actors::protocol::signature::Hotkey;
+use loosh_actors::settings::Hotkey;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::attack_bounds::show;
-use super::{bench_config, start, stats, stop};
-use crate::client::validator::{challenge_body, key_exchange_body, ValidatorClient};
+use crate::attack_bounds::show;
+use crate::load::stats;
+use crate::miner::{bench_config, start, stop};
+use loosh_miner::client::validator::{challenge_body, key_exchange_body, ValidatorClient};
 
 /// One attack of the bench.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -90,14 +92,14 @@ pub async fn attack(plan: AttackPlan) -> anyhow::Result<()> {
         protocol_attacks(&plan).await?;
     }
     if plan.attacks.contains(&AttackKind::StopList) {
-        super::attack_bounds::stop_list(&plan.model, plan.threads, plan.stop_rounds, plan.stop_tokens).await?;
+        crate::attack_bounds::stop_list(&plan.model, plan.threads, plan.stop_rounds, plan.stop_tokens).await?;
     }
     if plan.attacks.contains(&AttackKind::HostileBackend) {
-        super::attack_bounds::hostile_backend(&plan.model, plan.threads).await?;
+        crate::attack_bounds::hostile_backend(&plan.model, plan.threads).await?;
     }
     let shares = [AttackKind::ReplayMany, AttackKind::Relay, AttackKind::Hog];
     if shares.iter().any(|a| plan.attacks.contains(a)) {
-        super::attack_shares::shares(super::attack_shares::SharePlan {
+        crate::attack_shares::shares(crate::attack_shares::SharePlan {
             model: plan.model.clone(),
             threads: plan.threads,
             honest: plan.honest,
@@ -116,7 +118,7 @@ pub async fn attack(plan: AttackPlan) -> anyhow::Result<()> {
 /// Issue 9's attacks (those of them in the plan), on one node.
 async fn protocol_attacks(plan: &AttackPlan) -> anyhow::Result<()> {
     let cfg = bench_config(&plan.model, plan.threads, 16)?;
-    let (graph, node) = start(&cfg).await?;
+    let (door, node) = start(&cfg).await?;
     let addr = node.addr;
     let url = format!("http://{addr}");
     println!(
@@ -132,7 +134,7 @@ async fn protocol_attacks(plan: &AttackPlan) -> anyhow::Result<()> {
 
     // (a) Replay flood.
     if plan.attacks.contains(&AttackKind::Replay) {
-        replay_attack(&graph, &url, plan, &alone).await?;
+        replay_attack(&door, &url, plan, &alone).await?;
     }
     // (b) Stalled bodies.
     if plan.attacks.contains(&AttackKind::Stalled) {
@@ -146,20 +148,15 @@ async fn protocol_attacks(plan: &AttackPlan) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn replay_attack(
-    graph: &loosh_actors::graph::MinerGraph,
-    url: &str,
-    plan: &AttackPlan,
-    alone: &Honest,
-) -> anyhow::Result<()> {
+async fn replay_attack(door: &FrontDoor, url: &str, plan: &AttackPlan, alone: &Honest) -> anyhow::Result<()> {
     let url = url.to_string();
-    let rsa_before = graph.metrics.rsa_operations.get();
+    let rsa_before = door.metrics.rsa_operations.get();
     let replay = tokio::spawn(replay_flood(url.clone(), plan.replays, plan.concurrency));
     let honest = honest_rounds(&url, plan.honest, Some(&replay)).await?;
     let statuses = replay.await??;
     // Each honest round's key exchange is one RSA operation of its own.
     let rsa_for_flood =
-        (graph.metrics.rsa_operations.get() - rsa_before).saturating_sub((honest.rounds + honest.errors) as u64);
+        (door.metrics.rsa_operations.get() - rsa_before).saturating_sub((honest.rounds + honest.errors) as u64);
     println!(
         "replay flood:    honest p50 {:7.1} ms p99 {:7.1} ms (alone p99 {:.1} ms), {} rounds, errors {}; {} replays of one signed exchange: RSA ops {rsa_for_flood}, statuses {}",
         honest.p50_ms, honest.p99_ms, alone.p99_ms, honest.rounds, honest.errors, plan.replays, show(&statuses)

@@ -5,15 +5,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use loosh_actors::graph::MinerGraph;
-use loosh_actors::inference::request::GenerationRequest;
-use loosh_actors::protocol::signature::Hotkey;
+use loosh_actors::front_door::FrontDoor;
+use loosh_actors::front_door::GenerationRequest;
+use loosh_actors::settings::Hotkey;
 use loosh_actors::workers::worker::WorkerMsg;
 use serde_json::json;
 
-use super::reference::{self, BenchDevice};
-use super::{bench_config_with, drive, start, stats, step_stats, stop};
-use crate::client::validator::{challenge_body, ValidatorClient};
+use crate::load::{drive, stats};
+use crate::miner::{bench_config_with, start, step_stats, stop};
+use crate::reference::{self, BenchDevice};
+use loosh_miner::client::validator::{challenge_body, ValidatorClient};
 
 /// Where and how the engine benchmarks run one worker's engine.
 pub struct EngineBench {
@@ -37,16 +38,16 @@ fn mix(i: usize, lengths: &[u32], temperature: f32) -> GenerationRequest {
     req
 }
 
-/// Runs the mix through the graph; returns (challenges/s, tokens/s, wall).
+/// Runs the mix through the front door (no protocol); returns (challenges/s, tokens/s, wall).
 async fn run_mix(
-    graph: &MinerGraph,
+    door: &FrontDoor,
     n: usize,
     conc: usize,
     lengths: &[u32],
     temperature: f32,
 ) -> anyhow::Result<(f64, f64, Duration)> {
     let tokens = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (g, t, lengths) = (graph.clone(), tokens.clone(), Arc::new(lengths.to_vec()));
+    let (g, t, lengths) = (door.clone(), tokens.clone(), Arc::new(lengths.to_vec()));
     let (_, wall) = drive(n, conc, move |i| {
         let (g, t, lengths) = (g.clone(), t.clone(), lengths.clone());
         async move {
@@ -84,15 +85,15 @@ pub async fn scaling(engine: EngineBench, counts: Vec<usize>, n: usize, parallel
     for count in counts {
         let workers = embedded_workers(&engine, count, parallel);
         let cfg = bench_config_with(&engine.model, engine.threads, 64, &[("WORKERS", workers.as_str())])?;
-        let (graph, node) = start(&cfg).await?;
-        let (cps, tps, wall) = run_mix(&graph, n, engine.inflight, &DEFAULT_MIX, engine.temperature).await?;
+        let (door, node) = start(&cfg).await?;
+        let (cps, tps, wall) = run_mix(&door, n, engine.inflight, &DEFAULT_MIX, engine.temperature).await?;
         let base_tps = *base.get_or_insert(tps);
         println!(
             "{count} worker(s): {cps:6.2} challenges/s, {tps:7.1} tokens/s, {:5.2} s  (x{:.2} of 1 worker)",
             wall.as_secs_f64(),
             tps / base_tps
         );
-        println!("  w0 {}", step_stats(&graph, "w0").await.summary());
+        println!("  w0 {}", step_stats(&door, "w0").await.summary());
         stop(node).await;
     }
     Ok(())
@@ -119,10 +120,10 @@ pub async fn batching(
     for p in parallel {
         let workers = embedded_workers(&engine, 1, p);
         let cfg = bench_config_with(&engine.model, engine.threads, 64, &[("WORKERS", workers.as_str())])?;
-        let (graph, node) = start(&cfg).await?;
-        let (cps, tps, wall) = run_mix(&graph, n, engine.inflight, &lengths, engine.temperature).await?;
+        let (door, node) = start(&cfg).await?;
+        let (cps, tps, wall) = run_mix(&door, n, engine.inflight, &lengths, engine.temperature).await?;
         let base_tps = *base.get_or_insert(tps);
-        let w = graph.worker_ref("w0").await.expect("worker");
+        let w = door.graph.worker_ref("w0").await.expect("worker");
         let snap = ractor::call_t!(w, WorkerMsg::Snapshot, 5000)?;
         println!(
             "n_parallel {p}: {cps:6.2} challenges/s, {tps:7.1} tokens/s, {:5.2} s, peak {} sequences at once (x{:.2})",
@@ -297,18 +298,18 @@ pub async fn recovery(model: PathBuf, runs: usize) -> anyhow::Result<()> {
     };
     let workers = embedded_workers(&engine, 1, 1);
     let cfg = bench_config_with(&model, 1, 8, &[("WORKERS", workers.as_str())])?;
-    let (graph, node) = start(&cfg).await?;
+    let (door, node) = start(&cfg).await?;
     println!("recovery: crash the only worker, then time until a challenge is answered by its replacement (default restart policy: first backoff 1 s)");
     let mut times = Vec::new();
     for _ in 0..runs {
-        let worker = graph.worker_ref("w0").await.expect("worker up");
+        let worker = door.graph.worker_ref("w0").await.expect("worker up");
         let crashed = Instant::now();
         worker.cast(WorkerMsg::CrashForTest)?;
         loop {
             let mut req = mix(0, &DEFAULT_MIX, 0.7);
             req.max_tokens = 1;
-            if graph.generate(req).await.is_ok()
-                && graph.worker_ref("w0").await.is_some_and(|w| w.get_id() != worker.get_id())
+            if door.generate(req).await.is_ok()
+                && door.graph.worker_ref("w0").await.is_some_and(|w| w.get_id() != worker.get_id())
             {
                 break;
             }

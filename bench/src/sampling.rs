@@ -1,4 +1,4 @@
-//! `loosh-miner bench sampling`: the cost of drawing one token with the validator's settings
+//! `loosh-bench sampling`: the cost of drawing one token with the validator's settings
 //! (temperature 0.7, top_p 0.95), llama.cpp's chain against [`TokenSampler`], in the same run.
 //!
 //! The old path is what the engine did per token: a candidate array built from the logits, then

@@ -1,4 +1,4 @@
-//! `bench process`: what running an engine in a child process costs, and how fast a dead child is
+//! `loosh-bench process`: what running an engine in a child process costs, and how fast a dead child is
 //! replaced. Two workers on the same model and device, one on a thread of the node and one in a
 //! child process, answer the same greedy challenges in turn (order alternating run by run), each
 //! sent straight to its worker so the scheduler does not pick; then the child is killed
@@ -8,14 +8,14 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use loosh_actors::graph::MinerGraph;
+use loosh_actors::front_door::FrontDoor;
 use loosh_actors::inference::request::{BackendError, Generation, GenerationRequest};
 use loosh_actors::settings::RestartPolicy;
 use loosh_actors::workers::worker::WorkerMsg;
 use ractor::ActorRef;
 
-use super::reference::BenchDevice;
-use super::{bench_config_with, start, stop};
+use crate::miner::{bench_config_with, start, stop};
+use crate::reference::BenchDevice;
 
 pub struct ProcessBench {
     pub model: PathBuf,
@@ -29,8 +29,8 @@ pub struct ProcessBench {
 
 const WORKERS: [&str; 2] = ["thread", "child"];
 
-async fn worker(graph: &MinerGraph, name: &str) -> anyhow::Result<ActorRef<WorkerMsg>> {
-    graph.worker_ref(name).await.with_context(|| format!("worker {name} is not running"))
+async fn worker(door: &FrontDoor, name: &str) -> anyhow::Result<ActorRef<WorkerMsg>> {
+    door.graph.worker_ref(name).await.with_context(|| format!("worker {name} is not running"))
 }
 
 async fn generate(w: &ActorRef<WorkerMsg>, request: GenerationRequest) -> anyhow::Result<Generation> {
@@ -53,7 +53,7 @@ pub async fn process(b: ProcessBench) -> anyhow::Result<()> {
         .collect();
     let workers = serde_json::to_string(&list)?;
     let cfg = bench_config_with(&b.model, b.threads, 8, &[("WORKERS", workers.as_str())])?;
-    let (graph, node) = start(&cfg).await?;
+    let (door, node) = start(&cfg).await?;
     println!(
         "process boundary: {} runs x {} tokens (greedy) on {}, {} thread(s), model {}; one worker on a thread, one in a child process, same requests in alternating order",
         b.runs,
@@ -68,7 +68,7 @@ pub async fn process(b: ProcessBench) -> anyhow::Result<()> {
         let prompt = format!("Run {run}. {}", b.prompt);
         let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
-            let w = worker(&graph, WORKERS[i]).await?;
+            let w = worker(&door, WORKERS[i]).await?;
             let mut req = GenerationRequest::one_turn(&prompt, b.max_tokens, Instant::now() + Duration::from_secs(120));
             req.temperature = 0.0;
             let submitted = Instant::now();
@@ -112,7 +112,7 @@ pub async fn process(b: ProcessBench) -> anyhow::Result<()> {
     );
     let policy = RestartPolicy::default();
     for death in 0..b.deaths {
-        let w = worker(&graph, "child").await?;
+        let w = worker(&door, "child").await?;
         let pid = ractor::call_t!(w, WorkerMsg::Snapshot, 5000)?.engine_pid.context("the child worker has no pid")?;
         let mut long =
             GenerationRequest::one_turn(&b.prompt, b.max_tokens.max(2000), Instant::now() + Duration::from_secs(120));
@@ -136,7 +136,7 @@ pub async fn process(b: ProcessBench) -> anyhow::Result<()> {
             "the held challenge should fail with WorkerGone, got {held:?}"
         );
         let answered = loop {
-            if let Some(fresh) = graph.worker_ref("child").await.filter(|f| f.get_id() != w.get_id()) {
+            if let Some(fresh) = door.graph.worker_ref("child").await.filter(|f| f.get_id() != w.get_id()) {
                 let req = GenerationRequest::one_turn("back?", 1, Instant::now() + Duration::from_secs(30));
                 if generate(&fresh, req).await.is_ok() {
                     break killed.elapsed();
