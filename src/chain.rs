@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use loosh_actors::chain::client::{ChainClient, ChainError};
+use loosh_actors::front_door::{ChainClient, ChainError};
 use loosh_actors::settings::ChainSettings;
 use loosh_actors::settings::Hotkey;
 use thiserror::Error;

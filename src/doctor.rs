@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use loosh_actors::chain::client::ChainClient;
-use loosh_actors::inference::openai::OpenAiClient;
-use loosh_actors::protocol::messages::unix_time_f64;
+use loosh_actors::front_door::{ChainClient, OpenAiClient};
 use loosh_actors::settings::EngineSpec;
 
 use crate::config::Config;
@@ -103,9 +101,8 @@ pub async fn run(cfg: &Config) -> bool {
             (Some(h), None) => r.ok("axon", format!("{}:{} on chain (set AXON_EXTERNAL_IP to let the node keep it current)", h.0, h.1)),
             (None, None) => r.fail("axon", "no axon on chain: validators cannot find you; run `loosh-miner post-ip` or set AXON_EXTERNAL_IP"),
         }
-        match chain.timestamp_ms().await {
-            Ok(ms) => {
-                let skew = unix_time_f64() - ms as f64 / 1000.0;
+        match chain.clock_skew_secs().await {
+            Ok(skew) => {
                 if skew.abs() <= MAX_CLOCK_SKEW_SECS {
                     r.ok("clock", format!("{skew:+.1} s from the chain's clock"));
                 } else {

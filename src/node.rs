@@ -89,14 +89,14 @@ impl Node {
         let placed: Vec<(String, String)> = parts.workers.iter().map(|w| (w.name.clone(), worker_place(w))).collect();
         let door = open_door(cfg, parts.workers, parts.auth.clone()).await?;
         for (name, place) in &placed {
-            let m = &door.metrics;
+            let m = door.metrics();
             m.worker_info.with_label_values(&[name, place]).set(1);
             // At zero from the start, so that a restart loop's alert has a series to rise from.
             m.worker_restarts.with_label_values(&[name]);
             m.engine_stalls.with_label_values(&[name]);
             m.worker_down.with_label_values(&[name]);
         }
-        crate::process_metrics::register(&door.metrics.registry)?;
+        crate::process_metrics::register(&door.metrics().registry)?;
         if let Some(url) = parts.chain_url {
             start_chain(&door, cfg, &parts.hotkey, url).await?;
         }

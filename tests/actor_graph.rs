@@ -138,7 +138,7 @@ async fn a_crashed_worker_is_restarted_while_its_sibling_keeps_answering() {
     .await;
     let fresh = g.graph.worker_ref("cpu0").await.unwrap();
     assert_ne!(fresh.get_id(), victim.get_id(), "a new actor took its place");
-    let metrics = g.metrics.render();
+    let metrics = g.metrics().render();
     assert!(metrics.contains("loosh_worker_restarts_total{worker=\"cpu0\"} 1"), "{metrics}");
     g.stop();
 }
@@ -169,7 +169,7 @@ async fn the_restart_intensity_limit_stops_a_crash_loop_and_availability_turns_f
         g.graph.generate(request("anyone?", 4, Duration::from_secs(5))).await,
         Err(ScheduleError::NoWorker)
     ));
-    assert!(g.metrics.render().contains("loosh_worker_down{worker=\"cpu0\"} 1"));
+    assert!(g.metrics().render().contains("loosh_worker_down{worker=\"cpu0\"} 1"));
     g.stop();
 }
 
@@ -222,7 +222,7 @@ async fn metrics_show_each_workers_step_time_by_phase_and_its_tokens() {
     let snap = ractor::call_t!(worker, WorkerMsg::Snapshot, 1000).unwrap();
     assert_eq!(snap.steps.tokens, u64::from(gen.completion_tokens));
     assert!(snap.steps.decode > Duration::ZERO && snap.steps.sampling > Duration::ZERO, "{snap:?}");
-    let text = g.metrics.render();
+    let text = g.metrics().render();
     let value = |series: &str| -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
@@ -344,14 +344,14 @@ async fn a_stalled_engine_is_failed_by_the_watchdog_and_its_restart_answers() {
         g.graph.generate(request("awake?", 4, Duration::from_secs(50))).await.is_ok(),
         "the restarted worker answers"
     );
-    let metrics = g.metrics.render();
+    let metrics = g.metrics().render();
     assert!(metrics.contains("loosh_engine_stalls_total{worker=\"cpu0\"} 1"), "{metrics}");
     assert!(metrics.contains("loosh_worker_restarts_total{worker=\"cpu0\"} 1"), "{metrics}");
     // The challenge the hung engine held waited for the restart and was answered by the fresh
     // engine, not left to its deadline.
     let answer = held.await.unwrap().expect("the held challenge is answered by the restarted worker");
     assert!(answer.completion_tokens > 0, "{answer:?}");
-    let metrics = g.metrics.render();
+    let metrics = g.metrics().render();
     assert!(metrics.contains("loosh_challenge_reruns_total{on=\"restarted\"} 1"), "{metrics}");
     g.stop();
 }

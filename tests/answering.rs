@@ -116,7 +116,7 @@ async fn seven_validators_under_mixed_load_get_text_or_a_prompt_refusal_never_an
         }
     }
 
-    let metrics = g.metrics.render();
+    let metrics = g.metrics().render();
     let count = |name: &str| -> f64 {
         metrics
             .lines()
@@ -166,8 +166,8 @@ async fn a_challenge_without_a_token_by_its_deadline_gets_504_not_an_empty_200()
         }
         other => panic!("expected 504, got {other:?}"),
     }
-    assert_eq!(g.metrics.no_answer.with_label_values(&["no_token"]).get(), 1);
-    assert_eq!(g.metrics.challenges.with_label_values(&["no_answer"]).get(), 1);
+    assert_eq!(g.metrics().no_answer.with_label_values(&["no_token"]).get(), 1);
+    assert_eq!(g.metrics().challenges.with_label_values(&["no_answer"]).get(), 1);
     node.stop().await;
     g.stop();
 }
@@ -222,9 +222,9 @@ async fn a_late_first_token_is_raced_on_the_idle_worker_and_the_fast_one_wins() 
     for _ in 0..2 {
         ttfts.extend(round(&g, 12).await);
     }
-    let hedges = g.metrics.hedges.get();
-    let won_by_hedge = g.metrics.hedge_wins.with_label_values(&["hedge"]).get();
-    let won_by_first = g.metrics.hedge_wins.with_label_values(&["first"]).get();
+    let hedges = g.metrics().hedges.get();
+    let won_by_hedge = g.metrics().hedge_wins.with_label_values(&["hedge"]).get();
+    let won_by_first = g.metrics().hedge_wins.with_label_values(&["first"]).get();
     assert!(hedges >= 1, "the slowed worker's challenges were hedged (ttfts {ttfts:?})");
     assert_eq!(won_by_first, 0, "the slowed worker never produced a token first");
     assert_eq!(won_by_hedge, hedges, "every hedge was won by the fast worker");

@@ -260,7 +260,7 @@ async fn registration_post_ip_and_the_heartbeats_axon_repost_against_a_real_chai
         reconnect_initial: Duration::from_millis(200),
         reconnect_max: Duration::from_secs(1),
     };
-    let validators = ValidatorSet::new(auth, g.keys.clone(), g.metrics.clone(), g.known_peers.clone());
+    let validators = ValidatorSet::new(auth, g.keys().clone(), g.metrics().clone(), g.known_peers.clone());
     let args = HeartbeatArgs { settings, hotkey: miner.clone(), validators };
     let (beat, _) = Actor::spawn(None, ChainHeartbeat, args).await.unwrap();
     ractor::call_t!(beat, HeartbeatMsg::SyncNow, 60_000).unwrap().unwrap();
@@ -271,7 +271,7 @@ async fn registration_post_ip_and_the_heartbeats_axon_repost_against_a_real_chai
         chain.axon_of(NETUID, miner.account_id()).await.unwrap().unwrap().addr(),
         Some(("10.0.0.2".parse().unwrap(), 8091))
     );
-    assert!(g.metrics.render().contains("loosh_axon_posts_total{result=\"rate_limited\"}"));
+    assert!(g.metrics().render().contains("loosh_axon_posts_total{result=\"rate_limited\"}"));
 
     // ...and once the window allows it, the heartbeat re-posts by itself.
     // (1, not 0: chopsticks treats a zero as "back to the default" of 50.)
@@ -286,11 +286,11 @@ async fn registration_post_ip_and_the_heartbeats_axon_repost_against_a_real_chai
     let status = ractor::call_t!(beat, HeartbeatMsg::Status, 5000).unwrap();
     assert_eq!(status.posted_axon, Some(("10.0.0.3".parse().unwrap(), 8092)));
     // Already matching: no further post.
-    let posts_before = g.metrics.render();
+    let posts_before = g.metrics().render();
     ractor::call_t!(beat, HeartbeatMsg::SyncNow, 60_000).unwrap().unwrap();
     assert_eq!(
         posts_before.lines().find(|l| l.starts_with("loosh_axon_posts_total{result=\"ok\"}")),
-        g.metrics
+        g.metrics()
             .render()
             .lines()
             .find(|l| l.starts_with("loosh_axon_posts_total{result=\"ok\"}"))

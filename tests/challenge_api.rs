@@ -126,31 +126,31 @@ async fn a_validator_dropped_from_the_active_list_loses_its_key_its_metrics_and_
     let key = FernetKey::generate().1;
     let home = std::net::IpAddr::from([203, 0, 113, 5]);
     for v in [&v1, &v2] {
-        g.keys.spend_nonce(v.ss58(), "n", Duration::from_secs(60)).await.unwrap();
-        g.keys.store_key(v.ss58(), "u", key.clone(), None).await.unwrap();
-        g.metrics.validators.key_exchanged(v.ss58());
-        g.metrics.validators.challenge(v.ss58(), "ok", 0.5);
+        g.keys().spend_nonce(v.ss58(), "n", Duration::from_secs(60)).await.unwrap();
+        g.keys().store_key(v.ss58(), "u", key.clone(), None).await.unwrap();
+        g.metrics().validators.key_exchanged(v.ss58());
+        g.metrics().validators.challenge(v.ss58(), "ok", 0.5);
         g.known_peers.record(v.ss58(), home);
     }
-    assert!(series_of(&g.metrics, v1.ss58()).iter().any(|l| l.starts_with("loosh_validator_challenges_total")));
+    assert!(series_of(g.metrics(), v1.ss58()).iter().any(|l| l.starts_with("loosh_validator_challenges_total")));
 
     // v1 leaves the list: its key is gone, its challenge is refused, and its series leave /metrics.
     *listing.lock().unwrap() = json!([v2.ss58()]);
     assert_eq!(ractor::call_t!(poller, ChallengeApiMsg::PollNow, 15_000).unwrap(), Ok(1));
-    assert!(g.keys.lookup(v1.ss58(), "u").is_none(), "v1's key reads as live after it left the list");
+    assert!(g.keys().lookup(v1.ss58(), "u").is_none(), "v1's key reads as live after it left the list");
     let token = key.encrypt(br#"{"prompt": "hello", "max_tokens": 8}"#);
     assert_eq!(
         g.answer_challenge(v1.ss58(), "u", token.as_bytes(), Instant::now()).await,
         Err(ChallengeError::Forbidden),
         "a challenge from a validator that left the list is refused (403)"
     );
-    assert_eq!(series_of(&g.metrics, v1.ss58()), Vec::<String>::new(), "v1's series outlived its admission");
+    assert_eq!(series_of(g.metrics(), v1.ss58()), Vec::<String>::new(), "v1's series outlived its admission");
     assert!(!g.known_peers.is_known(v1.ss58(), home), "v1's proven address outlived its admission");
 
     // v2, still listed, keeps its key and its series.
-    assert!(g.keys.lookup(v2.ss58(), "u").is_some());
+    assert!(g.keys().lookup(v2.ss58(), "u").is_some());
     assert!(g.known_peers.is_known(v2.ss58(), home));
-    assert!(series_of(&g.metrics, v2.ss58()).iter().any(|l| l.starts_with("loosh_validator_challenges_total")));
+    assert!(series_of(g.metrics(), v2.ss58()).iter().any(|l| l.starts_with("loosh_validator_challenges_total")));
 
     poller.stop(None);
     g.stop();

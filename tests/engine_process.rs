@@ -89,7 +89,7 @@ async fn back_and_answering(g: &FrontDoor, name: &str, old_pid: u32) -> u32 {
 
 /// The metric line for this worker's engine deaths by `reason`, if any.
 fn exits(g: &FrontDoor, worker: &str, reason: &str) -> Option<f64> {
-    g.metrics.render().lines().find_map(|l| {
+    g.metrics().render().lines().find_map(|l| {
         let rest = l.strip_prefix("loosh_engine_process_exits_total{")?;
         let (labels, value) = rest.split_once("} ")?;
         (labels.contains(&format!("worker=\"{worker}\"")) && labels.contains(&format!("reason=\"{reason}\"")))
@@ -142,7 +142,7 @@ async fn an_engine_that_aborts_mid_generation_costs_one_worker_and_its_challenge
     wait_for("the abort to be counted", LOAD, || async { exits(&g, &victim, "signal 6") == Some(1.0) }).await;
     let fresh_pid = back_and_answering(&g, &victim, victim_pid).await;
     assert!(!process_exists(victim_pid), "the dead child was reaped");
-    let metrics = g.metrics.render();
+    let metrics = g.metrics().render();
     assert!(metrics.contains(&format!("loosh_worker_restarts_total{{worker=\"{victim}\"}} 1")), "{metrics}");
     stop_and_expect_no_child(g, &[pids[0], pids[1], fresh_pid]).await;
 }
@@ -222,7 +222,7 @@ async fn a_hung_engine_process_is_killed_by_the_watchdog_and_replaced() {
     wait_for("the hung child to be killed and reaped", LOAD, || async { !process_exists(pid) }).await;
     wait_for("cpu0 to be back", LOAD, || async { ready_workers(&g).await == 1 }).await;
     assert!(g.graph.generate(request("awake?", 4, Duration::from_secs(50))).await.is_ok(), "the fresh child answers");
-    let metrics = g.metrics.render();
+    let metrics = g.metrics().render();
     assert!(metrics.contains("loosh_engine_stalls_total{worker=\"cpu0\"} 1"), "{metrics}");
     assert!(metrics.contains("loosh_challenge_reruns_total{on=\"restarted\"} 1"), "{metrics}");
     wait_for("the kill to be counted", LOAD, || async { exits(&g, "cpu0", "signal 9") == Some(1.0) }).await;
@@ -277,7 +277,7 @@ async fn a_child_engines_step_counters_reach_the_snapshot_and_metrics_before_its
     assert_eq!((snap.served, snap.n_parallel, snap.active), (1, 2, 0), "{snap:?}");
     assert_eq!(snap.steps.tokens, u64::from(gen.completion_tokens));
     assert!(snap.steps.decode > Duration::ZERO && snap.steps.sampling > Duration::ZERO, "{snap:?}");
-    let text = g.metrics.render();
+    let text = g.metrics().render();
     assert!(
         text.contains(&format!("loosh_engine_tokens_total{{worker=\"cpu0\"}} {}", gen.completion_tokens)),
         "{text}"

@@ -117,7 +117,7 @@ async fn the_rust_validator_client_re_handshakes_after_the_miner_forgets_its_key
 
     // The miner drops the validator's keys (as when it loses its permit): the next challenge gets a
     // 401 carrying the public key, and the client's one retry after a re-handshake succeeds.
-    g.keys.revoke(client.hotkey().ss58());
+    g.keys().revoke(client.hotkey().ss58());
     match client.challenge_once(&body).await {
         Err(ClientError::Status { status: 401, body, .. }) => {
             let v: Value = serde_json::from_str(&body).unwrap();
@@ -192,10 +192,10 @@ async fn after_the_scheduler_crashes_challenges_are_answered_again() {
 async fn after_the_key_registry_crashes_a_validator_exchanges_a_key_again_and_is_answered() {
     let (g, n, mut client, body) = answering_before_a_crash().await;
 
-    let first = g.keys.registry();
+    let first = g.keys().registry();
     first.cast(loosh_actors::session::registry::KeyRegistryMsg::CrashForTest).unwrap();
-    wait_for("a new key registry", LOAD, || async { g.keys.registry().get_id() != first.get_id() }).await;
-    assert_eq!(g.keys.sessions(), 0, "the crashed registry's sessions are gone from the index");
+    wait_for("a new key registry", LOAD, || async { g.keys().registry().get_id() != first.get_id() }).await;
+    assert_eq!(g.keys().sessions(), 0, "the crashed registry's sessions are gone from the index");
     match client.challenge_once(&body).await {
         Err(ClientError::Status { status: 401, body, .. }) => {
             let v: Value = serde_json::from_str(&body).unwrap();
@@ -207,7 +207,7 @@ async fn after_the_key_registry_crashes_a_validator_exchanges_a_key_again_and_is
     client.handshake().await.expect("a key exchange with the new registry");
     let (reply, _) = client.challenge_once(&body).await.expect("200 under the new key");
     assert!(reply.usage.completion_tokens >= 1);
-    assert_eq!(g.keys.sessions(), 1);
+    assert_eq!(g.keys().sessions(), 1);
     n.stop().await;
     g.stop();
 }

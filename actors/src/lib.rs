@@ -1,7 +1,9 @@
 //! The loosh-miner engine: the actor graph and the work it runs.
 //!
 //! The node holds one thing of it, the [`front_door::FrontDoor`], and configures it with the types
-//! in [`settings`]; `/metrics` renders [`metrics`]. Everything else is the engine's own.
+//! in [`settings`]; `/metrics` renders [`metrics`]. The operator's checks (registration, `post-ip`,
+//! `doctor`) take the chain and backend clients from the front door too. Everything else is the
+//! engine's own; the benchmarks (`loosh-bench`) name each step they take past the door.
 //!
 //! One challenge, file by file:
 //! 1. `front_door/challenge.rs` — [`front_door::FrontDoor::answer_challenge`]: authorization

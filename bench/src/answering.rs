@@ -158,7 +158,7 @@ async fn mixed_load(
         fates.extend(t.await??);
     }
     stop(node).await;
-    let refused = |reason: &str| door.metrics.admission_refusals.with_label_values(&[reason]).get();
+    let refused = |reason: &str| door.metrics().admission_refusals.with_label_values(&[reason]).get();
     let reasons = format!(
         "refused at admission: {} full, {} too late, {} wait, {} slowdown",
         refused("full"),
@@ -229,8 +229,8 @@ async fn slowed_worker(plan: &AnsweringPlan) -> anyhow::Result<()> {
             if hedging { "hedging" } else { "no hedging" },
             quantile(ttfts.clone(), 0.5),
             quantile(ttfts, 0.99),
-            door.metrics.hedges.get(),
-            door.metrics.hedge_wins.with_label_values(&["hedge"]).get(),
+            door.metrics().hedges.get(),
+            door.metrics().hedge_wins.with_label_values(&["hedge"]).get(),
         );
         stop(node).await;
     }

@@ -150,13 +150,13 @@ async fn protocol_attacks(plan: &AttackPlan) -> anyhow::Result<()> {
 
 async fn replay_attack(door: &FrontDoor, url: &str, plan: &AttackPlan, alone: &Honest) -> anyhow::Result<()> {
     let url = url.to_string();
-    let rsa_before = door.metrics.rsa_operations.get();
+    let rsa_before = door.metrics().rsa_operations.get();
     let replay = tokio::spawn(replay_flood(url.clone(), plan.replays, plan.concurrency));
     let honest = honest_rounds(&url, plan.honest, Some(&replay)).await?;
     let statuses = replay.await??;
     // Each honest round's key exchange is one RSA operation of its own.
     let rsa_for_flood =
-        (door.metrics.rsa_operations.get() - rsa_before).saturating_sub((honest.rounds + honest.errors) as u64);
+        (door.metrics().rsa_operations.get() - rsa_before).saturating_sub((honest.rounds + honest.errors) as u64);
     println!(
         "replay flood:    honest p50 {:7.1} ms p99 {:7.1} ms (alone p99 {:.1} ms), {} rounds, errors {}; {} replays of one signed exchange: RSA ops {rsa_for_flood}, statuses {}",
         honest.p50_ms, honest.p99_ms, alone.p99_ms, honest.rounds, honest.errors, plan.replays, show(&statuses)

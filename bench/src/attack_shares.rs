@@ -119,7 +119,7 @@ pub async fn shares(plan: SharePlan) -> anyhow::Result<()> {
 
     if plan.replay_many {
         // replay-many: the captured exchange from 16 addresses, all at once, while the validator works.
-        let rsa_before = door.metrics.rsa_operations.get();
+        let rsa_before = door.metrics().rsa_operations.get();
         let mut replayers = Vec::new();
         for n in 2..18 {
             let (url, captured, per) = (url.clone(), captured.clone(), plan.replays_per_address);
@@ -147,7 +147,7 @@ pub async fn shares(plan: SharePlan) -> anyhow::Result<()> {
             format!(
                 "{} replays from 16 addresses: statuses {statuses}, RSA ops {}",
                 16 * plan.replays_per_address,
-                door.metrics.rsa_operations.get() - rsa_before
+                door.metrics().rsa_operations.get() - rsa_before
             ),
         );
     }

@@ -40,7 +40,7 @@ pub async fn challenge(
     if let Some(hotkey) = req.headers().get(HOTKEY_HEADER).and_then(|v| v.to_str().ok()).map(str::trim) {
         if state.door.auth.is_listed(hotkey) {
             let outcome = result.as_ref().map_or_else(outcome_of, |_| "ok");
-            state.door.metrics.validators.challenge(hotkey, outcome, arrival.elapsed().as_secs_f64());
+            state.door.metrics().validators.challenge(hotkey, outcome, arrival.elapsed().as_secs_f64());
         }
     }
     result
@@ -81,7 +81,7 @@ async fn handle(
 ) -> Result<HttpResponse, ApiError> {
     let g = &state.door;
     let refused = |e: ApiError| {
-        let m = &g.metrics;
+        let m = g.metrics();
         match &e {
             ApiError::Challenge(c) => m.challenges.with_label_values(&[c.outcome()]).inc(),
             ApiError::TooLarge { .. } | ApiError::BodyTimeout { .. } => {
@@ -101,7 +101,7 @@ async fn handle(
     g.check_caller(hotkey).map_err(|e| refused(e.into()))?;
     // An unknown key is refused before the body is read: it gets its 401 (with our public key)
     // without the server reading up to MAX_BODY_BYTES for nothing.
-    if g.keys.lookup(hotkey, uuid).is_none() {
+    if g.keys().lookup(hotkey, uuid).is_none() {
         let public_key = g.rsa.public_pem().to_string();
         return Err(refused(loosh_actors::front_door::challenge::ChallengeError::UnknownKey { public_key }.into()));
     }

@@ -162,7 +162,7 @@ pub struct ConnTracker {
 
 impl ConnTracker {
     pub fn new(limits: ConnLimits, header_deadline: Duration, door: FrontDoor) -> Arc<Self> {
-        let metrics = ConnMetrics::new(&door.metrics.registry);
+        let metrics = ConnMetrics::new(&door.metrics().registry);
         Arc::new(Self {
             limits,
             header_deadline,

@@ -34,8 +34,8 @@ pub async fn key_exchange(
                 ApiError::BodyTimeout { .. } => "body_timeout",
                 _ => "malformed",
             };
-            state.door.metrics.rejected_requests.with_label_values(&["key-exchange", reason]).inc();
-            state.door.metrics.handshakes.with_label_values(&["malformed"]).inc();
+            state.door.metrics().rejected_requests.with_label_values(&["key-exchange", reason]).inc();
+            state.door.metrics().handshakes.with_label_values(&["malformed"]).inc();
             Err(e)
         }
     };
@@ -43,7 +43,7 @@ pub async fn key_exchange(
         Ok(hotkey) => {
             tracing::info!(validator = %hotkey, "symmetric key exchanged");
             if state.door.auth.is_listed(hotkey) {
-                state.door.metrics.validators.key_exchanged(hotkey);
+                state.door.metrics().validators.key_exchanged(hotkey);
             }
         }
         Err(e) => {

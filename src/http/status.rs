@@ -32,7 +32,7 @@ pub async fn availability(state: web::Data<AppState>, req: HttpRequest) -> Resul
     }
     let reason = unavailable_reason(&state);
     if let Some(hotkey) = claimed.filter(|h| state.door.auth.is_listed(h)) {
-        state.door.metrics.validators.availability_answered(hotkey, reason.is_none());
+        state.door.metrics().validators.availability_answered(hotkey, reason.is_none());
     }
     Ok(match reason {
         None => HttpResponse::Ok().json(json!({ "available": true })),
@@ -47,7 +47,7 @@ fn unavailable(reason: &str) -> HttpResponse {
 /// Why `/availability` would say `false` now (`None`: it says `true`); kept in `loosh_available`.
 fn unavailable_reason(state: &AppState) -> Option<&'static str> {
     let reason = state.door.auth.unavailable_reason().or_else(|| state.door.status_now().availability().err());
-    state.door.metrics.available.set(i64::from(reason.is_none()));
+    state.door.metrics().available.set(i64::from(reason.is_none()));
     reason
 }
 
@@ -80,8 +80,8 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
 
 #[get("/metrics")]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let m = &state.door.metrics;
-    m.key_sessions.set(state.door.keys.sessions() as i64);
+    let m = state.door.metrics();
+    m.key_sessions.set(state.door.keys().sessions() as i64);
     unavailable_reason(&state);
     for validator in state.door.auth.listed() {
         m.validators.listed(&validator);

@@ -130,6 +130,13 @@ impl ChainClient {
         self.head().await?.timestamp_ms().await
     }
 
+    /// How far this host's clock runs ahead of the chain's latest block, in seconds (negative:
+    /// behind). Validators' Fernet refuses tokens stamped over 60 s ahead, so `doctor` reads it.
+    pub async fn clock_skew_secs(&self) -> Result<f64, ChainError> {
+        let chain_ms = self.timestamp_ms().await?;
+        Ok(crate::protocol::messages::unix_time_f64() - chain_ms as f64 / 1000.0)
+    }
+
     pub async fn uid_of(&self, netuid: u16, account: [u8; 32]) -> Result<Option<u16>, ChainError> {
         self.head().await?.uid_of(netuid, account).await
     }

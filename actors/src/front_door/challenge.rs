@@ -212,8 +212,8 @@ impl FrontDoor {
     ) -> Result<Vec<u8>, ChallengeError> {
         let result = self.answer_challenge_inner(hotkey, uuid, token, arrival).await;
         let outcome = result.as_ref().map_or_else(ChallengeError::outcome, |_| "ok");
-        self.metrics.challenges.with_label_values(&[outcome]).inc();
-        self.metrics.challenge_latency.observe(arrival.elapsed().as_secs_f64());
+        self.metrics().challenges.with_label_values(&[outcome]).inc();
+        self.metrics().challenge_latency.observe(arrival.elapsed().as_secs_f64());
         result
     }
 
@@ -226,7 +226,7 @@ impl FrontDoor {
     ) -> Result<Vec<u8>, ChallengeError> {
         self.check_caller(hotkey)?;
         let entry = self
-            .keys
+            .keys()
             .lookup(hotkey, uuid)
             .ok_or_else(|| ChallengeError::UnknownKey { public_key: self.rsa.public_pem().to_string() })?;
         let key = entry.key;
@@ -309,7 +309,7 @@ impl FrontDoor {
         arrival: Instant,
         validator: Option<&str>,
     ) -> Result<ChallengeReply, ChallengeError> {
-        self.metrics.count_model_hint(req.model.as_deref());
+        self.metrics().count_model_hint(req.model.as_deref());
         limits::check(&req)?;
         // Read here for every backend, so that a `tool_choice` no server could honour is refused
         // before any work; the embedded engine reads it again to honour it.
@@ -353,7 +353,7 @@ impl FrontDoor {
         })?;
         let inference_end = unix_time_f64();
 
-        let m = &self.metrics;
+        let m = &self.metrics();
         m.tokens_generated.inc_by(u64::from(gen.completion_tokens));
         m.prompt_tokens.inc_by(u64::from(gen.prompt_tokens));
         if gen.cut_by_deadline {

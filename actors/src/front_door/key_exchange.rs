@@ -100,7 +100,7 @@ impl FrontDoor {
     pub async fn exchange_key(&self, body: &[u8], peer: Option<IpAddr>) -> Result<String, KeyExchangeError> {
         let result = self.exchange_key_inner(body, peer).await;
         let outcome = result.as_ref().map_or_else(KeyExchangeError::outcome, |_| "ok");
-        self.metrics.handshakes.with_label_values(&[outcome]).inc();
+        self.metrics().handshakes.with_label_values(&[outcome]).inc();
         result
     }
 
@@ -162,7 +162,7 @@ impl FrontDoor {
         // be replayed after a shorter memory expires.
         let ahead = Duration::from_secs_f64((ts - now).max(0.0));
         let remember_for = ahead + s.max_timestamp_age;
-        self.keys.spend_nonce(&hotkey, &ke.nonce, remember_for).await.map_err(|e| match e {
+        self.keys().spend_nonce(&hotkey, &ke.nonce, remember_for).await.map_err(|e| match e {
             KeyStoreError::Refused(StoreError::ReplayedNonce) => KeyExchangeError::Replay,
             KeyStoreError::Refused(StoreError::TooManyExchanges) => {
                 KeyExchangeError::TooManyExchanges { retry_after_secs: s.max_timestamp_age.as_secs().max(1) }
@@ -181,7 +181,7 @@ impl FrontDoor {
             RsaPoolError::Unwrap(_) => KeyExchangeError::KeyUnwrap,
         })?;
         let key = FernetKey::from_key_text(&key_text).map_err(|_| KeyExchangeError::KeyUnwrap)?;
-        self.keys.store_key(&hotkey, &ke.symmetric_key_uuid, key, peer).await.map_err(|e| match e {
+        self.keys().store_key(&hotkey, &ke.symmetric_key_uuid, key, peer).await.map_err(|e| match e {
             KeyStoreError::Refused(StoreError::UuidTaken) => KeyExchangeError::UuidTaken,
             other => KeyExchangeError::Unavailable(other.to_string()),
         })?;
@@ -201,7 +201,7 @@ impl FrontDoor {
             Recorded::Known => "known",
             Recorded::NewAddress => "new",
         };
-        self.metrics.exchange_addresses.with_label_values(&[kind]).inc();
+        self.metrics().exchange_addresses.with_label_values(&[kind]).inc();
         if matches!(kind, "new" | "elsewhere") {
             if let Some(suppressed) = self.known_peers.admit_log() {
                 tracing::warn!(

@@ -46,6 +46,11 @@ pub use crate::graph::{GraphError, GraphFailure};
 pub use crate::inference::request::{Generation, GenerationRequest};
 pub use crate::scheduler::{ScheduleError, SchedulerStatus};
 pub use crate::workers::supervisor::{WorkerChanges, WorkerPhase, WorkerStatus};
+// What the operator's checks ask of the parties the engine talks to, outside a running graph: the
+// chain (the registration check at start, `post-ip`, `doctor`'s reads) and a backend server's
+// health (`doctor`). Named here so that the node keeps to the door when the engine's rooms move.
+pub use crate::chain::client::{ChainClient, ChainError};
+pub use crate::inference::openai::OpenAiClient;
 
 /// Why the door could not open.
 #[derive(Debug, thiserror::Error)]
@@ -110,9 +115,6 @@ pub struct FrontDoor {
     /// Who may key-exchange and send challenges.
     pub auth: Arc<ValidatorAuth>,
     pub rsa: RsaPool,
-    /// The validators' live keys (the graph's key registry writes them).
-    pub keys: KeyStore,
-    pub metrics: Arc<Metrics>,
     /// The addresses each validator has completed a signed exchange from.
     pub known_peers: Arc<KnownPeers>,
     door: Arc<DoorSettings>,
@@ -123,6 +125,16 @@ pub struct FrontDoor {
 }
 
 impl FrontDoor {
+    /// The validators' live keys (the graph's key registry writes them).
+    pub fn keys(&self) -> &KeyStore {
+        &self.graph.keys
+    }
+
+    /// The engine's metrics registry (`/metrics`).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.graph.metrics
+    }
+
     /// Spawns the actor graph and opens the door in front of it. Workers load their models in
     /// the background: `/availability` turns true once one is ready.
     ///
@@ -133,8 +145,6 @@ impl FrontDoor {
         let graph = MinerGraph::spawn(graph).await?;
         Ok(Self {
             rsa: RsaPool::new(rsa, door.rsa_slots, graph.metrics.rsa_operations.clone()),
-            keys: graph.keys.clone(),
-            metrics: graph.metrics.clone(),
             auth,
             known_peers: Default::default(),
             verify_slots: Arc::new(Semaphore::new(door.verify_slots.max(1))),
@@ -148,7 +158,7 @@ impl FrontDoor {
     /// The allowed set with the keys, metrics and proven addresses it governs: what the chain
     /// actors and a reload change it through, so that a validator no longer allowed loses all.
     pub fn validators(&self) -> ValidatorSet {
-        ValidatorSet::new(self.auth.clone(), self.keys.clone(), self.metrics.clone(), self.known_peers.clone())
+        ValidatorSet::new(self.auth.clone(), self.keys().clone(), self.metrics().clone(), self.known_peers.clone())
     }
 
     /// Starts the chain heartbeat under the graph's root (restarted if it crashes).
@@ -251,7 +261,7 @@ impl FrontDoor {
             (Some(limits), Some(ip)) => {
                 let result = limits.check_ip(route, ip, names_a_validator);
                 if result.is_err() {
-                    self.metrics.rate_limited.with_label_values(&[route.name()]).inc();
+                    self.metrics().rate_limited.with_label_values(&[route.name()]).inc();
                 }
                 result
             }
@@ -265,7 +275,7 @@ impl FrontDoor {
             Some(limits) => {
                 let result = limits.check_hotkey(hotkey);
                 if result.is_err() {
-                    self.metrics.rate_limited.with_label_values(&["hotkey"]).inc();
+                    self.metrics().rate_limited.with_label_values(&["hotkey"]).inc();
                 }
                 result
             }

@@ -74,7 +74,7 @@ impl FrontDoor {
                 Share { bucket: format!("{hotkey}@{ip}"), cap: full, elsewhere: false, pool: None }
             }
             Some((ip, AddressStanding::Unreported)) => {
-                let mut addresses = self.keys.live_origins(hotkey);
+                let mut addresses = self.keys().live_origins(hotkey);
                 if !addresses.iter().any(|(a, _)| *a == ip) {
                     // An exchange, before its key is stored: the newest address.
                     addresses.push((ip, std::time::Instant::now()));
