@@ -85,7 +85,7 @@ pub async fn run(cfg: &Config) -> bool {
         match chain.uid_of(cfg.chain.netuid, hotkey.account_id()).await {
             Ok(Some(uid)) => r.ok("registered", format!("uid {uid} on subnet {}", cfg.chain.netuid)),
             // The start-up error's text: the btcli command with the network and netuid in use.
-            Ok(None) => r.fail("registered", crate::chain::StartError::not_registered(cfg, hotkey)),
+            Ok(None) => r.fail("registered", crate::registration::StartError::not_registered(cfg, hotkey)),
             Err(e) => r.fail("registered", e),
         }
         let held = chain.axon_of(cfg.chain.netuid, hotkey.account_id()).await.ok().flatten().and_then(|a| a.addr());

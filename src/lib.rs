@@ -7,7 +7,6 @@
 //! all; `client::validator` speaks the protocol from the validator's side for `probe`, the
 //! benchmarks (the `loosh-bench` crate, which starts a node through this library) and the tests.
 
-pub mod chain;
 pub mod client;
 pub mod config;
 pub mod doctor;
@@ -16,4 +15,5 @@ pub mod logging;
 pub mod managed_server;
 pub mod node;
 pub mod process_metrics;
+pub mod registration;
 pub mod wallet;

@@ -6,7 +6,7 @@ mod commands;
 mod reload;
 
 use clap::{Parser, Subcommand};
-use loosh_miner::{chain, wallet};
+use loosh_miner::{registration, wallet};
 
 #[derive(Parser)]
 #[command(name = "loosh-miner", version, about = "Bittensor subnet 78 (Loosh) miner")]
@@ -78,7 +78,7 @@ fn is_configuration_error(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
         cause.is::<loosh_miner::config::ConfigError>()
             || cause.is::<wallet::WalletError>()
-            || cause.downcast_ref::<chain::StartError>().is_some_and(chain::StartError::is_configuration)
+            || cause.downcast_ref::<registration::StartError>().is_some_and(registration::StartError::is_configuration)
             || cause.downcast_ref::<loosh_miner::node::ListenError>().is_some_and(|e| e.is_configuration())
     })
 }

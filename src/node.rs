@@ -167,7 +167,7 @@ impl ListenError {
 
 /// The heartbeat under the graph's root, and the Challenge API poller when `CHALLENGE_API_URL` is set.
 async fn start_chain(door: &FrontDoor, cfg: &Config, hotkey: &Hotkey, url: String) -> anyhow::Result<()> {
-    door.start_chain(crate::chain::settings(cfg, url), hotkey.clone()).await?;
+    door.start_chain(crate::registration::heartbeat_settings(cfg, url), hotkey.clone()).await?;
     start_challenge_api(door, cfg, hotkey).await
 }
 

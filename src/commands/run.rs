@@ -10,7 +10,7 @@ use loosh_miner::config::workers;
 use loosh_miner::config::{Config, Source};
 use loosh_miner::managed_server::ManagedServers;
 use loosh_miner::node::{Node, NodeParts};
-use loosh_miner::{chain, wallet};
+use loosh_miner::{registration, wallet};
 
 use crate::EXIT_SOFTWARE;
 
@@ -129,7 +129,7 @@ pub fn run(dev: bool) -> anyhow::Result<()> {
         let (mut src, mut cfg) = (src, cfg);
         let chain_cfg = cfg.clone();
         let mut waiting_for_chain = chain_url.is_some();
-        let chain_check = chain::connect_and_check(&chain_cfg, &hotkey, chain::Retry::Forever);
+        let chain_check = registration::connect_and_check(&chain_cfg, &hotkey, registration::Retry::Forever);
         tokio::pin!(chain_check);
         let outcome: anyhow::Result<()> = loop {
             tokio::select! {

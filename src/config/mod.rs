@@ -82,7 +82,7 @@ pub struct Config {
     /// The heartbeat's: `NETUID`, `METAGRAPH_SYNC_BLOCKS`, `CHAIN_POLL_SECONDS`,
     /// `MIN_VALIDATOR_STAKE` (in rao), `AXON_EXTERNAL_IP` / `AXON_EXTERNAL_PORT` (the address the
     /// node posts itself). Its `url` is empty here: the endpoint is the one that answers at start
-    /// ([`Config::chain_url`], then `crate::chain::settings`).
+    /// ([`Config::chain_url`], then `crate::registration::heartbeat_settings`).
     pub chain: ChainSettings,
     /// The HTTP server's: body sizes and read timeouts, `KEEP_ALIVE_SECONDS`, `MAX_CONNECTIONS`
     /// (and per address), `/inference`, where `/health` and `/metrics` are served (`METRICS_HOST`,

@@ -172,7 +172,7 @@ fn trusted_proxies(src: &Source) -> Result<Vec<std::net::IpAddr>, ConfigError> {
 }
 
 /// The heartbeat's settings but its endpoint (`url` stays empty here: it is the endpoint that
-/// answered at start, see `crate::chain::settings`). `AXON_EXTERNAL_PORT` defaults to `API_PORT`.
+/// answered at start, see `crate::registration::heartbeat_settings`). `AXON_EXTERNAL_PORT` defaults to `API_PORT`.
 pub(super) fn chain(src: &Source, api_port: u16) -> Result<ChainSettings, ConfigError> {
     let netuid = src.parse("NETUID", 78, "a subnet number (0-65535)")?;
     let alpha: f64 = src.parse("MIN_VALIDATOR_STAKE", 0.0, "an amount of alpha (>= 0)")?;

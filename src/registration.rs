@@ -1,5 +1,7 @@
-//! The node's use of the chain at start and from the command line: checking registration,
-//! `post-ip`, and the heartbeat's settings.
+//! The operator's hotkey on the chain, at start and from the command line: the registration check
+//! (with the `btcli` command that fixes a missing registration), `post-ip`, and the heartbeat's
+//! settings at the endpoint that answered. The chain client itself is the engine's
+//! (`actors/src/chain/`), taken from the front door.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -24,7 +26,7 @@ pub enum StartError {
 }
 
 /// The heartbeat's settings: the configuration's, at `url`, the endpoint that answered.
-pub fn settings(cfg: &Config, url: String) -> ChainSettings {
+pub fn heartbeat_settings(cfg: &Config, url: String) -> ChainSettings {
     ChainSettings { url, ..cfg.chain.clone() }
 }
 
