@@ -121,7 +121,9 @@ async fn mixed_load(
             ("ADMISSION_MAX_WAIT_MS", wait_cap.as_str()),
         ],
     )?;
-    let (door, node) = start(&cfg).await?;
+    let node = start(&cfg).await?;
+    // Kept past the stop: the refusal counters are read once the node has stopped.
+    let door = node.door.clone();
     let url = format!("http://{}", node.addr);
     let mut clients = Vec::new();
     for _ in 0..plan.validators {
@@ -193,7 +195,8 @@ async fn slowed_worker(plan: &AnsweringPlan) -> anyhow::Result<()> {
             10,
             &[("WORKERS", workers.as_str()), ("HEDGING", if hedging { "true" } else { "false" })],
         )?;
-        let (door, node) = start(&cfg).await?;
+        let node = start(&cfg).await?;
+        let door = &node.door;
         let round = |door: FrontDoor| async move {
             let mut tasks = Vec::new();
             for i in 0..8 {

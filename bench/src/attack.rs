@@ -118,7 +118,8 @@ pub async fn attack(plan: AttackPlan) -> anyhow::Result<()> {
 /// Issue 9's attacks (those of them in the plan), on one node.
 async fn protocol_attacks(plan: &AttackPlan) -> anyhow::Result<()> {
     let cfg = bench_config(&plan.model, plan.threads, 16)?;
-    let (door, node) = start(&cfg).await?;
+    let node = start(&cfg).await?;
+    let door = &node.door;
     let addr = node.addr;
     let url = format!("http://{addr}");
     println!(
@@ -134,7 +135,7 @@ async fn protocol_attacks(plan: &AttackPlan) -> anyhow::Result<()> {
 
     // (a) Replay flood.
     if plan.attacks.contains(&AttackKind::Replay) {
-        replay_attack(&door, &url, plan, &alone).await?;
+        replay_attack(door, &url, plan, &alone).await?;
     }
     // (b) Stalled bodies.
     if plan.attacks.contains(&AttackKind::Stalled) {

@@ -110,7 +110,7 @@ pub async fn stop_list(model: &Path, threads: i32, rounds: usize, max_tokens: u3
     // One worker generating three challenges at once: the honest validator's and the attacker's
     // two share its engine thread.
     let cfg = bench_config_with(model, threads, 16, &[("LLAMA_PARALLEL", "3")])?;
-    let (_door, node) = start(&cfg).await?;
+    let node = start(&cfg).await?;
     let url = format!("http://{}", node.addr);
     let alone = honest_pace(&url, rounds, max_tokens).await?;
 
@@ -176,7 +176,7 @@ pub async fn hostile_backend(model: &Path, threads: i32) -> anyhow::Result<()> {
         hostile_backend::MODEL
     );
     let cfg = bench_config_with(model, threads, 16, &[("WORKERS", workers.as_str())])?;
-    let (_door, node) = start(&cfg).await?;
+    let node = start(&cfg).await?;
     let url = format!("http://{}", node.addr);
     memory_guard(2048.0);
     let mut client = ValidatorClient::new(&url, Hotkey::ephemeral());

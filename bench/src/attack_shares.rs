@@ -100,7 +100,8 @@ pub async fn shares(plan: SharePlan) -> anyhow::Result<()> {
         ],
     )?;
     let auth = Arc::new(ValidatorAuth::new(true, [validator.ss58().to_string()]));
-    let (door, node) = start_with_auth(&cfg, auth.clone()).await?;
+    let node = start_with_auth(&cfg, auth.clone()).await?;
+    let door = &node.door;
     let url = format!("http://{}", node.addr);
     println!(
         "share attacks: allow list = the honest validator (127.0.0.1), rate limits on, MAX_CONCURRENT_REQUESTS 10, {} in flight per validator share; attacker on 127.0.0.2+",

@@ -35,7 +35,8 @@ pub(crate) async fn inference(
         engine.prefix_cache,
     )])?;
     let cfg = bench_config_with(&engine.model, engine.threads, engine.inflight, &[("WORKERS", workers.as_str())])?;
-    let (door, node) = start(&cfg).await?;
+    let node = start(&cfg).await?;
+    let door = &node.door;
     let url = format!("http://{}", node.addr);
 
     // The direct reference lives on its own thread, like the worker's engine.
@@ -96,7 +97,7 @@ pub(crate) async fn inference(
             .await?;
         let g_first = g.first_token_at.map(|f| f.duration_since(submitted)).unwrap_or_default();
         if run == 0 {
-            before = step_stats(&door, "w0").await;
+            before = step_stats(door, "w0").await;
             continue; // warm-up
         }
         d_tps.push(n as f64 / total.as_secs_f64());
@@ -122,8 +123,8 @@ pub(crate) async fn inference(
     };
     let (dt, mt, df, gf) = (med(&mut d_tps), med(&mut m_tps), med(&mut d_ttft), med(&mut g_ttft));
     println!("median: direct {dt:.1} tok/s, miner {mt:.1} tok/s (ratio {:.3}); ttft direct {df:.1} ms, via the front door {gf:.1} ms ({:+.1} ms)", mt / dt, gf - df);
-    println!("miner steps: {}", step_stats(&door, "w0").await.since(&before).summary());
-    prefix_reuse(&door).await?;
+    println!("miner steps: {}", step_stats(door, "w0").await.since(&before).summary());
+    prefix_reuse(door).await?;
     stop(node).await;
     Ok(())
 }

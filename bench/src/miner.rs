@@ -44,13 +44,14 @@ pub(crate) fn bench_config_with(
 }
 
 /// Starts a node as `loosh-miner` starts one (HTTP on a free local port) and waits until its
-/// workers are ready; the benchmarks then reach it through its port and its front door.
-pub(crate) async fn start(cfg: &Config) -> anyhow::Result<(FrontDoor, Node)> {
+/// workers are ready; the benchmarks then reach it through its port (`node.addr`) and its front
+/// door (`node.door`).
+pub(crate) async fn start(cfg: &Config) -> anyhow::Result<Node> {
     start_with_auth(cfg, Arc::new(ValidatorAuth::allow_all())).await
 }
 
 /// [`start`] admitting only whom `auth` allows.
-pub(crate) async fn start_with_auth(cfg: &Config, auth: Arc<ValidatorAuth>) -> anyhow::Result<(FrontDoor, Node)> {
+pub(crate) async fn start_with_auth(cfg: &Config, auth: Arc<ValidatorAuth>) -> anyhow::Result<Node> {
     let specs = worker_specs(cfg, &[])?;
     let want = specs.len();
     let parts = NodeParts {
@@ -62,13 +63,12 @@ pub(crate) async fn start_with_auth(cfg: &Config, auth: Arc<ValidatorAuth>) -> a
         servers: Default::default(),
     };
     let node = Node::start(cfg, parts).await?;
-    let door = node.door.clone();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while door.status_now().ready_workers < want {
-        anyhow::ensure!(Instant::now() < deadline, "the worker did not become ready: {:?}", door.workers().await);
+    while node.door.status_now().ready_workers < want {
+        anyhow::ensure!(Instant::now() < deadline, "the worker did not become ready: {:?}", node.door.workers().await);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok((door, node))
+    Ok(node)
 }
 
 /// Stops the node the one way a node stops ([`Node::stop`], which also waits for the engines to

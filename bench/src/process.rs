@@ -53,7 +53,8 @@ pub async fn process(b: ProcessBench) -> anyhow::Result<()> {
         .collect();
     let workers = serde_json::to_string(&list)?;
     let cfg = bench_config_with(&b.model, b.threads, 8, &[("WORKERS", workers.as_str())])?;
-    let (door, node) = start(&cfg).await?;
+    let node = start(&cfg).await?;
+    let door = &node.door;
     println!(
         "process boundary: {} runs x {} tokens (greedy) on {}, {} thread(s), model {}; one worker on a thread, one in a child process, same requests in alternating order",
         b.runs,
@@ -68,7 +69,7 @@ pub async fn process(b: ProcessBench) -> anyhow::Result<()> {
         let prompt = format!("Run {run}. {}", b.prompt);
         let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
-            let w = worker(&door, WORKERS[i]).await?;
+            let w = worker(door, WORKERS[i]).await?;
             let mut req = GenerationRequest::one_turn(&prompt, b.max_tokens, Instant::now() + Duration::from_secs(120));
             req.temperature = 0.0;
             let submitted = Instant::now();
@@ -112,7 +113,7 @@ pub async fn process(b: ProcessBench) -> anyhow::Result<()> {
     );
     let policy = RestartPolicy::default();
     for death in 0..b.deaths {
-        let w = worker(&door, "child").await?;
+        let w = worker(door, "child").await?;
         let pid = ractor::call_t!(w, WorkerMsg::Snapshot, 5000)?.engine_pid.context("the child worker has no pid")?;
         let mut long =
             GenerationRequest::one_turn(&b.prompt, b.max_tokens.max(2000), Instant::now() + Duration::from_secs(120));

@@ -17,7 +17,8 @@ use crate::miner::{bench_config, start, stop};
 pub(crate) async fn protocol(model: PathBuf, levels: Vec<usize>, requests: usize, threads: i32) -> anyhow::Result<()> {
     let max_conc = levels.iter().copied().max().unwrap_or(1);
     let cfg = bench_config(&model, threads, max_conc * 2)?;
-    let (door, node) = start(&cfg).await?;
+    let node = start(&cfg).await?;
+    let door = &node.door;
     let url = format!("http://{}", node.addr);
     println!("protocol bench: {} challenges per level, 1 generated token each, model {}", requests, model.display());
     println!(

@@ -85,15 +85,16 @@ pub async fn scaling(engine: EngineBench, counts: Vec<usize>, n: usize, parallel
     for count in counts {
         let workers = embedded_workers(&engine, count, parallel);
         let cfg = bench_config_with(&engine.model, engine.threads, 64, &[("WORKERS", workers.as_str())])?;
-        let (door, node) = start(&cfg).await?;
-        let (cps, tps, wall) = run_mix(&door, n, engine.inflight, &DEFAULT_MIX, engine.temperature).await?;
+        let node = start(&cfg).await?;
+        let door = &node.door;
+        let (cps, tps, wall) = run_mix(door, n, engine.inflight, &DEFAULT_MIX, engine.temperature).await?;
         let base_tps = *base.get_or_insert(tps);
         println!(
             "{count} worker(s): {cps:6.2} challenges/s, {tps:7.1} tokens/s, {:5.2} s  (x{:.2} of 1 worker)",
             wall.as_secs_f64(),
             tps / base_tps
         );
-        println!("  w0 {}", step_stats(&door, "w0").await.summary());
+        println!("  w0 {}", step_stats(door, "w0").await.summary());
         stop(node).await;
     }
     Ok(())
@@ -120,8 +121,9 @@ pub async fn batching(
     for p in parallel {
         let workers = embedded_workers(&engine, 1, p);
         let cfg = bench_config_with(&engine.model, engine.threads, 64, &[("WORKERS", workers.as_str())])?;
-        let (door, node) = start(&cfg).await?;
-        let (cps, tps, wall) = run_mix(&door, n, engine.inflight, &lengths, engine.temperature).await?;
+        let node = start(&cfg).await?;
+        let door = &node.door;
+        let (cps, tps, wall) = run_mix(door, n, engine.inflight, &lengths, engine.temperature).await?;
         let base_tps = *base.get_or_insert(tps);
         let w = door.graph.worker_ref("w0").await.expect("worker");
         let snap = ractor::call_t!(w, WorkerMsg::Snapshot, 5000)?;
@@ -236,7 +238,7 @@ pub async fn openai(model: PathBuf, requests: usize, max_tokens: u32) -> anyhow:
         &json!([{"kind": "openai", "name": "api0", "base_url": base, "model": "m", "n_parallel": 1}]),
     )?;
     let cfg = bench_config_with(&model, 1, 8, &[("WORKERS", workers.as_str())])?;
-    let (_, node) = start(&cfg).await?;
+    let node = start(&cfg).await?;
     let mut client = ValidatorClient::new(&format!("http://{}", node.addr), Hotkey::ephemeral());
     client.handshake().await?;
     let body = challenge_body("Say something.", max_tokens, 0.7);
@@ -298,7 +300,8 @@ pub async fn recovery(model: PathBuf, runs: usize) -> anyhow::Result<()> {
     };
     let workers = embedded_workers(&engine, 1, 1);
     let cfg = bench_config_with(&model, 1, 8, &[("WORKERS", workers.as_str())])?;
-    let (door, node) = start(&cfg).await?;
+    let node = start(&cfg).await?;
+    let door = &node.door;
     println!("recovery: crash the only worker, then time until a challenge is answered by its replacement (default restart policy: first backoff 1 s)");
     let mut times = Vec::new();
     for _ in 0..runs {
