@@ -104,7 +104,7 @@ fn main() -> anyhow::Result<()> {
         Command::Probe { url, prompt, max_tokens, validator_seed } => {
             commands::probe::run(url, prompt, max_tokens, validator_seed)
         }
-        Command::EngineChild => commands::engine_child::run(),
+        Command::EngineChild => loosh_miner::node::run_engine_child(),
         Command::Doctor => commands::doctor::run(),
         Command::Status => commands::status::run(),
         Command::Health => commands::health::run(),

@@ -24,11 +24,7 @@ use crate::managed_server::ManagedServers;
 
 /// Opens the engine's front door for `cfg` (spawning the actor graph behind it) on the current
 /// tokio runtime.
-pub async fn open_door(
-    cfg: &Config,
-    workers: Vec<WorkerSpec>,
-    auth: Arc<ValidatorAuth>,
-) -> Result<FrontDoor, OpenError> {
+async fn open_door(cfg: &Config, workers: Vec<WorkerSpec>, auth: Arc<ValidatorAuth>) -> Result<FrontDoor, OpenError> {
     let graph = GraphConfig {
         sessions: cfg.sessions.clone(),
         scheduler: cfg.scheduler.clone(),

@@ -1,10 +1,10 @@
 //! One file per subcommand of `loosh-miner`; `main` parses the command line, calls one of them and
 //! maps what it returns to an exit status. What several subcommands share (the logs, the
-//! configuration as the node reads it) is here.
+//! configuration as the node reads it) is here. The hidden `engine-child` has no file: it is the
+//! node's own `loosh_miner::node::run_engine_child`, which `loosh-bench` answers too.
 
 pub mod config;
 pub mod doctor;
-pub mod engine_child;
 pub mod health;
 pub mod post_ip;
 pub mod probe;

@@ -66,16 +66,6 @@ pub fn run(dev: bool) -> anyhow::Result<()> {
     for spec in &specs {
         tracing::info!(worker = %spec.name, device = %spec.device, engine = ?spec.engine, process = ?spec.process, "worker configured");
     }
-    // The chain actors start once the chain has answered (below), so that a chain outage at boot
-    // is waited out while serving `/availability: false`.
-    let parts = NodeParts {
-        hotkey: hotkey.clone(),
-        workers: specs,
-        auth: auth.clone(),
-        chain_url: None,
-        listen: (cfg.api_host.clone(), cfg.api_port),
-        servers: ManagedServers::default(),
-    };
     // Registered once, before the first wait that a stop may interrupt, so that none is missed.
     let mut term = {
         let _runtime = actors.enter();
@@ -107,7 +97,17 @@ pub fn run(dev: bool) -> anyhow::Result<()> {
     let Some(servers) = servers else {
         return Ok(());
     };
-    let node = actors.block_on(Node::start(&cfg, NodeParts { servers, ..parts }))?;
+    // The chain actors start once the chain has answered (below), so that a chain outage at boot
+    // is waited out while serving `/availability: false`.
+    let parts = NodeParts {
+        hotkey: hotkey.clone(),
+        workers: specs,
+        auth: auth.clone(),
+        chain_url: None,
+        listen: (cfg.api_host.clone(), cfg.api_port),
+        servers,
+    };
+    let node = actors.block_on(Node::start(&cfg, parts))?;
     if chain_url.is_none() {
         actors.block_on(node.start_challenge_api(&cfg, &hotkey))?;
     }

@@ -178,6 +178,7 @@ impl FrontDoor {
         self.graph.status_now()
     }
 
+    /// Each worker's name, phase and restarts, as its supervisor holds them (`/health`, `status`).
     pub async fn workers(&self) -> Vec<WorkerStatus> {
         self.graph.workers().await
     }
